@@ -1,0 +1,223 @@
+"""The ``ragtune`` command line.
+
+::
+
+    ragtune run CONFIG [KEY=VALUE ...] [--out RUN_DIR] [--overwrite] [--resume RUN_DIR]
+    ragtune validate CONFIG [KEY=VALUE ...] [--show]
+    ragtune eval RUN_DIR --data FILE
+    ragtune predict RUN_DIR "some text" ...   |   --input in.csv --output out.csv
+
+User errors print one message and exit with code 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from ragtune import __version__
+from ragtune.errors import RagtuneError
+
+EXIT_USER_ERROR = 2
+
+EPILOG = """examples:
+  ragtune run configs/demo.yaml                       # the built-in demo, a few minutes on 2 cores
+  ragtune run configs/seed_news.yaml train.epochs=3 model.layers=4 --out runs/seed
+  ragtune run configs/seed_news.yaml --resume runs/seed   # continue a killed run
+  ragtune validate configs/seed_news.yaml --show      # check a config, print it resolved
+  ragtune eval runs/seed --data ../shared/data/bbc_news/test.csv
+  ragtune predict runs/seed "The chancellor cut interest rates"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ragtune",
+        description="Build, train, evaluate and use Transformer text models from one YAML file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ragtune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="prepare data, build, train, evaluate and report (steps 1-4)",
+                       description="Run the pipeline for CONFIG; KEY=VALUE pairs override config keys (key=null unsets).")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=3")
+    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to be an existing non-empty folder (its contents are replaced)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("validate", help="check a config and report every error at once",
+                       description="Validate CONFIG with overrides; --show prints the resolved config as YAML.")
+    p.add_argument("config", nargs="?", help="YAML config file (omit with --reference)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
+    p.add_argument("--reference", action="store_true", help="print every config key with its type, default and description (Markdown)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("eval", help="score a labelled file with a trained run; prints metrics as JSON")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet file with the run's text and label columns")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("predict", help="predict texts with a trained run; one JSON line per text",
+                       description="Predict the given texts, or every row of --input into --output.")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("texts", nargs="*", help="texts to predict")
+    p.add_argument("--input", help="file of texts (CSV/TSV/JSONL/Parquet)")
+    p.add_argument("--output", help="where to write predictions (CSV; with --input)")
+    p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+# -------------------------------------------------------------------------------------------------
+
+
+def _default_run_dir(config_path: str, name: str | None) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name or Path(config_path).stem}-{stamp}"
+
+
+def _prepare_run_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RagtuneError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise RagtuneError(f"run directory {out} exists and is not empty; choose another --out, "
+                               "add --overwrite to replace it, or --resume it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def cmd_run(args) -> int:
+    from ragtune.config import load_config
+    from ragtune.pipeline import run
+
+    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise RagtuneError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")
+        run_dir, resume = Path(args.resume), True
+        if not run_dir.is_dir():
+            raise RagtuneError(f"--resume {run_dir}: no such run directory")
+    else:
+        run_dir, resume = Path(args.out) if args.out else _default_run_dir(args.config, cfg.name), False
+        _prepare_run_dir(run_dir, args.overwrite)
+    result = run(cfg, run_dir, resume=resume, progress=not args.quiet, config_path=args.config)
+    summary = {split: {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+               for split, m in result.metrics.items()}
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(f"run directory: {run_dir}\nreport: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from ragtune.config import config_reference, load_config, to_yaml
+
+    if args.reference:
+        print(config_reference())
+        return 0
+    if not args.config:
+        raise RagtuneError("validate needs a CONFIG file (or --reference)")
+    cfg = load_config(args.config, args.overrides)
+    if args.show:
+        print(to_yaml(cfg), end="")
+    else:
+        print(f"{args.config}: OK")
+    return 0
+
+
+def _run_config(run_dir: Path):
+    from ragtune.config import config_from_dict, read_yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise RagtuneError(f"{run_dir} is not a ragtune run directory (no config.yaml)")
+    return config_from_dict(read_yaml(path), str(path))
+
+
+def cmd_eval(args) -> int:
+    from ragtune.data.prepare import load_eval_file
+    from ragtune.predictor import Predictor
+
+    run_dir = Path(args.run_dir)
+    cfg = _run_config(run_dir)
+    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    df = load_eval_file(args.data, cfg, predictor.labels)
+    metrics = predictor.evaluate(df.text.tolist(), df.label.tolist())
+    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ragtune.data.io import read_table, require_columns
+    from ragtune.predictor import Predictor
+
+    run_dir = Path(args.run_dir)
+    if bool(args.texts) == bool(args.input):
+        raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
+    cfg = _run_config(run_dir)
+    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    if args.texts:
+        for prediction in predictor.predict(args.texts):
+            print(json.dumps(prediction, ensure_ascii=False))
+        return 0
+    if not args.output:
+        raise RagtuneError("--input needs --output FILE (a CSV to write the predictions to)")
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise RagtuneError(f"--output {output} exists; add --overwrite to replace it")
+    column = args.text_column or cfg.data.text_column
+    df = read_table(args.input)
+    require_columns(df, args.input, [column])
+    texts = df[column].fillna("").astype(str).tolist()
+    predictions = predictor.predict(texts)
+    if predictor.task == "classification":
+        df["predicted_label"] = [p["label"] for p in predictions]
+        for label in predictor.labels:
+            df[f"score_{label}"] = [p["scores"][label] for p in predictions]
+    else:
+        df["predicted_value"] = [p["value"] for p in predictions]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(output)
+    print(f"wrote {len(df)} predictions to {output}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("ragtune").addHandler(console)
+    logging.getLogger("ragtune").setLevel(logging.INFO)
+    try:
+        return COMMANDS[args.command](args)
+    except RagtuneError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        logging.getLogger("ragtune").removeHandler(console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""The run configuration: one YAML file, typed and validated.
+
+A config is plain data (pydantic v2 models, no behaviour). :func:`load_config` reads a YAML file,
+applies dotted ``key=value`` overrides from the command line, resolves paths and validates
+everything at once, so a user sees every mistake in one message::
+
+    cfg = load_config("configs/seed_news.yaml", ["train.epochs=3", "model.layers=4"])
+
+Rules (see ``docs/design.md``):
+
+* Unknown keys are errors that name the key and suggest the closest valid one.
+* ``key=null`` on the command line unsets a key: the field takes its default.
+* Relative paths written in a config file resolve against that file's folder; paths given on the
+  command line resolve against the working directory.
+* Every field carries a description; ``ragtune validate --reference`` prints them as a table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ragtune.errors import RagtuneError
+
+TASKS = ("classification", "regression")
+
+
+def _path_field(default: Any = None, description: str = "") -> Any:
+    """A field holding a file path; relative paths resolve as described in the module docstring."""
+    return Field(default, description=description, json_schema_extra={"path": True})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the data comes from and how it is read."""
+
+    train: str | None = _path_field(
+        None, "Training file (CSV, TSV, JSONL or Parquet). Required unless `demo: true`."
+    )
+    validation: str | None = _path_field(
+        None,
+        "Validation file. When absent, a seeded stratified split of `validation_fraction` is carved from train.",
+    )
+    test: str | None = _path_field(
+        None, "Test file. When absent, a seeded stratified split of `test_fraction` is carved from train."
+    )
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
+        "auto", description="File format; `auto` picks it from the file extension."
+    )
+    text_column: str = Field("text", description="Column holding the input text.")
+    label_column: str = Field("label", description="Column holding the label (class name or number).")
+    keep_labels: list[str] | None = Field(
+        None,
+        description="Keep only rows with these labels, in every split and every evaluation file; dropped rows are counted in the data report.",
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of train carved out as validation when `validation` is absent."
+    )
+    test_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of train carved out as test when `test` is absent."
+    )
+    empty_text: Literal["skip", "error"] = Field(
+        "skip", description="Rows whose text is empty: `skip` counts and drops them, `error` stops with the row numbers."
+    )
+    max_rows: int | None = Field(
+        None, gt=0, description="Read at most this many rows of each file (quick experiments)."
+    )
+    demo: bool = Field(
+        False,
+        description="Use the small built-in demo data set (synthetic, written by ragtune itself) instead of files.",
+    )
+
+
+class TokenizerConfig(_Section):
+    """The subword tokenizer trained on the training texts with Hugging Face `tokenizers`."""
+
+    kind: Literal["bpe", "wordpiece"] = Field("wordpiece", description="Subword algorithm.")
+    vocab_size: int = Field(8000, ge=100, description="Vocabulary size, special tokens included.")
+    min_frequency: int = Field(2, ge=1, description="Minimum count for a merge / word piece.")
+    lowercase: bool = Field(True, description="Lowercase text before tokenizing.")
+
+
+class ModelConfig(_Section):
+    """A Transformer encoder built from scratch (`ragtune/models/transformer.py`)."""
+
+    backbone: Literal["scratch"] = Field("scratch", description="Model family. `scratch` builds the encoder below.")
+    heads: int = Field(4, gt=0, description="Attention heads per layer.")
+    head_dim: int = Field(64, gt=0, description="Width of one head; `heads*head_dim` need not equal `d_model`.")
+    layers: int = Field(2, gt=0, description="Encoder layers.")
+    d_model: int = Field(256, gt=0, description="Model width (embeddings and residual stream).")
+    ffn_dim: int = Field(1024, gt=0, description="Hidden width of the position-wise feed-forward network.")
+    max_length: int = Field(256, gt=1, description="Maximum tokens per text; longer texts are truncated.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
+    activation: Literal["gelu", "relu"] = Field("gelu", description="Feed-forward activation f in y = f(Wx + b).")
+    pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one vector: mean over tokens, or the first ([CLS]) token.")
+
+
+class TrainConfig(_Section):
+    """The training loop (`ragtune/train/loop.py`)."""
+
+    optimizer: Literal["sgd", "adamw"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (SGD only).")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warmup: constant, linear decay to 0, or cosine decay to 0."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps (optimizer steps).")
+    epochs: int = Field(3, gt=0, description="Number of epochs.")
+    steps_per_epoch: int | None = Field(
+        None,
+        gt=0,
+        description="Optimizer steps per epoch (each of `grad_accum_steps` batches). Batches come from one seeded stream: more than one pass reshuffles and continues, fewer ends the epoch early and the next epoch goes on where it stopped; null means one pass.",
+    )
+    batch_size: int = Field(16, gt=0, description="Examples per batch.")
+    grad_accum_steps: int = Field(1, gt=0, description="Batches accumulated per optimizer step.")
+    clip_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null disables.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="`bf16` runs forward/backward under CPU bf16 autocast.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing (classification).")
+    seed: int = Field(0, description="Seed for initialisation, data order, splits and dropout.")
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads; null keeps torch's default.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many epochs without improvement of `eval.metric`; null disables."
+    )
+    restore_best: bool = Field(
+        True, description="Evaluate the test set with the weights of the best validation epoch (by `eval.metric`)."
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, gt=0, description="Also checkpoint every N optimizer steps (checkpoints are always written each epoch)."
+    )
+    log_every_steps: int = Field(10, gt=0, description="Write a line to the step log every N optimizer steps.")
+
+
+class EvalConfig(_Section):
+    """Evaluation."""
+
+    metric: str | None = Field(
+        None,
+        description="Validation metric for early stopping and best-epoch selection; null picks `accuracy` (classification) or `mse` (regression).",
+    )
+    batch_size: int = Field(64, gt=0, description="Batch size for evaluation and prediction.")
+
+
+class RunConfig(_Section):
+    """A whole ragtune run: data → model → training → evaluation → report."""
+
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="What the model learns: `classification` (labels) or `regression` (a number)."
+    )
+    name: str | None = Field(None, description="Run name, used in the default run directory and the report.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data preparation.")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model building.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric that early stopping and best-epoch selection use."""
+        if self.eval.metric:
+            return self.eval.metric
+        return "accuracy" if self.task == "classification" else "mse"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides, paths
+# ---------------------------------------------------------------------------------------------
+
+
+def _field_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic section class behind a field annotation, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _field_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _walk_fields(model: type[BaseModel], prefix: str = ""):
+    """Yield (dotted_key, field_info, section_or_None) for every field, depth first."""
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        section = _field_model(info.annotation)
+        yield key, info, section
+        if section is not None:
+            yield from _walk_fields(section, key + ".")
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a config may set."""
+    return [key for key, _, _ in _walk_fields(RunConfig)]
+
+
+def path_keys() -> list[str]:
+    """Dotted keys that hold file paths."""
+    return [
+        key
+        for key, info, _ in _walk_fields(RunConfig)
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("path")
+    ]
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _resolve_paths(tree: dict, base: Path) -> None:
+    """Make every relative path field in ``tree`` absolute against ``base`` (in place)."""
+    for key in path_keys():
+        parent_key, _, leaf = key.rpartition(".")
+        parent = _get(tree, parent_key) if parent_key else tree
+        if isinstance(parent, dict) and isinstance(parent.get(leaf), str):
+            value = os.path.expanduser(parent[leaf])
+            if not os.path.isabs(value):
+                value = os.path.normpath(os.path.join(base, value))
+            parent[leaf] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``key=value``; the value is parsed as YAML (``3`` → int, ``[a, b]`` → list, ``null`` → None)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RagtuneError(f"override {item!r} is not of the form key=value (e.g. train.epochs=3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RagtuneError(f"override {item!r}: the value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def apply_overrides(tree: dict, overrides: list[str], cwd: Path | None = None) -> list[str]:
+    """Apply dotted overrides to a raw config tree in place. Returns error messages (empty if fine)."""
+    errors: list[str] = []
+    paths = set(path_keys())
+    cwd = cwd or Path.cwd()
+    for item in overrides:
+        try:
+            key, value = parse_override(item)
+        except RagtuneError as exc:
+            errors.append(str(exc))
+            continue
+        parts = key.split(".")
+        node = tree
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                errors.append(f"{key}: cannot set a sub-key, '{part}' holds {child!r}")
+                break
+            node = child
+        else:
+            leaf = parts[-1]
+            if value is None:
+                node.pop(leaf, None)  # key=null unsets: the default applies
+            else:
+                if key in paths and isinstance(value, str) and not os.path.isabs(value):
+                    value = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+                node[leaf] = value
+    return errors
+
+
+def _suggest(key: str) -> str:
+    """The closest valid key: the same leaf in another section first, then the closest spelling."""
+    keys = valid_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key][:1]
+    if not close:
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        near = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)
+        close = [leaves[near[0]]] if near else []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    messages = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            messages.append(f"{key}: unknown key{_suggest(key)}")
+            continue
+        given = err.get("input")
+        given_text = "" if isinstance(given, dict) else f" (got {given!r})"
+        msg = err["msg"]
+        if err["type"] == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            msg = f"must be one of {expected}"
+        messages.append(f"{key}: {msg}{given_text}")
+    return messages
+
+
+def _semantic_errors(cfg: RunConfig) -> list[str]:
+    """Checks that involve several fields. Returns every problem found."""
+    errors = []
+    if not cfg.data.demo and not cfg.data.train:
+        errors.append("data.train: required (a CSV/TSV/JSONL/Parquet file), unless data.demo is true")
+    if cfg.task == "regression" and cfg.train.label_smoothing:
+        errors.append("train.label_smoothing: only applies to classification (task is regression)")
+    if cfg.task == "regression" and cfg.data.keep_labels:
+        errors.append("data.keep_labels: only applies to classification (task is regression)")
+    if not cfg.data.validation and not cfg.data.test and cfg.data.validation_fraction + cfg.data.test_fraction >= 0.9:
+        errors.append(
+            "data.validation_fraction + data.test_fraction: leave at least 10% of train for training "
+            f"(got {cfg.data.validation_fraction} + {cfg.data.test_fraction})"
+        )
+    if cfg.eval.metric is not None:
+        from ragtune.evaluate.metrics import METRIC_DIRECTIONS
+
+        task_metrics = (
+            {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "log_loss"}
+            if cfg.task == "classification"
+            else {"mse", "mae", "rmse", "r2", "pearson", "loss"}
+        )
+        if cfg.eval.metric not in task_metrics or cfg.eval.metric not in METRIC_DIRECTIONS:
+            errors.append(f"eval.metric: {cfg.eval.metric!r} is not a {cfg.task} metric; choose one of {sorted(task_metrics)}")
+    return errors
+
+
+def config_from_dict(tree: dict, source: str = "<config>") -> RunConfig:
+    """Validate a raw config tree. Raises :class:`RagtuneError` listing every problem at once."""
+    if not isinstance(tree, dict):
+        raise RagtuneError(f"{source}: a config must be a YAML mapping of keys to values, got {type(tree).__name__}")
+    try:
+        cfg = RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        errors = _format_errors(exc)
+    else:
+        errors = _semantic_errors(cfg)
+    if errors:
+        lines = "\n".join(f"  - {e}" for e in errors)
+        noun = "error" if len(errors) == 1 else "errors"
+        raise RagtuneError(f"{source}: {len(errors)} config {noun}:\n{lines}")
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; file problems become :class:`RagtuneError`."""
+    path = Path(path)
+    if not path.exists():
+        raise RagtuneError(f"config file not found: {path}")
+    if path.is_dir():
+        raise RagtuneError(f"config path is a directory, not a YAML file: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RagtuneError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise RagtuneError(f"{path}: not valid YAML: {exc}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise RagtuneError(f"{path}: a config must be a YAML mapping of keys to values, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cwd: Path | None = None) -> RunConfig:
+    """Load ``path`` (or start from defaults when None), apply overrides, resolve paths, validate."""
+    tree: dict = {}
+    source = "<overrides>"
+    if path is not None:
+        tree = read_yaml(path)
+        _resolve_paths(tree, Path(path).resolve().parent)
+        source = str(path)
+    errors = apply_overrides(tree, list(overrides or []), cwd)
+    if errors:
+        lines = "\n".join(f"  - {e}" for e in errors)
+        raise RagtuneError(f"{source}: bad override(s):\n{lines}")
+    return config_from_dict(tree, source)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (every field, defaults included)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(str(a) for a in get_args(annotation))
+    args = get_args(annotation)
+    if args:
+        inner = [_type_name(a) for a in args if a is not type(None)]
+        name = " \\| ".join(inner)
+        if type(None) in args:
+            name += " \\| null"
+        if origin in (list,):
+            return f"list[{name}]"
+        return name
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_reference() -> str:
+    """A Markdown table of every key with its type, default and description (for the README)."""
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    for key, info, section in _walk_fields(RunConfig):
+        if section is not None:
+            rows.append(f"| **`{key}`** | section | | {info.description or ''} |")
+            continue
+        default = info.get_default(call_default_factory=True)
+        default_text = "required" if info.is_required() else yaml.safe_dump(default, default_flow_style=True).strip()
+        default_text = default_text.removesuffix("\n...").removesuffix("...").strip()
+        rows.append(f"| `{key}` | {_type_name(info.annotation)} | `{default_text}` | {info.description or ''} |")
+    return "\n".join(rows)

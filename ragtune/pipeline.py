@@ -1,0 +1,291 @@
+"""The seven-step pipeline for one run, as a stage diagram.
+
+::
+
+    config ──► 1 prepare data ──► tokenizer ──► 2 build model ──► 3 train ──► 4 evaluate ──► report
+                  (data report)                                   (checkpoints,        (metrics.json,
+                                                                   step log)            pictures)
+
+Steps 5 and 6 (tuning, repeated train/evaluate) call :func:`run` once per trial; step 7 (serving)
+loads the finished run directory through :class:`ragtune.predictor.Predictor`.
+
+Run directory layout (``docs/design.md``)::
+
+    RUN_DIR/
+      config.yaml           the resolved config          inputs.json      sha256 of every input file
+      data_report.md/.json  data quality                 data_*.png       class balance, lengths
+      tokenizer.json        model.json                   model.safetensors (selected weights)
+      checkpoints/last/     resumable state              checkpoints/best/ best validation weights
+      train_log.jsonl       one line per logged step     history.json     one entry per epoch
+      metrics.json          {"validation": {...}, "test": {...}}
+      confusion_matrix_*.png, curves.png, step_loss.png, run.log, report.md
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+import ragtune
+from ragtune.config import RunConfig, config_from_dict, path_keys, to_yaml
+from ragtune.data.prepare import PreparedData, prepare_data
+from ragtune.data.report import data_report, data_report_markdown
+from ragtune.data.tokenizer import encode, load_tokenizer, save_tokenizer, train_tokenizer
+from ragtune.errors import RagtuneError
+from ragtune.evaluate import plots
+from ragtune.models.transformer import TransformerConfig, build_transformer
+from ragtune.predictor import MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor
+from ragtune.report import write_report
+from ragtune.train.batches import BatchStream
+from ragtune.train.checkpoint import load_weights, save_weights, sha256_file
+from ragtune.train.loop import TrainResult, train_model
+
+log = logging.getLogger("ragtune")
+
+# Keys a resumed run may change (everything else must match the run's saved config).
+RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.threads", "train.log_every_steps", "train.checkpoint_every_steps", "name"}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    train: TrainResult
+
+
+# -------------------------------------------------------------------------------------------------
+# the stages
+# -------------------------------------------------------------------------------------------------
+
+
+def run(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], bool] | None = None,
+    evaluate_test: bool = True,
+    config_path: str | Path | None = None,
+) -> RunResult:
+    """Run the pipeline for ``cfg`` into ``run_dir`` (which the caller has checked is usable)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_resumable(cfg, run_dir)
+    _set_up(cfg, run_dir, config_path)
+    started = time.perf_counter()
+
+    # 1. data preparation
+    data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
+    _write_inputs(cfg, data, run_dir, config_path)
+    tokenizer = _tokenizer(cfg, data, run_dir, resume)
+    report = _data_report(cfg, data, tokenizer, run_dir)
+
+    # 2. model building
+    torch.manual_seed(cfg.train.seed)
+    meta = _model_meta(cfg, data, tokenizer)
+    model = build_transformer(TransformerConfig(**meta["model_config"]), cfg.task)
+    predictor = Predictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
+    log.info("model: %s, %.2fM parameters (%.2fM non-embedding)", type(model).__name__,
+             model.num_parameters(non_embedding=False) / 1e6, model.num_parameters(non_embedding=True) / 1e6)
+
+    # 3. training
+    stream = BatchStream(encode(tokenizer, data.train.text.tolist(), cfg.model.max_length),
+                         _targets(cfg, data.train, meta), cfg.train.batch_size, cfg.train.seed)
+    validation = (data.validation.text.tolist(), data.validation.label.tolist())
+    train_result = train_model(
+        model, stream, task=cfg.task, cfg=cfg.train, selection_metric=cfg.selection_metric,
+        evaluate=lambda: predictor.evaluate(*validation), out_dir=run_dir, resume=resume,
+        on_epoch_end=on_epoch_end, progress=progress,
+    )
+    if cfg.train.restore_best and train_result.best_epoch is not None:
+        load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
+    save_weights(model, run_dir / WEIGHTS_FILE)
+    (run_dir / MODEL_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    # 4. evaluation and report
+    metrics = {"validation": predictor.evaluate(*validation)}
+    if evaluate_test:
+        metrics["test"] = predictor.evaluate(data.test.text.tolist(), data.test.label.tolist())
+    metrics["training"] = {
+        "seconds": round(train_result.seconds, 2),
+        "optimizer_steps": train_result.optimizer_steps,
+        "tokens": train_result.tokens,
+        "tokens_per_s": round(train_result.tokens / train_result.seconds, 1) if train_result.seconds else None,
+        "best_epoch": train_result.best_epoch,
+        "stopped_early": train_result.stopped_early,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    pictures = _pictures(cfg, metrics, train_result, run_dir, data.labels)
+    write_report(run_dir, cfg, metrics, train_result, report, pictures, model_summary=_model_summary(model),
+                 wall_seconds=time.perf_counter() - started)
+    log.info("done: %s", json.dumps({s: _headline(cfg, m) for s, m in metrics.items() if s != "training"}))
+    return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers of the stages
+# -------------------------------------------------------------------------------------------------
+
+
+def _set_up(cfg: RunConfig, run_dir: Path, config_path) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed % (2**32))
+    torch.manual_seed(cfg.train.seed)
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("ragtune")
+    for old in [h for h in root.handlers if getattr(h, "_ragtune_run", False)]:
+        root.removeHandler(old)
+        old.close()
+    handler._ragtune_run = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    log.info("ragtune %s, torch %s, python %s, %d threads", ragtune.__version__, torch.__version__,
+             platform.python_version(), torch.get_num_threads())
+
+
+def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+    """A resumed run must use the same config as the run it continues, up to RESUMABLE_CHANGES."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists() or not (run_dir / "checkpoints" / "last").exists():
+        raise RagtuneError(f"cannot resume {run_dir}: it holds no config.yaml and checkpoint of an earlier run")
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
+    old, new = _flatten(saved.model_dump(mode="json")), _flatten(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise RagtuneError(
+            f"cannot resume {run_dir} with a different config ({details}); "
+            f"only {sorted(RESUMABLE_CHANGES)} may change"
+        )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _write_inputs(cfg: RunConfig, data: PreparedData, run_dir: Path, config_path) -> None:
+    """sha256 of every input file, so a reader can tell which data produced the run."""
+    files = {}
+    flat = _flatten(cfg.model_dump(mode="json"))
+    for key in path_keys():
+        if flat.get(key):
+            files[key] = {"path": flat[key], "sha256": sha256_file(flat[key])}
+    if cfg.data.demo:
+        for f in sorted((run_dir / "demo_data").glob("*")):
+            files[f"demo:{f.name}"] = {"path": str(f), "sha256": sha256_file(f)}
+    if config_path is not None:
+        files["config"] = {"path": str(Path(config_path).resolve()), "sha256": sha256_file(config_path)}
+    (run_dir / "inputs.json").write_text(json.dumps(files, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool):
+    path = run_dir / TOKENIZER_FILE
+    if resume and path.exists():
+        return load_tokenizer(path)
+    t = cfg.tokenizer
+    tokenizer = train_tokenizer(data.train.text.tolist(), kind=t.kind, vocab_size=t.vocab_size,
+                                min_frequency=t.min_frequency, lowercase=t.lowercase)
+    save_tokenizer(tokenizer, path)
+    log.info("tokenizer: %s, %d tokens in the vocabulary", t.kind, tokenizer.get_vocab_size())
+    return tokenizer
+
+
+def _data_report(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path) -> dict:
+    report = data_report(data, tokenizer=tokenizer, max_length=cfg.model.max_length)
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    (run_dir / "data_report.md").write_text(data_report_markdown(report), encoding="utf-8")
+    splits = {"train": data.train, "validation": data.validation, "test": data.test}
+    if cfg.task == "classification":
+        counts = {name: df.label.value_counts().reindex(data.labels, fill_value=0).astype(int).to_dict() for name, df in splits.items()}
+        plots.plot_class_balance(counts, run_dir / "data_class_balance.png")
+    lengths = {name: [len(ids) for ids in encode(tokenizer, df.text.tolist(), 1_000_000)] for name, df in splits.items()}
+    plots.plot_length_histogram(lengths, run_dir / "data_lengths.png")
+    for warning in report.get("warnings", []):
+        log.warning("data: %s", warning)
+    return report
+
+
+def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
+    m = cfg.model
+    meta = {
+        "ragtune_version": ragtune.__version__,
+        "task": cfg.task,
+        "labels": data.labels,
+        "max_length": m.max_length,
+        "model_config": {
+            "vocab_size": tokenizer.get_vocab_size(), "max_length": m.max_length, "d_model": m.d_model,
+            "heads": m.heads, "head_dim": m.head_dim, "layers": m.layers, "ffn_dim": m.ffn_dim,
+            "dropout": m.dropout, "num_outputs": len(data.labels) if cfg.task == "classification" else 1,
+            "pad_id": tokenizer.token_to_id("[PAD]") or 0, "activation": m.activation, "pooling": m.pooling,
+        },
+    }
+    if cfg.task == "regression":
+        y = data.train.label.astype(float).to_numpy()
+        meta["target_mean"] = float(y.mean())
+        meta["target_std"] = float(y.std()) or 1.0
+    return meta
+
+
+def _targets(cfg: RunConfig, df, meta: dict) -> torch.Tensor:
+    if cfg.task == "classification":
+        index = {label: i for i, label in enumerate(meta["labels"])}
+        return torch.tensor([index[label] for label in df.label], dtype=torch.long)
+    y = df.label.astype(float).to_numpy()
+    return torch.tensor((y - meta["target_mean"]) / meta["target_std"], dtype=torch.float32)
+
+
+def _model_summary(model: torch.nn.Module) -> dict:
+    return {
+        "class": type(model).__name__,
+        "parameters": model.num_parameters(non_embedding=False),
+        "non_embedding_parameters": model.num_parameters(non_embedding=True),
+    }
+
+
+def _pictures(cfg: RunConfig, metrics: dict, result: TrainResult, run_dir: Path, labels: list[str]) -> dict[str, str]:
+    pictures = {}
+    if result.history:
+        pictures["curves"] = plots.plot_curves(result.history, run_dir / "curves.png").name
+    steps, losses = [], []
+    log_path = run_dir / "train_log.jsonl"
+    if log_path.exists():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            steps.append(entry["step"])
+            losses.append(entry["loss"])
+    if steps:
+        pictures["step_loss"] = plots.plot_step_loss(steps, losses, run_dir / "step_loss.png").name
+    if cfg.task == "classification":
+        for split in ("validation", "test"):
+            if split in metrics:
+                pictures[f"confusion_{split}"] = plots.plot_confusion_matrix(
+                    metrics[split]["confusion_matrix"], labels, run_dir / f"confusion_matrix_{split}.png",
+                    title=f"Confusion matrix ({split})").name
+    return pictures
+
+
+def _headline(cfg: RunConfig, m: dict) -> dict:
+    keys = ("accuracy", "macro_f1") if cfg.task == "classification" else ("mse", "r2")
+    return {k: round(m[k], 4) for k in keys if m.get(k) is not None}

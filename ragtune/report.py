@@ -1,0 +1,108 @@
+"""``report.md``: the page a person reads first after a run."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from ragtune.config import RunConfig
+from ragtune.train.loop import TrainResult
+
+_CLASS_KEYS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "n")
+_REG_KEYS = ("mse", "mae", "rmse", "r2", "pearson", "loss", "n")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def write_report(
+    run_dir: Path,
+    cfg: RunConfig,
+    metrics: dict,
+    result: TrainResult,
+    data_report: dict,
+    pictures: dict[str, str],
+    model_summary: dict,
+    wall_seconds: float,
+) -> Path:
+    """Write ``run_dir/report.md`` and return its path."""
+    from ragtune.data.report import data_report_markdown
+
+    splits = [s for s in ("validation", "test") if s in metrics]
+    keys = _CLASS_KEYS if cfg.task == "classification" else _REG_KEYS
+    m = cfg.model
+    lines = [
+        f"# ragtune run report{': ' + cfg.name if cfg.name else ''}",
+        "",
+        f"*{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}* · task **{cfg.task}** · run directory `{run_dir}`",
+        "",
+        "## Results",
+        "",
+        "| metric | " + " | ".join(splits) + " |",
+        "|---|" + "---|" * len(splits),
+    ]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(_fmt(metrics[s].get(key)) for s in splits) + " |")
+    training = metrics.get("training", {})
+    lines += [
+        "",
+        f"Selected weights: epoch {result.best_epoch} by validation `{cfg.selection_metric}`"
+        + (" (restored best)" if cfg.train.restore_best else " (last epoch)")
+        + (f"; stopped early after epoch {len(result.history)}" if result.stopped_early else "")
+        + ".",
+        f"Training: {training.get('optimizer_steps')} optimizer steps, {training.get('tokens'):,} tokens, "
+        f"{training.get('seconds')} s ({training.get('tokens_per_s')} tokens/s); whole run {wall_seconds:.1f} s.",
+        "",
+    ]
+    if cfg.task == "classification" and "test" in metrics:
+        lines += ["## Per-class results (test)", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for label, row in metrics["test"]["per_class"].items():
+            lines.append(f"| {label} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |")
+        lines.append("")
+    for key, title in (("confusion_test", "Confusion matrix (test)"), ("confusion_validation", "Confusion matrix (validation)"),
+                       ("curves", "Learning curves"), ("step_loss", "Training loss per step")):
+        if key in pictures:
+            lines += [f"## {title}", "", f"![{title}]({pictures[key]})", ""]
+    if result.history:
+        cols = [k for k in result.history[0] if k not in ("seconds",)]
+        lines += ["## Epochs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for entry in result.history:
+            lines.append("| " + " | ".join(_fmt(entry.get(c)) for c in cols) + " |")
+        lines.append("")
+    lines += [
+        "## Model",
+        "",
+        f"{model_summary['class']}: {m.layers} layers, {m.heads} heads × head_dim {m.head_dim}, d_model {m.d_model}, "
+        f"ffn_dim {m.ffn_dim}, max_length {m.max_length}, dropout {m.dropout}; "
+        f"{model_summary['parameters']:,} parameters ({model_summary['non_embedding_parameters']:,} non-embedding).",
+        f"Optimizer {cfg.train.optimizer} lr {cfg.train.lr}"
+        + (f" momentum {cfg.train.momentum}" if cfg.train.optimizer == "sgd" else "")
+        + f", schedule {cfg.train.schedule}, batch {cfg.train.batch_size}, {cfg.train.epochs} epochs"
+        + (f" × {cfg.train.steps_per_epoch} steps" if cfg.train.steps_per_epoch else "")
+        + f", precision {cfg.train.precision}, seed {cfg.train.seed}.",
+        "",
+        "## Data",
+        "",
+        data_report_markdown(data_report).replace("\n# ", "\n### ").replace("\n## ", "\n### "),
+        "",
+    ]
+    for key, title in (("class_balance", "data_class_balance.png"), ("lengths", "data_lengths.png")):
+        if (run_dir / title).exists():
+            lines += [f"![{key}]({title})", ""]
+    lines += [
+        "## Files",
+        "",
+        "`config.yaml` (resolved config) · `inputs.json` (sha256 of inputs) · `metrics.json` · `history.json` · "
+        "`train_log.jsonl` · `run.log` · `tokenizer.json` · `model.json` · `model.safetensors` · `checkpoints/`",
+        "",
+        "Use the model: `ragtune predict RUN_DIR \"some text\"` · `ragtune eval RUN_DIR --data FILE`",
+        "",
+    ]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

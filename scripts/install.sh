@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up ragtune in ./.venv from nothing: the pinned CPU torch wheel, the package with its test extras,
+# and (as root, where apt-get exists) a CJK font so pictures render Chinese labels.
+# Safe to run again: it skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[install] creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ragtune-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[install] installing torch (pinned CPU build) and ragtune[test]"
+  # pip, not uv/poetry: the pinned CPU wheel is found by pip; an unpinned torch pulls a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+if ! fc-list 2>/dev/null | grep -qi "cjk"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[install] installing fonts-noto-cjk (Chinese labels in pictures)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk) >/dev/null 2>&1 \
+      || echo "[install] warning: could not install fonts-noto-cjk; Chinese labels in pictures will show as boxes"
+  else
+    echo "[install] note: no CJK font found; install fonts-noto-cjk for Chinese labels in pictures"
+  fi
+fi
+echo "[install] ready: .venv/bin/ragtune"

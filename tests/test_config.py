@@ -1,0 +1,113 @@
+"""Config loading, overrides, path resolution and error reporting."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ragtune.config import RunConfig, config_from_dict, config_reference, load_config, to_yaml, valid_keys
+from ragtune.errors import RagtuneError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_example_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    # round trip: the resolved YAML validates to the same config
+    assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
+
+
+def test_seed_config_is_the_articles_example():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "seed_news.yaml")
+    m, t = cfg.model, cfg.train
+    assert (m.heads, m.layers, m.d_model, m.head_dim, m.ffn_dim) == (6, 12, 256, 64, 1024)
+    assert (t.optimizer, t.lr, t.momentum, t.epochs, t.steps_per_epoch, t.batch_size) == ("sgd", 0.001, 0.9, 10, 100, 16)
+    assert cfg.data.keep_labels == ["politics", "business", "entertainment"]
+    assert cfg.data.train.endswith("shared/data/bbc_news/train.csv")
+
+
+def _write(tmp_path, tree, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+def test_overrides_are_typed_and_dotted(tmp_path):
+    path = _write(tmp_path, {"data": {"train": "t.csv"}})
+    cfg = load_config(path, ["train.epochs=7", "model.layers=4", "train.lr=3e-4", "data.keep_labels=[a, b]"])
+    assert cfg.train.epochs == 7 and cfg.model.layers == 4 and cfg.train.lr == 3e-4
+    assert cfg.data.keep_labels == ["a", "b"]
+
+
+def test_null_override_unsets_to_default(tmp_path):
+    path = _write(tmp_path, {"data": {"train": "t.csv"}, "train": {"steps_per_epoch": 100, "epochs": 9}})
+    cfg = load_config(path, ["train.steps_per_epoch=null", "train.epochs=null"])
+    assert cfg.train.steps_per_epoch is None
+    assert cfg.train.epochs == RunConfig().train.epochs
+
+
+def test_relative_paths_resolve_against_config_folder_and_cwd(tmp_path):
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    path = _write(sub, {"data": {"train": "../data/train.csv", "test": "/abs/test.csv"}})
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    cfg = load_config(path, ["data.validation=val.csv"], cwd=elsewhere)
+    assert cfg.data.train == str(tmp_path / "data" / "train.csv")
+    assert cfg.data.test == "/abs/test.csv"
+    assert cfg.data.validation == str(elsewhere / "val.csv")
+
+
+def test_all_errors_reported_at_once_with_suggestions(tmp_path):
+    path = _write(tmp_path, {"data": {"trian": "t.csv"}, "model": {"heads": 0, "dropuot": 0.1}, "train": {"optimizer": "adam", "lr": -1}})
+    with pytest.raises(RagtuneError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert "data.trian: unknown key (did you mean 'data.train'?)" in msg
+    assert "model.dropuot: unknown key (did you mean 'model.dropout'?)" in msg
+    assert "model.heads" in msg and "greater than 0" in msg
+    assert "train.optimizer: must be one of 'sgd' or 'adamw' (got 'adam')" in msg
+    assert "train.lr" in msg
+    assert "5 config errors" in msg
+
+
+def test_unknown_top_level_key_and_wrong_section_key(tmp_path):
+    with pytest.raises(RagtuneError) as info:
+        config_from_dict({"tsak": "classification", "data": {"train": "x.csv"}, "train": {"layers": 3}})
+    msg = str(info.value)
+    assert "tsak: unknown key (did you mean 'task'?)" in msg
+    assert "train.layers: unknown key (did you mean 'model.layers'?)" in msg
+
+
+def test_semantic_errors(tmp_path):
+    with pytest.raises(RagtuneError) as info:
+        config_from_dict({"task": "regression", "data": {"keep_labels": ["a"]}, "train": {"label_smoothing": 0.1}, "eval": {"metric": "accuracy"}})
+    msg = str(info.value)
+    assert "data.train: required" in msg
+    assert "train.label_smoothing" in msg and "data.keep_labels" in msg
+    assert "eval.metric: 'accuracy' is not a regression metric" in msg
+
+
+def test_bad_override_syntax_and_files(tmp_path):
+    with pytest.raises(RagtuneError, match="not of the form key=value"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(RagtuneError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed", encoding="utf-8")
+    with pytest.raises(RagtuneError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string", encoding="utf-8")
+    with pytest.raises(RagtuneError, match="must be a YAML mapping"):
+        load_config(scalar)
+
+
+def test_reference_documents_every_key():
+    ref = config_reference()
+    for key in valid_keys():
+        assert f"`{key}`" in ref
+    assert "| `train.lr` | float | `0.001` |" in ref

@@ -1,0 +1,199 @@
+"""The training loop: learning, batching, schedules, checkpoints and exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from ragtune.config import TrainConfig
+from ragtune.errors import RagtuneError
+from ragtune.models.transformer import TransformerConfig, build_transformer
+from ragtune.train.batches import BatchStream, pad_batch
+from ragtune.train.checkpoint import load_checkpoint
+from ragtune.train.loop import train_model
+from ragtune.train.optim import lr_factor
+
+
+def _toy_data(n=64, seed=0):
+    """Class 1 texts contain token 5, class 0 texts token 6; lengths vary (padding is exercised)."""
+    g = torch.Generator().manual_seed(seed)
+    seqs, labels = [], []
+    for i in range(n):
+        label = i % 2
+        length = int(torch.randint(3, 10, (1,), generator=g))
+        body = torch.randint(7, 30, (length,), generator=g).tolist()
+        body[int(torch.randint(0, length, (1,), generator=g))] = 5 if label else 6
+        seqs.append([1] + body)
+        labels.append(label)
+    return seqs, torch.tensor(labels)
+
+
+def _model(task="classification", seed=0):
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(vocab_size=32, max_length=16, d_model=32, heads=2, head_dim=16, layers=1, ffn_dim=64,
+                            dropout=0.1, num_outputs=2 if task == "classification" else 1)
+    return build_transformer(cfg, task)
+
+
+def _evaluator(model, seqs, labels):
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            ids, mask = pad_batch(seqs)
+            logits = model(ids, mask)
+        model.train()
+        loss = torch.nn.functional.cross_entropy(logits, labels).item()
+        return {"loss": loss, "accuracy": (logits.argmax(-1) == labels).float().mean().item()}
+    return evaluate
+
+
+def test_pad_batch_shapes_and_mask():
+    ids, mask = pad_batch([[1, 2, 3], [4]])
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_stream_is_seeded_and_reshuffles_each_pass():
+    seqs, labels = _toy_data(10)
+    a, b = BatchStream(seqs, labels, 4, seed=1), BatchStream(seqs, labels, 4, seed=1)
+    assert a.batches_per_pass == 3
+    first_pass = torch.cat([a.indices(k) for k in range(3)]).tolist()
+    assert sorted(first_pass) == list(range(10))  # one pass visits every example once
+    second_pass = torch.cat([a.indices(k) for k in range(3, 6)]).tolist()
+    assert sorted(second_pass) == list(range(10)) and second_pass != first_pass
+    assert [b.indices(k).tolist() for k in (4, 0, 5)] == [a.indices(k).tolist() for k in (4, 0, 5)]
+
+
+def test_loss_goes_down_and_model_learns(tmp_path):
+    seqs, labels = _toy_data()
+    model = _model()
+    cfg = TrainConfig(optimizer="adamw", lr=3e-3, epochs=6, batch_size=8, seed=0, log_every_steps=1)
+    result = train_model(model, BatchStream(seqs, labels, 8, seed=0), task="classification", cfg=cfg,
+                         evaluate=_evaluator(model, seqs, labels), selection_metric="accuracy",
+                         out_dir=tmp_path, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.history[-1]["validation_accuracy"] >= 0.9
+    assert result.optimizer_steps == 6 * 8
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 48 and {"step", "loss", "lr", "tokens_per_s"} <= set(log[0])
+    assert (tmp_path / "checkpoints" / "best" / "model.safetensors").exists()
+
+
+def test_steps_per_epoch_and_grad_accumulation_count_batches(tmp_path):
+    seqs, labels = _toy_data(20)
+    model = _model()
+    stream = BatchStream(seqs, labels, 4, seed=0)  # 5 batches per pass
+    cfg = TrainConfig(epochs=2, steps_per_epoch=7, grad_accum_steps=2, batch_size=4)
+    seen = []
+    original = stream.batch
+    stream.batch = lambda k: (seen.append(k), original(k))[1]
+    result = train_model(model, stream, task="classification", cfg=cfg, evaluate=_evaluator(model, seqs, labels),
+                         selection_metric="accuracy", progress=False)
+    assert result.optimizer_steps == 14
+    assert seen == list(range(28))  # one continuous stream across epochs: 14 steps x 2 batches
+
+
+def test_regression_loss_goes_down():
+    seqs, labels = _toy_data()
+    targets = labels.float() * 2 - 1
+    model = _model("regression")
+    cfg = TrainConfig(optimizer="adamw", lr=3e-3, epochs=5, batch_size=8)
+
+    def evaluate():
+        with torch.no_grad():
+            ids, mask = pad_batch(seqs)
+            return {"mse": torch.nn.functional.mse_loss(model(ids, mask), targets).item()}
+
+    before = evaluate()["mse"]
+    result = train_model(model, BatchStream(seqs, targets, 8, seed=0), task="regression", cfg=cfg,
+                         evaluate=evaluate, selection_metric="mse", progress=False)
+    assert result.history[-1]["validation_mse"] < 0.5 * before
+
+
+def test_early_stopping_and_epoch_hook():
+    seqs, labels = _toy_data(16)
+    model = _model()
+    calls = []
+    cfg = TrainConfig(epochs=10, batch_size=8, early_stopping_patience=2, lr=1e-9, optimizer="sgd")
+    result = train_model(model, BatchStream(seqs, labels, 8, seed=0), task="classification", cfg=cfg,
+                         evaluate=lambda: {"accuracy": 0.5, "loss": 1.0}, selection_metric="accuracy",
+                         on_epoch_end=lambda epoch, m: calls.append(epoch) or False, progress=False)
+    assert result.stopped_early and len(result.history) == 3 and calls == [1, 2, 3]
+    result = train_model(_model(), BatchStream(seqs, labels, 8, seed=0), task="classification",
+                         cfg=TrainConfig(epochs=10, batch_size=8), evaluate=lambda: {"accuracy": 0.5},
+                         selection_metric="accuracy", on_epoch_end=lambda epoch, m: epoch == 2, progress=False)
+    assert result.stopped_early and len(result.history) == 2
+
+
+def test_schedules():
+    assert lr_factor(0, "constant", 4, 100) == 0.25
+    assert lr_factor(3, "linear", 4, 100) == 1.0
+    assert lr_factor(52, "linear", 4, 100) == pytest.approx(0.5)
+    assert lr_factor(52, "cosine", 4, 100) == pytest.approx(0.5)
+    assert lr_factor(100, "cosine", 4, 100) == pytest.approx(0.0)
+    assert lr_factor(80, "constant", 0, 100) == 1.0
+
+
+def test_divergence_names_the_step():
+    seqs, labels = _toy_data(16)
+    model = _model()
+    with torch.no_grad():
+        model.encoder.token_embedding.weight.fill_(float("nan")) if hasattr(model, "encoder") and hasattr(model.encoder, "token_embedding") else next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(RagtuneError, match=r"loss is nan at epoch 1, step 1"):
+        train_model(model, BatchStream(seqs, labels, 8, seed=0), task="classification",
+                    cfg=TrainConfig(epochs=1, batch_size=8), evaluate=lambda: {"accuracy": 0.0},
+                    selection_metric="accuracy", progress=False)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
+    seqs, labels = _toy_data(40)
+    cfg = TrainConfig(optimizer="adamw", lr=2e-3, epochs=3, batch_size=8, schedule="linear", warmup_steps=2,
+                      checkpoint_every_steps=3, seed=3)
+
+    def go(out, evaluate_factory, resume=False):
+        torch.manual_seed(0)
+        model = _model(seed=0)
+        result = train_model(model, BatchStream(seqs, labels, 8, seed=3), task="classification", cfg=cfg,
+                             evaluate=evaluate_factory(model), selection_metric="accuracy", out_dir=out,
+                             resume=resume, progress=False)
+        return model, result
+
+    reference, ref_result = go(tmp_path / "a", lambda m: _evaluator(m, seqs, labels))
+
+    class Crash(Exception):
+        pass
+
+    def crashing(model):
+        inner, count = _evaluator(model, seqs, labels), [0]
+
+        def evaluate():
+            count[0] += 1
+            if count[0] == 2:  # die during epoch 2's validation: the newest checkpoint is mid-epoch 2
+                raise Crash
+            return inner()
+        return evaluate
+
+    with pytest.raises(Crash):
+        go(tmp_path / "b", crashing)
+    state = torch.load(tmp_path / "b" / "checkpoints" / "last" / "state.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step_in_epoch"] == 4  # step 9 of 15
+    resumed, res_result = go(tmp_path / "b", lambda m: _evaluator(m, seqs, labels), resume=True)
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["validation_accuracy"] for h in res_result.history] == [h["validation_accuracy"] for h in ref_result.history]
+    assert [round(h["train_loss"], 10) for h in res_result.history] == [round(h["train_loss"], 10) for h in ref_result.history]
+
+
+def test_corrupted_checkpoint_is_detected(tmp_path):
+    seqs, labels = _toy_data(16)
+    model = _model()
+    train_model(model, BatchStream(seqs, labels, 8, seed=0), task="classification",
+                cfg=TrainConfig(epochs=1, batch_size=8), evaluate=lambda: {"accuracy": 0.5},
+                selection_metric="accuracy", out_dir=tmp_path, progress=False)
+    weights = tmp_path / "checkpoints" / "last" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RagtuneError, match="corrupted"):
+        load_checkpoint(tmp_path / "checkpoints" / "last", _model())
