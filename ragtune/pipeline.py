@@ -40,7 +40,7 @@ import ragtune
 from ragtune.config import RunConfig, config_from_dict, path_keys, to_yaml
 from ragtune.data.prepare import PreparedData, prepare_data
 from ragtune.data.report import data_report, data_report_markdown
-from ragtune.data.tokenizer import encode, load_tokenizer, save_tokenizer, train_tokenizer
+from ragtune.data.tokenizer import encode, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
 from ragtune.models.transformer import TransformerConfig, build_transformer
@@ -220,7 +220,7 @@ def _data_report(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path) -
     if cfg.task == "classification":
         counts = {name: df.label.value_counts().reindex(data.labels, fill_value=0).astype(int).to_dict() for name, df in splits.items()}
         plots.plot_class_balance(counts, run_dir / "data_class_balance.png")
-    lengths = {name: [len(ids) for ids in encode(tokenizer, df.text.tolist(), 1_000_000)] for name, df in splits.items()}
+    lengths = {name: token_lengths(tokenizer, df.text.tolist()) for name, df in splits.items()}
     plots.plot_length_histogram(lengths, run_dir / "data_lengths.png")
     for warning in report.get("warnings", []):
         log.warning("data: %s", warning)

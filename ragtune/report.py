@@ -69,7 +69,9 @@ def write_report(
         if key in pictures:
             lines += [f"## {title}", "", f"![{title}]({pictures[key]})", ""]
     if result.history:
-        cols = [k for k in result.history[0] if k not in ("seconds",)]
+        wanted = ["epoch", "step", "train_loss", "lr", "validation_loss", f"validation_{cfg.selection_metric}",
+                  "validation_accuracy", "validation_macro_f1", "validation_mse", "validation_r2", "seconds"]
+        cols = [k for k in dict.fromkeys(wanted) if k in result.history[0]]
         lines += ["## Epochs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for entry in result.history:
             lines.append("| " + " | ".join(_fmt(entry.get(c)) for c in cols) + " |")

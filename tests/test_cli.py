@@ -1,0 +1,206 @@
+"""The real CLI, end to end, on tiny configs (subprocess for the console script, main() for speed)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ragtune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = {"heads": 2, "head_dim": 16, "layers": 1, "d_model": 32, "ffn_dim": 64, "max_length": 32}
+
+
+def _news_rows(n, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    words = {
+        "politics": ["parliament", "minister", "election", "vote", "选举", "政府"],
+        "economy": ["market", "shares", "bank", "inflation", "股市", "银行"],
+        "entertainment": ["film", "actor", "music", "award", "电影", "明星"],
+    }
+    filler = ["the", "a", "today", "report", "said", "new", "week", "今天"]
+    rows = []
+    for i in range(n):
+        label = list(words)[i % 3]
+        text = " ".join(rng.choice(words[label] if rng.random() < 0.5 else filler) for _ in range(8))
+        rows.append({"text": text, "label": label})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _news_rows(120).to_csv(data / "train.csv", index=False)
+    _news_rows(30, seed=1).to_csv(data / "test.csv", index=False)
+    cfg = {
+        "task": "classification",
+        "data": {"train": "data/train.csv", "test": "data/test.csv"},
+        "tokenizer": {"vocab_size": 200, "min_frequency": 1},
+        "model": TINY_MODEL,
+        "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 2, "batch_size": 16, "seed": 0},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_console_script_end_to_end(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("ragtune")
+    proc = subprocess.run([str(exe), "run", str(tiny_config), "train.epochs=3", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "report:" in proc.stdout
+    for name in ("config.yaml", "inputs.json", "data_report.md", "tokenizer.json", "model.safetensors", "model.json",
+                 "metrics.json", "train_log.jsonl", "run.log", "report.md", "curves.png", "confusion_matrix_test.png",
+                 "history.json", "checkpoints/last/state.pt"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"validation", "test"}
+    assert {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "per_class", "confusion_matrix"} <= set(metrics["test"])
+    assert metrics["test"]["accuracy"] > 0.6  # three easy classes, chance is 0.33
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert len(inputs["data.train"]["sha256"]) == 64
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 3
+    report = (out / "report.md").read_text()
+    assert "| accuracy |" in report and "confusion_matrix_test.png" in report
+
+    # predict: one JSON line per text, Chinese included
+    proc = subprocess.run([str(exe), "predict", str(out), "parliament vote election", "电影 明星 电影"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 2
+    assert set(lines[0]["scores"]) == {"economy", "entertainment", "politics"}
+    assert abs(sum(lines[0]["scores"].values()) - 1) < 1e-4
+    assert lines[0]["label"] == "politics"
+
+
+def test_eval_and_predict_files(tiny_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_config), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    test_file = tiny_config.parent / "data" / "test.csv"
+    assert main(["eval", str(out), "--data", str(test_file)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "metrics.json").read_text())["test"]
+    assert metrics["accuracy"] == pytest.approx(saved["accuracy"])  # one predictor, one result
+
+    output = tmp_path / "pred.csv"
+    assert main(["predict", str(out), "--input", str(test_file), "--output", str(output)]) == 0
+    df = pd.read_csv(output)
+    assert {"predicted_label", "score_politics", "text", "label"} <= set(df.columns) and len(df) == 30
+    # an existing output is not overwritten without --overwrite
+    assert main(["predict", str(out), "--input", str(test_file), "--output", str(output)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_existing_run_dir_is_refused_and_kept(tiny_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    assert main(["run", str(tiny_config), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty" in err and "--overwrite" in err
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_resume_continues_a_run(tiny_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_config), "train.epochs=1", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(tiny_config), "train.epochs=2", "--resume", str(out), "--quiet"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    capsys.readouterr()
+    assert main(["run", str(tiny_config), "model.layers=2", "--resume", str(out), "--quiet"]) == 2
+    assert "model.layers: 1 -> 2" in capsys.readouterr().err
+
+
+def test_user_errors_exit_2_without_traceback(tiny_config, tmp_path):
+    exe = Path(sys.executable).with_name("ragtune")
+    proc = subprocess.run([str(exe), "run", str(tiny_config), "model.layrs=2", "data.text_column=body"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "model.layrs: unknown key (did you mean 'model.layers'?)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([str(exe), "run", str(tiny_config), "data.text_column=body", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "body" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([str(exe), "--debug", "predict", str(tmp_path / "nothing"), "x"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr  # --debug shows it
+
+
+def test_validate_show_and_help(tiny_config, capsys):
+    assert main(["validate", str(tiny_config), "train.epochs=5", "--show"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["train"]["epochs"] == 5 and shown["model"]["heads"] == 2
+    assert main(["validate", str(tiny_config), "train.epocs=5"]) == 2
+    assert "did you mean 'train.epochs'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "ragtune run" in capsys.readouterr().out
+
+
+def test_regression_end_to_end(tmp_path, capsys):
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(160):
+        k = rng.randint(0, 5)
+        rows.append({"text": " ".join(["good"] * k + ["plain"] * (6 - k)), "score": float(k)})
+    pd.DataFrame(rows).to_csv(tmp_path / "scores.csv", index=False)
+    cfg = {"task": "regression", "data": {"train": "scores.csv", "label_column": "score"},
+           "tokenizer": {"vocab_size": 100, "min_frequency": 1}, "model": TINY_MODEL,
+           "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 4, "batch_size": 16}}
+    path = tmp_path / "reg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"mse", "mae", "r2", "pearson"} <= set(metrics["test"])
+    assert metrics["test"]["r2"] > 0.5
+    capsys.readouterr()
+    assert main(["predict", str(out), "good good good good good plain"]) == 0
+    assert "value" in json.loads(capsys.readouterr().out)
+
+
+def test_chinese_end_to_end(tmp_path, capsys):
+    import random
+    import warnings
+
+    rng = random.Random(0)
+    words = {"体育": ["比赛", "球队", "冠军", "进球"], "财经": ["股市", "银行", "利率", "投资"], "娱乐": ["电影", "明星", "演唱会", "导演"]}
+    filler = ["今天", "新闻", "报道", "我们", "发布"]
+    rows = [{"text": "".join(rng.choice(words[label] if rng.random() < 0.5 else filler) for _ in range(6)), "label": label}
+            for i in range(150) for label in [list(words)[i % 3]]]
+    pd.DataFrame(rows).to_csv(tmp_path / "zh.csv", index=False)
+    cfg = {"data": {"train": "zh.csv"}, "tokenizer": {"vocab_size": 300, "min_frequency": 1}, "model": TINY_MODEL,
+           "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 3, "batch_size": 16}}
+    path = tmp_path / "zh.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    from ragtune.evaluate.plots import find_cjk_font
+
+    if find_cjk_font():
+        assert not [w for w in caught if "Glyph" in str(w.message)], "Chinese labels must render in the pictures"
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics["test"]["per_class"]) == {"体育", "娱乐", "财经"}
+    assert metrics["test"]["accuracy"] > 0.6
+    assert "体育" in (out / "report.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", str(out), "球队比赛冠军进球"]) == 0
+    prediction = json.loads(capsys.readouterr().out)
+    assert prediction["label"] == "体育"
