@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ragtune.errors import RagtuneError
 
@@ -77,6 +77,14 @@ class DataConfig(_Section):
         False,
         description="Use the small built-in demo data set (synthetic, written by ragtune itself) instead of files.",
     )
+
+    @field_validator("keep_labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        """Labels are compared as text: ``keep_labels: [0, 1]`` means the labels "0" and "1"."""
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+        return value
 
 
 class TokenizerConfig(_Section):

@@ -1,0 +1,125 @@
+"""Tokenizer training, encoding, saving and loading; English, accented and Chinese text."""
+
+import pytest
+
+from ragtune.data.tokenizer import (
+    SPECIAL_TOKENS,
+    encode,
+    load_tokenizer,
+    save_tokenizer,
+    token_lengths,
+    train_tokenizer,
+    unk_rate,
+)
+from ragtune.errors import RagtuneError
+
+ENGLISH = [
+    "The central bank raised interest rates on Monday.",
+    "The film premiere drew a huge crowd of fans.",
+    "Parliament voted on the new immigration bill.",
+    "Investors welcomed the quarterly earnings of the bank.",
+] * 5
+CHINESE = [
+    "体验2D巅峰 倚天屠龙记十大创新概览",
+    "60年铁树开花形状似玉米芯(组图)",
+    "同步A股首秀：港股缩量回调",
+    "中青宝sg现场抓拍 兔子舞热辣表演",
+    "国足主帅：球队状态良好，目标小组出线",
+]
+ACCENTED = ["Für die Straße gilt das Übereinkommen.", "Le café est très élégant à Paris."] * 3
+
+
+@pytest.fixture(params=["wordpiece", "bpe"])
+def kind(request):
+    return request.param
+
+
+def test_special_token_ids_and_cls(kind):
+    tok = train_tokenizer(ENGLISH, kind=kind, vocab_size=200, min_frequency=1)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+    enc = tok.encode("The bank raised rates.")
+    assert enc.ids[0] == tok.token_to_id("[CLS]")
+    assert "[UNK]" not in enc.tokens
+    assert tok.decode(enc.ids) == "the bank raised rates."
+
+
+def test_chinese_tokenizes_to_characters_without_unk(kind):
+    tok = train_tokenizer(CHINESE + ENGLISH, kind=kind, vocab_size=300, min_frequency=2)
+    for title in CHINESE:
+        tokens = tok.encode(title).tokens
+        assert "[UNK]" not in tokens, tokens
+    tokens = tok.encode("倚天屠龙记").tokens
+    assert tokens == ["[CLS]", "倚", "天", "屠", "龙", "记"]
+    assert unk_rate(tok, CHINESE) == 0.0
+
+
+def test_accents_kept_when_lowercasing(kind):
+    tok = train_tokenizer(ACCENTED, kind=kind, vocab_size=300, min_frequency=1, lowercase=True)
+    tokens = tok.encode("Über Straße").tokens
+    assert "[UNK]" not in tokens
+    text = "".join(t.removeprefix("##") for t in tokens[1:])
+    assert "ü" in text and "ß" in text  # accents kept, lowercased
+
+
+def test_lowercase_off(kind):
+    tok = train_tokenizer(ENGLISH, kind=kind, vocab_size=300, min_frequency=1, lowercase=False)
+    assert "The" in tok.encode("The bank").tokens
+
+
+def test_unk_rate_counts_unseen_characters(kind):
+    tok = train_tokenizer(ENGLISH, kind=kind, vocab_size=300, min_frequency=1)
+    assert unk_rate(tok, ENGLISH) == 0.0
+    rate = unk_rate(tok, ["bank ω"])  # "ω" never seen in training
+    assert 0.0 < rate <= 0.5
+    assert unk_rate(tok, []) == 0.0
+
+
+def test_encode_truncates_and_restores_state(kind):
+    tok = train_tokenizer(ENGLISH + CHINESE, kind=kind, vocab_size=300, min_frequency=1)
+    ids = encode(tok, ENGLISH[:3] + CHINESE[:1] + [""], max_length=5)
+    assert len(ids) == 5
+    assert all(1 <= len(x) <= 5 and x[0] == 2 for x in ids)
+    assert ids[-1] == [2]  # an empty text is just [CLS]
+    assert tok.truncation is None and tok.padding is None
+    long = encode(tok, [CHINESE[0]], max_length=512)[0]
+    assert len(long) == token_lengths(tok, [CHINESE[0]])[0] > 10  # untruncated: [CLS] + one token per character
+    with pytest.raises(RagtuneError, match="max_length"):
+        encode(tok, ["x"], max_length=0)
+
+
+def test_generator_input():
+    tok = train_tokenizer((t for t in ENGLISH), vocab_size=200, min_frequency=1)
+    assert tok.get_vocab_size() > 4
+
+
+def test_no_texts_is_an_error():
+    with pytest.raises(RagtuneError, match="no training texts"):
+        train_tokenizer([], vocab_size=200)
+
+
+def test_unknown_kind():
+    with pytest.raises(RagtuneError, match="wordpiece, bpe"):
+        train_tokenizer(ENGLISH, kind="unigram")
+
+
+def test_save_and_load_round_trip(tmp_path, kind):
+    tok = train_tokenizer(ENGLISH + CHINESE, kind=kind, vocab_size=300, min_frequency=1)
+    file = save_tokenizer(tok, tmp_path / "tok" / "tokenizer.json")
+    assert file.is_file()
+    loaded = load_tokenizer(file)
+    texts = ENGLISH[:2] + CHINESE
+    assert encode(loaded, texts, 64) == encode(tok, texts, 64)
+    assert encode(load_tokenizer(tmp_path / "tok"), texts, 64) == encode(tok, texts, 64)  # folder works too
+
+
+def test_load_missing(tmp_path):
+    with pytest.raises(RagtuneError, match=r"tokenizer file not found: .*tokenizer\.json"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"version": "1.0", "model": 3}'])
+def test_load_corrupt(tmp_path, content):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(RagtuneError, match=r"tokenizer\.json: not a valid tokenizer file"):
+        load_tokenizer(path)
