@@ -203,13 +203,21 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may also follow options (`ragtune run cfg --out X train.epochs=3`).
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("ragtune").addHandler(console)
     logging.getLogger("ragtune").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # e.g. `ragtune eval ... | head`
+        sys.stderr.close()
+        return 0
     except RagtuneError as exc:
         if args.debug:
             traceback.print_exc()

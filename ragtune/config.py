@@ -9,7 +9,8 @@ everything at once, so a user sees every mistake in one message::
 Rules (see ``docs/design.md``):
 
 * Unknown keys are errors that name the key and suggest the closest valid one.
-* ``key=null`` on the command line unsets a key: the field takes its default.
+* ``key=null`` on the command line unsets a key: a field that accepts null becomes null (e.g.
+  ``train.clip_grad_norm=null`` disables clipping), any other field takes its default.
 * Relative paths written in a config file resolve against that file's folder; paths given on the
   command line resolve against the working directory.
 * Every field carries a description; ``ragtune validate --reference`` prints them as a table.
@@ -28,6 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ragtune.errors import RagtuneError
 
 TASKS = ("classification", "regression")
+
+# Validation metrics each task can select on (early stopping, best epoch, tuning objectives).
+TASK_METRICS = {
+    "classification": ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "log_loss"),
+    "regression": ("mse", "mae", "rmse", "r2", "pearson", "loss"),
+}
 
 
 def _path_field(default: Any = None, description: str = "") -> Any:
@@ -209,6 +216,14 @@ def valid_keys() -> list[str]:
     return [key for key, _, _ in _walk_fields(RunConfig)]
 
 
+def _nullable(dotted: str) -> bool:
+    """Whether the field at ``dotted`` accepts null (unknown keys count as nullable: validation reports them)."""
+    for key, info, _ in _walk_fields(RunConfig):
+        if key == dotted:
+            return info.annotation is type(None) or type(None) in get_args(info.annotation)
+    return True
+
+
 def path_keys() -> list[str]:
     """Dotted keys that hold file paths."""
     return [
@@ -275,8 +290,8 @@ def apply_overrides(tree: dict, overrides: list[str], cwd: Path | None = None) -
             node = child
         else:
             leaf = parts[-1]
-            if value is None:
-                node.pop(leaf, None)  # key=null unsets: the default applies
+            if value is None and not _nullable(key):
+                node.pop(leaf, None)  # key=null on a field that cannot be null: its default applies
             else:
                 if key in paths and isinstance(value, str) and not os.path.isabs(value):
                     value = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
@@ -329,16 +344,10 @@ def _semantic_errors(cfg: RunConfig) -> list[str]:
             "data.validation_fraction + data.test_fraction: leave at least 10% of train for training "
             f"(got {cfg.data.validation_fraction} + {cfg.data.test_fraction})"
         )
-    if cfg.eval.metric is not None:
-        from ragtune.evaluate.metrics import METRIC_DIRECTIONS
-
-        task_metrics = (
-            {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "log_loss"}
-            if cfg.task == "classification"
-            else {"mse", "mae", "rmse", "r2", "pearson", "loss"}
+    if cfg.eval.metric is not None and cfg.eval.metric not in TASK_METRICS[cfg.task]:
+        errors.append(
+            f"eval.metric: {cfg.eval.metric!r} is not a {cfg.task} metric; choose one of {list(TASK_METRICS[cfg.task])}"
         )
-        if cfg.eval.metric not in task_metrics or cfg.eval.metric not in METRIC_DIRECTIONS:
-            errors.append(f"eval.metric: {cfg.eval.metric!r} is not a {cfg.task} metric; choose one of {sorted(task_metrics)}")
     return errors
 
 

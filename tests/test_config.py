@@ -43,9 +43,10 @@ def test_overrides_are_typed_and_dotted(tmp_path):
 
 def test_null_override_unsets_to_default(tmp_path):
     path = _write(tmp_path, {"data": {"train": "t.csv"}, "train": {"steps_per_epoch": 100, "epochs": 9}})
-    cfg = load_config(path, ["train.steps_per_epoch=null", "train.epochs=null"])
+    cfg = load_config(path, ["train.steps_per_epoch=null", "train.epochs=null", "train.clip_grad_norm=null"])
     assert cfg.train.steps_per_epoch is None
-    assert cfg.train.epochs == RunConfig().train.epochs
+    assert cfg.train.clip_grad_norm is None  # nullable: null disables clipping
+    assert cfg.train.epochs == RunConfig().train.epochs  # not nullable: back to the default
 
 
 def test_relative_paths_resolve_against_config_folder_and_cwd(tmp_path):
