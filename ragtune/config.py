@@ -123,6 +123,20 @@ class ModelConfig(_Section):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability (scratch only; `hf` keeps the pretrained model's dropout).")
     activation: Literal["gelu", "relu"] = Field("gelu", description="Feed-forward activation f in y = f(Wx + b) (scratch only).")
     pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one vector: mean over tokens, or the first ([CLS]) token (scratch only).")
+    truncation: Literal["head", "tail", "head_tail"] = Field(
+        "head",
+        description="Which tokens of a text longer than `max_length` are kept (both backbones; training and inference alike): `head` the first ones, `tail` the last ones, `head_tail` the first `head_tokens` and the last ones that fit. Special tokens ([CLS] first, and [SEP] last where the tokenizer adds it) always stay.",
+    )
+    head_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="`truncation: head_tail` only: text tokens kept from the start (special tokens not counted); the rest of `max_length` goes to the end of the text. Null: a quarter of `max_length` (e.g. 128 of 512).",
+    )
+    freeze_embeddings: bool = Field(False, description="`hf` only: do not train the embedding layer (word, position and type embeddings).")
+    freeze_layers: int = Field(0, ge=0, description="`hf` only: do not train the first N encoder layers (counted from the embeddings up).")
+    gradient_checkpointing: bool = Field(
+        False, description="`hf` only: recompute activations in the backward pass instead of storing them (less memory, slower steps)."
+    )
 
 
 class TrainConfig(_Section):
@@ -159,6 +173,16 @@ class TrainConfig(_Section):
         None, gt=0, description="Also checkpoint every N optimizer steps (checkpoints are always written each epoch)."
     )
     log_every_steps: int = Field(10, gt=0, description="Write a line to the step log every N optimizer steps.")
+    layer_lr_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="`model.backbone: hf` only: layer-wise learning-rate decay. The head and the top encoder layer train with `lr`, each layer below with the one above's rate times this factor, the embeddings lowest (e.g. 0.9); the schedule scales every rate alike. Null: one `lr` for all.",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Batch texts of similar token length together (less padding, faster steps): each pass shuffles, sorts windows of 50 batches by length, cuts batches there and shuffles the batch order. Deterministic and resumable like plain batches.",
+    )
 
 
 class EvalConfig(_Section):
@@ -376,6 +400,25 @@ def _semantic_errors(cfg: RunConfig) -> list[str]:
         errors.append(
             "model.name_or_path: required with model.backbone: hf (a Hugging Face Hub id, a local save_pretrained folder, or minilm)"
         )
+    if cfg.model.backbone != "hf":
+        hf_only = {
+            "model.freeze_embeddings": cfg.model.freeze_embeddings,
+            "model.freeze_layers": cfg.model.freeze_layers,
+            "model.gradient_checkpointing": cfg.model.gradient_checkpointing,
+            "train.layer_lr_decay": cfg.train.layer_lr_decay,
+        }
+        for key, value in hf_only.items():
+            if value:
+                errors.append(f"{key}: only applies to model.backbone: hf (got {value!r} with backbone {cfg.model.backbone!r})")
+    if cfg.model.head_tokens is not None:
+        if cfg.model.truncation != "head_tail":
+            errors.append(
+                f"model.head_tokens: only applies to model.truncation: head_tail (truncation is {cfg.model.truncation!r})"
+            )
+        elif cfg.model.head_tokens >= cfg.model.max_length:
+            errors.append(
+                f"model.head_tokens: must be smaller than model.max_length ({cfg.model.max_length}) (got {cfg.model.head_tokens})"
+            )
     if cfg.eval.metric is not None and cfg.eval.metric not in TASK_METRICS[cfg.task]:
         errors.append(
             f"eval.metric: {cfg.eval.metric!r} is not a {cfg.task} metric; choose one of {list(TASK_METRICS[cfg.task])}"

@@ -107,13 +107,14 @@ def run(
              model.num_parameters(non_embedding=False) / 1e6, model.num_parameters(non_embedding=True) / 1e6)
 
     # 3. training
-    stream = BatchStream(encode(tokenizer, data.train.text.tolist(), cfg.model.max_length),
-                         _targets(cfg, data.train, meta), cfg.train.batch_size, cfg.train.seed, pad_id=pad_id(meta))
+    train_ids = encode(tokenizer, data.train.text.tolist(), cfg.model.max_length, cfg.model.truncation, cfg.model.head_tokens)
+    stream = BatchStream(train_ids, _targets(cfg, data.train, meta), cfg.train.batch_size, cfg.train.seed,
+                         pad_id=pad_id(meta), group_by_length=cfg.train.group_by_length)
     validation = (data.validation.text.tolist(), data.validation.label.tolist())
     train_result = train_model(
         model, stream, task=cfg.task, cfg=cfg.train, selection_metric=cfg.selection_metric,
         evaluate=lambda: predictor.evaluate(*validation), out_dir=run_dir, resume=resume,
-        on_epoch_end=on_epoch_end, progress=progress,
+        on_epoch_end=on_epoch_end, progress=progress, layer_groups=_layer_groups(cfg, model),
     )
     if cfg.train.restore_best and train_result.best_epoch is not None:
         load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
@@ -262,6 +263,8 @@ def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
             "task": cfg.task,
             "labels": data.labels,
             "max_length": m.max_length,
+            "truncation": m.truncation,
+            "head_tokens": m.head_tokens,
             "backbone": "hf",
             "name_or_path": m.name_or_path,
             "hf_model": HF_MODEL_DIR,  # relative to the run directory
@@ -275,6 +278,8 @@ def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
         "task": cfg.task,
         "labels": data.labels,
         "max_length": m.max_length,
+        "truncation": m.truncation,
+        "head_tokens": m.head_tokens,
         "model_config": {
             "vocab_size": tokenizer.get_vocab_size(), "max_length": m.max_length, "d_model": m.d_model,
             "heads": m.heads, "head_dim": m.head_dim, "layers": m.layers, "ffn_dim": m.ffn_dim,
@@ -296,7 +301,7 @@ def _add_target_scaling(cfg: RunConfig, data: PreparedData, meta: dict) -> None:
 def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
     """The scratch Transformer, or the pretrained HF model wrapped to the same call signature."""
     if cfg.model.backbone == "hf":
-        from ragtune.models.hf import HFSequenceModel, load_hf_classifier
+        from ragtune.models.hf import HFSequenceModel, enable_gradient_checkpointing, freeze, load_hf_classifier
 
         hf_model, _ = load_hf_classifier(cfg.model.name_or_path, meta["num_outputs"], meta["labels"], cfg.task)
         positions = getattr(hf_model.config, "max_position_embeddings", None)
@@ -305,8 +310,20 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
                 f"model.max_length: {cfg.model.max_length} is longer than the {positions} positions that "
                 f"{cfg.model.name_or_path} supports; set model.max_length={positions} or less"
             )
+        freeze(hf_model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
+        if cfg.model.gradient_checkpointing:
+            enable_gradient_checkpointing(hf_model)
         return HFSequenceModel(hf_model, cfg.task)
     return build_transformer(TransformerConfig(**meta["model_config"]), cfg.task)
+
+
+def _layer_groups(cfg: RunConfig, model: torch.nn.Module) -> list[list[torch.nn.Parameter]] | None:
+    """The hf model's parameters from the bottom up, for train.layer_lr_decay (None when it is off)."""
+    if cfg.train.layer_lr_decay is None:
+        return None
+    from ragtune.models.hf import layer_ordered_parameters
+
+    return layer_ordered_parameters(model.model)
 
 
 def _save_hf(model: torch.nn.Module, cfg: RunConfig, folder: Path) -> None:

@@ -55,7 +55,8 @@ class Predictor:
         model: a ``...ForSequenceClassification`` / ``...ForRegression`` module.
         tokenizer: the ``tokenizers.Tokenizer`` the model was trained with (for ``hf``, the
             pretrained fast tokenizer's ``backend_tokenizer``).
-        meta: ``task``, ``labels`` (classification), ``max_length``, ``target_mean``/``target_std``
+        meta: ``task``, ``labels`` (classification), ``max_length``, ``truncation``/``head_tokens``
+            (how long texts are cut, as in training; ``head`` when absent), ``target_mean``/``target_std``
             (regression: the model predicts standardised targets).
         batch_size: texts per forward pass.
     """
@@ -107,7 +108,8 @@ class Predictor:
             raise TypeError("texts must be a list of strings, not one string")
         was_training = self.model.training
         self.model.eval()
-        ids = encode(self.tokenizer, list(texts), self.max_length)
+        ids = encode(self.tokenizer, list(texts), self.max_length, self.meta.get("truncation", "head"),
+                     self.meta.get("head_tokens"))
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
         out: list[np.ndarray | None] = [None] * len(ids)
         for start in range(0, len(order), self.batch_size):

@@ -110,22 +110,73 @@ def _encode_batch(tokenizer: Tokenizer, texts: list[str], add_special_tokens: bo
     return tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
 
 
-def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+TRUNCATIONS = ("head", "tail", "head_tail")
+
+
+def default_head_tokens(max_length: int) -> int:
+    """Text tokens ``head_tail`` keeps from the start when ``head_tokens`` is null: a quarter of ``max_length``."""
+    return max_length // 4
+
+
+def encode(
+    tokenizer: Tokenizer,
+    texts: list[str],
+    max_length: int,
+    truncation: str = "head",
+    head_tokens: int | None = None,
+) -> list[list[int]]:
     """Token ids of each text: ``[CLS]`` + subwords, truncated to ``max_length`` ids in all. No padding.
 
     Works for any ``tokenizers.Tokenizer``, including a pretrained fast tokenizer's
     ``backend_tokenizer`` (``model.backbone: hf``): its post-processor adds the model's own special
     tokens (e.g. ``[CLS] ... [SEP]``), and truncation keeps them, cutting the text tokens instead.
+
+    ``truncation`` says which text tokens a long text keeps (the special tokens always stay in place):
+    ``head`` the first ones, ``tail`` the last ones, ``head_tail`` the first ``head_tokens`` (null:
+    :func:`default_head_tokens`) and as many of the last ones as fit.
     """
     if max_length < 1:
         raise RagtuneError(f"max_length must be at least 1 (got {max_length})")
+    if truncation not in TRUNCATIONS:
+        raise RagtuneError(f"model.truncation: unknown strategy {truncation!r}; choose one of {list(TRUNCATIONS)}")
+    if head_tokens is not None and head_tokens < 0:
+        raise RagtuneError(f"model.head_tokens: must be 0 or more (got {head_tokens})")
     saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
+    if truncation == "head":
+        tokenizer.enable_truncation(max_length=max_length)
+    else:
+        tokenizer.no_truncation()
     try:
-        return [enc.ids for enc in _encode_batch(tokenizer, list(texts))]
+        encodings = _encode_batch(tokenizer, list(texts))
     finally:
         _restore(tokenizer, saved_truncation, saved_padding)
+    if truncation == "head":
+        return [enc.ids for enc in encodings]
+    head = default_head_tokens(max_length) if head_tokens is None else head_tokens
+    return [_truncate(enc.ids, enc.special_tokens_mask, max_length, truncation, head) for enc in encodings]
+
+
+def _truncate(ids: list[int], special: list[int], max_length: int, truncation: str, head: int) -> list[int]:
+    """Cut the text tokens between the leading and trailing special tokens down to what fits in ``max_length``."""
+    if len(ids) <= max_length:
+        return ids
+    start = 0
+    while start < len(ids) and special[start]:
+        start += 1
+    end = len(ids)
+    while end > start and special[end - 1]:
+        end -= 1
+    prefix, text, suffix = ids[:start], ids[start:end], ids[end:]
+    budget = max_length - len(prefix) - len(suffix)
+    if budget <= 0:  # not even the special tokens fit: keep the first max_length ids, like head
+        return ids[:max_length]
+    if truncation == "tail":
+        kept = text[len(text) - budget :]
+    else:  # head_tail
+        n_head = min(head, budget)
+        kept = text[:n_head] + text[len(text) - (budget - n_head) :]
+    return prefix + kept + suffix
 
 
 def token_lengths(tokenizer: Tokenizer, texts: list[str]) -> list[int]:

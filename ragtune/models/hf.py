@@ -148,6 +148,77 @@ def _model_type(source: str) -> str:
         return "unknown"
 
 
+def encoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """The embedding module and the list of encoder layers of a BERT-like model (``base_model.embeddings``,
+    ``base_model.encoder.layer``). Other architectures get a RagtuneError naming the model type."""
+    base = getattr(model, "base_model", model)
+    embeddings = getattr(base, "embeddings", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(embeddings, nn.Module) or not isinstance(layers, nn.ModuleList) or not len(layers):
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise RagtuneError(
+            f"model.name_or_path: cannot find the embeddings and encoder layers of this {model_type!r} model "
+            "(ragtune looks for base_model.embeddings and base_model.encoder.layer, as in BERT-like models); "
+            "model.freeze_embeddings, model.freeze_layers and train.layer_lr_decay need them"
+        )
+    return embeddings, layers
+
+
+def freeze(model: nn.Module, embeddings: bool, layers: int) -> None:
+    """Stop training the embeddings (``embeddings``) and the first ``layers`` encoder layers (``requires_grad=False``)."""
+    if not embeddings and not layers:
+        return
+    embedding_module, layer_list = encoder_parts(model)
+    if layers > len(layer_list):
+        raise RagtuneError(
+            f"model.freeze_layers: {layers} is more than the {len(layer_list)} encoder layers of this model; "
+            f"choose 0 to {len(layer_list)}"
+        )
+    frozen = [embedding_module] if embeddings else []
+    frozen += list(layer_list[:layers])
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def layer_ordered_parameters(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The parameters from the bottom up: ``[embeddings, layer 0, ..., layer N-1, everything else]``.
+
+    The last group holds what is neither embeddings nor an encoder layer: the pooler and the
+    classification head. Frozen parameters are included; the optimizer leaves them out.
+    """
+    embedding_module, layer_list = encoder_parts(model)
+    groups = [list(embedding_module.parameters())] + [list(layer.parameters()) for layer in layer_list]
+    seen = {id(p) for group in groups for p in group}
+    groups.append([p for p in model.parameters() if id(p) not in seen])
+    return groups
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (``gradient_checkpointing_enable``), or a RagtuneError."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise RagtuneError(
+            f"model.gradient_checkpointing: this {model_type!r} model does not support gradient checkpointing; "
+            "set model.gradient_checkpointing: false"
+        )
+    # non-reentrant checkpointing also works when the embeddings are frozen (inputs without gradients);
+    # transformers 5 renamed gradient_checkpointing_enable to activation_checkpointing_enable
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def is_gradient_checkpointing(model: nn.Module) -> bool:
+    """Whether :func:`enable_gradient_checkpointing` is in effect for ``model``."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    if flag is None:
+        flag = getattr(model, "is_gradient_checkpointing", False)
+    return bool(flag)
+
+
 class HFSequenceModel(nn.Module):
     """A Hugging Face sequence-classification model with the scratch models' call signature.
 

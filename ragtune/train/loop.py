@@ -36,7 +36,7 @@ from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import metric_direction
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_weights, set_rng_state
-from ragtune.train.optim import build_optimizer, build_scheduler
+from ragtune.train.optim import build_optimizer, build_scheduler, layer_decay_scales
 
 log = logging.getLogger("ragtune.train")
 
@@ -81,12 +81,24 @@ def train_model(
     before_epoch: Callable[[int], None] | None = None,
     is_main_process: bool = True,
     progress: bool = True,
+    layer_groups: list[list[torch.nn.Parameter]] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; returns the per-epoch history and the best epoch (1-based)."""
+    """Train ``model`` in place; returns the per-epoch history and the best epoch (1-based).
+
+    ``layer_groups`` are the model's parameters from the bottom up (embeddings, layers, head; see
+    ``ragtune.models.hf.layer_ordered_parameters``); ``cfg.layer_lr_decay`` needs them.
+    """
     direction = metric_direction(selection_metric)
     steps_per_epoch = cfg.steps_per_epoch or max(1, stream.batches_per_pass // cfg.grad_accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    param_scales = None
+    if cfg.layer_lr_decay is not None:
+        if layer_groups is None:
+            raise RagtuneError(
+                f"train.layer_lr_decay: {cfg.layer_lr_decay} needs a model with encoder layers (model.backbone: hf)"
+            )
+        param_scales = layer_decay_scales(layer_groups, cfg.layer_lr_decay)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, param_scales)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     writes = out_dir is not None and is_main_process
@@ -189,7 +201,7 @@ def train_model(
 
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_tokens / elapsed if elapsed > 0 else 0.0
-                lr = scheduler.get_last_lr()[0]
+                lr = max(scheduler.get_last_lr())  # the peak rate (the head's, with layer_lr_decay)
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 bar.update(1)
                 if step_log is not None and result.optimizer_steps % cfg.log_every_steps == 0:
@@ -221,7 +233,7 @@ def train_model(
                 "epoch": epoch + 1,
                 "step": result.optimizer_steps,
                 "train_loss": epoch_loss_sum / max(1, epoch_loss_count),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": max(scheduler.get_last_lr()),
                 "seconds": round(time.perf_counter() - started, 2),
             }
             entry.update({f"validation_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -22,25 +22,57 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 
 
+def layer_decay_scales(layer_groups: list[list[nn.Parameter]], decay: float) -> list[tuple[list[nn.Parameter], float]]:
+    """Learning-rate scales for layer-ordered parameters ``[embeddings, layer 0, ..., layer N-1, head]``.
+
+    The head (last group) and the top layer get 1, each layer below the one above's scale × ``decay``,
+    the embeddings (first group) ``decay**N``.
+    """
+    if not 0 < decay <= 1:
+        raise RagtuneError(f"train.layer_lr_decay: must be in (0, 1] (got {decay})")
+    if len(layer_groups) < 2:
+        raise RagtuneError("train.layer_lr_decay: the model has no layers to decay over")
+    *body, head = layer_groups
+    top = len(body) - 1
+    return [(params, decay ** (top - i)) for i, params in enumerate(body)] + [(head, 1.0)]
+
+
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+    model: nn.Module,
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    param_scales: list[tuple[list[nn.Parameter], float]] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over ``model``'s trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimizer ``name`` over ``model``'s trainable parameters.
+
+    ``param_scales`` (e.g. from :func:`layer_decay_scales`) gives groups of parameters and the factor
+    of ``lr`` each trains with; every parameter of ``model`` must be in one of them. Each group's
+    ``lr`` is its initial rate, which the schedule (``LambdaLR``) multiplies.
+    """
+    if name not in OPTIMIZERS:
+        raise RagtuneError(f"train.optimizer: unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+    if param_scales is None:
+        param_scales = [(list(model.parameters()), 1.0)]
+    else:
+        covered = {id(p) for params, _ in param_scales for p in params}
+        missing = [n for n, p in model.named_parameters() if id(p) not in covered]
+        if missing:
+            raise ValueError(f"param_scales leaves out parameters of the model: {missing[:5]}")
+    groups = []
+    for params, scale in param_scales:
+        trainable = [p for p in params if p.requires_grad]
+        if name == "sgd":
+            parts = [(trainable, weight_decay)]
+        else:  # adamw: no decay for biases and norms
+            parts = [([p for p in trainable if p.ndim >= 2], weight_decay), ([p for p in trainable if p.ndim < 2], 0.0)]
+        for part, decay in parts:
+            if part or len(param_scales) == 1:
+                groups.append({"params": part, "weight_decay": decay, "lr": lr * scale})
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        decay, no_decay = [], []
-        for pname, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW(groups, lr=lr)
-    raise RagtuneError(f"train.optimizer: unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:

@@ -123,3 +123,42 @@ def test_load_corrupt(tmp_path, content):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(RagtuneError, match=r"tokenizer\.json: not a valid tokenizer file"):
         load_tokenizer(path)
+
+
+LONG_CHINESE = "一二三四五六七八九十"
+
+
+def _char_ids(tok, text):
+    return [tok.token_to_id(ch) for ch in text]
+
+
+def test_truncation_strategies_keep_exact_ids_scratch_tokenizer():
+    tok = train_tokenizer([LONG_CHINESE, "short text"], kind="wordpiece", vocab_size=100, min_frequency=1)
+    c = _char_ids(tok, LONG_CHINESE)
+    assert None not in c and encode(tok, [LONG_CHINESE], 64)[0] == [2] + c  # [CLS] + one id per character
+    assert encode(tok, [LONG_CHINESE], 5) == encode(tok, [LONG_CHINESE], 5, "head") == [[2] + c[:4]]
+    assert encode(tok, [LONG_CHINESE], 5, "tail") == [[2] + c[-4:]]
+    assert encode(tok, [LONG_CHINESE], 5, "head_tail") == [[2] + c[:1] + c[-3:]]  # default head: 5 // 4 = 1
+    assert encode(tok, [LONG_CHINESE], 7, "head_tail", head_tokens=2) == [[2] + c[:2] + c[-4:]]
+    assert encode(tok, [LONG_CHINESE], 5, "head_tail", head_tokens=9) == [[2] + c[:4]]  # head larger than the room
+    assert encode(tok, [LONG_CHINESE], 5, "head_tail", head_tokens=0) == [[2] + c[-4:]]
+    short = encode(tok, ["short text"], 64)[0]
+    for strategy in ("head", "tail", "head_tail"):
+        assert encode(tok, ["short text", ""], 64, strategy) == [short, [2]]  # short texts are untouched
+    assert tok.truncation is None  # the tokenizer's own settings are restored
+    with pytest.raises(RagtuneError, match="model.truncation.*'middle'.*head_tail"):
+        encode(tok, ["x"], 5, "middle")
+
+
+def test_truncation_keeps_cls_first_and_sep_last_for_hf_tokenizers():
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *LONG_CHINESE, "the", "end"]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).backend_tokenizer
+    text = LONG_CHINESE + " the end"
+    c = _char_ids(tok, LONG_CHINESE) + [tok.token_to_id("the"), tok.token_to_id("end")]  # 12 text tokens
+    assert encode(tok, [text], 64)[0] == [2] + c + [3]
+    assert encode(tok, [text], 6, "head") == [[2] + c[:4] + [3]]
+    assert encode(tok, [text], 6, "tail") == [[2] + c[-4:] + [3]]
+    assert encode(tok, [text], 8, "head_tail") == [[2] + c[:2] + c[-4:] + [3]]  # default head: 8 // 4 = 2
+    assert encode(tok, [text], 8, "head_tail", head_tokens=3) == [[2] + c[:3] + c[-3:] + [3]]

@@ -197,3 +197,139 @@ def test_hf_errors_offline_alias_and_unsupported_type(tmp_path, tiny_bert, monke
     _tokenizer().save_pretrained(folder)
     with pytest.raises(RagtuneError, match="'vit' model.*no sequence-classification support"):
         load_hf_classifier(str(folder), 2, ["a", "b"], "classification")
+
+
+def _tiny_hf(tmp_path=None, dropout=0.1, seed=0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(_tokenizer()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return BertForSequenceClassification(config)
+
+
+def _stream(n=32, batch_size=8):
+    from ragtune.data.tokenizer import encode
+    from ragtune.train.batches import BatchStream
+
+    rows = _rows(n)
+    ids = encode(_tokenizer().backend_tokenizer, rows.text.tolist(), 16)
+    targets = torch.tensor([list(WORDS).index(label) for label in rows.label])
+    return BatchStream(ids, targets, batch_size, seed=0)
+
+
+def test_hf_freezing_keeps_frozen_weights_and_trains_the_rest():
+    from ragtune.config import TrainConfig
+    from ragtune.models.hf import HFSequenceModel, freeze
+    from ragtune.train.loop import train_model
+
+    hf = _tiny_hf()
+    freeze(hf, embeddings=True, layers=1)
+    model = HFSequenceModel(hf, "classification")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(".embeddings." in n or ".encoder.layer.0." in n for n in frozen)
+    assert any(".embeddings." in n for n in frozen) and not any(".encoder.layer.1." in n for n in frozen)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-2, steps_per_epoch=3)
+    train_model(model, _stream(), task="classification", cfg=cfg, evaluate=lambda: {"accuracy": 0.0},
+                selection_metric="accuracy", progress=False)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, before[name]), name
+    changed = [n for n, p in model.named_parameters() if n not in frozen and not torch.equal(p, before[n])]
+    assert any(".encoder.layer.1." in n for n in changed) and any("classifier" in n for n in changed)
+
+    with pytest.raises(RagtuneError, match="model.freeze_layers: 3 is more than the 2 encoder layers"):
+        freeze(_tiny_hf(), embeddings=False, layers=3)
+
+
+def test_hf_model_without_bert_like_layers_is_named():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from ragtune.models.hf import freeze, layer_ordered_parameters
+
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2, hidden_dim=64))
+    with pytest.raises(RagtuneError, match="'distilbert' model.*base_model.encoder.layer"):
+        freeze(distil, embeddings=True, layers=0)
+    with pytest.raises(RagtuneError, match="'distilbert'"):
+        layer_ordered_parameters(distil)
+    freeze(distil, embeddings=False, layers=0)  # nothing to freeze: no lookup, no error
+
+
+def test_hf_layer_lr_decay_groups():
+    from ragtune.models.hf import HFSequenceModel, layer_ordered_parameters
+    from ragtune.train.optim import build_optimizer, build_scheduler, layer_decay_scales
+
+    hf = _tiny_hf()
+    model = HFSequenceModel(hf, "classification")
+    groups = layer_ordered_parameters(hf)
+    assert len(groups) == 4  # embeddings, 2 layers, pooler + classifier
+    assert {id(p) for p in groups[0]} == {id(p) for p in hf.bert.embeddings.parameters()}
+    assert {id(p) for p in groups[2]} == {id(p) for p in hf.bert.encoder.layer[1].parameters()}
+    assert {id(p) for p in groups[3]} == {id(p) for m in (hf.bert.pooler, hf.classifier) for p in m.parameters()}
+    opt = build_optimizer(model, "adamw", 1e-3, weight_decay=0.01, param_scales=layer_decay_scales(groups, 0.9))
+    lrs = [g["lr"] for g in opt.param_groups][::2]  # (decay, no-decay) pairs share one rate
+    assert lrs == pytest.approx([1e-3 * 0.9**2, 1e-3 * 0.9, 1e-3, 1e-3])
+    build_scheduler(opt, "cosine", warmup_steps=0, total_steps=10)
+    assert [g["initial_lr"] for g in opt.param_groups][::2] == pytest.approx(lrs)
+
+
+def test_hf_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    from ragtune.models.hf import HFSequenceModel, enable_gradient_checkpointing, is_gradient_checkpointing
+    from ragtune.train.loop import compute_loss
+
+    ids, mask, targets = _stream().batch(0)
+    results = []
+    for checkpointing in (False, True):
+        hf = _tiny_hf(dropout=0.0)
+        if checkpointing:
+            enable_gradient_checkpointing(hf)
+            assert is_gradient_checkpointing(hf)
+        model = HFSequenceModel(hf, "classification")
+        model.train()
+        loss = compute_loss("classification", model(ids, mask), targets)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_a, grads_b))
+    with pytest.raises(RagtuneError, match="model.gradient_checkpointing: this 'Linear' model does not support"):
+        enable_gradient_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_hf_fine_tuning_controls_through_the_cli(tiny_bert, tmp_path):
+    from ragtune.data.tokenizer import encode
+    from ragtune.predictor import Predictor
+
+    path = _config(tmp_path, tiny_bert,
+                   model={"truncation": "head_tail", "head_tokens": 2, "max_length": 8, "freeze_embeddings": True,
+                          "freeze_layers": 1, "gradient_checkpointing": True},
+                   train={"layer_lr_decay": 0.8, "group_by_length": True, "epochs": 1, "schedule": "linear"})
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["truncation"] == "head_tail" and meta["head_tokens"] == 2
+    reloaded = Predictor.from_run_dir(out)
+    long_text = "parliament minister " + "the " * 20 + "film actor music"
+    cut = "parliament minister the film actor music"  # the first 2 and the last 4 text tokens
+    assert encode(reloaded.tokenizer, [long_text], 8, "head_tail", 2) == encode(reloaded.tokenizer, [cut], 8)
+    assert len(encode(reloaded.tokenizer, [cut], 8)[0]) == 8
+    # the predictor truncates as in training: the same text cut by hand scores the same
+    same = reloaded.outputs([long_text, cut])
+    assert torch.allclose(torch.from_numpy(same[0]), torch.from_numpy(same[1]), atol=1e-5)
+
+
+def test_hf_only_keys_are_refused_for_scratch_and_head_tokens_rules():
+    with pytest.raises(RagtuneError) as info:
+        load_config(None, ["data.demo=true", "model.freeze_layers=1", "model.freeze_embeddings=true",
+                           "model.gradient_checkpointing=true", "train.layer_lr_decay=0.9", "model.head_tokens=4"])
+    message = str(info.value)
+    for key in ("model.freeze_layers", "model.freeze_embeddings", "model.gradient_checkpointing", "train.layer_lr_decay"):
+        assert f"{key}: only applies to model.backbone: hf" in message
+    assert "model.head_tokens: only applies to model.truncation: head_tail" in message
+    with pytest.raises(RagtuneError, match="model.head_tokens: must be smaller than model.max_length \\(16\\)"):
+        load_config(None, ["data.demo=true", "model.max_length=16", "model.truncation=head_tail", "model.head_tokens=16"])
+    with pytest.raises(RagtuneError, match="model.truncation: must be one of 'head', 'tail' or 'head_tail'"):
+        load_config(None, ["data.demo=true", "model.truncation=middle"])
+    assert load_config(None, ["data.demo=true", "model.truncation=tail"]).model.truncation == "tail"

@@ -197,3 +197,61 @@ def test_corrupted_checkpoint_is_detected(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(RagtuneError, match="corrupted"):
         load_checkpoint(tmp_path / "checkpoints" / "last", _model())
+
+
+def _padding_share(stream, n_batches):
+    padded = total = 0
+    for k in range(n_batches):
+        _, mask, _ = stream.batch(k)
+        padded += int((mask == 0).sum())
+        total += mask.numel()
+    return padded / total
+
+
+def test_group_by_length_cuts_padding_visits_every_example_and_is_deterministic():
+    g = torch.Generator().manual_seed(0)
+    seqs = [[1] * int(torch.randint(2, 60, (1,), generator=g)) for _ in range(403)]
+    labels = torch.zeros(len(seqs), dtype=torch.long)
+    plain = BatchStream(seqs, labels, 4, seed=3)
+    grouped = BatchStream(seqs, labels, 4, seed=3, group_by_length=True)
+    assert grouped.batches_per_pass == plain.batches_per_pass == 101
+    assert _padding_share(grouped, 101) < 0.5 * _padding_share(plain, 101)
+    for p in range(2):  # every pass visits every example once, in batches of batch_size (one short batch)
+        batches = [grouped.indices(p * 101 + k).tolist() for k in range(101)]
+        assert sorted(i for b in batches for i in b) == list(range(len(seqs)))
+        assert sorted(len(b) for b in batches) == [3] + [4] * 100
+    first = [grouped.indices(k).tolist() for k in range(101)]
+    second = [grouped.indices(101 + k).tolist() for k in range(101)]
+    assert first != second  # each pass reshuffles
+    again = BatchStream(seqs, labels, 4, seed=3, group_by_length=True)
+    assert [again.indices(k).tolist() for k in (150, 3, 101, 0)] == [second[49], first[3], second[0], first[0]]
+    other = BatchStream(seqs, labels, 4, seed=4, group_by_length=True)
+    assert [other.indices(k).tolist() for k in range(101)] != first
+
+
+def test_layer_lr_decay_groups_and_schedule():
+    from ragtune.train.optim import build_optimizer, build_scheduler, layer_decay_scales
+
+    layers = torch.nn.ModuleList([torch.nn.Linear(3, 3) for _ in range(4)])  # embeddings, 2 layers, head
+    groups = [list(m.parameters()) for m in layers]
+    scales = layer_decay_scales(groups, 0.5)
+    assert [s for _, s in scales] == [0.25, 0.5, 1.0, 1.0]  # embeddings lowest; top layer and head get lr
+    opt = build_optimizer(layers, "adamw", 0.1, weight_decay=0.01, param_scales=scales)
+    lrs = [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    assert lrs == [(0.025, 0.01), (0.025, 0.0), (0.05, 0.01), (0.05, 0.0), (0.1, 0.01), (0.1, 0.0), (0.1, 0.01), (0.1, 0.0)]
+    sched = build_scheduler(opt, "linear", warmup_steps=2, total_steps=10)
+    assert [g["lr"] for g in opt.param_groups][::2] == pytest.approx([0.0125, 0.025, 0.05, 0.05])  # warmup step 1 of 2
+    opt.step()
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups][::2] == pytest.approx([0.025, 0.05, 0.1, 0.1])
+    sgd = build_optimizer(layers, "sgd", 0.1, param_scales=scales)
+    assert [g["lr"] for g in sgd.param_groups] == [0.025, 0.05, 0.1, 0.1]
+    with pytest.raises(ValueError, match="leaves out"):
+        build_optimizer(layers, "adamw", 0.1, param_scales=scales[:2])
+    # train_model refuses layer_lr_decay for a model that gives no layer groups (the scratch backbone)
+    seqs, labels = _toy_data(8)
+    model = _model()
+    cfg = TrainConfig(epochs=1, batch_size=4, layer_lr_decay=0.9)
+    with pytest.raises(RagtuneError, match="train.layer_lr_decay: 0.9 needs a model with encoder layers"):
+        train_model(model, BatchStream(seqs, labels, 4, 0), task="classification", cfg=cfg,
+                    evaluate=_evaluator(model, seqs, labels), selection_metric="accuracy", progress=False)
