@@ -103,6 +103,26 @@ class TokenizerConfig(_Section):
     lowercase: bool = Field(True, description="Lowercase text before tokenizing.")
 
 
+class LoraConfig(_Section):
+    """LoRA fine-tuning of a pretrained Hugging Face backbone through the optional package `peft`."""
+
+    enabled: bool = Field(
+        False,
+        description="`hf` only: train low-rank adapters (LoRA) and the classification head instead of the whole model; the pretrained weights stay frozen. Needs `pip install peft`.",
+    )
+    r: int = Field(8, gt=0, description="Rank of the low-rank update matrices.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling: the update is multiplied by `alpha / r`.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the input of the LoRA matrices.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Names of the linear layers that get adapters (e.g. `[query, value]`); null: peft's default for the model type (`[query, value]` for BERT-like models).",
+    )
+    save: Literal["merged", "adapter"] = Field(
+        "merged",
+        description="What `RUN_DIR/hf_model/` holds: `merged` the adapters merged into a plain model (loadable by transformers alone), `adapter` only the adapters and the head (small; loading needs peft and the base model `name_or_path`).",
+    )
+
+
 class ModelConfig(_Section):
     """The model: a Transformer encoder built from scratch (`ragtune/models/transformer.py`) or a pretrained Hugging Face backbone (`ragtune/models/hf.py`)."""
 
@@ -137,6 +157,7 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = Field(
         False, description="`hf` only: recompute activations in the backward pass instead of storing them (less memory, slower steps)."
     )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA (`hf` only).")
 
 
 class TrainConfig(_Section):
@@ -406,10 +427,24 @@ def _semantic_errors(cfg: RunConfig) -> list[str]:
             "model.freeze_layers": cfg.model.freeze_layers,
             "model.gradient_checkpointing": cfg.model.gradient_checkpointing,
             "train.layer_lr_decay": cfg.train.layer_lr_decay,
+            "model.lora.enabled": cfg.model.lora.enabled,
         }
         for key, value in hf_only.items():
             if value:
                 errors.append(f"{key}: only applies to model.backbone: hf (got {value!r} with backbone {cfg.model.backbone!r})")
+    if cfg.model.backbone == "hf" and cfg.model.lora.enabled:
+        for key, value in {"model.freeze_embeddings": cfg.model.freeze_embeddings,
+                           "model.freeze_layers": cfg.model.freeze_layers}.items():
+            if value:
+                errors.append(
+                    f"{key}: not used with model.lora.enabled: true (got {value!r}); LoRA already keeps every "
+                    "pretrained weight frozen, so set it to its default or disable model.lora"
+                )
+        targets = cfg.model.lora.target_modules
+        if targets is not None and (not targets or any(not t.strip() for t in targets)):
+            errors.append(
+                f"model.lora.target_modules: needs at least one non-empty module name, or null for peft's default (got {targets!r})"
+            )
     if cfg.model.head_tokens is not None:
         if cfg.model.truncation != "head_tail":
             errors.append(

@@ -270,6 +270,8 @@ def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
             "hf_model": HF_MODEL_DIR,  # relative to the run directory
             "num_outputs": num_outputs,
             "pad_id": int(load_hf_tokenizer(m.name_or_path).pad_token_id),
+            # LoRA: with save "adapter", hf_model/ holds only the adapter, loaded onto name_or_path
+            "lora": m.lora.model_dump(mode="json") if m.lora.enabled else None,
         }
         _add_target_scaling(cfg, data, meta)
         return meta
@@ -301,9 +303,17 @@ def _add_target_scaling(cfg: RunConfig, data: PreparedData, meta: dict) -> None:
 def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
     """The scratch Transformer, or the pretrained HF model wrapped to the same call signature."""
     if cfg.model.backbone == "hf":
-        from ragtune.models.hf import HFSequenceModel, enable_gradient_checkpointing, freeze, load_hf_classifier
+        from ragtune.models.hf import (
+            HFSequenceModel,
+            apply_lora,
+            check_tokenizer_fits,
+            enable_gradient_checkpointing,
+            freeze,
+            load_hf_classifier,
+        )
 
-        hf_model, _ = load_hf_classifier(cfg.model.name_or_path, meta["num_outputs"], meta["labels"], cfg.task)
+        hf_model, hf_tokenizer = load_hf_classifier(cfg.model.name_or_path, meta["num_outputs"], meta["labels"], cfg.task)
+        check_tokenizer_fits(hf_tokenizer, hf_model, cfg.model.name_or_path, cfg.model.name_or_path)
         positions = getattr(hf_model.config, "max_position_embeddings", None)
         if isinstance(positions, int) and cfg.model.max_length > positions:
             raise RagtuneError(
@@ -313,7 +323,14 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
         freeze(hf_model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(hf_model)
-        return HFSequenceModel(hf_model, cfg.task)
+        lora = cfg.model.lora
+        if lora.enabled:
+            hf_model = apply_lora(hf_model, cfg.task, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        model = HFSequenceModel(hf_model, cfg.task)
+        if lora.enabled:
+            log.info("lora: r=%d, alpha=%d, %d of %d parameters train (adapters and head)", lora.r, lora.alpha,
+                     model.num_trainable_parameters(), model.num_parameters(non_embedding=False))
+        return model
     return build_transformer(TransformerConfig(**meta["model_config"]), cfg.task)
 
 
@@ -323,13 +340,23 @@ def _layer_groups(cfg: RunConfig, model: torch.nn.Module) -> list[list[torch.nn.
         return None
     from ragtune.models.hf import layer_ordered_parameters
 
-    return layer_ordered_parameters(model.model)
+    hf_model = model.model
+    if cfg.model.lora.enabled:  # the transformers model inside the peft wrapper (its layers hold the adapters)
+        hf_model = hf_model.get_base_model()
+    return layer_ordered_parameters(hf_model)
 
 
 def _save_hf(model: torch.nn.Module, cfg: RunConfig, folder: Path) -> None:
-    """The fine-tuned model and its tokenizer in Hugging Face format (safetensors), loadable by transformers."""
-    from ragtune.models.hf import load_hf_tokenizer
+    """The fine-tuned model and its tokenizer in Hugging Face format (safetensors), loadable by transformers.
 
+    With LoRA, ``model.lora.save: merged`` merges the adapters into the weights first and replaces
+    ``model.model`` by the merged plain model (so the final evaluation scores what is saved);
+    ``adapter`` saves only the adapters and the head (``adapter_config.json``, ``adapter_model.safetensors``).
+    """
+    from ragtune.models.hf import load_hf_tokenizer, merge_lora
+
+    if cfg.model.lora.enabled and cfg.model.lora.save == "merged":
+        model.model = merge_lora(model.model)
     model.model.save_pretrained(folder)
     load_hf_tokenizer(cfg.model.name_or_path).save_pretrained(folder)
 

@@ -34,6 +34,12 @@ MODEL_META = "model.json"
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
 HF_MODEL_DIR = "hf_model"  # model.backbone: hf — the fine-tuned model in Hugging Face format
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # model.lora.save: adapter — hf_model/ holds the LoRA adapter
+
+
+def _is_adapter(meta: dict) -> bool:
+    """Whether ``hf_model/`` holds only a LoRA adapter (``model.lora.save: adapter``) rather than a whole model."""
+    return bool(meta.get("lora")) and meta["lora"].get("save") == "adapter"
 
 
 def pad_id(meta: dict) -> int:
@@ -44,7 +50,8 @@ def pad_id(meta: dict) -> int:
 def _required_files(meta: dict | None) -> list[str]:
     """The files a finished run holds: hf runs keep their weights in ``hf_model/`` instead of ``model.safetensors``."""
     if meta is not None and meta.get("backbone") == "hf":
-        return [MODEL_META, TOKENIZER_FILE, f"{meta.get('hf_model', HF_MODEL_DIR)}/{WEIGHTS_FILE}"]
+        weights = ADAPTER_WEIGHTS_FILE if _is_adapter(meta) else WEIGHTS_FILE
+        return [MODEL_META, TOKENIZER_FILE, f"{meta.get('hf_model', HF_MODEL_DIR)}/{weights}"]
     return [MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE]
 
 
@@ -85,13 +92,16 @@ class Predictor:
             )
         assert meta is not None
         if meta.get("backbone") == "hf":
-            from ragtune.models.hf import HFSequenceModel, load_hf_classifier
+            from ragtune.models.hf import HFSequenceModel, load_hf_classifier, load_lora_classifier
 
             labels = list(meta.get("labels", []))
-            hf_model, hf_tokenizer = load_hf_classifier(
-                str(run_dir / meta.get("hf_model", HF_MODEL_DIR)),
-                len(labels) if meta["task"] == "classification" else 1, labels, meta["task"],
-            )
+            folder = str(run_dir / meta.get("hf_model", HF_MODEL_DIR))
+            num_outputs = len(labels) if meta["task"] == "classification" else 1
+            if _is_adapter(meta):  # the base model (name_or_path) plus the saved adapter and head
+                hf_model, hf_tokenizer = load_lora_classifier(meta["name_or_path"], folder, num_outputs, labels,
+                                                              meta["task"])
+            else:
+                hf_model, hf_tokenizer = load_hf_classifier(folder, num_outputs, labels, meta["task"])
             model = HFSequenceModel(hf_model, meta["task"])
             model.eval()
             return cls(model, hf_tokenizer.backend_tokenizer, meta, batch_size)

@@ -139,6 +139,78 @@ def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | N
     return model, load_hf_tokenizer(source)
 
 
+def check_tokenizer_fits(tokenizer, model: nn.Module, tokenizer_source: str, model_source: str) -> None:
+    """A RagtuneError when the tokenizer can produce ids that the model has no input embedding row for."""
+    vocab = len(tokenizer)
+    rows = model.get_input_embeddings().num_embeddings
+    if vocab > rows:
+        raise RagtuneError(
+            f"model.name_or_path: the tokenizer of {tokenizer_source!r} has {vocab} tokens but the model of "
+            f"{model_source!r} has only {rows} input embedding rows (model.get_input_embeddings().num_embeddings), "
+            "so token ids from "
+            f"{rows} to {vocab - 1} would have no embedding; the tokenizer and the model do not belong together "
+            "(use the tokenizer saved with the model)"
+        )
+
+
+def _import_peft():
+    try:
+        import peft
+    except ImportError:
+        raise RagtuneError("model.lora.enabled: LoRA needs the optional package peft: pip install peft") from None
+    return peft
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    """The last name component of every linear layer (the names ``target_modules`` may use)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+
+
+def apply_lora(model: nn.Module, task: str, r: int, alpha: int, dropout: float,
+               target_modules: list[str] | None) -> nn.Module:
+    """Wrap a sequence-classification model with LoRA adapters (``peft.get_peft_model``, task ``SEQ_CLS``).
+
+    Only the adapters and the classification head (``modules_to_save``, which peft sets for
+    ``SEQ_CLS``) train; every pretrained weight is frozen. ``target_modules`` None uses peft's
+    default for the model type (``query``/``value`` for BERT-like models).
+    """
+    peft = _import_peft()
+    config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                             target_modules=list(target_modules) if target_modules else None)
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as exc:
+        choices = _linear_names(model)
+        if target_modules is None:
+            raise RagtuneError(
+                f"model.lora.target_modules: peft has no default for this {model_type!r} model; "
+                f"name its linear layers, one or more of {choices}"
+            ) from None
+        raise RagtuneError(
+            f"model.lora.target_modules: {list(target_modules)} matches no linear layer of this {model_type!r} model "
+            f"({str(exc).splitlines()[0]}); valid choices: {choices}"
+        ) from None
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """The plain transformers model with the LoRA updates merged into its weights (``merge_and_unload``)."""
+    return model.merge_and_unload()
+
+
+def load_lora_classifier(base_name_or_path: str, adapter_folder: str, num_labels: int, labels: list[str] | None,
+                         task: str):
+    """Load ``(model, tokenizer)``: the base model ``base_name_or_path`` with the LoRA adapter (and trained
+    head) saved in ``adapter_folder`` (``PeftModel.save_pretrained``), ready for inference."""
+    peft = _import_peft()
+    base, tokenizer = load_hf_classifier(base_name_or_path, num_labels, labels, task)
+    try:
+        model = peft.PeftModel.from_pretrained(base, adapter_folder)
+    except (OSError, ValueError) as exc:
+        raise RagtuneError(f"{adapter_folder}: cannot load the LoRA adapter onto {base_name_or_path!r}: {exc}") from None
+    return model, tokenizer
+
+
 def _model_type(source: str) -> str:
     try:
         from transformers import AutoConfig
@@ -234,6 +306,10 @@ class HFSequenceModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, C)
         return logits.squeeze(-1) if self.task == "regression" else logits
+
+    def num_trainable_parameters(self) -> int:
+        """Number of parameters that train (``requires_grad``)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         """Number of parameters; with ``non_embedding`` the embedding layer (tokens, positions, ...) is left out."""
