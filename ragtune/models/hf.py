@@ -18,6 +18,7 @@ This module knows nothing about configs or run directories: it loads the path or
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -83,8 +84,12 @@ def _offline_error(source: str, what: str, exc: Exception) -> RagtuneError:
     )
 
 
+@functools.lru_cache(maxsize=4)
 def load_hf_tokenizer(name_or_path: str):
-    """The pretrained fast tokenizer of ``name_or_path`` (alias, local folder or hub id)."""
+    """The pretrained fast tokenizer of ``name_or_path`` (alias, local folder or hub id).
+
+    Cached: a run asks for it at several stages (tokenizer, pad id, saving), and it is read once.
+    """
     from transformers import AutoTokenizer
 
     source = _check_source(name_or_path)
