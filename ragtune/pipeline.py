@@ -380,7 +380,9 @@ def _model_summary(model: torch.nn.Module) -> dict:
 def _pictures(cfg: RunConfig, metrics: dict, result: TrainResult, run_dir: Path, labels: list[str]) -> dict[str, str]:
     pictures = {}
     if result.history:
-        pictures["curves"] = plots.plot_curves(result.history, run_dir / "curves.png").name
+        shown = [m for m in (("accuracy", "macro_f1") if cfg.task == "classification" else ("r2", "pearson"))
+                 if any(entry.get(f"validation_{m}") is not None for entry in result.history)]
+        pictures["curves"] = plots.plot_curves(result.history, run_dir / "curves.png", metrics=shown or None).name
     steps, losses = [], []
     log_path = run_dir / "train_log.jsonl"
     if log_path.exists():
