@@ -253,28 +253,9 @@ def _data_report(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path) -
 
 
 def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
+    """What ``model.json`` records: everything the Predictor needs to rebuild and use the model."""
     m = cfg.model
     num_outputs = len(data.labels) if cfg.task == "classification" else 1
-    if m.backbone == "hf":
-        from ragtune.models.hf import load_hf_tokenizer
-
-        meta = {
-            "ragtune_version": ragtune.__version__,
-            "task": cfg.task,
-            "labels": data.labels,
-            "max_length": m.max_length,
-            "truncation": m.truncation,
-            "head_tokens": m.head_tokens,
-            "backbone": "hf",
-            "name_or_path": m.name_or_path,
-            "hf_model": HF_MODEL_DIR,  # relative to the run directory
-            "num_outputs": num_outputs,
-            "pad_id": int(load_hf_tokenizer(m.name_or_path).pad_token_id),
-            # LoRA: with save "adapter", hf_model/ holds only the adapter, loaded onto name_or_path
-            "lora": m.lora.model_dump(mode="json") if m.lora.enabled else None,
-        }
-        _add_target_scaling(cfg, data, meta)
-        return meta
     meta = {
         "ragtune_version": ragtune.__version__,
         "task": cfg.task,
@@ -282,22 +263,31 @@ def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
         "max_length": m.max_length,
         "truncation": m.truncation,
         "head_tokens": m.head_tokens,
-        "model_config": {
+    }
+    if m.backbone == "hf":
+        from ragtune.models.hf import load_hf_tokenizer
+
+        meta.update({
+            "backbone": "hf",
+            "name_or_path": m.name_or_path,
+            "hf_model": HF_MODEL_DIR,  # relative to the run directory
+            "num_outputs": num_outputs,
+            "pad_id": int(load_hf_tokenizer(m.name_or_path).pad_token_id),
+            # LoRA: with save "adapter", hf_model/ holds only the adapter, loaded onto name_or_path
+            "lora": m.lora.model_dump(mode="json") if m.lora.enabled else None,
+        })
+    else:
+        meta["model_config"] = {
             "vocab_size": tokenizer.get_vocab_size(), "max_length": m.max_length, "d_model": m.d_model,
             "heads": m.heads, "head_dim": m.head_dim, "layers": m.layers, "ffn_dim": m.ffn_dim,
-            "dropout": m.dropout, "num_outputs": len(data.labels) if cfg.task == "classification" else 1,
+            "dropout": m.dropout, "num_outputs": num_outputs,
             "pad_id": tokenizer.token_to_id("[PAD]") or 0, "activation": m.activation, "pooling": m.pooling,
-        },
-    }
-    _add_target_scaling(cfg, data, meta)
-    return meta
-
-
-def _add_target_scaling(cfg: RunConfig, data: PreparedData, meta: dict) -> None:
-    if cfg.task == "regression":
+        }
+    if cfg.task == "regression":  # the model learns standardised targets
         y = data.train.label.astype(float).to_numpy()
         meta["target_mean"] = float(y.mean())
         meta["target_std"] = float(y.std()) or 1.0
+    return meta
 
 
 def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
