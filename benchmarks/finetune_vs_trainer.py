@@ -33,7 +33,9 @@ Output: a Markdown table (mean ± std over seeds) on stdout, JSON in
 ``benchmarks/results/finetune_vs_trainer.json``, and as the last line
 ``RESULT bbc3_acc=.. bbc5_acc=.. thuc_acc=.. time_ratio_vs_trainer=..`` (ragtune's means; the ratio is
 ragtune's mean training seconds over the Trainer's on BBC-3; ``nan`` for what was not run).
-A seed whose ragtune run already finished (``metrics.json`` present) is read, not rerun.
+A seed whose ragtune run already finished (``metrics.json`` present) is read, not rerun; so is a
+finished Trainer run (``trainer/result.json``), so a long benchmark can be run a data set or a seed at
+a time and then summarised by one invocation over everything.
 """
 
 from __future__ import annotations
@@ -119,6 +121,16 @@ def run_ragtune(config: Path, overrides: list[str], seed: int, run_dir: Path, th
 
 
 def run_trainer(cfg, data, seed: int, work_dir: Path) -> dict:
+    """The Trainer's run; its result is kept in ``work_dir/result.json`` and read, not rerun, next time."""
+    done = work_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    result = _train_with_trainer(cfg, data, seed, work_dir)
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _train_with_trainer(cfg, data, seed: int, work_dir: Path) -> dict:
     import numpy as np
     import torch
     from sklearn.metrics import accuracy_score, f1_score
@@ -165,9 +177,11 @@ def run_trainer(cfg, data, seed: int, work_dir: Path) -> dict:
     logits = logits[0] if isinstance(logits, tuple) else logits
     pred = [labels[i] for i in np.asarray(logits).argmax(-1)]
     gold = data.test.label.tolist()
+    work_dir.mkdir(parents=True, exist_ok=True)
     return {"accuracy": float(accuracy_score(gold, pred)),
             "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
-            "train_seconds": round(seconds, 2), "optimizer_steps": trainer.state.global_step}
+            "train_seconds": round(seconds, 2), "optimizer_steps": trainer.state.global_step,
+            "threads": torch.get_num_threads()}
 
 
 def run_tfidf(resolved_yaml: Path) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny_hf import make_rows
 
 from ragtune.cli import main
 
@@ -16,22 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"heads": 2, "head_dim": 16, "layers": 1, "d_model": 32, "ffn_dim": 64, "max_length": 32}
 
 
-def _news_rows(n, seed=0):
-    import random
+BILINGUAL_WORDS = {
+    "politics": ["parliament", "minister", "election", "vote", "选举", "政府"],
+    "economy": ["market", "shares", "bank", "inflation", "股市", "银行"],
+    "entertainment": ["film", "actor", "music", "award", "电影", "明星"],
+}
+BILINGUAL_FILLER = ["the", "a", "today", "report", "said", "new", "week", "今天"]
 
-    rng = random.Random(seed)
-    words = {
-        "politics": ["parliament", "minister", "election", "vote", "选举", "政府"],
-        "economy": ["market", "shares", "bank", "inflation", "股市", "银行"],
-        "entertainment": ["film", "actor", "music", "award", "电影", "明星"],
-    }
-    filler = ["the", "a", "today", "report", "said", "new", "week", "今天"]
-    rows = []
-    for i in range(n):
-        label = list(words)[i % 3]
-        text = " ".join(rng.choice(words[label] if rng.random() < 0.5 else filler) for _ in range(8))
-        rows.append({"text": text, "label": label})
-    return pd.DataFrame(rows)
+
+def _news_rows(n, seed=0):
+    return make_rows(n, seed, BILINGUAL_WORDS, BILINGUAL_FILLER, signal=0.5, length=8)
 
 
 @pytest.fixture

@@ -7,65 +7,18 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from tiny_hf import WORDS, make_bert, make_rows, make_tokenizer
 
 from ragtune.cli import main
 from ragtune.config import load_config
 from ragtune.errors import RagtuneError
 
-WORDS = {
-    "politics": ["parliament", "minister", "election", "vote"],
-    "economy": ["market", "shares", "bank", "inflation"],
-    "entertainment": ["film", "actor", "music", "award"],
-}
-FILLER = ["the", "a", "today", "report", "said", "new", "week"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _rows(n, seed=0):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = list(WORDS)[i % 3]
-        text = " ".join(rng.choice(WORDS[label] if rng.random() < 0.6 else FILLER) for _ in range(6))
-        rows.append({"text": text, "label": label})
-    return pd.DataFrame(rows)
-
-
-def _tokenizer():
-    from transformers import BertTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, "good"]
-    vocab += [w for words in WORDS.values() for w in words]
-    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A random 2-layer BERT (hidden 32) with a word-level vocabulary, saved like a hub download."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
 
 def _config(tmp_path, tiny_bert, **extra):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    _rows(90).to_csv(data / "train.csv", index=False)
-    _rows(30, seed=1).to_csv(data / "test.csv", index=False)
+    make_rows(90).to_csv(data / "train.csv", index=False)
+    make_rows(30, seed=1).to_csv(data / "test.csv", index=False)
     cfg = {
         "data": {"train": "data/train.csv", "test": "data/test.csv"},
         "model": {"backbone": "hf", "name_or_path": str(tiny_bert), "max_length": 16},
@@ -103,7 +56,7 @@ def test_hf_run_predict_reload_and_transformers_pipeline(tiny_bert, tmp_path, ca
     assert set(line["scores"]) == {"economy", "entertainment", "politics"}
 
     # the reloaded run scores exactly as the model selected in memory (best-epoch weights)
-    texts = _rows(12, seed=2).text.tolist() + ["", "unknownword " * 40]
+    texts = make_rows(12, seed=2).text.tolist() + ["", "unknownword " * 40]
     reloaded = Predictor.from_run_dir(out)
     labels = meta["labels"]
     model, tokenizer = load_hf_classifier(str(tiny_bert), len(labels), labels, "classification")
@@ -194,27 +147,17 @@ def test_hf_errors_offline_alias_and_unsupported_type(tmp_path, tiny_bert, monke
     # a model type without sequence classification
     folder = tmp_path / "vit"
     ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
     with pytest.raises(RagtuneError, match="'vit' model.*no sequence-classification support"):
         load_hf_classifier(str(folder), 2, ["a", "b"], "classification")
-
-
-def _tiny_hf(tmp_path=None, dropout=0.1, seed=0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(_tokenizer()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=3,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    return BertForSequenceClassification(config)
 
 
 def _stream(n=32, batch_size=8):
     from ragtune.data.tokenizer import encode
     from ragtune.train.batches import BatchStream
 
-    rows = _rows(n)
-    ids = encode(_tokenizer().backend_tokenizer, rows.text.tolist(), 16)
+    rows = make_rows(n)
+    ids = encode(make_tokenizer().backend_tokenizer, rows.text.tolist(), 16)
     targets = torch.tensor([list(WORDS).index(label) for label in rows.label])
     return BatchStream(ids, targets, batch_size, seed=0)
 
@@ -224,7 +167,7 @@ def test_hf_freezing_keeps_frozen_weights_and_trains_the_rest():
     from ragtune.models.hf import HFSequenceModel, freeze
     from ragtune.train.loop import train_model
 
-    hf = _tiny_hf()
+    hf = make_bert(dropout=0.1)
     freeze(hf, embeddings=True, layers=1)
     model = HFSequenceModel(hf, "classification")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -241,7 +184,7 @@ def test_hf_freezing_keeps_frozen_weights_and_trains_the_rest():
     assert any(".encoder.layer.1." in n for n in changed) and any("classifier" in n for n in changed)
 
     with pytest.raises(RagtuneError, match="model.freeze_layers: 3 is more than the 2 encoder layers"):
-        freeze(_tiny_hf(), embeddings=False, layers=3)
+        freeze(make_bert(dropout=0.1), embeddings=False, layers=3)
 
 
 def test_hf_model_without_bert_like_layers_is_named():
@@ -261,7 +204,7 @@ def test_hf_layer_lr_decay_groups():
     from ragtune.models.hf import HFSequenceModel, layer_ordered_parameters
     from ragtune.train.optim import build_optimizer, build_scheduler, layer_decay_scales
 
-    hf = _tiny_hf()
+    hf = make_bert(dropout=0.1)
     model = HFSequenceModel(hf, "classification")
     groups = layer_ordered_parameters(hf)
     assert len(groups) == 4  # embeddings, 2 layers, pooler + classifier
@@ -282,7 +225,7 @@ def test_hf_gradient_checkpointing_gives_the_same_loss_and_gradients():
     ids, mask, targets = _stream().batch(0)
     results = []
     for checkpointing in (False, True):
-        hf = _tiny_hf(dropout=0.0)
+        hf = make_bert(dropout=0.0)
         if checkpointing:
             enable_gradient_checkpointing(hf)
             assert is_gradient_checkpointing(hf)

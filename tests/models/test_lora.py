@@ -1,13 +1,12 @@
 """model.lora (peft) on a tiny random BERT written by the test, and the tokenizer/model size check."""
 
 import json
-import random
 import sys
 
-import pandas as pd
 import pytest
 import torch
 import yaml
+from tiny_hf import WORDS, make_bert, make_rows, make_tokenizer
 
 from ragtune.cli import main
 from ragtune.config import load_config
@@ -16,64 +15,11 @@ from ragtune.errors import RagtuneError
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-WORDS = {
-    "politics": ["parliament", "minister", "election", "vote"],
-    "economy": ["market", "shares", "bank", "inflation"],
-    "entertainment": ["film", "actor", "music", "award"],
-}
-FILLER = ["the", "a", "today", "report", "said", "new", "week"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _rows(n, seed=0):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = list(WORDS)[i % 3]
-        text = " ".join(rng.choice(WORDS[label] if rng.random() < 0.6 else FILLER) for _ in range(6))
-        rows.append({"text": text, "label": label})
-    return pd.DataFrame(rows)
-
-
-def _tokenizer():
-    from transformers import BertTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER]
-    vocab += [w for words in WORDS.values() for w in words]
-    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
-
-
-def _bert(vocab_size=None, dropout=0.0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=vocab_size or len(_tokenizer()), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=3,
-                        initializer_range=0.2,  # random weights large enough for the input to matter
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    return BertForSequenceClassification(config)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    _bert().save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
-    return folder
-
-
 def _config(tmp_path, tiny_bert, lora, **train):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    _rows(90).to_csv(data / "train.csv", index=False)
-    _rows(30, seed=1).to_csv(data / "test.csv", index=False)
+    make_rows(90).to_csv(data / "train.csv", index=False)
+    make_rows(30, seed=1).to_csv(data / "test.csv", index=False)
     cfg = {
         "data": {"train": "data/train.csv", "test": "data/test.csv"},
         "model": {"backbone": "hf", "name_or_path": str(tiny_bert), "max_length": 16, "lora": lora},
@@ -91,7 +37,7 @@ def test_lora_trains_only_adapters_and_head():
     from ragtune.train.batches import BatchStream
     from ragtune.train.loop import train_model
 
-    model = HFSequenceModel(apply_lora(_bert(), "classification", r=4, alpha=8, dropout=0.0, target_modules=None),
+    model = HFSequenceModel(apply_lora(make_bert(), "classification", r=4, alpha=8, dropout=0.0, target_modules=None),
                             "classification")
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     # query and value of 2 layers: A (4x32) + B (32x4) each; the head (32x3 + 3) as peft's modules_to_save copy
@@ -100,8 +46,8 @@ def test_lora_trains_only_adapters_and_head():
     assert sum(".query.lora_A" in n for n in trainable) == 2 and sum(".value.lora_B" in n for n in trainable) == 2
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    rows = _rows(32)
-    ids = encode(_tokenizer().backend_tokenizer, rows.text.tolist(), 16)
+    rows = make_rows(32)
+    ids = encode(make_tokenizer().backend_tokenizer, rows.text.tolist(), 16)
     targets = torch.tensor([list(WORDS).index(label) for label in rows.label])
     train_model(model, BatchStream(ids, targets, 8, seed=0), task="classification",
                 cfg=TrainConfig(epochs=1, batch_size=8, lr=1e-2, steps_per_epoch=3),
@@ -132,7 +78,7 @@ def test_lora_merged_run_loads_in_transformers(tiny_bert, tmp_path, capsys):
     meta = json.loads((out / "model.json").read_text())
     assert meta["lora"]["save"] == "merged" and meta["lora"]["r"] == 4
 
-    texts = _rows(6, seed=2).text.tolist()
+    texts = make_rows(6, seed=2).text.tolist()
     ours = Predictor.from_run_dir(out).predict(texts)
     theirs = hf_pipeline("text-classification", model=str(folder), device=-1)(texts, top_k=None)
     for answer, mine in zip(theirs, ours):
@@ -163,7 +109,7 @@ def test_lora_adapter_run_resumes_and_reloads(tiny_bert, tmp_path, capsys):
     assert json.loads((folder / "adapter_config.json").read_text())["target_modules"]  # peft's own format
 
     meta = json.loads((out / "model.json").read_text())
-    texts = _rows(12, seed=2).text.tolist() + ["", "unknownword " * 40]
+    texts = make_rows(12, seed=2).text.tolist() + ["", "unknownword " * 40]
     reloaded = Predictor.from_run_dir(out)
     labels = meta["labels"]
     base, tokenizer = load_hf_classifier(str(tiny_bert), len(labels), labels, "classification")
@@ -200,19 +146,19 @@ def test_lora_config_and_user_errors(tiny_bert, monkeypatch):
     assert "model.lora.target_modules: needs at least one" in message
 
     with pytest.raises(RagtuneError, match=r"model.lora.target_modules: \['qkv'\] matches no linear layer.*'query'"):
-        apply_lora(_bert(), "classification", 4, 8, 0.0, ["qkv"])
+        apply_lora(make_bert(), "classification", 4, 8, 0.0, ["qkv"])
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(RagtuneError, match="pip install peft"):
-        apply_lora(_bert(), "classification", 4, 8, 0.0, None)
+        apply_lora(make_bert(), "classification", 4, 8, 0.0, None)
 
 
 def test_tokenizer_larger_than_model_vocabulary_is_named(tmp_path, capsys):
     folder = tmp_path / "small_vocab_bert"
-    _bert(vocab_size=10).save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
+    make_bert(vocab_size=10).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
     path = _config(tmp_path, folder, {"enabled": False}, epochs=1)
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    n = len(_tokenizer())
+    n = len(make_tokenizer())
     assert f"the tokenizer of {str(folder)!r} has {n} tokens but the model of {str(folder)!r} has only 10 input embedding rows" in err
     assert "Traceback" not in err

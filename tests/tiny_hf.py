@@ -1,0 +1,54 @@
+"""Tiny Hugging Face models and news-like rows that tests write themselves (no downloads).
+
+Imported by test modules as ``from tiny_hf import ...`` (``tests/`` is on pytest's ``pythonpath``);
+``tests/models/conftest.py`` turns them into the ``tiny_bert`` fixture.
+"""
+
+import random
+
+import pandas as pd
+import torch
+
+WORDS = {
+    "politics": ["parliament", "minister", "election", "vote"],
+    "economy": ["market", "shares", "bank", "inflation"],
+    "entertainment": ["film", "actor", "music", "award"],
+}
+FILLER = ["the", "a", "today", "report", "said", "new", "week"]
+
+
+def make_rows(n: int, seed: int = 0, words: dict | None = None, filler: list | None = None,
+              signal: float = 0.6, length: int = 6) -> pd.DataFrame:
+    """``n`` short news-like texts (columns text, label), the classes in turn.
+
+    Each of the ``length`` words names the class (from ``words``, default :data:`WORDS`) with
+    probability ``signal``, else it is filler (default :data:`FILLER`).
+    """
+    words, filler = words or WORDS, filler or FILLER
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = list(words)[i % len(words)]
+        text = " ".join(rng.choice(words[label] if rng.random() < signal else filler) for _ in range(length))
+        rows.append({"text": text, "label": label})
+    return pd.DataFrame(rows)
+
+
+def make_tokenizer():
+    """A word-level BERT tokenizer over the words above (plus ``good`` for the regression test)."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, "good"]
+    vocab += [w for words in WORDS.values() for w in words]
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+
+
+def make_bert(vocab_size: int | None = None, dropout: float = 0.0, seed: int = 0):
+    """A random 2-layer BERT (hidden 32, 3 labels), weights large enough for the input to matter."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size or len(make_tokenizer()), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=3,
+                        initializer_range=0.2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return BertForSequenceClassification(config)
