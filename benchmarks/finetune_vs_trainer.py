@@ -173,7 +173,15 @@ def _train_with_trainer(cfg, data, seed: int, work_dir: Path) -> dict:
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its final train metrics
         trainer.train()
     seconds = time.perf_counter() - started
-    logits = trainer.predict(test_rows).predictions
+    # Predict with the Trainer's default (sequential) evaluation sampler: in transformers 5.x,
+    # train_sampling_strategy="group_by_length" also reorders predict()'s batches by length, and the
+    # predictions come back in that order, not the dataset's (chance-level accuracy against the gold).
+    predict_args = TrainingArguments(output_dir=str(work_dir), per_device_eval_batch_size=cfg.eval.batch_size,
+                                     bf16=cfg.train.precision == "bf16", use_cpu=True, report_to="none",
+                                     disable_tqdm=True, dataloader_num_workers=0)
+    predictor = Trainer(model=trainer.model, args=predict_args, data_collator=DataCollatorWithPadding(tokenizer),
+                        processing_class=tokenizer)
+    logits = predictor.predict(test_rows).predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
     pred = [labels[i] for i in np.asarray(logits).argmax(-1)]
     gold = data.test.label.tolist()

@@ -154,6 +154,11 @@ class ModelConfig(_Section):
     )
     freeze_embeddings: bool = Field(False, description="`hf` only: do not train the embedding layer (word, position and type embeddings).")
     freeze_layers: int = Field(0, ge=0, description="`hf` only: do not train the first N encoder layers (counted from the embeddings up).")
+    extend_vocab: int | None = Field(
+        None,
+        ge=1,
+        description="`hf` only: add every character of the training texts that the pretrained tokenizer turns into its unknown token and that occurs at least this many times as a new token, with a new input-embedding row (drawn around the mean of the pretrained rows) trained with the model. For a script the pretrained vocabulary barely covers, e.g. Chinese with an English model. Null: off.",
+    )
     gradient_checkpointing: bool = Field(
         False, description="`hf` only: recompute activations in the backward pass instead of storing them (less memory, slower steps)."
     )
@@ -426,6 +431,7 @@ def _semantic_errors(cfg: RunConfig) -> list[str]:
             "model.freeze_embeddings": cfg.model.freeze_embeddings,
             "model.freeze_layers": cfg.model.freeze_layers,
             "model.gradient_checkpointing": cfg.model.gradient_checkpointing,
+            "model.extend_vocab": cfg.model.extend_vocab,
             "train.layer_lr_decay": cfg.train.layer_lr_decay,
             "model.lora.enabled": cfg.model.lora.enabled,
         }
@@ -440,11 +446,21 @@ def _semantic_errors(cfg: RunConfig) -> list[str]:
                     f"{key}: not used with model.lora.enabled: true (got {value!r}); LoRA already keeps every "
                     "pretrained weight frozen, so set it to its default or disable model.lora"
                 )
+        if cfg.model.extend_vocab:
+            errors.append(
+                f"model.extend_vocab: not used with model.lora.enabled: true (got {cfg.model.extend_vocab!r}); LoRA "
+                "freezes the input embeddings, so the new tokens' rows would never train; disable one of them"
+            )
         targets = cfg.model.lora.target_modules
         if targets is not None and (not targets or any(not t.strip() for t in targets)):
             errors.append(
                 f"model.lora.target_modules: needs at least one non-empty module name, or null for peft's default (got {targets!r})"
             )
+    if cfg.model.backbone == "hf" and cfg.model.extend_vocab and cfg.model.freeze_embeddings:
+        errors.append(
+            f"model.extend_vocab: not used with model.freeze_embeddings: true (got {cfg.model.extend_vocab!r}); "
+            "the new tokens' embedding rows would stay at their starting value; disable one of them"
+        )
     if cfg.model.head_tokens is not None:
         if cfg.model.truncation != "head_tail":
             errors.append(

@@ -95,12 +95,13 @@ def run(
     # 1. data preparation
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
     _write_inputs(cfg, data, run_dir, config_path)
-    tokenizer = _tokenizer(cfg, data, run_dir, resume)
+    added_tokens = _added_tokens(cfg, data)
+    tokenizer = _tokenizer(cfg, data, run_dir, resume, added_tokens)
     report = _data_report(cfg, data, tokenizer, run_dir)
 
     # 2. model building
     torch.manual_seed(cfg.train.seed)
-    meta = _model_meta(cfg, data, tokenizer)
+    meta = _model_meta(cfg, data, tokenizer, added_tokens)
     model = _build_model(cfg, meta)
     predictor = Predictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
     log.info("model: %s, %.2fM parameters (%.2fM non-embedding)", type(model).__name__,
@@ -119,7 +120,7 @@ def run(
     if cfg.train.restore_best and train_result.best_epoch is not None:
         load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
     if cfg.model.backbone == "hf":
-        _save_hf(model, cfg, run_dir / meta["hf_model"])
+        _save_hf(model, cfg, meta, run_dir / meta["hf_model"])
     else:
         save_weights(model, run_dir / WEIGHTS_FILE)
     (run_dir / MODEL_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -210,15 +211,27 @@ def _write_inputs(cfg: RunConfig, data: PreparedData, run_dir: Path, config_path
     (run_dir / "inputs.json").write_text(json.dumps(files, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool):
+def _added_tokens(cfg: RunConfig, data: PreparedData) -> list[str]:
+    """model.extend_vocab: the training texts' characters unknown to the pretrained tokenizer (else none)."""
+    if cfg.model.backbone != "hf" or not cfg.model.extend_vocab:
+        return []
+    from ragtune.models.hf import load_hf_tokenizer, unknown_characters
+
+    added = unknown_characters(load_hf_tokenizer(cfg.model.name_or_path), data.train.text.tolist(), cfg.model.extend_vocab)
+    log.info("extend_vocab: %d characters seen at least %d times in train are unknown to %s; added as new tokens",
+             len(added), cfg.model.extend_vocab, cfg.model.name_or_path)
+    return added
+
+
+def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool, added_tokens: list[str]):
     path = run_dir / TOKENIZER_FILE
     if cfg.model.backbone == "hf":  # the pretrained model's own tokenizer; tokenizer.json is a copy for reading
-        from ragtune.models.hf import load_hf_tokenizer
+        from ragtune.models.hf import extended_tokenizer
 
-        tokenizer = load_hf_tokenizer(cfg.model.name_or_path).backend_tokenizer
+        tokenizer = extended_tokenizer(cfg.model.name_or_path, added_tokens).backend_tokenizer
         save_tokenizer(tokenizer, path)
-        log.info("tokenizer: pretrained, from %s, %d tokens in the vocabulary", cfg.model.name_or_path,
-                 tokenizer.get_vocab_size())
+        log.info("tokenizer: pretrained, from %s, %d tokens in the vocabulary (%d added)", cfg.model.name_or_path,
+                 tokenizer.get_vocab_size(), len(added_tokens))
         return tokenizer
     if resume and path.exists():
         return load_tokenizer(path)
@@ -252,7 +265,7 @@ def _data_report(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path) -
     return report
 
 
-def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
+def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer, added_tokens: list[str]) -> dict:
     """What ``model.json`` records: everything the Predictor needs to rebuild and use the model."""
     m = cfg.model
     num_outputs = len(data.labels) if cfg.task == "classification" else 1
@@ -273,6 +286,8 @@ def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer) -> dict:
             "hf_model": HF_MODEL_DIR,  # relative to the run directory
             "num_outputs": num_outputs,
             "pad_id": int(load_hf_tokenizer(m.name_or_path).pad_token_id),
+            "added_tokens": added_tokens,  # model.extend_vocab: appended to the pretrained vocabulary, in order
+            "vocab_size": tokenizer.get_vocab_size(),
             # LoRA: with save "adapter", hf_model/ holds only the adapter, loaded onto name_or_path
             "lora": m.lora.model_dump(mode="json") if m.lora.enabled else None,
         })
@@ -298,12 +313,16 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
             apply_lora,
             check_tokenizer_fits,
             enable_gradient_checkpointing,
+            extended_tokenizer,
             freeze,
+            grow_input_embeddings,
             load_hf_classifier,
         )
 
         hf_model, hf_tokenizer = load_hf_classifier(cfg.model.name_or_path, meta["num_outputs"], meta["labels"], cfg.task)
         check_tokenizer_fits(hf_tokenizer, hf_model, cfg.model.name_or_path, cfg.model.name_or_path)
+        if meta["added_tokens"]:
+            grow_input_embeddings(hf_model, len(extended_tokenizer(cfg.model.name_or_path, meta["added_tokens"])))
         positions = getattr(hf_model.config, "max_position_embeddings", None)
         if isinstance(positions, int) and cfg.model.max_length > positions:
             raise RagtuneError(
@@ -336,19 +355,19 @@ def _layer_groups(cfg: RunConfig, model: torch.nn.Module) -> list[list[torch.nn.
     return layer_ordered_parameters(hf_model)
 
 
-def _save_hf(model: torch.nn.Module, cfg: RunConfig, folder: Path) -> None:
+def _save_hf(model: torch.nn.Module, cfg: RunConfig, meta: dict, folder: Path) -> None:
     """The fine-tuned model and its tokenizer in Hugging Face format (safetensors), loadable by transformers.
 
     With LoRA, ``model.lora.save: merged`` merges the adapters into the weights first and replaces
     ``model.model`` by the merged plain model (so the final evaluation scores what is saved);
     ``adapter`` saves only the adapters and the head (``adapter_config.json``, ``adapter_model.safetensors``).
     """
-    from ragtune.models.hf import load_hf_tokenizer, merge_lora
+    from ragtune.models.hf import extended_tokenizer, merge_lora
 
     if cfg.model.lora.enabled and cfg.model.lora.save == "merged":
         model.model = merge_lora(model.model)
     model.model.save_pretrained(folder)
-    load_hf_tokenizer(cfg.model.name_or_path).save_pretrained(folder)
+    extended_tokenizer(cfg.model.name_or_path, meta["added_tokens"]).save_pretrained(folder)
 
 
 def _targets(cfg: RunConfig, df, meta: dict) -> torch.Tensor:

@@ -276,3 +276,62 @@ def test_hf_only_keys_are_refused_for_scratch_and_head_tokens_rules():
     with pytest.raises(RagtuneError, match="model.truncation: must be one of 'head', 'tail' or 'head_tail'"):
         load_config(None, ["data.demo=true", "model.truncation=middle"])
     assert load_config(None, ["data.demo=true", "model.truncation=tail"]).model.truncation == "tail"
+
+
+def test_hf_extend_vocab_adds_unknown_chinese_characters(tiny_bert, tmp_path, capsys):
+    """Chinese class words unknown to the English word vocabulary become tokens with trained embedding rows."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ragtune.models.hf import load_hf_tokenizer, unknown_characters
+    from ragtune.predictor import Predictor
+
+    chinese = {"politics": ["选举", "政府"], "economy": ["股市", "银行"], "entertainment": ["电影", "明星"]}
+    words = {label: WORDS[label] + chinese[label] for label in WORDS}
+    path = _config(tmp_path, tiny_bert, model={"extend_vocab": 2})
+    data = tmp_path / "data"
+    make_rows(90, words=words).to_csv(data / "train.csv", index=False)
+    make_rows(30, seed=1, words=words).to_csv(data / "test.csv", index=False)
+
+    pretrained = load_hf_tokenizer(str(tiny_bert))
+    unknown = unknown_characters(pretrained, make_rows(90, words=words).text.tolist(), 2)
+    assert set(unknown) == set("选举政府股市银行电影明星")  # every one of them is [UNK] to the word vocabulary
+    assert unknown_characters(pretrained, ["股 股"], 3) == []  # below min_count
+
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    # the run counts on its training split (train.csv less the carved validation rows): the same characters
+    assert sorted(meta["added_tokens"]) == sorted(unknown) and meta["vocab_size"] == len(pretrained) + len(unknown)
+    unknown = meta["added_tokens"]
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["splits"]["train"]["tokens"]["unk_rate"] == 0.0  # nothing unknown any more
+    assert not any("unknown to the pretrained tokenizer" in w for w in report["warnings"])
+
+    # the saved model and tokenizer belong together and load in transformers alone
+    model = AutoModelForSequenceClassification.from_pretrained(out / "hf_model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "hf_model")
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) == meta["vocab_size"]
+    rows = model.get_input_embeddings().weight.detach()
+    new_ids = tokenizer.convert_tokens_to_ids(unknown)
+    assert len(set(new_ids)) == len(unknown) and min(new_ids) >= len(pretrained)
+    assert not torch.allclose(rows[new_ids[0]], rows[new_ids[1]])  # trained apart from their common start
+    texts = ["股市 银行 bank", "电影 明星 film", "选举 minister 政府"]
+    reloaded = Predictor.from_run_dir(out)
+    assert reloaded.tokenizer.encode("股市").ids[1] == new_ids[unknown.index("股")]
+    with torch.no_grad():
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        expected = model(**enc).logits.numpy()
+    assert torch.allclose(torch.tensor(reloaded.outputs(texts)), torch.tensor(expected), atol=1e-5)
+    accuracy = json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
+    assert accuracy > 0.6, accuracy
+    capsys.readouterr()
+
+
+def test_hf_extend_vocab_rules():
+    base = ["data.demo=true", "model.backbone=hf", "model.name_or_path=some/model", "model.extend_vocab=2"]
+    with pytest.raises(RagtuneError, match="model.extend_vocab: not used with model.lora.enabled"):
+        load_config(None, [*base, "model.lora.enabled=true"])
+    with pytest.raises(RagtuneError, match="model.extend_vocab: not used with model.freeze_embeddings"):
+        load_config(None, [*base, "model.freeze_embeddings=true"])
+    with pytest.raises(RagtuneError, match="model.extend_vocab: only applies to model.backbone: hf"):
+        load_config(None, ["data.demo=true", "model.extend_vocab=2"])
