@@ -159,6 +159,10 @@ class ModelConfig(_Section):
         ge=1,
         description="`hf` only: add every character of the training texts that the pretrained tokenizer turns into its unknown token and that occurs at least this many times as a new token, with a new input-embedding row (drawn around the mean of the pretrained rows) trained with the model. For a script the pretrained vocabulary barely covers, e.g. Chinese with an English model. Null: off.",
     )
+    fast_cpu_kernels: bool = Field(
+        True,
+        description="`hf` only: train with ragtune's CPU attention (transformers' eager attention math with a cheaper dropout mask, registered through `transformers.AttentionInterface`) and dropout modules: the same model and math, about 2.5x faster steps for MiniLM on CPU than the default `sdpa`. False: the model's own attention and `nn.Dropout`. The saved model is unaffected.",
+    )
     gradient_checkpointing: bool = Field(
         False, description="`hf` only: recompute activations in the backward pass instead of storing them (less memory, slower steps)."
     )

@@ -317,6 +317,7 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
             freeze,
             grow_input_embeddings,
             load_hf_classifier,
+            use_fast_cpu_kernels,
         )
 
         hf_model, hf_tokenizer = load_hf_classifier(cfg.model.name_or_path, meta["num_outputs"], meta["labels"], cfg.task)
@@ -330,6 +331,8 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
                 f"{cfg.model.name_or_path} supports; set model.max_length={positions} or less"
             )
         freeze(hf_model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
+        if cfg.model.fast_cpu_kernels:  # ragtune trains on the CPU
+            use_fast_cpu_kernels(hf_model)
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(hf_model)
         lora = cfg.model.lora

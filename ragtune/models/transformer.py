@@ -129,6 +129,21 @@ class TransformerConfig:
             raise RagtuneError(f"model config: norm_first must be true or false, got {self.norm_first!r}")
 
 
+def dropout_cpu(x: torch.Tensor, p: float, threshold: int | None = None, scale: float | None = None) -> torch.Tensor:
+    """The training-mode forward of :class:`Dropout` as a function (``threshold``/``scale`` derive from ``p``)."""
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    if threshold is None or scale is None:
+        dropped = round(p * 65536)
+        threshold, scale = dropped - 32768, 65536 / (65536 - dropped)
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)  # 64 random bits each
+    bits = words.view(torch.int16)[:n].view(x.shape)  # 16 random bits per element
+    keep = torch.empty(x.shape, dtype=torch.int8)
+    torch.ge(bits, threshold, out=keep)  # 1 = keep, 0 = drop (int8 output is the fast path)
+    return x * keep.to(x.dtype).mul_(scale)
+
+
 class Dropout(nn.Module):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest by 1/(1-p).
 
@@ -151,14 +166,7 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, training=True)
-        n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)  # 64 random bits each
-        bits = words.view(torch.int16)[:n].view(x.shape)  # 16 random bits per element
-        keep = torch.empty(x.shape, dtype=torch.int8)
-        torch.ge(bits, self.threshold, out=keep)  # 1 = keep, 0 = drop (int8 output is the fast path)
-        return x * keep.to(x.dtype).mul_(self.scale)
+        return dropout_cpu(x, self.p, self.threshold, self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

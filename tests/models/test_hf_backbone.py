@@ -335,3 +335,30 @@ def test_hf_extend_vocab_rules():
         load_config(None, [*base, "model.freeze_embeddings=true"])
     with pytest.raises(RagtuneError, match="model.extend_vocab: only applies to model.backbone: hf"):
         load_config(None, ["data.demo=true", "model.extend_vocab=2"])
+
+
+def test_fast_cpu_kernels_same_math_and_plain_saved_model(tmp_path):
+    """ragtune's CPU attention and dropout: the same outputs and gradients as sdpa, nothing of it saved."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ragtune.models.hf import CPU_ATTENTION, use_fast_cpu_kernels
+    from ragtune.models.transformer import Dropout
+
+    ids = make_tokenizer()(make_rows(4).text.tolist() + ["vote"], padding=True, return_tensors="pt")
+    reference, fast = make_bert(dropout=0.1), make_bert(dropout=0.1)
+    assert use_fast_cpu_kernels(fast) is True
+    assert fast.config._attn_implementation == CPU_ATTENTION
+    assert not any(type(m) is torch.nn.Dropout for m in fast.modules())
+    assert sum(isinstance(m, Dropout) and m.p == 0.1 for m in fast.modules()) >= 5
+    reference.eval(), fast.eval()
+    out_ref, out_fast = reference(**ids).logits, fast(**ids).logits  # padding mask included (row 5 is short)
+    assert torch.allclose(out_ref, out_fast, atol=1e-5)
+    out_ref.sum().backward(), out_fast.sum().backward()
+    for (name, a), b in zip(reference.named_parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    fast.train()  # dropout is on in training: two passes differ
+    assert not torch.allclose(fast(**ids).logits, fast(**ids).logits)
+    fast.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+    assert reloaded.config._attn_implementation != CPU_ATTENTION
+    assert torch.allclose(reloaded.eval()(**ids).logits, out_ref, atol=1e-5)
