@@ -65,7 +65,6 @@ SYSTEMS = ("ragtune", "trainer", "tfidf")
 
 def _sample_file(src: str, dest: Path, cfg, n: int) -> str:
     """A deterministic class-balanced sample of ``n`` rows of ``src`` (keep_labels applied) as CSV."""
-    import pandas as pd
 
     from ragtune.data.io import read_table
 
@@ -298,8 +297,8 @@ def main() -> int:
     def cell(s: dict | None, digits: int) -> str:
         return "n/a" if not s else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
-    print(f"| data set | system | test accuracy | test macro-F1 | training s | n train / test | seeds |\n"
-          f"|---|---|---|---|---|---|---|")
+    print("| data set | system | test accuracy | test macro-F1 | training s | n train / test | seeds |\n"
+          "|---|---|---|---|---|---|---|")
     for name, res in results.items():
         r0 = res["runs"][0]
         for system in SYSTEMS:

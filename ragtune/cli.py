@@ -6,6 +6,10 @@
     ragtune validate CONFIG [KEY=VALUE ...] [--show]
     ragtune eval RUN_DIR --data FILE
     ragtune predict RUN_DIR "some text" ...   |   --input in.csv --output out.csv
+    ragtune index CORPUS... --out INDEX_DIR [--kind bm25|dense|hybrid] [--encoder minilm]
+                  [--faiss flat|hnsw|ivfpq] [--chunk-tokens N] [--chunk-overlap N] [--add] [--overwrite]
+    ragtune retrieve INDEX_DIR "query" ... [-k 5]
+    ragtune eval-retrieval INDEX_DIR --questions SQUAD.json [-k 1 5 10 20]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
 """
@@ -33,6 +37,10 @@ EPILOG = """examples:
   ragtune validate configs/seed_news.yaml --show      # check a config, print it resolved
   ragtune eval runs/seed --data ../shared/data/bbc_news/test.csv
   ragtune predict runs/seed "The chancellor cut interest rates"
+  ragtune index ../shared/data/squad_v1.1/dev-part1.json --out indexes/squad --kind hybrid --encoder minilm
+  ragtune index more_docs/ --out indexes/squad --add    # add documents to an existing index
+  ragtune retrieve indexes/squad "Which team won Super Bowl 50?" -k 3
+  ragtune eval-retrieval indexes/squad --questions ../shared/data/squad_v1.1/dev-part1.json
 """
 
 
@@ -78,6 +86,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="where to write predictions (CSV; with --input)")
     p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("index", help="index corpus files for retrieval (BM25, dense or hybrid)",
+                       description="Read CORPUS files/folders (txt, md, jsonl, csv/tsv incl. subject/relation/object "
+                                   "triples, SQuAD json, pdf), cut them into overlapping passages and build a "
+                                   "search index in --out; prints a one-line summary.")
+    p.add_argument("corpus", nargs="+", metavar="CORPUS", help="corpus files or folders (searched recursively)")
+    p.add_argument("--out", required=True, metavar="INDEX_DIR", help="the index folder (new or empty; see --overwrite, --add)")
+    p.add_argument("--kind", choices=["bm25", "dense", "hybrid"],
+                   help="bm25 (lexical), dense (embeddings + FAISS) or hybrid (both, fused by RRF); default: bm25")
+    p.add_argument("--encoder",
+                   help="sentence-transformers model for dense/hybrid: minilm, a local folder or a Hub id (default: minilm)")
+    p.add_argument("--faiss", choices=["flat", "hnsw", "ivfpq"],
+                   help="FAISS index for dense/hybrid: flat (exact), hnsw, ivfpq (needs 256+ passages); default: flat")
+    p.add_argument("--chunk-tokens", type=int, metavar="N", help="passage length in tokens (default: 128)")
+    p.add_argument("--chunk-overlap", type=int, metavar="N", help="tokens shared by consecutive passages (default: 32)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="passages per encoder batch (default: 64)")
+    p.add_argument("--add", action="store_true",
+                   help="add CORPUS to the existing index INDEX_DIR (its kind, encoder and chunking are kept)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty INDEX_DIR (once the new index is complete)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("retrieve", help="search an index; one JSON line per hit",
+                       description="Search INDEX_DIR for each query; prints one JSON line per hit, best first: "
+                                   "query, rank, id, doc_id, score, title, text, source.")
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="a folder written by `ragtune index`")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
+    p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("eval-retrieval", help="score an index on SQuAD-format questions; prints metrics as JSON",
+                       description="Retrieve for every answerable question of --questions and score the ranks of "
+                                   "its paragraph: recall@k for each -k, mrr@10, ndcg@10, n_questions.")
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="a folder written by `ragtune index`")
+    p.add_argument("--questions", required=True, metavar="FILE",
+                   help="SQuAD-format JSON whose paragraphs are in the index")
+    p.add_argument("-k", type=int, nargs="+", default=[1, 5, 10, 20], metavar="K",
+                   help="ranks for recall@k (default: 1 5 10 20)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -198,7 +246,61 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict}
+def cmd_index(args) -> int:
+    import time
+
+    from ragtune.retrieval import add_to_index, build_index
+    from ragtune.retrieval import index as defaults
+    from ragtune.retrieval.manifest import read_manifest
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    settings = {"--kind": args.kind, "--encoder": args.encoder, "--faiss": args.faiss,
+                "--chunk-tokens": args.chunk_tokens, "--chunk-overlap": args.chunk_overlap}
+    if args.add:
+        if args.overwrite:
+            raise RagtuneError("give either --add (extend INDEX_DIR) or --overwrite (replace it), not both")
+        given = [name for name, value in settings.items() if value is not None]
+        if given:
+            raise RagtuneError(f"--add keeps the settings the index was built with; leave out {', '.join(given)} "
+                               "(or rebuild the index with --overwrite)")
+        add_to_index(out, args.corpus, batch_size=args.batch_size, progress=not args.quiet)
+    else:
+        build_index(args.corpus, out, kind=args.kind or defaults.DEFAULT_KIND,
+                    encoder=args.encoder or defaults.DEFAULT_ENCODER, faiss_index=args.faiss or defaults.DEFAULT_FAISS,
+                    chunk_tokens=defaults.DEFAULT_CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens,
+                    chunk_overlap=defaults.DEFAULT_CHUNK_OVERLAP if args.chunk_overlap is None else args.chunk_overlap,
+                    batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite)
+    manifest = read_manifest(out)
+    last = manifest["history"][-1]
+    verb = "added" if args.add else "indexed"
+    print(f"{verb} {last['documents']} documents as {last['passages_added']} passages "
+          f"({last['duplicates_removed']} duplicates removed) in {time.perf_counter() - start:.1f} s: "
+          f"{out} ({manifest['kind']}, {manifest['passages']} passages in all)")
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    from ragtune.retrieval import load_index
+
+    index = load_index(args.index_dir)
+    for query, hits in zip(args.queries, index.search_batch(args.queries, args.k)):
+        for rank, hit in enumerate(hits, start=1):
+            print(json.dumps({"query": query, "rank": rank, **hit.to_dict()}, ensure_ascii=False))
+    return 0
+
+
+def cmd_eval_retrieval(args) -> int:
+    from ragtune.retrieval import evaluate_retrieval, load_index
+
+    index = load_index(args.index_dir)
+    metrics = evaluate_retrieval(index, args.questions, ks=args.k, progress=not args.quiet)
+    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
+            "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval}
 
 
 def main(argv: list[str] | None = None) -> int:

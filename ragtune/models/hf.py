@@ -63,13 +63,14 @@ def _looks_local(name_or_path: str) -> bool:
     )
 
 
-def _check_source(name_or_path: str) -> str:
+def check_source(name_or_path: str, key: str = "model.name_or_path") -> str:
+    """``name_or_path`` with the alias resolved; a local folder must exist (``key`` names the setting in errors)."""
     source = resolve_name_or_path(name_or_path)
     if _looks_local(source):
         path = Path(source).expanduser()
         if not path.is_dir():
             raise RagtuneError(
-                f"model.name_or_path: local model folder not found: {path} "
+                f"{key}: local model folder not found: {path} "
                 "(point it at a folder written by save_pretrained, or use a Hugging Face Hub id)"
             )
         return str(path)
@@ -94,7 +95,7 @@ def load_hf_tokenizer(name_or_path: str):
     """
     from transformers import AutoTokenizer
 
-    source = _check_source(name_or_path)
+    source = check_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
@@ -121,7 +122,7 @@ def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | N
 
     if task not in ("classification", "regression"):
         raise RagtuneError(f"unknown task {task!r}; valid choices: ['classification', 'regression']")
-    source = _check_source(name_or_path)
+    source = check_source(name_or_path)
     # float32 weights whatever the checkpoint's dtype: training runs in fp32 (or under bf16 autocast)
     kwargs: dict = {"num_labels": num_labels, "ignore_mismatched_sizes": True, "dtype": torch.float32}
     if task == "regression":
@@ -138,9 +139,8 @@ def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | N
             raise RagtuneError(f"model.name_or_path: cannot load a model from {source}: {exc}") from None
         raise _offline_error(source, "model", exc) from None
     except ValueError as exc:
-        model_type = _model_type(source)
         raise RagtuneError(
-            f"model.name_or_path: {source!r} is a {model_type!r} model, which has no sequence-classification "
+            f"model.name_or_path: {source!r} is a {model_type(source)!r} model, which has no sequence-classification "
             f"support in transformers (AutoModelForSequenceClassification: {str(exc).splitlines()[0]})"
         ) from None
     return model, load_hf_tokenizer(source)
@@ -277,7 +277,8 @@ def load_lora_classifier(base_name_or_path: str, adapter_folder: str, num_labels
     return model, tokenizer
 
 
-def _model_type(source: str) -> str:
+def model_type(source: str) -> str:
+    """The ``model_type`` in the config of ``source`` (e.g. ``'bert'``), or ``'unknown'`` when it cannot be read."""
     try:
         from transformers import AutoConfig
 

@@ -1,16 +1,7 @@
-"""Shared fixtures of the model tests: one torch thread, and a tiny random BERT saved like a hub download."""
+"""Shared fixtures of the model tests: a tiny random BERT saved like a hub download."""
 
 import pytest
-import torch
 from tiny_hf import make_bert, make_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

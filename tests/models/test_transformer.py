@@ -38,13 +38,8 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny models run fastest on one thread, and a busy machine cannot stall a thread barrier.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+def _seed():
+    torch.manual_seed(0)  # (one thread per test: tests/conftest.py)
 
 
 def test_shapes_with_attention_width_not_equal_to_d_model():

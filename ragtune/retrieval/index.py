@@ -1,0 +1,495 @@
+"""Build, extend, load and search a retrieval index folder.
+
+::
+
+    from ragtune.retrieval import add_to_index, build_index, load_index
+
+    build_index(["docs/", "faq.jsonl"], "indexes/docs", kind="hybrid", encoder="minilm")
+    add_to_index("indexes/docs", ["new_docs/"])
+    index = load_index("indexes/docs", expected_encoder="minilm")
+    for hit in index.search("how do I reset my password", k=5):
+        print(hit.score, hit.doc_id, hit.source, hit.text[:80])
+    index.search_batch(["first query", "second query"], k=3)      # one list of hits per query
+
+**Kinds.** ``bm25``: lexical (:mod:`ragtune.retrieval.bm25`; no model needed). ``dense``:
+sentence-transformers embeddings searched with FAISS (:mod:`ragtune.retrieval.dense`; ``encoder``
+and ``faiss_index`` apply). ``hybrid``: both, fused with reciprocal rank fusion
+(:mod:`ragtune.retrieval.fusion`): each retriever returns its best ``max(k, 100)`` passages (at most
+all of them) and the fused ranking keeps the first ``k``. A hit's ``score`` is the BM25 score, the
+cosine similarity or the RRF score, by kind.
+
+**The index folder**::
+
+    INDEX_DIR/
+      passages.jsonl    one passage per line: id, doc_id, title, text, source, doc_sha1 (row i = index row i)
+      bm25/             bm25s's own save (bm25 and hybrid)
+      embeddings.npy    float32 (passages × dim), L2-normalised (dense and hybrid)
+      faiss.index       the FAISS index over embeddings.npy (dense and hybrid)
+      manifest.json     what was indexed, how, library versions and the sha256 of every file above
+
+Passages are read from the corpus files by :mod:`ragtune.retrieval.corpus` (formats, chunking,
+ids, duplicates). BM25 and the encoder see ``"title\\ntext"`` when a passage has a title.
+
+**Safety.** An existing non-empty ``out_dir`` is refused unless ``overwrite=True``. The index is
+written into a temporary sibling folder and moved into place only when complete, so a failed or
+interrupted build (or add) leaves the previous index untouched. :func:`load_index` verifies every
+file against the manifest's checksums; an index built with another encoder than
+``expected_encoder`` is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ragtune import __version__
+from ragtune.errors import RagtuneError
+from ragtune.retrieval import manifest as mf
+from ragtune.retrieval.corpus import (
+    TOKEN_PATTERN,
+    Passage,
+    check_chunking,
+    list_corpus_files,
+    make_passages,
+    read_documents,
+    read_passages,
+    search_text,
+    write_passages,
+)
+from ragtune.retrieval.fusion import reciprocal_rank_fusion
+
+log = logging.getLogger("ragtune")
+
+INDEX_KINDS = ("bm25", "dense", "hybrid")
+PASSAGES = "passages.jsonl"
+BM25_DIR = "bm25"
+EMBEDDINGS = "embeddings.npy"
+FAISS_FILE = "faiss.index"
+#: Candidates each retriever contributes to hybrid fusion (at least k).
+HYBRID_DEPTH = 100
+#: Defaults of build_index (and of `ragtune index`).
+DEFAULT_KIND = "bm25"
+DEFAULT_ENCODER = "minilm"
+DEFAULT_FAISS = "flat"
+DEFAULT_CHUNK_TOKENS = 128
+DEFAULT_CHUNK_OVERLAP = 32
+
+
+@dataclass
+class Hit:
+    """One retrieved passage. ``score``: BM25 score, cosine similarity or RRF score (by index kind)."""
+
+    id: str
+    doc_id: str
+    score: float
+    text: str
+    source: str
+    title: str | None = None
+
+    def to_dict(self) -> dict:
+        """The hit as a plain dict (what ``ragtune retrieve`` prints)."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------- building
+
+
+def _check_options(kind: str, faiss_index: str, batch_size: int) -> None:
+    from ragtune.retrieval.dense import FAISS_KINDS
+
+    if kind not in INDEX_KINDS:
+        raise RagtuneError(f"index kind: unknown {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    if faiss_index not in FAISS_KINDS:
+        raise RagtuneError(f"faiss index: unknown {faiss_index!r}; choose one of {', '.join(FAISS_KINDS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise RagtuneError(f"batch_size must be a positive integer (got {batch_size!r})")
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool, files: list[Path]) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RagtuneError(f"index folder {out_dir} is a file, not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise RagtuneError(f"index folder {out_dir} exists and is not empty; choose another folder, add "
+                               "--overwrite to replace it, or --add to add documents to it")
+        root = out_dir.resolve()
+        inside = [f for f in files if root in f.resolve().parents]
+        if inside:
+            raise RagtuneError(f"corpus file {inside[0]} is inside the index folder {out_dir}, which --overwrite "
+                               "would delete; move the corpus or choose another index folder")
+
+
+def _temp_dir(out_dir: Path) -> Path:
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out_dir``, replacing what is there only at the very end."""
+    old = None
+    if out_dir.is_dir():
+        if any(out_dir.iterdir()):
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
+            out_dir.rename(old)
+        else:
+            out_dir.rmdir()
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _collect(files: list[Path], chunk_tokens: int, chunk_overlap: int, seen: set[bytes],
+             taken: dict[str, str]) -> tuple[list[Passage], list[dict], dict]:
+    """Passages of all ``files``, the manifest's ``inputs`` entries, and the totals."""
+    passages: list[Passage] = []
+    inputs: list[dict] = []
+    totals = {"documents": 0, "duplicates_removed": 0, "empty_documents": 0, "duplicate_documents": 0}
+    for path in files:
+        result = make_passages(read_documents(path), chunk_tokens, chunk_overlap, seen_texts=seen, taken_ids=taken)
+        passages.extend(result.passages)
+        inputs.append({"path": str(path.resolve()), "sha256": mf.sha256_file(path), "documents": result.documents,
+                       "passages": len(result.passages)})
+        for key in totals:
+            totals[key] += getattr(result, key)
+    return passages, inputs, totals
+
+
+def _write_bm25(folder: Path, texts: list[str], progress: bool) -> dict:
+    from ragtune.retrieval.bm25 import PARAMS, TOKENIZER, build_bm25, save_bm25
+
+    save_bm25(build_bm25(texts, progress), folder / BM25_DIR)
+    return {"folder": BM25_DIR, "tokenizer": TOKENIZER, **PARAMS}
+
+
+def _write_dense(folder: Path, model, new_texts: list[str], faiss_kind: str, batch_size: int, progress: bool,
+                 old_dir: Path | None = None) -> tuple[int, dict]:
+    """Write embeddings.npy (old rows + new ones) and faiss.index; returns ``(dim, faiss params)``."""
+    from ragtune.retrieval import dense
+
+    previous = dense.load_embeddings(old_dir / EMBEDDINGS) if old_dir is not None else None
+    dim = dense.write_embeddings(folder / EMBEDDINGS, model, new_texts, batch_size, progress, previous=previous)
+    embeddings = dense.load_embeddings(folder / EMBEDDINGS)
+    if old_dir is not None and faiss_kind in ("flat", "hnsw"):
+        index = dense.load_faiss(old_dir / FAISS_FILE)  # trained once; only the new vectors are added
+        dense.add_to_faiss(index, embeddings, start=len(previous))
+        params = {"M": dense.HNSW_M, "efConstruction": dense.HNSW_EF_CONSTRUCTION} if faiss_kind == "hnsw" else {}
+    else:  # a new index, or ivfpq, whose lists and codebooks are retrained for the grown corpus
+        index, params = dense.build_faiss(embeddings, faiss_kind)
+    dense.save_faiss(index, folder / FAISS_FILE)
+    del embeddings
+    return dim, params
+
+
+def _encoder_source(manifest: dict) -> str:
+    """What to load the index's encoder from: the alias again (its package may have moved), else the stored path."""
+    from ragtune.models.hf import ALIASES
+
+    return manifest["encoder"] if manifest["encoder"] in ALIASES else manifest["encoder_path"]
+
+
+def build_index(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    kind: str = DEFAULT_KIND,
+    encoder: str = DEFAULT_ENCODER,
+    faiss_index: str = DEFAULT_FAISS,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    batch_size: int = 64,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Index the corpus files/folders ``paths`` into ``out_dir``; returns ``out_dir``.
+
+    Arguments:
+        paths: corpus files and folders (see :mod:`ragtune.retrieval.corpus` for the formats).
+        out_dir: the index folder; must be new or empty unless ``overwrite``.
+        kind: ``bm25``, ``dense`` or ``hybrid``.
+        encoder: sentence-transformers model for ``dense``/``hybrid``: ``minilm``, a folder or a Hub id.
+        faiss_index: ``flat``, ``hnsw`` or ``ivfpq`` (``dense``/``hybrid``).
+        chunk_tokens, chunk_overlap: passage length and overlap in tokens (words; CJK characters).
+        batch_size: passages per encoder batch.
+        progress: show progress bars.
+        overwrite: replace a non-empty ``out_dir`` (only once the new index is complete).
+
+    The summary (documents, passages, duplicates removed, seconds) is the last entry of the
+    manifest's ``history``. An empty corpus is an error naming the paths.
+    """
+    start = time.perf_counter()
+    _check_options(kind, faiss_index, batch_size)
+    check_chunking(chunk_tokens, chunk_overlap)
+    out_dir = Path(out_dir)
+    files = list_corpus_files(paths)
+    _check_out_dir(out_dir, overwrite, files)
+    dense_kind = kind in ("dense", "hybrid")
+    encoder_path = None
+    if dense_kind:
+        from ragtune.retrieval.dense import resolve_encoder
+
+        encoder_path = resolve_encoder(encoder)  # fail on a bad encoder before reading the corpus
+    passages, inputs, totals = _collect(files, chunk_tokens, chunk_overlap, set(), {})
+    if not passages:
+        shown = ", ".join(str(p) for p in paths)
+        raise RagtuneError(f"the corpus is empty: {shown} hold no text to index "
+                           f"({totals['empty_documents']} empty documents)")
+    tmp = _temp_dir(out_dir)
+    try:
+        write_passages(tmp / PASSAGES, passages)
+        texts = [search_text(p.title, p.text) for p in passages]
+        bm25_info = _write_bm25(tmp, texts, progress) if kind in ("bm25", "hybrid") else None
+        dim, faiss_params = None, None
+        if dense_kind:
+            from ragtune.retrieval.dense import load_encoder
+
+            model = load_encoder(encoder, progress)
+            dim, faiss_params = _write_dense(tmp, model, texts, faiss_index, batch_size, progress)
+        created = mf.now()
+        manifest = {
+            "format": mf.FORMAT,
+            "kind": kind,
+            "created": created,
+            "updated": created,
+            "corpus_sha256": mf.corpus_sha256([i["sha256"] for i in inputs]),
+            "inputs": inputs,
+            "chunking": {"chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "token_pattern": TOKEN_PATTERN},
+            "documents": totals["documents"],
+            "passages": len(passages),
+            "bm25": bm25_info,
+            "encoder": encoder if dense_kind else None,
+            "encoder_path": encoder_path,
+            "embedding_dim": dim,
+            "faiss_index": faiss_index if dense_kind else None,
+            "faiss_params": faiss_params,
+            "versions": mf.library_versions(),
+            "files": mf.checksum_folder(tmp),
+            "history": [{"action": "build", "time": created, "files": len(files), "documents": totals["documents"],
+                         "passages_added": len(passages), "duplicates_removed": totals["duplicates_removed"],
+                         "empty_documents": totals["empty_documents"],
+                         "seconds": round(time.perf_counter() - start, 3)}],
+        }
+        manifest["versions"]["ragtune"] = __version__
+        mf.write_manifest(tmp, manifest)
+        _swap_into_place(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def add_to_index(
+    index_dir: str | Path,
+    paths: Sequence[str | Path],
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Path:
+    """Add the documents of ``paths`` to the existing index ``index_dir``; returns ``index_dir``.
+
+    The index's own settings are used (kind, encoder, FAISS kind, chunking). New passages are
+    appended (duplicates of passages already indexed are dropped), only the new passages are
+    encoded and their embeddings appended, ``flat``/``hnsw`` FAISS indexes get the new vectors
+    (``ivfpq`` is retrained on all of them), BM25 is rebuilt from all passages, and the manifest
+    is updated (inputs, counts, checksums, a ``history`` entry). A file already in the index is an
+    error: rebuild with ``overwrite=True`` to re-index changed files.
+    """
+    start = time.perf_counter()
+    index_dir = Path(index_dir)
+    manifest = mf.read_manifest(index_dir)
+    mf.verify_files(index_dir, manifest)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise RagtuneError(f"batch_size must be a positive integer (got {batch_size!r})")
+    files = list_corpus_files(paths)
+    indexed = {i["path"] for i in manifest.get("inputs", [])}
+    for f in files:
+        if str(f.resolve()) in indexed:
+            raise RagtuneError(f"{f} is already in the index {index_dir}; to re-index a changed file, rebuild the "
+                               "index (ragtune index ... --overwrite)")
+    root = index_dir.resolve()
+    for f in files:
+        if root in f.resolve().parents:
+            raise RagtuneError(f"corpus file {f} is inside the index folder {index_dir}; move it out first")
+    old_records = read_passages(index_dir / PASSAGES)
+    seen = {hashlib.sha1(r["text"].encode("utf-8")).digest() for r in old_records}
+    taken = {r["doc_id"]: r["source"] for r in old_records}
+    chunking = manifest["chunking"]
+    passages, inputs, totals = _collect(files, chunking["chunk_tokens"], chunking["chunk_overlap"], seen, taken)
+    if not passages and totals["duplicates_removed"] == 0 and totals["duplicate_documents"] == 0:
+        shown = ", ".join(str(p) for p in paths)
+        raise RagtuneError(f"nothing to add: {shown} hold no text ({totals['empty_documents']} empty documents)")
+    kind = manifest["kind"]
+    tmp = _temp_dir(index_dir)
+    try:
+        n_total = write_passages(tmp / PASSAGES, itertools.chain(old_records, passages))
+        if manifest.get("bm25"):
+            all_texts = [search_text(r.get("title"), r["text"]) for r in old_records]
+            all_texts += [search_text(p.title, p.text) for p in passages]
+            manifest["bm25"] = _write_bm25(tmp, all_texts, progress)
+        if kind in ("dense", "hybrid"):
+            if passages:
+                from ragtune.retrieval.dense import load_encoder
+
+                model = load_encoder(_encoder_source(manifest), progress)
+                new_texts = [search_text(p.title, p.text) for p in passages]
+                dim, params = _write_dense(tmp, model, new_texts, manifest["faiss_index"], batch_size, progress,
+                                           old_dir=index_dir)
+                if dim != manifest["embedding_dim"]:
+                    raise RagtuneError(f"the encoder now gives {dim}-dimensional embeddings, the index holds "
+                                       f"{manifest['embedding_dim']}-dimensional ones; rebuild the index")
+                manifest["faiss_params"] = params
+            else:
+                shutil.copy2(index_dir / EMBEDDINGS, tmp / EMBEDDINGS)
+                shutil.copy2(index_dir / FAISS_FILE, tmp / FAISS_FILE)
+        stamp = mf.now()
+        manifest["inputs"] = list(manifest.get("inputs", [])) + inputs
+        manifest["corpus_sha256"] = mf.corpus_sha256([i["sha256"] for i in manifest["inputs"]])
+        manifest["documents"] = manifest.get("documents", 0) + totals["documents"]
+        manifest["passages"] = n_total
+        manifest["updated"] = stamp
+        manifest["versions"] = {**mf.library_versions(), "ragtune": __version__}
+        manifest["files"] = mf.checksum_folder(tmp)
+        manifest.setdefault("history", []).append(
+            {"action": "add", "time": stamp, "files": len(files), "documents": totals["documents"],
+             "passages_added": len(passages), "duplicates_removed": totals["duplicates_removed"],
+             "empty_documents": totals["empty_documents"], "seconds": round(time.perf_counter() - start, 3)})
+        mf.write_manifest(tmp, manifest)
+        _swap_into_place(tmp, index_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return index_dir
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Index:
+    """A loaded index (:func:`load_index`). ``passages[i]`` is the record of index row ``i``."""
+
+    path: Path
+    manifest: dict = field(repr=False)
+    passages: list[dict] = field(repr=False)
+    bm25: object | None = field(default=None, repr=False)
+    faiss_index: object | None = field(default=None, repr=False)
+    encoder: object | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """``bm25``, ``dense`` or ``hybrid``."""
+        return self.manifest["kind"]
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        """The best ``k`` passages for ``query``, best first (BM25 may return fewer: only matching passages)."""
+        return self.search_batch([query], k)[0]
+
+    def search_batch(self, queries: Sequence[str], k: int = 5) -> list[list[Hit]]:
+        """:meth:`search` for several queries at once (one batch through the encoder)."""
+        return [[self._hit(row, score) for row, score in rows] for rows in self.search_rows(queries, k)]
+
+    def search_rows(self, queries: Sequence[str], k: int = 5) -> list[list[tuple[int, float]]]:
+        """Like :meth:`search_batch`, but ``(passage row, score)`` pairs instead of hits."""
+        if isinstance(queries, str):
+            raise RagtuneError("search_batch/search_rows take a list of queries; use search(query) for one")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RagtuneError(f"k must be a positive integer (got {k!r})")
+        if k > len(self.passages):
+            raise RagtuneError(f"k={k} is larger than the number of passages in the index {self.path} "
+                               f"({len(self.passages)}); ask for at most {len(self.passages)}")
+        queries = [str(q) for q in queries]
+        if not queries:
+            return []
+        if self.kind == "bm25":
+            return self._bm25(queries, k)
+        if self.kind == "dense":
+            return self._dense(queries, k)
+        depth = min(len(self.passages), max(k, HYBRID_DEPTH))
+        lexical, dense = self._bm25(queries, depth), self._dense(queries, depth)
+        fused = []
+        for b, d in zip(lexical, dense):
+            fused.append(reciprocal_rank_fusion([[r for r, _ in b], [r for r, _ in d]], top=k))
+        return fused
+
+    def _bm25(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        from ragtune.retrieval.bm25 import search_bm25
+
+        return search_bm25(self.bm25, queries, k)
+
+    def _dense(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        from ragtune.retrieval.dense import encode_queries, search_faiss
+
+        return search_faiss(self.faiss_index, encode_queries(self.encoder, queries), k)
+
+    def _hit(self, row: int, score: float) -> Hit:
+        p = self.passages[row]
+        return Hit(id=p["id"], doc_id=p["doc_id"], score=float(score), text=p["text"], source=p["source"],
+                   title=p.get("title"))
+
+
+def _same_encoder(expected: str, manifest: dict) -> bool:
+    if expected == manifest["encoder"]:
+        return True
+    from ragtune.retrieval.dense import resolve_encoder
+
+    return resolve_encoder(expected) == manifest["encoder_path"]
+
+
+def load_index(index_dir: str | Path, expected_encoder: str | None = None, progress: bool = False) -> Index:
+    """Load the index folder ``index_dir`` after checking every file against the manifest.
+
+    ``expected_encoder`` (an alias, folder or Hub id): the encoder the caller will pair with the
+    index (e.g. a RAG config's); a dense/hybrid index built with another one is a RagtuneError naming
+    both. It is ignored for a ``bm25`` index, which has no encoder.
+    """
+    index_dir = Path(index_dir)
+    manifest = mf.read_manifest(index_dir)
+    mf.verify_files(index_dir, manifest)
+    kind = manifest["kind"]
+    if kind not in INDEX_KINDS:
+        raise RagtuneError(f"{index_dir / mf.MANIFEST}: unknown index kind {kind!r}; rebuild the index")
+    if expected_encoder is not None and manifest.get("encoder") is not None:
+        if not _same_encoder(expected_encoder, manifest):
+            raise RagtuneError(
+                f"index {index_dir} was built with encoder {manifest['encoder']!r} ({manifest['encoder_path']}), "
+                f"but encoder {expected_encoder!r} was asked for; queries must be encoded by the index's encoder: "
+                f"use encoder {manifest['encoder']!r}, or rebuild the index with --encoder {expected_encoder}"
+            )
+    passages = read_passages(index_dir / PASSAGES)
+    if len(passages) != manifest["passages"]:
+        raise RagtuneError(f"{index_dir / PASSAGES} holds {len(passages)} passages but the manifest says "
+                           f"{manifest['passages']}; rebuild the index")
+    index = Index(path=index_dir, manifest=manifest, passages=passages)
+    if kind in ("bm25", "hybrid"):
+        from ragtune.retrieval.bm25 import TOKENIZER, load_bm25
+
+        built_with = (manifest.get("bm25") or {}).get("tokenizer")
+        if built_with != TOKENIZER:
+            raise RagtuneError(f"index {index_dir} was built with the BM25 tokenizer {built_with!r}; this ragtune "
+                               f"tokenizes queries with {TOKENIZER!r}; rebuild the index")
+        index.bm25 = load_bm25(index_dir / BM25_DIR)
+    if kind in ("dense", "hybrid"):
+        from ragtune.retrieval.dense import load_encoder, load_faiss
+
+        index.faiss_index = load_faiss(index_dir / FAISS_FILE)
+        if index.faiss_index.ntotal != len(passages):
+            raise RagtuneError(f"{index_dir / FAISS_FILE} holds {index.faiss_index.ntotal} vectors for "
+                               f"{len(passages)} passages; rebuild the index")
+        index.encoder = load_encoder(_encoder_source(manifest), progress)
+        dim = index.encoder.get_embedding_dimension()
+        if dim is not None and dim != manifest["embedding_dim"]:
+            raise RagtuneError(f"encoder {manifest['encoder']!r} gives {dim}-dimensional embeddings but the index "
+                               f"{index_dir} holds {manifest['embedding_dim']}-dimensional ones; rebuild the index")
+    return index
