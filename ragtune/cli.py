@@ -8,8 +8,10 @@
     ragtune predict RUN_DIR "some text" ...   |   --input in.csv --output out.csv
     ragtune index CORPUS... --out INDEX_DIR [--kind bm25|dense|hybrid] [--encoder minilm]
                   [--faiss flat|hnsw|ivfpq] [--chunk-tokens N] [--chunk-overlap N] [--add] [--overwrite]
-    ragtune retrieve INDEX_DIR "query" ... [-k 5]
-    ragtune eval-retrieval INDEX_DIR --questions SQUAD.json [-k 1 5 10 20]
+    ragtune retrieve INDEX_DIR "query" ... [-k 5] [--rerank RERANKER_DIR] [--candidates 20]
+    ragtune eval-retrieval INDEX_DIR --questions SQUAD.json [-k 1 5 10 20] [--rerank RERANKER_DIR] [--candidates 20]
+    ragtune train-reranker INDEX_DIR --questions SQUAD.json --out RERANKER_DIR [--base minilm] [--epochs 1]
+                  [--negatives 3] [--batch-size 16] [--lr 2e-5] [--max-length 256] [--seed 0] [--overwrite]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
 """
@@ -41,6 +43,9 @@ EPILOG = """examples:
   ragtune index more_docs/ --out indexes/squad --add    # add documents to an existing index
   ragtune retrieve indexes/squad "Which team won Super Bowl 50?" -k 3
   ragtune eval-retrieval indexes/squad --questions ../shared/data/squad_v1.1/dev-part1.json
+  ragtune train-reranker indexes/squad --questions ../shared/data/squad_v1.1/dev-part1.json --out rerankers/squad
+  ragtune retrieve indexes/squad "Which team won Super Bowl 50?" -k 3 --rerank rerankers/squad
+  ragtune eval-retrieval indexes/squad --questions other.json --rerank rerankers/squad   # questions not trained on
 """
 
 
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to predict")
     p.add_argument("--input", help="file of texts (CSV/TSV/JSONL/Parquet)")
     p.add_argument("--output", help="where to write predictions (CSV; with --input)")
-    p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column)")
+    p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column; `question` for a QA run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -111,10 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrieve", help="search an index; one JSON line per hit",
                        description="Search INDEX_DIR for each query; prints one JSON line per hit, best first: "
-                                   "query, rank, id, doc_id, score, title, text, source.")
+                                   "query, rank, id, doc_id, score, title, text, source (and retrieval_score "
+                                   "with --rerank).")
     p.add_argument("index_dir", metavar="INDEX_DIR", help="a folder written by `ragtune index`")
     p.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
     p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")
+    _add_rerank_options(p)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("eval-retrieval", help="score an index on SQuAD-format questions; prints metrics as JSON",
@@ -125,9 +132,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQuAD-format JSON whose paragraphs are in the index")
     p.add_argument("-k", type=int, nargs="+", default=[1, 5, 10, 20], metavar="K",
                    help="ranks for recall@k (default: 1 5 10 20)")
+    _add_rerank_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("train-reranker", help="train a cross-encoder reranker on SQuAD-format questions",
+                       description="Train a cross-encoder (initialised from --base) to score (question, passage) "
+                                   "pairs: the question's gold passages in INDEX_DIR are positives, the index's "
+                                   "top non-gold hits are hard negatives. Writes the model and reranker.json to "
+                                   "--out; prints a one-line summary. Use it with retrieve/eval-retrieval --rerank.")
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="a folder written by `ragtune index` holding the paragraphs")
+    p.add_argument("--questions", required=True, metavar="FILE",
+                   help="SQuAD-format JSON whose paragraphs are in the index (answered questions are used)")
+    p.add_argument("--out", required=True, metavar="RERANKER_DIR", help="the reranker folder (new or empty; see --overwrite)")
+    p.add_argument("--base", default="minilm",
+                   help="model to start from: minilm, a local Hugging Face folder or a Hub id (default: minilm)")
+    p.add_argument("--epochs", type=int, default=1, metavar="N", help="passes over the training pairs (default: 1)")
+    p.add_argument("--negatives", type=int, default=3, metavar="N", help="hard negatives per question (default: 3)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per training step (default: 16)")
+    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate, AdamW (default: 2e-5)")
+    p.add_argument("--max-length", type=int, default=256, metavar="N", help="tokens per question+passage pair (default: 256)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the new head, shuffling, random negatives (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty RERANKER_DIR (once the new reranker is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _add_rerank_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerank", metavar="RERANKER_DIR",
+                   help="rerank the hits with a reranker written by `ragtune train-reranker` (scores become its logits)")
+    p.add_argument("--candidates", type=int, metavar="N",
+                   help="with --rerank: passages retrieved per query before reranking, at least k (default: 20)")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -202,6 +238,13 @@ def cmd_eval(args) -> int:
 
     run_dir = Path(args.run_dir)
     cfg = _run_config(run_dir)
+    if cfg.task == "qa":  # a SQuAD-format file: end-to-end and retrieval metrics
+        from ragtune.data.squad import read_squad
+        from ragtune.qa_predictor import QAPredictor
+
+        metrics = QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(read_squad(args.data))
+        print(json.dumps(metrics, indent=2, ensure_ascii=False))
+        return 0
     predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     df = load_eval_file(args.data, cfg, predictor.labels)
     metrics = predictor.evaluate(df.text.tolist(), df.label.tolist())
@@ -217,6 +260,8 @@ def cmd_predict(args) -> int:
     if bool(args.texts) == bool(args.input):
         raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
     cfg = _run_config(run_dir)
+    if cfg.task == "qa":
+        return _predict_qa(args, run_dir, cfg)
     predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     if args.texts:
         for prediction in predictor.predict(args.texts):
@@ -243,6 +288,36 @@ def cmd_predict(args) -> int:
     df.to_csv(tmp, index=False)
     tmp.replace(output)
     print(f"wrote {len(df)} predictions to {output}")
+    return 0
+
+
+def _predict_qa(args, run_dir: Path, cfg) -> int:
+    """``ragtune predict`` on a QA run: the texts are questions; each gets its answer and the passages read."""
+    from ragtune.data.io import read_table, require_columns
+    from ragtune.qa_predictor import QAPredictor
+
+    predictor = QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    if args.texts:
+        for result in predictor.answer(args.texts):
+            print(json.dumps(result, ensure_ascii=False))
+        return 0
+    if not args.output:
+        raise RagtuneError("--input needs --output FILE (a CSV to write the answers to)")
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise RagtuneError(f"--output {output} exists; add --overwrite to replace it")
+    column = args.text_column or "question"
+    df = read_table(args.input)
+    require_columns(df, args.input, [column])
+    results = predictor.answer(df[column].fillna("").astype(str).tolist())
+    df["answer"] = [r["answer"] for r in results]
+    df["answer_score"] = [r["score"] for r in results]
+    df["answer_passage_id"] = [(r.get("passage") or {}).get("id") for r in results]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(output)
+    print(f"wrote {len(df)} answers to {output}")
     return 0
 
 
@@ -280,10 +355,24 @@ def cmd_index(args) -> int:
     return 0
 
 
+def _maybe_reranked(args, index):
+    """``index`` wrapped in a RerankedIndex when ``--rerank`` is given."""
+    if args.rerank is None:
+        if args.candidates is not None:
+            raise RagtuneError("--candidates applies to reranking; add --rerank RERANKER_DIR (or leave out --candidates)")
+        return index
+    from ragtune.retrieval.rerank import DEFAULT_CANDIDATES, RerankedIndex, load_reranker
+
+    candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
+    if candidates < 1:
+        raise RagtuneError(f"--candidates must be at least 1 (got {candidates})")
+    return RerankedIndex(index, load_reranker(args.rerank), candidates=candidates)
+
+
 def cmd_retrieve(args) -> int:
     from ragtune.retrieval import load_index
 
-    index = load_index(args.index_dir)
+    index = _maybe_reranked(args, load_index(args.index_dir))
     for query, hits in zip(args.queries, index.search_batch(args.queries, args.k)):
         for rank, hit in enumerate(hits, start=1):
             print(json.dumps({"query": query, "rank": rank, **hit.to_dict()}, ensure_ascii=False))
@@ -293,14 +382,35 @@ def cmd_retrieve(args) -> int:
 def cmd_eval_retrieval(args) -> int:
     from ragtune.retrieval import evaluate_retrieval, load_index
 
-    index = load_index(args.index_dir)
+    index = _maybe_reranked(args, load_index(args.index_dir))
     metrics = evaluate_retrieval(index, args.questions, ks=args.k, progress=not args.quiet)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0
 
 
+def cmd_train_reranker(args) -> int:
+    import time
+
+    from ragtune.retrieval import load_index
+    from ragtune.retrieval.rerank import read_reranker_info, train_reranker
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    index = load_index(args.index_dir, progress=not args.quiet)
+    train_reranker(index, args.questions, out, base=args.base, negatives=args.negatives, epochs=args.epochs,
+                   batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
+                   progress=not args.quiet, overwrite=args.overwrite)
+    info = read_reranker_info(out)
+    counts, loss = info["counts"], info["loss"]
+    print(f"trained a reranker on {counts['questions']} questions ({counts['positives']} positive, "
+          f"{counts['hard_negatives'] + counts['random_negatives']} negative pairs; {counts['steps']} steps, "
+          f"loss {loss['first_epoch']:.4f} -> {loss['last_epoch']:.4f}) in {time.perf_counter() - start:.1f} s: {out}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
-            "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval}
+            "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval,
+            "train-reranker": cmd_train_reranker}
 
 
 def main(argv: list[str] | None = None) -> int:

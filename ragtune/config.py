@@ -28,12 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ragtune.errors import RagtuneError
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "qa")
 
 # Validation metrics each task can select on (early stopping, best epoch, tuning objectives).
 TASK_METRICS = {
     "classification": ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "log_loss"),
     "regression": ("mse", "mae", "rmse", "r2", "pearson", "loss"),
+    "qa": ("f1", "exact_match"),
 }
 
 
@@ -152,6 +153,10 @@ class ModelConfig(_Section):
         ge=0,
         description="`truncation: head_tail` only: text tokens kept from the start (special tokens not counted); the rest of `max_length` goes to the end of the text. Null: a quarter of `max_length` (e.g. 128 of 512).",
     )
+    doc_stride: int = Field(
+        128, gt=0, description="`task: qa`: context tokens shared by neighbouring windows when a passage is longer than `max_length`."
+    )
+    max_answer_length: int = Field(30, gt=0, description="`task: qa`: the longest answer (in tokens) the reader may give.")
     freeze_embeddings: bool = Field(False, description="`hf` only: do not train the embedding layer (word, position and type embeddings).")
     freeze_layers: int = Field(0, ge=0, description="`hf` only: do not train the first N encoder layers (counted from the embeddings up).")
     extend_vocab: int | None = Field(
@@ -225,11 +230,52 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, gt=0, description="Batch size for evaluation and prediction.")
 
 
+class RetrievalConfig(_Section):
+    """Retrieval in the loop (`ragtune/retrieval/`): passages from an index feed the model in training and inference."""
+
+    index: str | None = _path_field(
+        None,
+        "An index folder written by `ragtune index`. Null: the run builds its own index from `corpus` into RUN_DIR/index.",
+    )
+    corpus: list[str] | None = Field(
+        None,
+        description="Corpus files or folders to index when `index` is null (.txt, .md, .jsonl, .csv/.tsv, SQuAD JSON, knowledge-graph triples, PDF); relative paths resolve like data paths.",
+        json_schema_extra={"path_list": True},
+    )
+    kind: Literal["bm25", "dense", "hybrid"] = Field(
+        "bm25", description="Index kind when the run builds it: BM25 (bm25s, jieba for Chinese), dense (sentence-transformers + FAISS) or hybrid (both, reciprocal rank fusion)."
+    )
+    encoder: str = Field("minilm", description="Dense encoder when the run builds the index (a sentence-transformers folder, hub id or `minilm`).")
+    chunk_tokens: int = Field(128, gt=0, description="Passage length in tokens (words; CJK characters) when the run builds the index.")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by neighbouring passages of a document.")
+    top_k: int = Field(0, ge=0, description="Passages retrieved per input. 0: retrieval off (QA: the reader reads the gold paragraph).")
+    train_query_encoder: bool = Field(
+        False,
+        description="`task: qa`, dense index: RAG training. The loss is -log sum_z p(z|x) p(y|x,z) over the top_k passages, with p(z|x) the softmax of query-passage similarities, so the task loss trains the query encoder as well as the reader.",
+    )
+    temperature: float = Field(0.05, gt=0, description="RAG training: p(z|x) = softmax(cosine(q, z) / temperature).")
+    refresh_every_epochs: int | None = Field(
+        None,
+        gt=0,
+        description="RAG training: re-encode every passage with the trained encoder every N epochs (the index follows the encoder). Null: the passage side stays frozen (only queries move).",
+    )
+    gold_passage: bool = Field(
+        True,
+        description="`task: qa` training: put the gold passage among the retrieved ones when the retriever missed it (RAFT-style: the reader learns from the gold passage with retrieved distractors).",
+    )
+    distractors: int = Field(
+        2,
+        ge=0,
+        description="`task: qa` reader training without train_query_encoder: retrieved passages without the answer added to each question as negatives (the reader learns to score them low).",
+    )
+
+
 class RunConfig(_Section):
     """A whole ragtune run: data → model → training → evaluation → report."""
 
-    task: Literal["classification", "regression"] = Field(
-        "classification", description="What the model learns: `classification` (labels) or `regression` (a number)."
+    task: Literal["classification", "regression", "qa"] = Field(
+        "classification",
+        description="What the model learns: `classification` (labels), `regression` (a number) or `qa` (extractive question answering over SQuAD-format data, with a retriever when `retrieval.top_k` > 0).",
     )
     name: str | None = Field(None, description="Run name, used in the default run directory and the report.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data preparation.")
@@ -237,13 +283,14 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model building.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Retrieval (RAG).")
 
     @property
     def selection_metric(self) -> str:
         """The validation metric that early stopping and best-epoch selection use."""
         if self.eval.metric:
             return self.eval.metric
-        return "accuracy" if self.task == "classification" else "mse"
+        return {"classification": "accuracy", "regression": "mse", "qa": "f1"}[self.task]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +341,20 @@ def path_keys() -> list[str]:
     ]
 
 
+def path_list_keys() -> list[str]:
+    """Dotted keys that hold lists of file paths (e.g. ``retrieval.corpus``)."""
+    return [
+        key
+        for key, info, _ in _walk_fields(RunConfig)
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("path_list")
+    ]
+
+
+def _absolute(value: str, base: Path) -> str:
+    value = os.path.expanduser(value)
+    return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+
 def _get(tree: dict, dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):
@@ -309,10 +370,12 @@ def _resolve_paths(tree: dict, base: Path) -> None:
         parent_key, _, leaf = key.rpartition(".")
         parent = _get(tree, parent_key) if parent_key else tree
         if isinstance(parent, dict) and isinstance(parent.get(leaf), str):
-            value = os.path.expanduser(parent[leaf])
-            if not os.path.isabs(value):
-                value = os.path.normpath(os.path.join(base, value))
-            parent[leaf] = value
+            parent[leaf] = _absolute(parent[leaf], base)
+    for key in path_list_keys():
+        parent_key, _, leaf = key.rpartition(".")
+        parent = _get(tree, parent_key) if parent_key else tree
+        if isinstance(parent, dict) and isinstance(parent.get(leaf), list):
+            parent[leaf] = [_absolute(v, base) if isinstance(v, str) else v for v in parent[leaf]]
     for key in MODEL_PATH_KEYS:
         parent_key, _, leaf = key.rpartition(".")
         parent = _get(tree, parent_key)
@@ -350,7 +413,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 def apply_overrides(tree: dict, overrides: list[str], cwd: Path | None = None) -> list[str]:
     """Apply dotted overrides to a raw config tree in place. Returns error messages (empty if fine)."""
     errors: list[str] = []
-    paths = set(path_keys())
+    paths, path_lists = set(path_keys()), set(path_list_keys())
     cwd = cwd or Path.cwd()
     for item in overrides:
         try:
@@ -375,6 +438,8 @@ def apply_overrides(tree: dict, overrides: list[str], cwd: Path | None = None) -
             else:
                 if key in paths and isinstance(value, str) and not os.path.isabs(value):
                     value = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+                elif key in path_lists and isinstance(value, list):
+                    value = [_absolute(v, cwd) if isinstance(v, str) else v for v in value]
                 if key in MODEL_PATH_KEYS and isinstance(value, str):
                     value = _resolve_model_path(value, cwd)
                 node[leaf] = value
@@ -410,6 +475,39 @@ def _format_errors(exc: ValidationError) -> list[str]:
             msg = f"must be one of {expected}"
         messages.append(f"{key}: {msg}{given_text}")
     return messages
+
+
+def _retrieval_errors(cfg: RunConfig) -> list[str]:
+    """The rules of `task: qa` and of the `retrieval` section."""
+    errors = []
+    r = cfg.retrieval
+    if cfg.task == "qa":
+        if cfg.model.backbone != "hf":
+            errors.append("model.backbone: task qa needs a pretrained reader (model.backbone: hf with model.name_or_path, e.g. minilm)")
+        if cfg.data.demo:
+            errors.append("data.demo: the built-in demo data is for classification; task qa reads SQuAD-format JSON (data.train)")
+        if cfg.model.lora.enabled:
+            errors.append("model.lora.enabled: not supported for task qa yet")
+    if r.top_k and not r.index and not r.corpus:
+        errors.append(f"retrieval.top_k: {r.top_k} needs an index: set retrieval.index (from `ragtune index`) or retrieval.corpus (files the run indexes)")
+    if r.index and r.corpus:
+        errors.append("retrieval.corpus: not used when retrieval.index is set (the run reads that index); set one of them")
+    if r.corpus is not None and not r.corpus:
+        errors.append("retrieval.corpus: needs at least one file or folder (or null)")
+    if r.top_k and cfg.task not in ("qa",):
+        errors.append(f"retrieval.top_k: retrieval in the loop is available for task qa (task is {cfg.task!r})")
+    if r.train_query_encoder:
+        if cfg.task != "qa":
+            errors.append("retrieval.train_query_encoder: only for task qa")
+        if not r.top_k:
+            errors.append("retrieval.train_query_encoder: needs retrieval.top_k > 0")
+        if not r.index and r.kind != "dense":
+            errors.append(f"retrieval.train_query_encoder: needs a dense index (retrieval.kind: dense; got {r.kind!r})")
+    if r.refresh_every_epochs and not r.train_query_encoder:
+        errors.append("retrieval.refresh_every_epochs: only applies with retrieval.train_query_encoder: true")
+    if r.chunk_overlap >= r.chunk_tokens:
+        errors.append(f"retrieval.chunk_overlap: must be smaller than retrieval.chunk_tokens ({r.chunk_tokens}) (got {r.chunk_overlap})")
+    return errors
 
 
 def _semantic_errors(cfg: RunConfig) -> list[str]:
@@ -474,6 +572,7 @@ def _semantic_errors(cfg: RunConfig) -> list[str]:
             errors.append(
                 f"model.head_tokens: must be smaller than model.max_length ({cfg.model.max_length}) (got {cfg.model.head_tokens})"
             )
+    errors.extend(_retrieval_errors(cfg))
     if cfg.eval.metric is not None and cfg.eval.metric not in TASK_METRICS[cfg.task]:
         errors.append(
             f"eval.metric: {cfg.eval.metric!r} is not a {cfg.task} metric; choose one of {list(TASK_METRICS[cfg.task])}"

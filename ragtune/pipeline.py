@@ -39,7 +39,7 @@ import torch
 import yaml
 
 import ragtune
-from ragtune.config import RunConfig, config_from_dict, path_keys, to_yaml
+from ragtune.config import RunConfig, config_from_dict, path_keys, path_list_keys, to_yaml
 from ragtune.data.prepare import PreparedData, prepare_data
 from ragtune.data.report import data_report, data_report_markdown
 from ragtune.data.tokenizer import encode, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
@@ -91,6 +91,13 @@ def run(
         check_resumable(cfg, run_dir)
     _set_up(cfg, run_dir, config_path)
     started = time.perf_counter()
+    if cfg.task == "qa":  # question answering has its own stages: ragtune/qa_pipeline.py
+        from ragtune.qa_pipeline import run_qa
+
+        _write_inputs(cfg, None, run_dir, config_path)
+        metrics, train_result = run_qa(cfg, run_dir, resume=resume, progress=progress, on_epoch_end=on_epoch_end,
+                                       evaluate_test=evaluate_test)
+        return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
 
     # 1. data preparation
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
@@ -196,13 +203,26 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _write_inputs(cfg: RunConfig, data: PreparedData, run_dir: Path, config_path) -> None:
+def _input_record(path: str) -> dict:
+    """``{"path", "sha256"}`` of an input file; a folder (an index, a corpus folder) gets the sha256 of
+    its ``manifest.json`` when it has one (an index: the manifest holds every file's checksum)."""
+    folder = Path(path)
+    if folder.is_dir():
+        manifest = folder / "manifest.json"
+        return {"path": path, "manifest_sha256": sha256_file(manifest) if manifest.exists() else None}
+    return {"path": path, "sha256": sha256_file(path)}
+
+
+def _write_inputs(cfg: RunConfig, data: PreparedData | None, run_dir: Path, config_path) -> None:
     """sha256 of every input file, so a reader can tell which data produced the run."""
     files = {}
     flat = _flatten(cfg.model_dump(mode="json"))
     for key in path_keys():
         if flat.get(key):
-            files[key] = {"path": flat[key], "sha256": sha256_file(flat[key])}
+            files[key] = _input_record(flat[key])
+    for key in path_list_keys():
+        for i, path in enumerate(flat.get(key) or []):
+            files[f"{key}[{i}]"] = _input_record(path)
     if cfg.data.demo:
         for f in sorted((run_dir / "demo_data").glob("*")):
             files[f"demo:{f.name}"] = {"path": str(f), "sha256": sha256_file(f)}

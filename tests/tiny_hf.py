@@ -52,3 +52,23 @@ def make_bert(vocab_size: int | None = None, dropout: float = 0.0, seed: int = 0
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=3,
                         initializer_range=0.2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return BertForSequenceClassification(config)
+
+
+def save_tiny_encoder(folder, seed: int = 0, tokenizer=None):
+    """A random tiny BERT (hidden 32) with mean pooling, saved as a sentence-transformers folder.
+
+    ``tokenizer`` (default :func:`make_tokenizer`) sets the vocabulary; returns the folder to load.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    tokenizer = tokenizer or make_tokenizer()
+    bert_dir = folder / "bert"
+    # the base BertModel, without the classification head
+    make_bert(vocab_size=len(tokenizer), seed=seed).bert.save_pretrained(bert_dir)
+    tokenizer.save_pretrained(bert_dir)
+    transformer = Transformer(str(bert_dir), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")],
+                                device="cpu")
+    model.save(str(folder / "st"))
+    return folder / "st"

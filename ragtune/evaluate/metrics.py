@@ -81,6 +81,9 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "rmse": "min",
     "r2": "max",
     "pearson": "max",
+    # question answering (SQuAD, 0-100)
+    "exact_match": "max",
+    "f1": "max",
     # the training objective
     "loss": "min",
 }

@@ -473,7 +473,10 @@ def best_spans(start_logits, end_logits, features: QAFeatures, contexts: Sequenc
     Returns:
         One dict per example, in order: ``answer`` (the context text ``context[start:end]``),
         ``score`` (start logit + end logit, comparable across the windows of one example),
-        ``start`` and ``end`` (character offsets in the context, ``end`` exclusive).
+        ``start`` and ``end`` (character offsets in the context, ``end`` exclusive), and
+        ``null_score`` ([CLS] start + end logit, the lowest over the example's windows: how strongly
+        the reader says the passage holds no answer; ``score - null_score`` ranks answers across
+        passages when the reader was trained with passages that hold none).
     """
     for name, value in (("n_best", n_best), ("max_answer_length", max_answer_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -511,7 +514,10 @@ def best_spans(start_logits, end_logits, features: QAFeatures, contexts: Sequenc
                 best = _best_pair(best, context_positions, context_positions, starts[f], ends[f], offsets,
                                   max_answer_length)
         score, a, b = best
-        results.append({"answer": contexts[example][a:b], "score": score, "start": int(a), "end": int(b)})
+        # the "no answer in this passage" score: [CLS] as start and end, lowest over the windows (SQuAD 2.0 style)
+        null = min(float(starts[f][0] + ends[f][0]) for f in feature_ids)
+        results.append({"answer": contexts[example][a:b], "score": score, "start": int(a), "end": int(b),
+                        "null_score": null})
     return results
 
 
@@ -521,12 +527,15 @@ def best_spans(start_logits, end_logits, features: QAFeatures, contexts: Sequenc
 
 def answer(reader: ExtractiveReader, tokenizer, questions: Sequence[str], contexts: Sequence[str],
            max_length: int = 384, doc_stride: int = 128, batch_size: int = 16, n_best: int = 20,
-           max_answer_length: int = 30) -> list[dict]:
+           max_answer_length: int = 30, log_probs: bool = False) -> list[dict]:
     """Answer each question from its context: :func:`prepare_features`, the reader in batches under
     ``torch.no_grad`` (in eval mode; the previous mode is restored), then :func:`best_spans`.
 
-    Returns one ``{"answer", "score", "start", "end"}`` per question (see :func:`best_spans`). The
-    reader runs on the device of its parameters.
+    Returns one ``{"answer", "score", "start", "end", "null_score"}`` per question (see
+    :func:`best_spans`). With ``log_probs`` each window's start and end logits are first turned into
+    log-probabilities over its tokens, so ``score`` is ``log p(span | question, context)`` (the
+    reader's term of RAG's ``p(y|x) = sum_z p(z|x) p(y|x,z)``). The reader runs on the device of its
+    parameters.
 
     Raises:
         RagtuneError: ``max_length`` longer than the model's position embeddings, a bad
@@ -563,8 +572,12 @@ def answer(reader: ExtractiveReader, tokenizer, questions: Sequence[str], contex
                 end_logits = end_logits.float().cpu().numpy()
                 for row, f in enumerate(indices):
                     length = len(features.input_ids[f])
-                    start_rows.append(start_logits[row, :length])
-                    end_rows.append(end_logits[row, :length])
+                    starts, ends = start_logits[row, :length], end_logits[row, :length]
+                    if log_probs:  # log_softmax over the window's real tokens
+                        starts = starts - np.logaddexp.reduce(starts)
+                        ends = ends - np.logaddexp.reduce(ends)
+                    start_rows.append(starts)
+                    end_rows.append(ends)
     finally:
         reader.train(was_training)
     return best_spans(start_rows, end_rows, features, list(contexts), n_best=n_best,

@@ -84,7 +84,11 @@ DEFAULT_CHUNK_OVERLAP = 32
 
 @dataclass
 class Hit:
-    """One retrieved passage. ``score``: BM25 score, cosine similarity or RRF score (by index kind)."""
+    """One retrieved passage. ``score``: BM25 score, cosine similarity or RRF score (by index kind).
+
+    After reranking (:mod:`ragtune.retrieval.rerank`) ``score`` is the reranker's score and
+    ``retrieval_score`` the score the index gave; it is None for hits that were not reranked.
+    """
 
     id: str
     doc_id: str
@@ -92,10 +96,14 @@ class Hit:
     text: str
     source: str
     title: str | None = None
+    retrieval_score: float | None = None
 
     def to_dict(self) -> dict:
-        """The hit as a plain dict (what ``ragtune retrieve`` prints)."""
-        return asdict(self)
+        """The hit as a plain dict (what ``ragtune retrieve`` prints); ``retrieval_score`` only when reranked."""
+        out = asdict(self)
+        if out["retrieval_score"] is None:
+            del out["retrieval_score"]
+        return out
 
 
 # --------------------------------------------------------------------------------------- building
@@ -398,7 +406,7 @@ class Index:
 
     def search_batch(self, queries: Sequence[str], k: int = 5) -> list[list[Hit]]:
         """:meth:`search` for several queries at once (one batch through the encoder)."""
-        return [[self._hit(row, score) for row, score in rows] for rows in self.search_rows(queries, k)]
+        return [[self.hit(row, score) for row, score in rows] for rows in self.search_rows(queries, k)]
 
     def search_rows(self, queries: Sequence[str], k: int = 5) -> list[list[tuple[int, float]]]:
         """Like :meth:`search_batch`, but ``(passage row, score)`` pairs instead of hits."""
@@ -433,7 +441,8 @@ class Index:
 
         return search_faiss(self.faiss_index, encode_queries(self.encoder, queries), k)
 
-    def _hit(self, row: int, score: float) -> Hit:
+    def hit(self, row: int, score: float) -> Hit:
+        """The :class:`Hit` of passage row ``row`` with ``score``."""
         p = self.passages[row]
         return Hit(id=p["id"], doc_id=p["doc_id"], score=float(score), text=p["text"], source=p["source"],
                    title=p.get("title"))

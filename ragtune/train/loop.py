@@ -1,7 +1,8 @@
 """The training loop: one explicit function a reader can follow top to bottom.
 
 :func:`train_model` runs ``epochs × steps_per_epoch`` optimizer steps over a :class:`BatchStream`,
-validates after every epoch, keeps the best weights, checkpoints, and stops early when asked.
+validates after every epoch, keeps the best weights (by the selection metric; on a tie, the epoch with
+the lower validation ``loss`` wins), checkpoints, and stops early when asked.
 There is no Trainer object and no callback system: the few places where other parts of ragtune
 need to step in are plain function arguments:
 
@@ -46,6 +47,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     best_metric: float | None = None
+    best_loss: float | None = None  # validation loss of the best epoch (breaks ties on the metric)
     stopped_early: bool = False
     optimizer_steps: int = 0
     tokens: int = 0
@@ -82,11 +84,18 @@ def train_model(
     is_main_process: bool = True,
     progress: bool = True,
     layer_groups: list[list[torch.nn.Parameter]] | None = None,
+    batch_loss: Callable[[int], tuple[torch.Tensor, int]] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; returns the per-epoch history and the best epoch (1-based).
 
     ``layer_groups`` are the model's parameters from the bottom up (embeddings, layers, head; see
     ``ragtune.models.hf.layer_ordered_parameters``); ``cfg.layer_lr_decay`` needs them.
+
+    ``batch_loss(k) -> (loss, tokens)`` computes the loss of batch ``k`` of the stream (under bf16
+    autocast when ``cfg.precision`` asks for it) and the number of tokens it processed. The default
+    runs ``model(input_ids, attention_mask)`` on ``stream.batch(k)`` with :func:`compute_loss` for
+    ``task``; tasks whose batches are more than padded ids (e.g. question answering with retrieved
+    passages) pass their own, and use the stream only for its seeded order (``stream.indices(k)``).
     """
     direction = metric_direction(selection_metric)
     steps_per_epoch = cfg.steps_per_epoch or max(1, stream.batches_per_pass // cfg.grad_accum_steps)
@@ -101,6 +110,14 @@ def train_model(
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, param_scales)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    if batch_loss is None:
+
+        def batch_loss(k: int) -> tuple[torch.Tensor, int]:
+            input_ids, attention_mask, targets = stream.batch(k)
+            with autocast:
+                outputs = model(input_ids, attention_mask)
+            return compute_loss(task, outputs, targets, cfg.label_smoothing), int(attention_mask.sum())
+
     writes = out_dir is not None and is_main_process
     ckpt_dir = Path(out_dir) / "checkpoints" if out_dir is not None else None
 
@@ -120,6 +137,7 @@ def train_model(
         bad_epochs = state["bad_epochs"]
         result.history = json.loads(state["history_json"])
         result.best_epoch, result.best_metric = state["best_epoch"], state["best_metric"]
+        result.best_loss = state.get("best_loss")
         result.optimizer_steps, result.tokens = state["optimizer_steps"], state["tokens"]
         log.info("resumed at epoch %d step %d (optimizer step %d)", epoch + 1, step_in_epoch, result.optimizer_steps)
 
@@ -142,6 +160,7 @@ def train_model(
                 "history_json": json.dumps(result.history),
                 "best_epoch": result.best_epoch,
                 "best_metric": result.best_metric,
+                "best_loss": result.best_loss,
                 "optimizer_steps": result.optimizer_steps,
                 "tokens": result.tokens,
             },
@@ -174,11 +193,9 @@ def train_model(
             while step_in_epoch < steps_per_epoch:
                 step_loss = 0.0
                 for _ in range(cfg.grad_accum_steps):
-                    input_ids, attention_mask, targets = stream.batch(batch_index)
+                    loss, n_tokens = batch_loss(batch_index)
                     batch_index += 1
-                    with autocast:
-                        outputs = model(input_ids, attention_mask)
-                    loss = compute_loss(task, outputs, targets, cfg.label_smoothing) / cfg.grad_accum_steps
+                    loss = loss / cfg.grad_accum_steps
                     if not torch.isfinite(loss):
                         raise RagtuneError(
                             f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step_in_epoch + 1}, "
@@ -186,7 +203,6 @@ def train_model(
                         )
                     loss.backward()
                     step_loss += loss.item()
-                    n_tokens = int(attention_mask.sum())
                     window_tokens += n_tokens
                     result.tokens += n_tokens
                 if cfg.clip_grad_norm:
@@ -239,8 +255,12 @@ def train_model(
             entry.update({f"validation_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             result.history.append(entry)
             value = metrics[selection_metric]
-            if value is not None and _is_better(value, result.best_metric, direction):
+            loss = metrics.get("loss") if selection_metric != "loss" else None
+            tie_won = (value is not None and value == result.best_metric and loss is not None
+                       and result.best_loss is not None and loss < result.best_loss)
+            if value is not None and (_is_better(value, result.best_metric, direction) or tie_won):
                 result.best_metric, result.best_epoch, bad_epochs = value, epoch + 1, 0
+                result.best_loss = loss
                 if writes:
                     (ckpt_dir / "best").mkdir(parents=True, exist_ok=True)
                     save_weights(model, ckpt_dir / "best" / "model.safetensors")

@@ -1,6 +1,8 @@
 """Shared fixtures of the question-answering tests: a tiny random BERT reader
 with a word-level WordPiece vocabulary (English words, a few ``##`` pieces, CJK characters)."""
 
+import random
+
 import pytest
 import torch
 
@@ -50,3 +52,35 @@ def tiny_reader_folder(tmp_path_factory):
     make_qa_bert().save_pretrained(folder)
     make_qa_tokenizer().save_pretrained(folder)
     return folder
+
+
+NAMES = ["bob", "alice", "carol", "dave", "eve"]
+CITIES = ["paris", "rome", "london", "berlin", "tokyo"]
+COLORS = ["red", "blue", "green", "yellow"]
+
+
+def make_people_squad(n_articles=8, seed=0):
+    """A SQuAD-format file: each paragraph says who lives where and who owns which car."""
+    rng = random.Random(seed)
+    data = []
+    for a in range(n_articles):
+        paragraphs = []
+        for p in range(2):
+            who, other = rng.sample(NAMES, 2)
+            city, color = rng.choice(CITIES), rng.choice(COLORS)
+            context = f"{who} lives in {city} . {other} owns a {color} car ."
+            qas = [
+                {"id": f"{a}-{p}-0", "question": f"who lives in {city} ?",
+                 "answers": [{"text": who, "answer_start": context.index(who)}]},
+                {"id": f"{a}-{p}-1", "question": f"who owns a {color} car ?",
+                 "answers": [{"text": other, "answer_start": context.index(f"{other} owns")}]},
+            ]
+            paragraphs.append({"context": context, "qas": qas})
+        data.append({"title": f"article {a}", "paragraphs": paragraphs})
+    return {"version": "1.1", "data": data}
+
+
+@pytest.fixture
+def people_squad():
+    """:func:`make_people_squad`: 8 articles x 2 paragraphs x 2 questions, in the tiny reader's vocabulary."""
+    return make_people_squad()

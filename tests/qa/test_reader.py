@@ -143,8 +143,9 @@ def test_an_example_without_answer_is_labelled_cls(qa_tokenizer):
 
 def _brute_force(start_logits, end_logits, features, contexts, max_answer_length):
     """The best valid span of every example by trying every pair (the reference for best_spans)."""
-    best = {}
+    best, null = {}, {}
     for f, example in enumerate(features.example_index):
+        null[example] = min(null.get(example, float("inf")), float(start_logits[f][0] + end_logits[f][0]))
         positions = [k for k, o in enumerate(features.offsets[f]) if o is not None]
         for s in positions:
             for e in positions:
@@ -152,8 +153,8 @@ def _brute_force(start_logits, end_logits, features, contexts, max_answer_length
                     score = float(start_logits[f][s] + end_logits[f][e])
                     if example not in best or score > best[example][0]:
                         best[example] = (score, features.offsets[f][s][0], features.offsets[f][e][1])
-    return [{"answer": contexts[i][a:b], "score": pytest.approx(score), "start": a, "end": b}
-            for i, (score, a, b) in sorted(best.items())]
+    return [{"answer": contexts[i][a:b], "score": pytest.approx(score), "start": a, "end": b,
+             "null_score": pytest.approx(null[i])} for i, (score, a, b) in sorted(best.items())]
 
 
 def test_best_spans_finds_a_planted_span_across_windows(qa_tokenizer):
@@ -179,8 +180,11 @@ def test_best_spans_finds_a_planted_span_across_windows(qa_tokenizer):
     start[6, 6] = end[6, 6] = 3.0  # 'alice' in the second example
     result = best_spans(start, end, features, contexts)
     assert result[0] == {"answer": target, "score": 17.0, "start": LONG.index(target),
-                         "end": LONG.index(target) + len(target)}
-    assert result[1] == {"answer": "alice", "score": 6.0, "start": 0, "end": 5}
+                         "end": LONG.index(target) + len(target), "null_score": 0.0}
+    assert result[1] == {"answer": "alice", "score": 6.0, "start": 0, "end": 5, "null_score": 0.0}
+    start[6, 0], end[6, 0] = 2.0, 0.5  # [CLS] of the second example's only window
+    assert best_spans(start, end, features, contexts)[1]["null_score"] == 2.5
+    start[6, 0] = end[6, 0] = 0.0
     # at most 3 tokens: the 4-token span is out, 'alice' wins
     assert best_spans(start, end, features, contexts, max_answer_length=3)[0]["answer"] == "alice"
     # tensors and lists of rows work the same
@@ -280,7 +284,7 @@ def test_load_save_and_answer_format(tiny_reader_folder, tmp_path):
                      batch_size=3)
     assert len(results) == 2
     for result, context in zip(results, contexts):
-        assert set(result) == {"answer", "score", "start", "end"}
+        assert set(result) == {"answer", "score", "start", "end", "null_score"}
         assert isinstance(result["score"], float) and result["answer"]
         assert context[result["start"]:result["end"]] == result["answer"]
     # the batch size does not change the answers; the training mode is restored

@@ -4,34 +4,19 @@ import copy
 import json
 
 import pytest
-from tiny_hf import make_bert, make_tokenizer
-
-
-def _save_encoder(folder, seed):
-    """A random tiny BERT (hidden 32) with mean pooling, saved as a sentence-transformers folder."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
-    bert_dir = folder / "bert"
-    make_bert(seed=seed).bert.save_pretrained(bert_dir)  # the base BertModel, without the classification head
-    make_tokenizer().save_pretrained(bert_dir)
-    transformer = Transformer(str(bert_dir), max_seq_length=64)
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")],
-                                device="cpu")
-    model.save(str(folder / "st"))
-    return folder / "st"
+from tiny_hf import save_tiny_encoder
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory):
     """A folder loadable by ``SentenceTransformer(folder)``: a random tiny BERT + mean pooling (32 dims)."""
-    return _save_encoder(tmp_path_factory.mktemp("tiny_encoder"), seed=0)
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def other_encoder(tmp_path_factory):
     """Another tiny encoder (other random weights), for the encoder-mismatch checks."""
-    return _save_encoder(tmp_path_factory.mktemp("other_encoder"), seed=1)
+    return save_tiny_encoder(tmp_path_factory.mktemp("other_encoder"), seed=1)
 
 
 SQUAD = {

@@ -126,6 +126,22 @@ def test_early_stopping_and_epoch_hook():
     assert result.stopped_early and len(result.history) == 2
 
 
+def test_a_tie_on_the_metric_goes_to_the_lower_validation_loss():
+    seqs, labels = _toy_data(16)
+    scores = iter([{"accuracy": 0.5, "loss": 1.0}, {"accuracy": 0.75, "loss": 0.9}, {"accuracy": 0.75, "loss": 0.6},
+                   {"accuracy": 0.75, "loss": 0.7}, {"accuracy": 0.5, "loss": 0.1}])
+    result = train_model(_model(), BatchStream(seqs, labels, 8, seed=0), task="classification",
+                         cfg=TrainConfig(epochs=5, batch_size=8), evaluate=lambda: next(scores),
+                         selection_metric="accuracy", progress=False)
+    assert (result.best_epoch, result.best_metric, result.best_loss) == (3, 0.75, 0.6)
+    # selecting on the loss itself: no tie-break needed, the lowest loss wins
+    scores = iter([{"accuracy": 0.5, "loss": 1.0}, {"accuracy": 0.75, "loss": 0.4}, {"accuracy": 0.9, "loss": 0.4}])
+    result = train_model(_model(), BatchStream(seqs, labels, 8, seed=0), task="classification",
+                         cfg=TrainConfig(epochs=3, batch_size=8), evaluate=lambda: next(scores),
+                         selection_metric="loss", progress=False)
+    assert result.best_epoch == 2
+
+
 def test_schedules():
     assert lr_factor(0, "constant", 4, 100) == 0.25
     assert lr_factor(3, "linear", 4, 100) == 1.0

@@ -1,0 +1,203 @@
+"""The one inference path of ``task: qa``: retrieve passages, read them, answer.
+
+``ragtune predict`` on a QA run, ``ragtune eval``, the evaluation inside ``ragtune run`` and the HTTP
+server all go through :class:`QAPredictor`::
+
+    from ragtune.qa_predictor import QAPredictor
+    qa = QAPredictor.from_run_dir("runs/squad")
+    qa.answer(["Which team won Super Bowl 50?"])
+    # [{"answer": "Denver Broncos", "score": 7.9, "passage": {"id": ..., "doc_id": ..., "text": ...,
+    #   "score": ...}, "passages": [...the top_k retrieved passages, best first...]}]
+
+**With retrieval** (``top_k`` > 0) each question's ``top_k`` passages come from the run's index;
+the reader reads every passage and the answer is the span with the highest ``score - null_score``
+over all of them: how much more the reader believes in that span than in "this passage holds no
+answer" (the reader learned both from gold paragraphs and retrieved distractors, see
+:mod:`ragtune.train.qa`). **Without retrieval** the caller gives each question its passage
+(``contexts=``), as in SQuAD's reading-comprehension setting.
+
+A QA run directory holds ``model.json`` (``task: qa``, reader settings, retrieval settings and the
+index folder), ``reader/`` (the fine-tuned reader and its tokenizer in Hugging Face format: also
+``transformers.pipeline("question-answering", model="RUN_DIR/reader")``) and, when the run built
+its own index, ``index/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ragtune.data.squad import QARecord, answers_by_id
+from ragtune.errors import RagtuneError
+from ragtune.evaluate.qa_metrics import qa_metrics
+from ragtune.evaluate.retrieval_metrics import retrieval_metrics
+from ragtune.models.reader import ExtractiveReader, answer, load_reader
+from ragtune.retrieval.corpus import text_sha1
+
+MODEL_META = "model.json"
+READER_DIR = "reader"
+QUERY_ENCODER_DIR = "query_encoder"  # RAG training: the trained query encoder (sentence-transformers)
+PASSAGE_EMBEDDINGS = "passage_embeddings.npy"  # RAG training: the passage side the encoder was trained with
+RECALL_KS = (1, 5, 10, 20)
+
+
+class QAPredictor:
+    """A fine-tuned reader, its tokenizer, and (optionally) the index it reads from.
+
+    Args:
+        reader, tokenizer: from :func:`ragtune.models.reader.load_reader`.
+        meta: ``max_length``, ``doc_stride``, ``max_answer_length``, ``top_k`` (0: no retrieval).
+        index: a :class:`ragtune.retrieval.index.Index` (required when ``top_k`` > 0).
+        batch_size: reader windows per forward pass.
+    """
+
+    def __init__(self, reader: ExtractiveReader, tokenizer, meta: dict, index=None, batch_size: int = 32):
+        self.reader = reader
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.index = index
+        self.top_k = int(meta.get("top_k", 0))
+        self.batch_size = batch_size
+        if self.top_k and index is None:
+            raise RagtuneError(f"top_k is {self.top_k} but no index was given to read passages from")
+        self.query_encoder = None  # RAG: see use_rag
+        self.passage_embeddings: torch.Tensor | None = None
+        self.temperature = 1.0
+
+    def use_rag(self, query_encoder, passage_embeddings: torch.Tensor, temperature: float) -> None:
+        """Retrieve with ``query_encoder`` over ``passage_embeddings`` ``(N, d)`` (rows = index passages) and
+        answer by RAG's rule: the span that maximises ``log p(z|x) + log p(span|x,z)``, with
+        ``p(z|x) = softmax(cos / temperature)`` over the ``top_k`` passages."""
+        if passage_embeddings.shape[0] != len(self.index):
+            raise RagtuneError(f"{passage_embeddings.shape[0]} passage embeddings for an index of {len(self.index)} "
+                               "passages; they must match row for row")
+        self.query_encoder, self.passage_embeddings, self.temperature = query_encoder, passage_embeddings, temperature
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 32) -> QAPredictor:
+        """Load a finished QA run (its reader, and its index when it retrieves)."""
+        from ragtune.retrieval.index import load_index
+
+        run_dir = Path(run_dir)
+        meta_path = run_dir / MODEL_META
+        if not meta_path.exists() or not (run_dir / READER_DIR / "config.json").exists():
+            raise RagtuneError(f"{run_dir} is not a finished ragtune QA run: missing {MODEL_META} or {READER_DIR}/")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        reader, tokenizer = load_reader(str(run_dir / READER_DIR))
+        index = None
+        if int(meta.get("top_k", 0)):
+            folder = Path(meta["index"])
+            index = load_index(folder if folder.is_absolute() else run_dir / folder)
+        predictor = cls(reader, tokenizer, meta, index, batch_size)
+        if meta.get("answer_selection") == "rag":
+            import numpy as np
+
+            from ragtune.retrieval.dense import load_encoder
+
+            predictor.use_rag(load_encoder(str(run_dir / meta["query_encoder"])),
+                              torch.from_numpy(np.load(run_dir / meta["passage_embeddings"])).float(),
+                              float(meta["temperature"]))
+        return predictor
+
+    # -- answering ---------------------------------------------------------------------------------
+    def _read(self, questions: list[str], passages: list[str], log_probs: bool = False) -> list[dict]:
+        return answer(self.reader, self.tokenizer, questions, passages, max_length=int(self.meta["max_length"]),
+                      doc_stride=int(self.meta["doc_stride"]), batch_size=self.batch_size,
+                      max_answer_length=int(self.meta["max_answer_length"]), log_probs=log_probs)
+
+    def _retrieve(self, questions: list[str], k: int) -> list[list[tuple[int, float, float]]]:
+        """Per question ``(row, retrieval score, log p(z|x) or 0)`` of the top ``k`` passages, best first."""
+        if self.query_encoder is None:
+            return [[(row, score, 0.0) for row, score in per_question]
+                    for per_question in self.index.search_rows(questions, k=k)]
+        q = self._encode_queries(questions)  # (B, d)
+        sims = q @ self.passage_embeddings.T  # (B, N)
+        top = sims.topk(k, dim=-1)
+        log_p_z = torch.log_softmax(top.values / self.temperature, dim=-1)  # (B, k)
+        return [[(int(r), float(s), float(lp)) for r, s, lp in zip(rows, scores, lps)]
+                for rows, scores, lps in zip(top.indices.tolist(), top.values.tolist(), log_p_z.tolist())]
+
+    @torch.no_grad()
+    def _encode_queries(self, questions: list[str]) -> torch.Tensor:
+        """L2-normalised ``(B, d)``; ``encode_query`` runs in eval mode and restores the encoder's mode."""
+        was_training = self.query_encoder.training
+        vectors = self.query_encoder.encode_query(questions, batch_size=self.batch_size, normalize_embeddings=True,
+                                                  convert_to_tensor=True, show_progress_bar=False)
+        self.query_encoder.train(was_training)
+        return vectors.float().cpu()  # (B, d)
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[str] | None = None) -> list[dict]:
+        """One dict per question: ``answer``, ``score`` and, with retrieval, ``passage`` (the one the
+        answer comes from) and ``passages`` (the ``top_k`` retrieved, best first, as JSON-ready dicts)."""
+        if isinstance(questions, str):
+            raise TypeError("questions must be a list of strings, not one string")
+        questions = list(questions)
+        if not questions:
+            return []
+        if contexts is not None:
+            if len(contexts) != len(questions):
+                raise RagtuneError(f"{len(questions)} questions but {len(contexts)} contexts; give one context per question")
+            return [{"answer": r["answer"], "score": r["score"]} for r in self._read(questions, list(contexts))]
+        if not self.top_k:
+            raise RagtuneError("this QA run reads no index (retrieval.top_k: 0): give each question its passage")
+        rag = self.query_encoder is not None
+        with torch.no_grad():
+            rows = self._retrieve(questions, min(self.top_k, len(self.index)))
+        passages = [[self._passage(row, score) for row, score, _ in per_question] for per_question in rows]
+        pairs = [(qi, p, log_p_z) for qi, per_question in enumerate(rows)
+                 for p, (_, _, log_p_z) in zip(passages[qi], per_question)]
+        read = self._read([questions[qi] for qi, _, _ in pairs], [p["text"] for _, p, _ in pairs], log_probs=rag) if pairs else []
+        results: list[dict] = [{"answer": "", "score": float("-inf"), "passage": None, "passages": per_question}
+                                for per_question in passages]
+        for (qi, p, log_p_z), r in zip(pairs, read):
+            # RAG: log p(z|x) + log p(span|x,z); otherwise how much the span beats "no answer here"
+            score = log_p_z + r["score"] if rag else r["score"] - r["null_score"]
+            if score > results[qi]["score"]:
+                results[qi].update(answer=r["answer"], score=score, passage=p)
+        return results
+
+    def _passage(self, row: int, score: float) -> dict:
+        """A retrieved passage as a JSON-ready dict (with ``doc_sha1``, which identifies its paragraph)."""
+        out = self.index.hit(row, score).to_dict()
+        out["doc_sha1"] = self.index.passages[row]["doc_sha1"]
+        return out
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def evaluate(self, records: Sequence[QARecord], with_gold: bool = True) -> dict:
+        """SQuAD exact match and F1 (0-100) on ``records``.
+
+        With retrieval: end-to-end scores (``exact_match``, ``f1``), the retrieval metrics of the
+        gold paragraphs (``recall@k``, ``mrr@10``, ``ndcg@10``; a hit is any passage of the gold
+        paragraph), and, when ``with_gold``, the reader's scores given the gold paragraph
+        (``reader_exact_match``, ``reader_f1``). Without retrieval the reader reads the gold paragraph.
+        """
+        records = list(records)
+        if not records:
+            raise RagtuneError("no questions to evaluate")
+        references = answers_by_id(records)
+        questions = [r.question for r in records]
+        metrics: dict = {}
+        if self.top_k:
+            results = self.answer(questions)
+            metrics.update(qa_metrics({r.id: res["answer"] for r, res in zip(records, results)}, references))
+            ranked = [[p["doc_sha1"] for p in res["passages"]] for res in results]
+            gold = [{text_sha1(r.context)} for r in records]
+            ks = tuple(k for k in RECALL_KS if k <= self.top_k) or (self.top_k,)
+            metrics.update(retrieval_metrics([_unique(r) for r in ranked], gold, ks=ks, mrr_k=10, ndcg_k=10))
+            if with_gold:
+                gold_read = self._read(questions, [r.context for r in records])
+                reader = qa_metrics({r.id: g["answer"] for r, g in zip(records, gold_read)}, references)
+                metrics["reader_exact_match"], metrics["reader_f1"] = reader["exact_match"], reader["f1"]
+        else:
+            read = self._read(questions, [r.context for r in records])
+            metrics.update(qa_metrics({r.id: g["answer"] for r, g in zip(records, read)}, references))
+        return metrics
+
+
+def _unique(items: list[str]) -> list[str]:
+    """``items`` without repeats, first occurrence kept (a paragraph cut into passages counts once)."""
+    seen: set[str] = set()
+    return [x for x in items if not (x in seen or seen.add(x))]
