@@ -253,7 +253,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ragtune.data.io import read_table, require_columns
     from ragtune.predictor import Predictor
 
     run_dir = Path(args.run_dir)
@@ -267,15 +266,7 @@ def cmd_predict(args) -> int:
         for prediction in predictor.predict(args.texts):
             print(json.dumps(prediction, ensure_ascii=False))
         return 0
-    if not args.output:
-        raise RagtuneError("--input needs --output FILE (a CSV to write the predictions to)")
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise RagtuneError(f"--output {output} exists; add --overwrite to replace it")
-    column = args.text_column or cfg.data.text_column
-    df = read_table(args.input)
-    require_columns(df, args.input, [column])
-    texts = df[column].fillna("").astype(str).tolist()
+    df, texts = _read_input_texts(args, args.text_column or cfg.data.text_column)
     predictions = predictor.predict(texts)
     if predictor.task == "classification":
         df["predicted_label"] = [p["label"] for p in predictions]
@@ -283,17 +274,34 @@ def cmd_predict(args) -> int:
             df[f"score_{label}"] = [p["scores"][label] for p in predictions]
     else:
         df["predicted_value"] = [p["value"] for p in predictions]
+    _write_csv(df, Path(args.output))
+    print(f"wrote {len(df)} predictions to {args.output}")
+    return 0
+
+
+def _read_input_texts(args, column: str):
+    """``(table, texts)`` of ``--input``; checks first that ``--output`` is given and may be written."""
+    from ragtune.data.io import read_table, require_columns
+
+    if not args.output:
+        raise RagtuneError("--input needs --output FILE (a CSV to write the predictions to)")
+    if Path(args.output).exists() and not args.overwrite:
+        raise RagtuneError(f"--output {args.output} exists; add --overwrite to replace it")
+    df = read_table(args.input)
+    require_columns(df, args.input, [column])
+    return df, df[column].fillna("").astype(str).tolist()
+
+
+def _write_csv(df, output: Path) -> None:
+    """Write ``df`` to ``output`` through a temporary file, so a failure leaves no half-written CSV."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     df.to_csv(tmp, index=False)
     tmp.replace(output)
-    print(f"wrote {len(df)} predictions to {output}")
-    return 0
 
 
 def _predict_qa(args, run_dir: Path, cfg) -> int:
     """``ragtune predict`` on a QA run: the texts are questions; each gets its answer and the passages read."""
-    from ragtune.data.io import read_table, require_columns
     from ragtune.qa_predictor import QAPredictor
 
     predictor = QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
@@ -301,23 +309,13 @@ def _predict_qa(args, run_dir: Path, cfg) -> int:
         for result in predictor.answer(args.texts):
             print(json.dumps(result, ensure_ascii=False))
         return 0
-    if not args.output:
-        raise RagtuneError("--input needs --output FILE (a CSV to write the answers to)")
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise RagtuneError(f"--output {output} exists; add --overwrite to replace it")
-    column = args.text_column or "question"
-    df = read_table(args.input)
-    require_columns(df, args.input, [column])
-    results = predictor.answer(df[column].fillna("").astype(str).tolist())
+    df, questions = _read_input_texts(args, args.text_column or "question")
+    results = predictor.answer(questions)
     df["answer"] = [r["answer"] for r in results]
     df["answer_score"] = [r["score"] for r in results]
     df["answer_passage_id"] = [(r.get("passage") or {}).get("id") for r in results]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(output)
-    print(f"wrote {len(df)} answers to {output}")
+    _write_csv(df, Path(args.output))
+    print(f"wrote {len(df)} answers to {args.output}")
     return 0
 
 

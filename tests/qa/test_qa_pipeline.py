@@ -52,6 +52,15 @@ def test_qa_run_trains_answers_and_reloads(qa_config, tmp_path, capsys):
     assert all(line["answer"] in line["passage"]["text"] for line in lines)
     again = QAPredictor.from_run_dir(out).answer(questions)
     assert [r["answer"] for r in again] == [line["answer"] for line in lines]
+    # a file of questions: answers written next to them
+    import pandas as pd
+
+    pd.DataFrame({"question": questions}).to_csv(tmp_path / "questions.csv", index=False)
+    assert main(["predict", str(out), "--input", str(tmp_path / "questions.csv"), "--output",
+                 str(tmp_path / "answers.csv")]) == 0
+    answers = pd.read_csv(tmp_path / "answers.csv", keep_default_na=False)
+    assert answers.answer.tolist() == [line["answer"] for line in lines]
+    assert answers.answer_passage_id.tolist() == [line["passage"]["id"] for line in lines]
 
     # ragtune eval on a SQuAD file gives the same metrics as the run's own test evaluation would on it
     capsys.readouterr()
