@@ -14,16 +14,15 @@ every seed S:
     ``transformers.Trainer`` with the config's epochs, batch size, lr, warmup steps, weight decay,
     linear schedule, bf16 on CPU, length-grouped batches and seed S, on exactly ragtune's training
     rows (``prepare_data`` on the same resolved config, so carved splits match). Texts are cut by the
-    tokenizer to the same ``max_length`` (head truncation: the tokenizer cannot do ragtune's
-    ``head_tail``), padded per batch by ``DataCollatorWithPadding``. Time: wall clock around
+    tokenizer to the same ``max_length`` (head truncation, as the configs ask of ragtune: the
+    same input tokens on both sides), padded per batch by ``DataCollatorWithPadding``. Time: wall clock around
     ``trainer.train()``. Test accuracy / macro-F1 with scikit-learn on ragtune's test rows.
 (c) **TF-IDF + LinearSVC**: ``benchmarks/tfidf_baseline.py`` run on the same resolved config (written
     to ``OUT/<dataset>/seed-S/resolved.yaml``), so it sees the same rows too.
 
 Not identical by design (recorded in the JSON): ragtune's training seconds include its per-epoch
 validation pass and checkpoints and it tests the best-validation epoch (``train.restore_best``),
-while the Trainer runs no evaluation and tests its last epoch; BBC configs truncate ``head_tail`` in
-ragtune and ``head`` in the Trainer.
+while the Trainer runs no evaluation and tests its last epoch.
 
 ``--max-rows N`` replaces each source file by a deterministic class-balanced sample of N rows
 (after ``keep_labels``), written to ``OUT/data/``; ``--epochs``/``--max-length`` override the configs.

@@ -51,14 +51,14 @@ class DataConfig(_Section):
     """Where the data comes from and how it is read."""
 
     train: str | None = _path_field(
-        None, "Training file (CSV, TSV, JSONL or Parquet). Required unless `demo: true`."
+        None, "Training file (CSV, TSV, JSONL or Parquet; SQuAD-format JSON for `task: qa`). Required unless `demo: true`."
     )
     validation: str | None = _path_field(
         None,
-        "Validation file. When absent, a seeded stratified split of `validation_fraction` is carved from train.",
+        "Validation file. When absent, a seeded stratified split of `validation_fraction` is carved from train (for `task: qa`, whole articles).",
     )
     test: str | None = _path_field(
-        None, "Test file. When absent, a seeded stratified split of `test_fraction` is carved from train."
+        None, "Test file. When absent, a seeded stratified split of `test_fraction` is carved from train (for `task: qa`, whole articles)."
     )
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
         "auto", description="File format; `auto` picks it from the file extension."
@@ -225,7 +225,7 @@ class EvalConfig(_Section):
 
     metric: str | None = Field(
         None,
-        description="Validation metric for early stopping and best-epoch selection; null picks `accuracy` (classification) or `mse` (regression).",
+        description="Validation metric for early stopping and best-epoch selection; null picks `accuracy` (classification), `mse` (regression) or `f1` (qa).",
     )
     batch_size: int = Field(64, gt=0, description="Batch size for evaluation and prediction.")
 
@@ -261,7 +261,7 @@ class RetrievalConfig(_Section):
     )
     gold_passage: bool = Field(
         True,
-        description="`task: qa` training: put the gold passage among the retrieved ones when the retriever missed it (RAFT-style: the reader learns from the gold passage with retrieved distractors).",
+        description="RAG training (`train_query_encoder`): when none of the top_k passages holds the answer, the best passage of the gold paragraph that does replaces the last one, so the question still trains (RAFT-style). False: such a question is skipped for that step.",
     )
     distractors: int = Field(
         2,
@@ -488,6 +488,17 @@ def _retrieval_errors(cfg: RunConfig) -> list[str]:
             errors.append("data.demo: the built-in demo data is for classification; task qa reads SQuAD-format JSON (data.train)")
         if cfg.model.lora.enabled:
             errors.append("model.lora.enabled: not supported for task qa yet")
+        unused = {"model.extend_vocab": cfg.model.extend_vocab, "model.freeze_embeddings": cfg.model.freeze_embeddings,
+                  "model.freeze_layers": cfg.model.freeze_layers, "model.gradient_checkpointing": cfg.model.gradient_checkpointing,
+                  "model.head_tokens": cfg.model.head_tokens, "train.group_by_length": cfg.train.group_by_length,
+                  "train.label_smoothing": cfg.train.label_smoothing, "train.layer_lr_decay": cfg.train.layer_lr_decay,
+                  "data.keep_labels": cfg.data.keep_labels}
+        for key, value in unused.items():
+            if value:
+                errors.append(f"{key}: not used by task qa (got {value!r}); remove it or set it to its default")
+        if cfg.model.truncation != "head":
+            errors.append(f"model.truncation: task qa cuts long passages into overlapping windows (model.doc_stride), "
+                          f"not by {cfg.model.truncation!r}; remove it")
     if r.top_k and not r.index and not r.corpus:
         errors.append(f"retrieval.top_k: {r.top_k} needs an index: set retrieval.index (from `ragtune index`) or retrieval.corpus (files the run indexes)")
     if r.index and r.corpus:

@@ -203,10 +203,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _input_record(path: str) -> dict:
+def _input_record(key: str, path: str) -> dict:
     """``{"path", "sha256"}`` of an input file; a folder (an index, a corpus folder) gets the sha256 of
     its ``manifest.json`` when it has one (an index: the manifest holds every file's checksum)."""
     folder = Path(path)
+    if not folder.exists():
+        raise RagtuneError(f"{key}: file not found: {path}")
     if folder.is_dir():
         manifest = folder / "manifest.json"
         return {"path": path, "manifest_sha256": sha256_file(manifest) if manifest.exists() else None}
@@ -219,10 +221,10 @@ def _write_inputs(cfg: RunConfig, data: PreparedData | None, run_dir: Path, conf
     flat = _flatten(cfg.model_dump(mode="json"))
     for key in path_keys():
         if flat.get(key):
-            files[key] = _input_record(flat[key])
+            files[key] = _input_record(key, flat[key])
     for key in path_list_keys():
         for i, path in enumerate(flat.get(key) or []):
-            files[f"{key}[{i}]"] = _input_record(path)
+            files[f"{key}[{i}]"] = _input_record(f"{key}[{i}]", path)
     if cfg.data.demo:
         for f in sorted((run_dir / "demo_data").glob("*")):
             files[f"demo:{f.name}"] = {"path": str(f), "sha256": sha256_file(f)}

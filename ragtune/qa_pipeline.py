@@ -11,7 +11,7 @@
                            6. RUN_DIR: reader/, index/ (when built here), model.json, metrics.json, report.md
 
 ``ragtune run CONFIG`` calls :func:`run_qa` for a ``task: qa`` config; inference goes through
-:class:`ragtune.qa_predictor.QAPredictor`, the one path shared with ``ragtune predict`` and the server.
+:class:`ragtune.qa_predictor.QAPredictor`, the one path shared with ``ragtune predict`` and ``ragtune eval``.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run_qa(
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     if r.train_query_encoder:
         model, batch_loss, before_epoch, stream = _rag_training(cfg, data, index, reader, tokenizer, predictor,
-                                                                autocast, meta)
+                                                                autocast, meta, resume)
     else:
         model, before_epoch = reader, None
         distractor_passages = None
@@ -110,6 +110,11 @@ def run_qa(
     )
     if cfg.train.restore_best and result.best_epoch is not None:
         load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
+    if r.train_query_encoder and r.refresh_every_epochs:  # the passage side of the weights kept, not of the last refresh
+        from ragtune.train.rag import encode_passages
+
+        predictor.passage_embeddings = encode_passages(predictor.query_encoder, [p["text"] for p in index.passages],
+                                                       cfg.eval.batch_size)
     reader.save_pretrained(run_dir / READER_DIR, tokenizer)
     if r.train_query_encoder:
         predictor.query_encoder.save(str(run_dir / QUERY_ENCODER_DIR))
@@ -141,7 +146,8 @@ class RagModel(torch.nn.Module):
         self.query_encoder = query_encoder
 
 
-def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predictor: QAPredictor, autocast, meta: dict):
+def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predictor: QAPredictor, autocast, meta: dict,
+                  resume: bool):
     """Model, batch loss, index refresh and stream of RAG training (:mod:`ragtune.train.rag`)."""
     from ragtune.models.hf import use_fast_cpu_kernels
     from ragtune.retrieval.corpus import text_sha1
@@ -150,9 +156,9 @@ def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predic
     from ragtune.train.rag import answer_rows, encode_passages, make_rag_batch_loss
 
     r = cfg.retrieval
-    if index.encoder is None:
-        raise RagtuneError(f"retrieval.train_query_encoder: the index {index.path} is a {index.kind!r} index without "
-                           "embeddings; build a dense index (ragtune index --kind dense, or retrieval.kind: dense)")
+    if index.kind != "dense":
+        raise RagtuneError(f"retrieval.train_query_encoder: the index {index.path} is a {index.kind!r} index; RAG "
+                           "training needs a dense one (ragtune index --kind dense, or retrieval.kind: dense)")
     encoder = index.encoder  # the index's own sentence-transformers model, now trained as the query encoder
     if cfg.model.fast_cpu_kernels and hasattr(encoder[0], "auto_model"):
         use_fast_cpu_kernels(encoder[0].auto_model)
@@ -168,8 +174,13 @@ def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predic
     stream = BatchStream([[0]] * len(data.train), torch.zeros(len(data.train)), cfg.train.batch_size, cfg.train.seed)
     texts = [p["text"] for p in index.passages]
 
+    resumed = {"pending": resume}
+
     def before_epoch(epoch: int) -> None:
-        if r.refresh_every_epochs and epoch > 0 and epoch % r.refresh_every_epochs == 0:
+        # a resumed run re-encodes at once: the refreshed embeddings are not in the checkpoint
+        due = epoch > 0 and (epoch % r.refresh_every_epochs == 0 or resumed["pending"]) if r.refresh_every_epochs else False
+        resumed["pending"] = False
+        if due:
             log.info("RAG training: re-encoding %d passages with the trained encoder (epoch %d)", len(texts), epoch + 1)
             predictor.passage_embeddings = encode_passages(encoder, texts, cfg.eval.batch_size)
 

@@ -1,7 +1,7 @@
 """The one inference path of ``task: qa``: retrieve passages, read them, answer.
 
-``ragtune predict`` on a QA run, ``ragtune eval``, the evaluation inside ``ragtune run`` and the HTTP
-server all go through :class:`QAPredictor`::
+``ragtune predict`` on a QA run, ``ragtune eval`` and the evaluation inside ``ragtune run`` all go
+through :class:`QAPredictor` (and so will the planned HTTP server)::
 
     from ragtune.qa_predictor import QAPredictor
     qa = QAPredictor.from_run_dir("runs/squad")
@@ -142,7 +142,9 @@ class QAPredictor:
                 raise RagtuneError(f"{len(questions)} questions but {len(contexts)} contexts; give one context per question")
             return [{"answer": r["answer"], "score": r["score"]} for r in self._read(questions, list(contexts))]
         if not self.top_k:
-            raise RagtuneError("this QA run reads no index (retrieval.top_k: 0): give each question its passage")
+            raise RagtuneError("this QA run reads no index (retrieval.top_k: 0), so a question alone cannot be answered: "
+                               "score a SQuAD-format file with `ragtune eval RUN_DIR --data FILE`, or give each "
+                               "question its passage in Python: QAPredictor.from_run_dir(RUN_DIR).answer(questions, contexts)")
         rag = self.query_encoder is not None
         with torch.no_grad():
             rows = self._retrieve(questions, min(self.top_k, len(self.index)))

@@ -565,6 +565,10 @@ class RerankedIndex:
     def __len__(self) -> int:
         return len(self.index)
 
+    def hit(self, row: int, score: float) -> Hit:
+        """The :class:`Hit` of passage row ``row`` with ``score`` (as :meth:`Index.hit`)."""
+        return self.index.hit(row, score)
+
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The best ``k`` passages for ``query`` after reranking, best first."""
         return self.search_batch([query], k)[0]

@@ -93,9 +93,19 @@ def test_qa_config_rules(tmp_path):
         load_config(None, ["data.demo=true", "retrieval.top_k=2", "retrieval.index=idx"])
     with pytest.raises(RagtuneError, match="retrieval.corpus: not used when retrieval.index is set"):
         load_config(None, [*base, "retrieval.index=idx", "retrieval.corpus=[a.txt]"])
+    with pytest.raises(RagtuneError) as err:
+        load_config(None, [*base, "train.group_by_length=true", "model.truncation=head_tail"])
+    assert "train.group_by_length: not used by task qa" in str(err.value)
+    assert "model.truncation: task qa cuts long passages into overlapping windows" in str(err.value)
     cfg = load_config(None, [*base, "retrieval.corpus=[docs, more/file.txt]", "retrieval.top_k=2"])
     assert cfg.retrieval.corpus == [str(tmp_path.cwd() / "docs"), str(tmp_path.cwd() / "more" / "file.txt")]
     assert cfg.selection_metric == "f1"
+
+
+def test_qa_missing_training_file_is_named(qa_config, tmp_path, capsys):
+    assert main(["run", str(qa_config), "data.train=nowhere.json", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "data.train: file not found" in err and "nowhere.json" in err and "Traceback" not in err
 
 
 def test_qa_top_k_larger_than_the_index_is_named(qa_config, tmp_path, capsys):
