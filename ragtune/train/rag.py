@@ -34,7 +34,8 @@ from ragtune.models.reader import ExtractiveReader, feature_batch, prepare_featu
 
 def encode_queries_with_grad(encoder, texts: Sequence[str]) -> torch.Tensor:
     """L2-normalised query embeddings ``(B, d)`` through a ``SentenceTransformer``, keeping the graph."""
-    features = encoder.tokenize(list(texts))
+    # sentence-transformers >= 6: preprocess (tokenize is its deprecated alias)
+    features = encoder.preprocess(list(texts)) if hasattr(encoder, "preprocess") else encoder.tokenize(list(texts))
     embeddings = encoder(features)["sentence_embedding"]  # (B, d)
     return F.normalize(embeddings.float(), dim=-1)  # (B, d)
 
