@@ -52,7 +52,7 @@ def resolve_name_or_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def _looks_local(name_or_path: str) -> bool:
+def looks_local(name_or_path: str) -> bool:
     """Whether ``name_or_path`` is meant as a local folder rather than a hub id."""
     return (
         os.path.isabs(name_or_path)
@@ -66,7 +66,7 @@ def _looks_local(name_or_path: str) -> bool:
 def check_source(name_or_path: str, key: str = "model.name_or_path") -> str:
     """``name_or_path`` with the alias resolved; a local folder must exist (``key`` names the setting in errors)."""
     source = resolve_name_or_path(name_or_path)
-    if _looks_local(source):
+    if looks_local(source):
         path = Path(source).expanduser()
         if not path.is_dir():
             raise RagtuneError(

