@@ -1,5 +1,6 @@
 """The training loop: learning, batching, schedules, checkpoints and exact resume."""
 
+import copy
 import json
 
 import pytest
@@ -271,3 +272,26 @@ def test_layer_lr_decay_groups_and_schedule():
     with pytest.raises(RagtuneError, match="train.layer_lr_decay: 0.9 needs a model with encoder layers"):
         train_model(model, BatchStream(seqs, labels, 4, 0), task="classification", cfg=cfg,
                     evaluate=_evaluator(model, seqs, labels), selection_metric="accuracy", progress=False)
+
+
+def test_adamw_runs_the_fused_kernel_and_matches_the_foreach_update():
+    from ragtune.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    twin = copy.deepcopy(model)
+    fused = build_optimizer(model, "adamw", 0.01, weight_decay=0.1)
+    assert fused.defaults["fused"] is True  # CPU float parameters: the fused kernel
+    reference = torch.optim.AdamW([{"params": g["params_twin"], "weight_decay": g["weight_decay"]} for g in (
+        {"params_twin": [p for p in twin.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+        {"params_twin": [p for p in twin.parameters() if p.ndim < 2], "weight_decay": 0.0})], lr=0.01, foreach=True)
+    x = torch.randn(8, 5)
+    start = model[0].weight.detach().clone()
+    for _ in range(5):
+        for m, opt in ((model, fused), (twin, reference)):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(model[0].weight, start)  # the steps did move the weights
