@@ -200,8 +200,8 @@ def cmd_run(args) -> int:
         run_dir, resume = Path(args.out) if args.out else _default_run_dir(args.config, cfg.name), False
         _prepare_run_dir(run_dir, args.overwrite)
     result = run(cfg, run_dir, resume=resume, progress=not args.quiet, config_path=args.config)
-    summary = {split: {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
-               for split, m in result.metrics.items()}
+    summary = {split: m if split == "retrieval" else {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+               for split, m in result.metrics.items()}  # retrieval: the neighbours' own accuracy per split
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     print(f"run directory: {run_dir}\nreport: {run_dir / 'report.md'}")
     return 0
@@ -272,6 +272,8 @@ def cmd_predict(args) -> int:
         df["predicted_label"] = [p["label"] for p in predictions]
         for label in predictor.labels:
             df[f"score_{label}"] = [p["scores"][label] for p in predictions]
+        if predictor.retriever is not None:  # the passages each text was read with, best first
+            df["passage_ids"] = [" ".join(h["id"] for h in p["passages"]) for p in predictions]
     else:
         df["predicted_value"] = [p["value"] for p in predictions]
     _write_csv(df, Path(args.output))

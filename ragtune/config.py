@@ -249,6 +249,14 @@ class RetrievalConfig(_Section):
     chunk_tokens: int = Field(128, gt=0, description="Passage length in tokens (words; CJK characters) when the run builds the index.")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared by neighbouring passages of a document.")
     top_k: int = Field(0, ge=0, description="Passages retrieved per input. 0: retrieval off (QA: the reader reads the gold paragraph).")
+    source: Literal["corpus", "train"] = Field(
+        "corpus",
+        description="Classification: where the passages come from. `corpus`: the index (`index`) or the files the run indexes (`corpus`). `train`: the labelled training texts themselves, indexed by the run (an example never retrieves itself), so the model reads its nearest labelled neighbours.",
+    )
+    with_labels: bool = Field(
+        True,
+        description="Classification with `source: train`: each neighbour is given to the model as `label: text`. False: the text alone.",
+    )
     train_query_encoder: bool = Field(
         False,
         description="`task: qa`, dense index: RAG training. The loss is -log sum_z p(z|x) p(y|x,z) over the top_k passages, with p(z|x) the softmax of query-passage similarities, so the task loss trains the query encoder as well as the reader.",
@@ -499,14 +507,20 @@ def _retrieval_errors(cfg: RunConfig) -> list[str]:
         if cfg.model.truncation != "head":
             errors.append(f"model.truncation: task qa cuts long passages into overlapping windows (model.doc_stride), "
                           f"not by {cfg.model.truncation!r}; remove it")
-    if r.top_k and not r.index and not r.corpus:
-        errors.append(f"retrieval.top_k: {r.top_k} needs an index: set retrieval.index (from `ragtune index`) or retrieval.corpus (files the run indexes)")
     if r.index and r.corpus:
         errors.append("retrieval.corpus: not used when retrieval.index is set (the run reads that index); set one of them")
     if r.corpus is not None and not r.corpus:
         errors.append("retrieval.corpus: needs at least one file or folder (or null)")
-    if r.top_k and cfg.task not in ("qa",):
-        errors.append(f"retrieval.top_k: retrieval in the loop is available for task qa (task is {cfg.task!r})")
+    if r.top_k and r.source == "corpus" and not r.index and not r.corpus:
+        errors.append(f"retrieval.top_k: {r.top_k} needs an index: set retrieval.index (from `ragtune index`) or "
+                      "retrieval.corpus (files the run indexes), or retrieval.source: train (labelled training neighbours)")
+    if r.source == "train":
+        if cfg.task != "classification":
+            errors.append(f"retrieval.source: train (labelled neighbours) is for task classification (task is {cfg.task!r}); use corpus")
+        if r.index or r.corpus:
+            errors.append("retrieval.source: train indexes the training texts itself; remove retrieval.index/retrieval.corpus or set source: corpus")
+    if r.top_k and cfg.task == "regression":
+        errors.append("retrieval.top_k: retrieval in the loop is available for tasks classification and qa (task is 'regression')")
     if r.train_query_encoder:
         if cfg.task != "qa":
             errors.append("retrieval.train_query_encoder: only for task qa")

@@ -20,6 +20,8 @@ Run directory layout (``docs/design.md``)::
       checkpoints/last/     resumable state              checkpoints/best/ best validation weights
       train_log.jsonl       one line per logged step     history.json     one entry per epoch
       metrics.json          {"validation": {...}, "test": {...}}
+      index/, neighbours.jsonl, neighbour_labels.json   retrieval.top_k > 0: the run's own index (and, with
+                            retrieval.source: train, the training texts it indexes and their labels)
       confusion_matrix_*.png, curves.png, step_loss.png, run.log, report.md
 """
 
@@ -42,12 +44,13 @@ import ragtune
 from ragtune.config import RunConfig, config_from_dict, path_keys, path_list_keys, to_yaml
 from ragtune.data.prepare import PreparedData, prepare_data
 from ragtune.data.report import data_report, data_report_markdown
-from ragtune.data.tokenizer import encode, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
+from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
 from ragtune.models.transformer import TransformerConfig, build_transformer
 from ragtune.predictor import HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor, pad_id
 from ragtune.report import write_report
+from ragtune.retrieval.augment import neighbour_vote
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import load_weights, save_weights, sha256_file
 from ragtune.train.loop import TrainResult, train_model
@@ -106,16 +109,19 @@ def run(
     tokenizer = _tokenizer(cfg, data, run_dir, resume, added_tokens)
     report = _data_report(cfg, data, tokenizer, run_dir)
 
+    retriever, meta_retrieval = _context_retriever(cfg, data, tokenizer, run_dir, progress)
+
     # 2. model building
     torch.manual_seed(cfg.train.seed)
     meta = _model_meta(cfg, data, tokenizer, added_tokens)
+    meta["retrieval"] = meta_retrieval
     model = _build_model(cfg, meta)
-    predictor = Predictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
+    predictor = Predictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size, retriever=retriever)
     log.info("model: %s, %.2fM parameters (%.2fM non-embedding)", type(model).__name__,
              model.num_parameters(non_embedding=False) / 1e6, model.num_parameters(non_embedding=True) / 1e6)
 
     # 3. training
-    train_ids = encode(tokenizer, data.train.text.tolist(), cfg.model.max_length, cfg.model.truncation, cfg.model.head_tokens)
+    train_ids = _train_ids(cfg, data, tokenizer, retriever)
     stream = BatchStream(train_ids, _targets(cfg, data.train, meta), cfg.train.batch_size, cfg.train.seed,
                          pad_id=pad_id(meta), group_by_length=cfg.train.group_by_length)
     validation = (data.validation.text.tolist(), data.validation.label.tolist())
@@ -136,6 +142,10 @@ def run(
     metrics = {"validation": predictor.evaluate(*validation)}
     if evaluate_test:
         metrics["test"] = predictor.evaluate(data.test.text.tolist(), data.test.label.tolist())
+    if retriever is not None and cfg.retrieval.source == "train":
+        metrics["retrieval"] = {split: neighbour_vote(retriever, df.text.tolist(), df.label.tolist())
+                                for split, df in (("validation", data.validation), ("test", data.test))
+                                if split == "validation" or evaluate_test}
     metrics["training"] = {
         "seconds": round(train_result.seconds, 2),
         "optimizer_steps": train_result.optimizer_steps,
@@ -245,6 +255,41 @@ def _added_tokens(cfg: RunConfig, data: PreparedData) -> list[str]:
     return added
 
 
+def _context_retriever(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path, progress: bool):
+    """retrieval.top_k > 0: the retriever of the passages each text is read with, and its model.json entry."""
+    r = cfg.retrieval
+    if not r.top_k:
+        return None, None
+    from ragtune.retrieval.augment import (NEIGHBOUR_CORPUS, NEIGHBOUR_LABELS, ContextRetriever, open_run_index,
+                                           read_neighbour_labels, separator_token, write_neighbour_corpus)
+
+    labels = None
+    if r.source == "train":  # the labelled training texts are the corpus
+        write_neighbour_corpus(data.train.text.tolist(), data.train.label.tolist(), run_dir / NEIGHBOUR_CORPUS,
+                               run_dir / NEIGHBOUR_LABELS)
+        index, ref = open_run_index(r, run_dir, progress, corpus=[run_dir / NEIGHBOUR_CORPUS])
+        labels = read_neighbour_labels(run_dir / NEIGHBOUR_LABELS) if r.with_labels else None
+    else:
+        index, ref = open_run_index(r, run_dir, progress)
+    separator = separator_token(tokenizer)
+    log.info("retrieval: %d passages per text from %s (%s index of %d passages)%s", r.top_k, index.path, index.kind,
+             len(index), ", shown with their labels" if labels else "")
+    meta = {"source": r.source, "top_k": r.top_k, "index": ref, "separator": separator,
+            "labels": NEIGHBOUR_LABELS if labels is not None else None}
+    return ContextRetriever(index, r.top_k, separator, labels), meta
+
+
+def _train_ids(cfg: RunConfig, data: PreparedData, tokenizer, retriever) -> list[list[int]]:
+    """Token ids of the training texts, with their retrieved passages when retrieval is on."""
+    texts = data.train.text.tolist()
+    if retriever is None:
+        return encode(tokenizer, texts, cfg.model.max_length, cfg.model.truncation, cfg.model.head_tokens)
+    from ragtune.retrieval.augment import neighbour_id
+
+    own = [neighbour_id(i) for i in range(len(texts))] if cfg.retrieval.source == "train" else None
+    return encode_pairs(tokenizer, texts, retriever.contexts(texts, exclude=own), cfg.model.max_length)
+
+
 def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool, added_tokens: list[str]):
     path = run_dir / TOKENIZER_FILE
     if cfg.model.backbone == "hf":  # the pretrained model's own tokenizer; tokenizer.json is a copy for reading
@@ -258,8 +303,12 @@ def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool, 
     if resume and path.exists():
         return load_tokenizer(path)
     t = cfg.tokenizer
-    tokenizer = train_tokenizer(data.train.text.tolist(), kind=t.kind, vocab_size=t.vocab_size,
-                                min_frequency=t.min_frequency, lowercase=t.lowercase)
+    texts = data.train.text.tolist()
+    r = cfg.retrieval
+    if r.top_k and r.source == "train" and r.with_labels:  # neighbours are read as "label: text": learn the labels too
+        texts += [str(label) for label in data.train.label.tolist()]
+    tokenizer = train_tokenizer(texts, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
+                                lowercase=t.lowercase)
     save_tokenizer(tokenizer, path)
     log.info("tokenizer: %s, %d tokens in the vocabulary", t.kind, tokenizer.get_vocab_size())
     return tokenizer

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ragtune.data.tokenizer import encode, load_tokenizer
+from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import classification_metrics, regression_metrics
 from ragtune.models.transformer import TransformerConfig, build_transformer
@@ -35,6 +35,18 @@ TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
 HF_MODEL_DIR = "hf_model"  # model.backbone: hf — the fine-tuned model in Hugging Face format
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # model.lora.save: adapter — hf_model/ holds the LoRA adapter
+
+
+def _load_retriever(run_dir: Path, meta: dict):
+    """The run's ContextRetriever when it was trained with retrieval (``model.json``'s ``retrieval``), else None."""
+    r = meta.get("retrieval")
+    if not r:
+        return None
+    from ragtune.retrieval.augment import ContextRetriever, index_folder, read_neighbour_labels
+    from ragtune.retrieval.index import load_index
+
+    labels = read_neighbour_labels(run_dir / r["labels"]) if r.get("labels") else None
+    return ContextRetriever(load_index(index_folder(run_dir, r["index"])), int(r["top_k"]), r["separator"], labels)
 
 
 def _is_adapter(meta: dict) -> bool:
@@ -68,8 +80,9 @@ class Predictor:
         batch_size: texts per forward pass.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, meta: dict, batch_size: int = 64):
+    def __init__(self, model: torch.nn.Module, tokenizer, meta: dict, batch_size: int = 64, retriever=None):
         self.model = model
+        self.retriever = retriever  # retrieval.top_k > 0: a ContextRetriever (ragtune/retrieval/augment.py)
         self.tokenizer = tokenizer
         self.meta = meta
         self.task = meta["task"]
@@ -104,11 +117,11 @@ class Predictor:
                 hf_model, hf_tokenizer = load_hf_classifier(folder, num_outputs, labels, meta["task"])
             model = HFSequenceModel(hf_model, meta["task"])
             model.eval()
-            return cls(model, hf_tokenizer.backend_tokenizer, meta, batch_size)
+            return cls(model, hf_tokenizer.backend_tokenizer, meta, batch_size, _load_retriever(run_dir, meta))
         model = build_transformer(TransformerConfig(**meta["model_config"]), meta["task"])
         load_weights(model, run_dir / WEIGHTS_FILE)
         model.eval()
-        return cls(model, load_tokenizer(run_dir / TOKENIZER_FILE), meta, batch_size)
+        return cls(model, load_tokenizer(run_dir / TOKENIZER_FILE), meta, batch_size, _load_retriever(run_dir, meta))
 
     # -- raw model outputs -------------------------------------------------------------------------
     @torch.no_grad()
@@ -118,8 +131,11 @@ class Predictor:
             raise TypeError("texts must be a list of strings, not one string")
         was_training = self.model.training
         self.model.eval()
-        ids = encode(self.tokenizer, list(texts), self.max_length, self.meta.get("truncation", "head"),
-                     self.meta.get("head_tokens"))
+        if self.retriever is not None:  # each text read with its retrieved passages
+            ids = encode_pairs(self.tokenizer, list(texts), self.retriever.contexts(list(texts)), self.max_length)
+        else:
+            ids = encode(self.tokenizer, list(texts), self.max_length, self.meta.get("truncation", "head"),
+                         self.meta.get("head_tokens"))
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
         out: list[np.ndarray | None] = [None] * len(ids)
         for start in range(0, len(order), self.batch_size):
@@ -135,17 +151,25 @@ class Predictor:
 
     # -- predictions -------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str]) -> list[dict]:
-        """One dict per text: ``{"label", "scores": {label: probability}}`` or ``{"value"}`` (regression)."""
+        """One dict per text: ``{"label", "scores": {label: probability}}`` or ``{"value"}`` (regression).
+
+        With retrieval on, each dict also has ``passages``: the passages the text was read with,
+        best first (``id``, ``doc_id``, ``score`` and, for labelled neighbours, ``label``).
+        """
         raw = self.outputs(texts)
         if self.task == "classification":
             probs = torch.softmax(torch.from_numpy(raw), dim=-1).numpy()
-            return [
+            out = [
                 {
                     "label": self.labels[int(p.argmax())],
                     "scores": {label: round(float(s), 6) for label, s in zip(self.labels, p)},
                 }
                 for p in probs
             ]
+            if self.retriever is not None:
+                for row, hits in zip(out, self.retriever.hits(list(texts))):
+                    row["passages"] = hits
+            return out
         return [{"value": float(v)} for v in self._unscale(raw)]
 
     def _unscale(self, raw: np.ndarray) -> np.ndarray:

