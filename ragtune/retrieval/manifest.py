@@ -82,39 +82,63 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def read_record(folder: Path, name: str, *, what: str, not_found: str, make: str, fix: str, fmt: int,
+                required: tuple[str, ...] = ()) -> dict:
+    """The JSON record ``name`` (a format-``fmt`` object) that describes the folder ``folder``.
+
+    Shared by index manifests and ``reranker.json``. A missing folder, a folder without the record,
+    invalid JSON, another format or a missing ``required`` key is a RagtuneError: ``what`` names the
+    kind of folder, ``not_found`` is added to the "folder not found" message, ``make`` says how to
+    create one, ``fix`` what to do about a bad record.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RagtuneError(f"{what} folder not found: {folder}{not_found}")
+    path = folder / name
+    if not path.is_file():
+        raise RagtuneError(f"{folder} is not a ragtune {what} folder (no {name}); {make}")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RagtuneError(f"{path}: not valid JSON ({exc}); {fix}") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise RagtuneError(f"{path}: unknown {what} format {found!r} (this ragtune reads format {fmt}); {fix}")
+    for key in required:
+        if key not in record:
+            raise RagtuneError(f"{path}: the {name} has no '{key}'; {fix}")
+    return record
+
+
+def verify_checksums(folder: Path, files: dict[str, str], *, what: str, since: str, fix: str) -> None:
+    """Check every file of ``files`` (path relative to ``folder`` → sha256); name the first bad one.
+
+    ``what`` names the files (``"index file"``), ``since`` when they were written (``"the index was
+    built"``), ``fix`` what to do (``"rebuild the index (ragtune index ... --overwrite)"``).
+    """
+    folder = Path(folder)
+    for rel, expected in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise RagtuneError(f"{what} {path} is missing; {fix}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise RagtuneError(f"{what} {path} was changed or corrupted since {since} "
+                               f"(sha256 {actual[:12]}… instead of {expected[:12]}…); {fix}")
+
+
 def read_manifest(folder: Path) -> dict:
     """The manifest of the index folder ``folder``; a missing or unreadable one is a RagtuneError."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise RagtuneError(f"index folder not found: {folder}")
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise RagtuneError(f"{folder} is not a ragtune index (no {MANIFEST}); build one with "
-                           f"`ragtune index CORPUS... --out {folder}`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RagtuneError(f"{path}: not valid JSON ({exc}); rebuild the index") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise RagtuneError(f"{path}: unknown index format {found!r} (this ragtune reads format {FORMAT}); "
-                           "rebuild the index")
-    for key in ("kind", "passages", "files", "chunking"):
-        if key not in manifest:
-            raise RagtuneError(f"{path}: the manifest has no '{key}'; rebuild the index")
-    return manifest
+    record = read_record(folder, MANIFEST, what="index", not_found="",
+                         make=f"build one with `ragtune index CORPUS... --out {folder}`", fix="rebuild the index",
+                         fmt=FORMAT, required=("kind", "passages", "files", "chunking"))
+    if not isinstance(record["files"], dict):
+        raise RagtuneError(f"{folder / MANIFEST}: 'files' must map file names to sha256; rebuild the index")
+    return record
 
 
 def verify_files(folder: Path, manifest: dict) -> None:
     """Check every file listed in ``manifest["files"]`` against its sha256; name the first bad one."""
-    folder = Path(folder)
-    for rel, expected in manifest["files"].items():
-        path = folder / rel
-        if not path.is_file():
-            raise RagtuneError(f"index file {path} is missing; the index is incomplete, rebuild it "
-                               "(ragtune index ... --overwrite)")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise RagtuneError(f"index file {path} was changed or corrupted since the index was built "
-                               f"(sha256 {actual[:12]}… instead of {expected[:12]}…); rebuild the index "
-                               "(ragtune index ... --overwrite)")
+    verify_checksums(folder, manifest["files"], what="index file", since="the index was built",
+                     fix="rebuild the index (ragtune index ... --overwrite)")

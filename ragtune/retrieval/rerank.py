@@ -453,22 +453,9 @@ def read_reranker_info(path: str | Path) -> dict:
     A missing folder, a folder without ``reranker.json`` or an unreadable one is a RagtuneError.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise RagtuneError(f"reranker folder not found: {path} (train one with `ragtune train-reranker INDEX_DIR "
-                           f"--questions FILE --out {path}`)")
-    info_path = path / RERANKER_FILE
-    if not info_path.is_file():
-        raise RagtuneError(f"{path} is not a ragtune reranker folder (no {RERANKER_FILE}); train one with "
-                           f"`ragtune train-reranker INDEX_DIR --questions FILE --out {path}`")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RagtuneError(f"{info_path}: not valid JSON ({exc}); retrain the reranker") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(info.get("files"), dict):
-        found = info.get("format") if isinstance(info, dict) else None
-        raise RagtuneError(f"{info_path}: unknown reranker format {found!r} (this ragtune reads format {FORMAT}); "
-                           "retrain the reranker")
-    return info
+    make = f"train one with `ragtune train-reranker INDEX_DIR --questions FILE --out {path}`"
+    return mf.read_record(path, RERANKER_FILE, what="reranker", not_found=f" ({make})", make=make,
+                          fix="retrain the reranker", fmt=FORMAT, required=("files",))
 
 
 def load_reranker(path: str | Path, batch_size: int = 32, progress: bool = False) -> Reranker:
@@ -480,13 +467,8 @@ def load_reranker(path: str | Path, batch_size: int = 32, progress: bool = False
     path = Path(path)
     _positive_int("batch_size", batch_size)
     info = read_reranker_info(path)
-    for rel, expected in info["files"].items():
-        file = path / rel
-        if not file.is_file():
-            raise RagtuneError(f"reranker file {file} is missing; retrain the reranker (ragtune train-reranker)")
-        if mf.sha256_file(file) != expected:
-            raise RagtuneError(f"reranker file {file} was changed or corrupted since training; retrain the "
-                               "reranker (ragtune train-reranker ... --overwrite)")
+    mf.verify_checksums(path, info["files"], what="reranker file", since="training",
+                        fix="retrain the reranker (ragtune train-reranker ... --overwrite)")
     model = _load_cross_encoder(str(path), f"reranker {path}", progress)
     if model.num_labels != 1:
         raise RagtuneError(f"reranker {path}: the model has {model.num_labels} outputs, a reranker has 1; "

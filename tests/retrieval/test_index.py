@@ -114,7 +114,7 @@ def test_an_edited_file_is_detected(tiny_encoder, small_corpus, tmp_path, target
 
 
 def test_not_an_index(tmp_path):
-    with pytest.raises(RagtuneError, match="is not a ragtune index \\(no manifest.json\\)"):
+    with pytest.raises(RagtuneError, match="is not a ragtune index folder \\(no manifest.json\\)"):
         load_index(tmp_path)
     with pytest.raises(RagtuneError, match="index folder not found"):
         load_index(tmp_path / "missing")
