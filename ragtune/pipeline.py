@@ -249,7 +249,8 @@ def _added_tokens(cfg: RunConfig, data: PreparedData) -> list[str]:
         return []
     from ragtune.models.hf import load_hf_tokenizer, unknown_characters
 
-    added = unknown_characters(load_hf_tokenizer(cfg.model.name_or_path), data.train.text.tolist(), cfg.model.extend_vocab)
+    texts = data.train.text.tolist() + _neighbour_label_texts(cfg, data)
+    added = unknown_characters(load_hf_tokenizer(cfg.model.name_or_path), texts, cfg.model.extend_vocab)
     log.info("extend_vocab: %d characters seen at least %d times in train are unknown to %s; added as new tokens",
              len(added), cfg.model.extend_vocab, cfg.model.name_or_path)
     return added
@@ -290,6 +291,14 @@ def _train_ids(cfg: RunConfig, data: PreparedData, tokenizer, retriever) -> list
     return encode_pairs(tokenizer, texts, retriever.contexts(texts, exclude=own), cfg.model.max_length)
 
 
+def _neighbour_label_texts(cfg: RunConfig, data: PreparedData) -> list[str]:
+    """Labelled neighbours are read as "label: text": the label of every training row, for the vocabulary."""
+    r = cfg.retrieval
+    if r.top_k and r.source == "train" and r.with_labels:
+        return [str(label) for label in data.train.label.tolist()]
+    return []
+
+
 def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool, added_tokens: list[str]):
     path = run_dir / TOKENIZER_FILE
     if cfg.model.backbone == "hf":  # the pretrained model's own tokenizer; tokenizer.json is a copy for reading
@@ -303,10 +312,7 @@ def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool, 
     if resume and path.exists():
         return load_tokenizer(path)
     t = cfg.tokenizer
-    texts = data.train.text.tolist()
-    r = cfg.retrieval
-    if r.top_k and r.source == "train" and r.with_labels:  # neighbours are read as "label: text": learn the labels too
-        texts += [str(label) for label in data.train.label.tolist()]
+    texts = data.train.text.tolist() + _neighbour_label_texts(cfg, data)
     tokenizer = train_tokenizer(texts, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
                                 lowercase=t.lowercase)
     save_tokenizer(tokenizer, path)

@@ -115,6 +115,10 @@ def test_labelled_neighbours_through_the_yaml_route(tmp_path, capsys):
     n_neighbours = len((out / "neighbours.jsonl").read_text(encoding="utf-8").splitlines())
     assert n_neighbours == len(read_neighbour_labels(out / "neighbour_labels.json")) < 120  # train only, no validation
     assert "Retrieval: each text is read with the top 2 passages" in (out / "report.md").read_text()
+    from ragtune.data.tokenizer import load_tokenizer
+
+    vocab = load_tokenizer(out / "tokenizer.json")  # the labels the neighbours are read with are whole tokens
+    assert vocab.token_to_id("economy") is not None and vocab.token_to_id("sport") is not None
 
     # the reloaded run reads every text with its neighbours and scores the test file as the run did
     predictor = Predictor.from_run_dir(out)
