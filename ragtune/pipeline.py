@@ -262,14 +262,14 @@ def _context_retriever(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: P
     if not r.top_k:
         return None, None
     from ragtune.retrieval.augment import (NEIGHBOUR_CORPUS, NEIGHBOUR_LABELS, ContextRetriever, open_run_index,
-                                           read_neighbour_labels, separator_token, write_neighbour_corpus)
+                                           separator_token, write_neighbour_corpus)
 
     labels = None
     if r.source == "train":  # the labelled training texts are the corpus
-        write_neighbour_corpus(data.train.text.tolist(), data.train.label.tolist(), run_dir / NEIGHBOUR_CORPUS,
-                               run_dir / NEIGHBOUR_LABELS)
+        mapping = write_neighbour_corpus(data.train.text.tolist(), data.train.label.tolist(),
+                                         run_dir / NEIGHBOUR_CORPUS, run_dir / NEIGHBOUR_LABELS)
         index, ref = open_run_index(r, run_dir, progress, corpus=[run_dir / NEIGHBOUR_CORPUS])
-        labels = read_neighbour_labels(run_dir / NEIGHBOUR_LABELS) if r.with_labels else None
+        labels = mapping if r.with_labels else None
     else:
         index, ref = open_run_index(r, run_dir, progress)
     separator = separator_token(tokenizer)

@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,13 +86,10 @@ def neighbour_vote(retriever: ContextRetriever, texts: Sequence[str], labels: Se
         raise RagtuneError("neighbour_vote needs labelled neighbours (retrieval.source: train, with_labels: true)")
     vote_hits = top1_hits = 0
     for rows, gold in zip(retriever.rows(texts), labels):
-        got = [retriever.labels.get(retriever.index.passages[r]["doc_id"]) for r, _ in rows]
-        got = [g for g in got if g is not None]
+        got = [label for label in (retriever.label_of(r) for r, _ in rows) if label is not None]
         if not got:
             continue
-        counts: dict[str, int] = {}
-        for g in got:
-            counts[g] = counts.get(g, 0) + 1
+        counts = Counter(got)
         best = max(counts.values())
         vote = next(g for g in got if counts[g] == best)
         vote_hits += vote == str(gold)
@@ -105,11 +103,12 @@ def neighbour_id(row: int) -> str:
     return f"{NEIGHBOUR_PREFIX}{row}"
 
 
-def write_neighbour_corpus(texts: Sequence[str], labels: Sequence, corpus_path: Path, labels_path: Path) -> None:
+def write_neighbour_corpus(texts: Sequence[str], labels: Sequence, corpus_path: Path, labels_path: Path) -> dict[str, str]:
     """Write the training texts as a JSONL corpus (ids ``train-{row}``) and their labels by id.
 
     ``corpus_path`` is what :func:`~ragtune.retrieval.index.build_index` reads; ``labels_path`` a
     JSON object ``{doc id: label}`` that :class:`ContextRetriever` shows next to each neighbour.
+    Returns that mapping.
     """
     if len(texts) != len(labels):
         raise ValueError(f"texts and labels differ in length: {len(texts)} vs {len(labels)}")
@@ -119,6 +118,7 @@ def write_neighbour_corpus(texts: Sequence[str], labels: Sequence, corpus_path: 
             f.write(json.dumps({"id": neighbour_id(row), "text": str(text)}, ensure_ascii=False) + "\n")
     mapping = {neighbour_id(row): str(label) for row, label in enumerate(labels)}
     labels_path.write_text(json.dumps(mapping, ensure_ascii=False), encoding="utf-8")
+    return mapping
 
 
 def read_neighbour_labels(path: Path) -> dict[str, str]:
@@ -185,10 +185,15 @@ class ContextRetriever:
 
     def passage_text(self, row: int) -> str:
         """Passage ``row`` as the model reads it: ``label: text`` for a labelled neighbour."""
-        p = self.index.passages[row]
-        if self.labels is not None and p["doc_id"] in self.labels:
-            return f"{self.labels[p['doc_id']]}: {p['text']}"
-        return p["text"]
+        label = self.label_of(row)
+        text = self.index.passages[row]["text"]
+        return text if label is None else f"{label}: {text}"
+
+    def label_of(self, row: int) -> str | None:
+        """The label of passage ``row``'s document (labelled neighbours), else None."""
+        if self.labels is None:
+            return None
+        return self.labels.get(self.index.passages[row]["doc_id"])
 
     def hits(self, texts: Sequence[str]) -> list[list[dict]]:
         """For reports and ``ragtune predict``: each text's passages as ``{id, doc_id, score[, label]}``."""
@@ -198,8 +203,9 @@ class ContextRetriever:
             for r, score in rows:
                 p = self.index.passages[r]
                 item = {"id": p["id"], "doc_id": p["doc_id"], "score": round(float(score), 4)}
-                if self.labels is not None and p["doc_id"] in self.labels:
-                    item["label"] = self.labels[p["doc_id"]]
+                label = self.label_of(r)
+                if label is not None:
+                    item["label"] = label
                 items.append(item)
             out.append(items)
         return out
@@ -211,8 +217,5 @@ class ContextRetriever:
     def _max_chunks(self) -> int:
         """The most passages any one document has in the index."""
         if self._chunks is None:
-            counts: dict[str, int] = {}
-            for p in self.index.passages:
-                counts[p["doc_id"]] = counts.get(p["doc_id"], 0) + 1
-            self._chunks = max(counts.values(), default=1)
+            self._chunks = max(Counter(p["doc_id"] for p in self.index.passages).values(), default=1)
         return self._chunks

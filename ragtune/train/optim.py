@@ -3,8 +3,8 @@
 * ``sgd``: ``torch.optim.SGD`` with momentum (the seed article's choice); weight decay is L2.
 * ``adamw``: ``torch.optim.AdamW``; weight decay is decoupled and skipped for biases and norms;
   embeddings' position table is decayed like any weight. It runs PyTorch's fused kernel
-  (``fused=True``, one kernel per parameter group instead of a dozen ``foreach`` ops: about 0.06 s of a
-  ~1 s MiniLM step on two CPU threads) when every parameter is a float tensor on a device that kernel
+  (``fused=True``, one kernel per parameter group instead of a dozen ``foreach`` ops; it saved
+  0.05-0.1 s of a ~1 s MiniLM step on two CPU threads in an exploratory profile, see BENCHMARKS.md) when every parameter is a float tensor on a device that kernel
   supports, and the ``foreach`` implementation otherwise. Same update rule; results agree to rounding.
 
 Schedules (``torch.optim.lr_scheduler.LambdaLR``): a linear warmup over ``warmup_steps`` optimizer
