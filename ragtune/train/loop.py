@@ -63,6 +63,16 @@ def compute_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor, label_
     raise RagtuneError(f"task: unknown task {task!r}; choose one of ['classification', 'regression']")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN sees avx512_bf16 or AMX); without it bf16
+    autocast is emulated and several times slower than fp32."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:
+        return True
+
+
 def _is_better(value: float, best: float | None, direction: str) -> bool:
     if best is None or (isinstance(best, float) and math.isnan(best)):
         return True
@@ -110,6 +120,9 @@ def train_model(
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, param_scales)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    if cfg.precision == "bf16" and is_main_process and not native_bf16():
+        log.warning("train.precision: bf16 on a CPU without native bf16 (no avx512_bf16/AMX) is emulated and usually "
+                    "several times slower than fp32; set train.precision=fp32 on this machine")
     if batch_loss is None:
 
         def batch_loss(k: int) -> tuple[torch.Tensor, int]:

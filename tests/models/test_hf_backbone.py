@@ -356,6 +356,10 @@ def test_fast_cpu_kernels_same_math_and_plain_saved_model(tmp_path):
     out_ref.sum().backward(), out_fast.sum().backward()
     for (name, a), b in zip(reference.named_parameters(), fast.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    with torch.no_grad():  # inference takes the sdpa path: same outputs, with and without autocast
+        assert torch.allclose(fast(**ids).logits, out_ref, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.allclose(fast(**ids).logits.float(), out_ref, atol=0.1)
     fast.train()  # dropout is on in training: two passes differ
     assert not torch.allclose(fast(**ids).logits, fast(**ids).logits)
     fast.save_pretrained(tmp_path / "saved")
