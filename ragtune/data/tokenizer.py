@@ -92,6 +92,7 @@ def train_tokenizer(
         raise RagtuneError("cannot train a tokenizer: there are no training texts")
     if tok.get_vocab_size() <= len(SPECIAL_TOKENS):
         raise RagtuneError("cannot train a tokenizer: the training texts contain no characters to learn from")
+    tok = _canonical_ids(tok)
     for expected_id, token in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(token) == expected_id, (token, tok.token_to_id(token))
     tok.post_processor = processors.TemplateProcessing(
@@ -100,6 +101,24 @@ def train_tokenizer(
         special_tokens=[(CLS, tok.token_to_id(CLS)), (SEP, tok.token_to_id(SEP))],
     )
     return tok
+
+
+def _canonical_ids(tok: Tokenizer) -> Tokenizer:
+    """The same tokenizer with its ids in a fixed order: special tokens first, then the rest sorted.
+
+    The trainers of ``tokenizers`` learn the same vocabulary in every process but number tokens of
+    equal count in hash-map order, which differs from process to process; the embedding row a token
+    gets would then differ, and so would a seeded run's result. Renumbering makes training a
+    tokenizer, and with it a whole run, reproducible.
+    """
+    spec = json.loads(tok.to_str())
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    special = [t for t in SPECIAL_TOKENS if t in vocab]
+    rest = sorted((t for t in vocab if t not in special), key=lambda t: (t.startswith("##"), t))
+    spec["model"]["vocab"] = {t: i for i, t in enumerate(special + rest)}
+    for added in spec.get("added_tokens", []):
+        added["id"] = spec["model"]["vocab"].get(added["content"], added["id"])
+    return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
 
 
 def _encode_batch(tokenizer: Tokenizer, texts: list[str], add_special_tokens: bool = True):

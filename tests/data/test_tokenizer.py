@@ -162,3 +162,21 @@ def test_truncation_keeps_cls_first_and_sep_last_for_hf_tokenizers():
     assert encode(tok, [text], 6, "tail") == [[2] + c[-4:] + [3]]
     assert encode(tok, [text], 8, "head_tail") == [[2] + c[:2] + c[-4:] + [3]]  # default head: 8 // 4 = 2
     assert encode(tok, [text], 8, "head_tail", head_tokens=3) == [[2] + c[:3] + c[-3:] + [3]]
+
+
+def test_training_is_reproducible_across_processes(tmp_path):
+    """The trainers number equally frequent tokens in hash-map order (random per process); ragtune
+    renumbers them, so two processes train the same tokenizer, ids included, when the vocabulary is
+    not cut among ties (see tokenizer.path for the general case)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from ragtune.data.tokenizer import train_tokenizer\n"
+        "texts = [f'word{i % 37} token{i % 11} 今天{i % 5} 北京' for i in range(300)]\n"
+        "sys.stdout.write(train_tokenizer(texts, kind='wordpiece', vocab_size=1000, min_frequency=1).to_str())\n"
+    )
+    outputs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+               for _ in range(3)]
+    assert outputs[0] == outputs[1] == outputs[2]
