@@ -5,6 +5,7 @@
     ragtune run CONFIG [KEY=VALUE ...] [--out RUN_DIR] [--overwrite] [--resume RUN_DIR]
     ragtune validate CONFIG [KEY=VALUE ...] [--show]
     ragtune eval RUN_DIR --data FILE
+    ragtune tune CONFIG [KEY=VALUE ...] --out DIR [--trials N] [--storage URL] [--workers K]
     ragtune predict RUN_DIR "some text" ...   |   --input in.csv --output out.csv
     ragtune index CORPUS... --out INDEX_DIR [--kind bm25|dense|hybrid] [--encoder minilm]
                   [--faiss flat|hnsw|ivfpq] [--chunk-tokens N] [--chunk-overlap N] [--add] [--overwrite]
@@ -37,6 +38,7 @@ EPILOG = """examples:
   ragtune run configs/seed_news.yaml train.epochs=3 model.layers=4 --out runs/seed
   ragtune run configs/seed_news.yaml --resume runs/seed   # continue a killed run
   ragtune validate configs/seed_news.yaml --show      # check a config, print it resolved
+  ragtune tune configs/seed_tune.yaml --out tunes/seed  # Optuna study; the same command resumes it
   ragtune eval runs/seed --data ../shared/data/bbc_news/test.csv
   ragtune predict runs/seed "The chancellor cut interest rates"
   ragtune index ../shared/data/squad_v1.1/dev-part1.json --out indexes/squad --kind hybrid --encoder minilm
@@ -76,6 +78,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
     p.add_argument("--reference", action="store_true", help="print every config key with its type, default and description (Markdown)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("tune", help="tune hyperparameters: an Optuna study whose trials are runs (steps 5-6)",
+                       description="Search CONFIG's tune.space with Optuna: each trial is a ragtune run in "
+                                   "OUT/trials/ that trains and reports its validation metric each epoch (bad "
+                                   "trials are pruned). The study is kept in OUT/study.db (or --storage), so the "
+                                   "same command resumes a killed study. Then writes OUT/best.yaml, trials.csv, "
+                                   "history/importance/intermediate PNGs, report.md, and evaluates the best "
+                                   "trial on the test split once.",
+                       epilog="examples:\n"
+                              "  ragtune tune configs/seed_tune.yaml --out tunes/seed\n"
+                              "  ragtune tune configs/seed_tune.yaml --out tunes/seed --trials 40    # resume, run to 40\n"
+                              "  ragtune tune configs/seed_tune.yaml --out tunes/seed --workers 2\n"
+                              "  ragtune tune cfg.yaml --out tunes/x --storage postgresql://user:pw@db/optuna   # on each machine\n"
+                              "  ragtune run tunes/seed/best.yaml                                    # retrain the best",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML config file with a tune: section (tune.space)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the base config, e.g. train.epochs=3")
+    p.add_argument("--out", required=True, metavar="DIR", help="the study folder (trials, study.db, results); an existing study there resumes")
+    p.add_argument("--trials", type=int, metavar="N", help="run until N trials have finished (default: tune.trials)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this long (default: tune.timeout_s)")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna RDB storage URL shared by several processes or machines, e.g. "
+                        "postgresql://user:pw@host/db (default: sqlite:///DIR/study.db)")
+    p.add_argument("--study-name", help="study name in the storage (default: the config's name, or ragtune)")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="trial processes on this machine (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("eval", help="score a labelled file with a trained run; prints metrics as JSON")
@@ -207,6 +237,47 @@ def cmd_run(args) -> int:
     return 0
 
 
+class _TuneConsole(logging.Filter):
+    """During a study only its own lines (and warnings) reach the console; each trial logs into its run.log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("ragtune.tune") or record.levelno >= logging.WARNING
+
+
+def cmd_tune(args) -> int:
+    from ragtune.config import load_config
+    from ragtune.tune import tune
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RagtuneError(f"--out {out} is a file, not a folder")
+    if (out.is_dir() and any(out.iterdir()) and not (out / "study.db").exists() and not (out / "trials").exists()
+            and not args.storage):
+        raise RagtuneError(f"--out {out} is a non-empty folder that holds no study; choose a new folder")
+    console = [h for h in logging.getLogger("ragtune").handlers if isinstance(h, logging.StreamHandler)
+               and getattr(h, "stream", None) is sys.stderr]
+    for h in console:
+        h.addFilter(_TuneConsole())
+    worker_args = [str(Path(args.config).resolve()), *args.overrides, "--out", str(out.resolve()), "--quiet"]
+    if args.study_name:
+        worker_args += ["--study-name", args.study_name]
+    if args.timeout is not None:
+        worker_args += ["--timeout", str(args.timeout)]
+    result = tune(cfg, out, config_path=args.config, trials=args.trials, storage=args.storage,
+                  study_name=args.study_name, workers=args.workers, timeout_s=args.timeout,
+                  progress=not args.quiet and not args.worker, worker_args=worker_args, worker=args.worker)
+    if result is None:
+        return 0
+    print(json.dumps({"best_trial": result.best_trial, f"validation_{result.metric}": round(result.best_value, 6),
+                      "best_params": result.best_params,
+                      "test": {k: v for k, v in result.test_metrics.items() if isinstance(v, (int, float))},
+                      "trials": result.counts, "study_minutes": round(result.wall_seconds / 60, 1)},
+                     indent=2, ensure_ascii=False))
+    print(f"best config: {out / 'best.yaml'}\nreport: {out / 'report.md'}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from ragtune.config import config_reference, load_config, to_yaml
 
@@ -216,6 +287,10 @@ def cmd_validate(args) -> int:
     if not args.config:
         raise RagtuneError("validate needs a CONFIG file (or --reference)")
     cfg = load_config(args.config, args.overrides)
+    if cfg.tune.space:  # a tuning config: its space is checked too
+        from ragtune.tune import parse_space
+
+        parse_space(cfg.model_dump(mode="json"), cfg.tune.space, cfg.tune.sampler)
     if args.show:
         print(to_yaml(cfg), end="")
     else:
@@ -410,7 +485,7 @@ def cmd_train_reranker(args) -> int:
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
             "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval,
-            "train-reranker": cmd_train_reranker}
+            "train-reranker": cmd_train_reranker, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,10 @@ class TokenizerConfig(_Section):
     vocab_size: int = Field(8000, ge=100, description="Vocabulary size, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Minimum count for a merge / word piece.")
     lowercase: bool = Field(True, description="Lowercase text before tokenizing.")
+    path: str | None = _path_field(
+        None,
+        "A ragtune `tokenizer.json` to use instead of training one (e.g. an earlier run's RUN_DIR/tokenizer.json; `ragtune tune` trains one per study and gives it to every trial). The settings above are then ignored. Training is not reproducible to the token: the `tokenizers` trainers break ties between equally frequent pieces in hash-map order, which changes from process to process.",
+    )
 
 
 class LoraConfig(_Section):
@@ -278,6 +282,39 @@ class RetrievalConfig(_Section):
     )
 
 
+class TuneConfig(_Section):
+    """Hyperparameter tuning (`ragtune tune`, `ragtune/tune/`): an Optuna study whose trials are ragtune runs."""
+
+    metric: str | None = Field(
+        None,
+        description="Validation metric the study optimises (reported each epoch for pruning). Null: the run's selection metric (`eval.metric`, or accuracy / mse / f1 by task).",
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="Whether a bigger or a smaller `metric` is better. Null: from the metric (accuracy, f1 maximise; loss, mse minimise)."
+    )
+    trials: int = Field(20, gt=0, description="Finished trials (completed or pruned) the study runs to; `ragtune tune --trials` overrides it.")
+    timeout_s: float | None = Field(None, gt=0, description="Stop starting new trials after this many seconds (per process); null: no limit.")
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe",
+        description="Optuna sampler: `tpe` (TPESampler), `random` (RandomSampler) or `grid` (GridSampler; every parameter must be a `choice` or an `int` range).",
+    )
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median",
+        description="Optuna pruner that stops bad trials early from their per-epoch validation metric: `median` (MedianPruner), `hyperband` (HyperbandPruner, epochs as the resource) or `none`.",
+    )
+    pruner_startup_trials: int = Field(2, ge=0, description="`median`: trials that finish before any trial is pruned.")
+    pruner_warmup_epochs: int = Field(1, ge=0, description="`median`: epochs every trial runs before it can be pruned.")
+    start_from_config: bool = Field(
+        True,
+        description="Run the config's own values of the searched keys as the first trial (when they lie in the space), so the study starts from the baseline and its best is never worse on validation.",
+    )
+    seed: int = Field(0, description="Sampler seed (each trial's own training seed stays `train.seed`).")
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="The search space, keyed by dotted config keys: `{log_uniform: [low, high]}`, `{uniform: [low, high]}`, `{int: [low, high]}` (optional `step`), `{log_int: [low, high]}` or `{choice: [a, b, ...]}`, e.g. `train.lr: {log_uniform: [1.0e-5, 1.0e-2]}`. Checked before any trial runs.",
+    )
+
+
 class RunConfig(_Section):
     """A whole ragtune run: data → model → training → evaluation → report."""
 
@@ -292,6 +329,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Retrieval (RAG).")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyperparameter tuning (`ragtune tune`; ignored by `ragtune run`).")
 
     @property
     def selection_metric(self) -> str:
@@ -602,6 +640,10 @@ def _semantic_errors(cfg: RunConfig) -> list[str]:
         errors.append(
             f"eval.metric: {cfg.eval.metric!r} is not a {cfg.task} metric; choose one of {list(TASK_METRICS[cfg.task])}"
         )
+    if cfg.tune.metric is not None and cfg.tune.metric not in TASK_METRICS[cfg.task]:
+        errors.append(
+            f"tune.metric: {cfg.tune.metric!r} is not a {cfg.task} metric; choose one of {list(TASK_METRICS[cfg.task])}"
+        )
     return errors
 
 
@@ -664,6 +706,8 @@ def to_yaml(cfg: RunConfig) -> str:
 
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
+    if origin is dict:
+        return "mapping"
     if origin is Literal:
         return " \\| ".join(str(a) for a in get_args(annotation))
     args = get_args(annotation)

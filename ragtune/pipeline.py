@@ -162,6 +162,26 @@ def run(
     return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
 
 
+def evaluate_test_split(cfg: RunConfig, run_dir: str | Path) -> dict:
+    """Metrics of the finished run in ``run_dir`` on the test split of ``cfg`` (the run's config).
+
+    For a run trained with ``evaluate_test=False`` (a tuning trial): the split is prepared as the run
+    prepared it (same files, fractions and seed), and the saved model is evaluated through the same
+    predictor ``ragtune predict`` uses.
+    """
+    run_dir = Path(run_dir)
+    if cfg.task == "qa":
+        from ragtune.data.qa import prepare_qa_data
+        from ragtune.qa_predictor import QAPredictor
+
+        return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(prepare_qa_data(cfg).test)
+    data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
+    if not len(data.test):
+        raise RagtuneError(f"{run_dir}: the config leaves no test split (data.test or data.test_fraction)")
+    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    return predictor.evaluate(data.test.text.tolist(), data.test.label.tolist())
+
+
 # -------------------------------------------------------------------------------------------------
 # helpers of the stages
 # -------------------------------------------------------------------------------------------------
@@ -311,13 +331,36 @@ def _tokenizer(cfg: RunConfig, data: PreparedData, run_dir: Path, resume: bool, 
         return tokenizer
     if resume and path.exists():
         return load_tokenizer(path)
+    if cfg.tokenizer.path:
+        try:
+            tokenizer = load_tokenizer(cfg.tokenizer.path)
+        except RagtuneError as exc:
+            raise RagtuneError(f"tokenizer.path: {exc}") from None
+        save_tokenizer(tokenizer, path)
+        log.info("tokenizer: %s, %d tokens in the vocabulary", cfg.tokenizer.path, tokenizer.get_vocab_size())
+        return tokenizer
+    tokenizer = _train_tokenizer(cfg, data)
+    save_tokenizer(tokenizer, path)
+    log.info("tokenizer: %s, %d tokens in the vocabulary", cfg.tokenizer.kind, tokenizer.get_vocab_size())
+    return tokenizer
+
+
+def _train_tokenizer(cfg: RunConfig, data: PreparedData):
     t = cfg.tokenizer
     texts = data.train.text.tolist() + _neighbour_label_texts(cfg, data)
-    tokenizer = train_tokenizer(texts, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
-                                lowercase=t.lowercase)
-    save_tokenizer(tokenizer, path)
-    log.info("tokenizer: %s, %d tokens in the vocabulary", t.kind, tokenizer.get_vocab_size())
-    return tokenizer
+    return train_tokenizer(texts, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
+                           lowercase=t.lowercase)
+
+
+def train_tokenizer_for(cfg: RunConfig, path: str | Path, demo_dir: str | Path | None = None) -> Path:
+    """Train the tokenizer a run of ``cfg`` would train and save it to ``path`` (for ``tokenizer.path``).
+
+    ``ragtune tune`` trains it once per study, so all trials (and ``best.yaml``) share one vocabulary.
+    """
+    data = prepare_data(cfg, demo_dir=demo_dir if cfg.data.demo else None)
+    path = Path(path)
+    save_tokenizer(_train_tokenizer(cfg, data), path)
+    return path
 
 
 def _data_report(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path) -> dict:

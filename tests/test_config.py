@@ -17,6 +17,10 @@ def test_every_example_config_loads(path):
     assert isinstance(cfg, RunConfig)
     # round trip: the resolved YAML validates to the same config
     assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
+    if cfg.tune.space:  # a tuning config: its search space is valid too
+        from ragtune.tune import parse_space
+
+        assert parse_space(cfg.model_dump(mode="json"), cfg.tune.space, cfg.tune.sampler)
 
 
 def test_seed_config_is_the_articles_example():

@@ -1,0 +1,125 @@
+"""A tiny real Optuna study on the demo data: pruning, results, best.yaml reproduction, resume, workers."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+import ragtune.pipeline
+from ragtune.cli import main
+from ragtune.config import load_config
+from ragtune.errors import RagtuneError
+from ragtune.tune import tune
+
+TINY = {
+    "task": "classification",
+    "name": "tiny",
+    "data": {"demo": True},
+    "tokenizer": {"vocab_size": 300, "min_frequency": 1},
+    "model": {"heads": 2, "head_dim": 16, "layers": 1, "d_model": 32, "ffn_dim": 64, "max_length": 32},
+    "train": {"optimizer": "adamw", "lr": 0.003, "epochs": 3, "batch_size": 32, "steps_per_epoch": 5, "seed": 0},
+    # a good and a hopeless learning rate: the hopeless one is pruned after its first epoch
+    "tune": {"trials": 4, "sampler": "random", "seed": 1, "pruner_startup_trials": 1, "pruner_warmup_epochs": 0,
+             "space": {"train.lr": {"choice": [0.003, 1.0e-9]}}},
+}
+
+
+@pytest.fixture
+def tiny_tune(tmp_path):
+    path = tmp_path / "tiny_tune.yaml"
+    path.write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    return path
+
+
+def _rows(out):
+    with open(out / "trials.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_study_prunes_writes_results_and_best_yaml_reproduces(tiny_tune, tmp_path):
+    out = tmp_path / "study"
+    result = tune(load_config(tiny_tune), out, config_path=tiny_tune, progress=False)
+    assert result.counts["complete"] + result.counts["pruned"] == 4
+    assert result.counts["pruned"] >= 1 and result.counts["complete"] >= 1
+    rows = _rows(out)
+    assert len(rows) == 4
+    assert rows[0]["user_attrs_start"]  # trial 0 ran the config's own values
+    assert float(rows[0]["params_train.lr"]) == 0.003
+    for row in rows:  # every hopeless trial was pruned, every good one completed
+        assert row["state"] == ("COMPLETE" if float(row["params_train.lr"]) == 0.003 else "PRUNED")
+    # the same values and seed give the same validation result, in the study and retrained from best.yaml
+    completed = {float(r["value"]) for r in rows if r["state"] == "COMPLETE"}
+    assert completed == {result.best_value}
+    assert result.best_params == {"train.lr": 0.003}
+    for name in ("best.yaml", "trials.csv", "history.png", "importance.png", "intermediate.png", "report.md",
+                 "summary.json", "best_test.json", "study.db"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["test"]["accuracy"] == result.test_metrics["accuracy"]
+    assert 0 <= result.test_metrics["accuracy"] <= 1 and result.test_metrics["n"] > 0
+    report = (out / "report.md").read_text()
+    assert "test (evaluated once, after selection)" in report and "pruned" in report
+    # trials never looked at the test split
+    for row in rows:
+        metrics_file = tmp_path / "study" / "trials" / f"trial_{int(row['number']):04d}" / "metrics.json"
+        assert "test" not in json.loads(metrics_file.read_text())
+    best_cfg = load_config(out / "best.yaml")
+    assert best_cfg.tokenizer.path == str((out / "tokenizer.json").resolve())  # one vocabulary for the whole study
+    rerun = ragtune.pipeline.run(best_cfg, tmp_path / "rerun", progress=False)
+    assert rerun.metrics["validation"]["accuracy"] == pytest.approx(result.best_value, abs=1e-12)
+
+
+def test_resume_after_interruption_keeps_finished_trials(tiny_tune, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    real_run = ragtune.pipeline.run
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the second trial
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(ragtune.pipeline, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(load_config(tiny_tune, ["tune.trials=3"]), out, config_path=tiny_tune, progress=False)
+    first = out / "trials" / "trial_0000" / "metrics.json"
+    stamp = first.stat().st_mtime_ns
+    monkeypatch.setattr(ragtune.pipeline, "run", real_run)
+    result = tune(load_config(tiny_tune, ["tune.trials=3"]), out, config_path=tiny_tune, progress=False)
+    assert result.counts["complete"] + result.counts["pruned"] == 3
+    assert result.counts["failed"] == 1  # the interrupted trial
+    assert first.stat().st_mtime_ns == stamp  # trial 0 was not run again
+    assert [r["state"] for r in _rows(out)][:2] == ["COMPLETE", "FAIL"]
+    # a finished study run again only rewrites its results (no new trial)
+    again = tune(load_config(tiny_tune, ["tune.trials=3"]), out, config_path=tiny_tune, progress=False)
+    assert again.counts == result.counts
+
+
+def test_resume_with_another_config_is_refused(tiny_tune, tmp_path):
+    out = tmp_path / "study"
+    tune(load_config(tiny_tune, ["tune.trials=1"]), out, config_path=tiny_tune, progress=False)
+    with pytest.raises(RagtuneError, match=r"(?s)started from another config.*model.layers: 1 in the study, 2 now"):
+        tune(load_config(tiny_tune, ["tune.trials=2", "model.layers=2"]), out, config_path=tiny_tune, progress=False)
+
+
+def test_cli_reports_space_errors_before_any_trial(tiny_tune, tmp_path, capsys):
+    out = tmp_path / "study"
+    code = main(["tune", str(tiny_tune), "--out", str(out), "tune.space={train.lr: {uniform: [1, 0]}, model.layerz: {int: [1, 2]}}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "tune.space: 2 errors" in err and "low 1 is above high 0" in err and "did you mean 'model.layers'" in err
+    assert not (out / "trials").exists()
+
+
+def test_cli_two_workers_share_one_study(tiny_tune, tmp_path, capsys):
+    out = tmp_path / "study"
+    code = main(["tune", str(tiny_tune), "--out", str(out), "--workers", "2", "--trials", "3", "--quiet",
+                 "tune.pruner=none", "train.epochs=1"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[: printed.index("best config:")])
+    assert summary["trials"]["complete"] >= 3  # two workers may both start the last trial
+    assert len(_rows(out)) == summary["trials"]["complete"] + summary["trials"]["failed"]
+    assert (out / "best.yaml").exists()
