@@ -81,8 +81,14 @@ def run_trainer(out: Path, overrides: list[str], budget: float, threads: int | N
     import optuna
     import torch
     from sklearn.metrics import accuracy_score
-    from transformers import (BertConfig, BertForSequenceClassification, DataCollatorWithPadding,
-                              PreTrainedTokenizerFast, Trainer, TrainingArguments)
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DataCollatorWithPadding,
+        PreTrainedTokenizerFast,
+        Trainer,
+        TrainingArguments,
+    )
 
     from ragtune.config import load_config
     from ragtune.data.prepare import prepare_data

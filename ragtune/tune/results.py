@@ -144,9 +144,9 @@ def _report(out_dir: Path, cfg: RunConfig, summary: dict, trials, params: list[P
     c = summary["counts"]
     lines = [
         f"# Tuning report: {summary['study']}", "",
-        f"Objective: validation **{metric}** ({summary['direction']}). Sampler `{summary['sampler']}`, pruner "
-        f"`{summary['pruner']}`. Trials: {c['complete']} completed, {c['pruned']} pruned, {c['failed']} failed "
-        f"(asked for {summary['trials_asked']} finished). Study wall time {summary['study_seconds'] / 60:.1f} min.", "",
+        (f"Objective: validation **{metric}** ({summary['direction']}). Sampler `{summary['sampler']}`, pruner "
+         f"`{summary['pruner']}`. Trials: {c['complete']} completed, {c['pruned']} pruned, {c['failed']} failed "
+         f"(asked for {summary['trials_asked']} finished). Study wall time {summary['study_seconds'] / 60:.1f} min."), "",
         "## Best trial", "",
         f"Trial {best['trial']}: validation {metric} **{best['validation']:.4f}**; "
         f"test (evaluated once, after selection): " + ", ".join(
