@@ -401,6 +401,17 @@ def _absolute(value: str, base: Path) -> str:
     return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A config tree as ``{dotted key: value}`` (lists stay values)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _get(tree: dict, dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):

@@ -41,7 +41,7 @@ import torch
 import yaml
 
 import ragtune
-from ragtune.config import RunConfig, config_from_dict, path_keys, path_list_keys, to_yaml
+from ragtune.config import RunConfig, config_from_dict, flatten, path_keys, path_list_keys, to_yaml
 from ragtune.data.prepare import PreparedData, prepare_data
 from ragtune.data.report import data_report, data_report_markdown
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
@@ -213,7 +213,7 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     if not saved_path.exists() or not (run_dir / "checkpoints" / "last").exists():
         raise RagtuneError(f"cannot resume {run_dir}: it holds no config.yaml and checkpoint of an earlier run")
     saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
-    old, new = _flatten(saved.model_dump(mode="json")), _flatten(cfg.model_dump(mode="json"))
+    old, new = flatten(saved.model_dump(mode="json")), flatten(cfg.model_dump(mode="json"))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
@@ -221,16 +221,6 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
             f"cannot resume {run_dir} with a different config ({details}); "
             f"only {sorted(RESUMABLE_CHANGES)} may change"
         )
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _input_record(key: str, path: str) -> dict:
@@ -248,7 +238,7 @@ def _input_record(key: str, path: str) -> dict:
 def _write_inputs(cfg: RunConfig, data: PreparedData | None, run_dir: Path, config_path) -> None:
     """sha256 of every input file, so a reader can tell which data produced the run."""
     files = {}
-    flat = _flatten(cfg.model_dump(mode="json"))
+    flat = flatten(cfg.model_dump(mode="json"))
     for key in path_keys():
         if flat.get(key):
             files[key] = _input_record(key, flat[key])

@@ -176,7 +176,7 @@ def _report(out_dir: Path, cfg: RunConfig, summary: dict, trials, params: list[P
         return (t.state != TrialState.COMPLETE, -v if (v is not None and reverse) else (v if v is not None else math.inf))
 
     for t in sorted(trials, key=order):
-        value = t.value if t.value is not None else None
+        value = t.value
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         lines.append(f"| {t.number} | {t.state.name.lower()} | {'' if value is None else f'{value:.4f}'} | "
                      f"{len(t.intermediate_values)} | {'' if seconds is None else f'{seconds:.0f}'} | "

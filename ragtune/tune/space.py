@@ -32,7 +32,6 @@ from ragtune.config import _suggest, config_from_dict, valid_keys
 from ragtune.errors import RagtuneError
 
 KINDS = ("log_uniform", "uniform", "int", "log_int", "choice")
-RANGE_KINDS = ("log_uniform", "uniform", "int", "log_int")
 GRID_KINDS = ("int", "choice")
 # Keys a trial may not change: the study's own settings, and what says which task the run is.
 FIXED_PREFIXES = ("tune.", "task")

@@ -21,7 +21,6 @@ the pictures and ``report.md``, and evaluates the best trial's model on the test
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.config import RunConfig, config_from_dict
+from ragtune.config import RunConfig, config_from_dict, flatten
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import metric_direction
 from ragtune.tune.space import Param, parse_space, suggest, trial_tree
@@ -113,27 +112,6 @@ def _pruner(cfg: RunConfig):
     return optuna.pruners.NopPruner()
 
 
-def _identity(base: dict) -> dict:
-    """The config tree minus the keys a resumed study may change (what must match on resume)."""
-    tree = json.loads(json.dumps(base))
-    for key in RESUMABLE_CHANGES:
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    return tree
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} in the study, {b!r} now"]
-
-
 def open_study(cfg: RunConfig, out_dir: Path, storage: str | None, study_name: str | None, params: list[Param],
                create: bool = True):
     """Create the study (or load it, checking it was made from the same config) and return it."""
@@ -149,7 +127,9 @@ def open_study(cfg: RunConfig, out_dir: Path, storage: str | None, study_name: s
         study = optuna.load_study(study_name=name, storage=store, sampler=_sampler(cfg, params), pruner=_pruner(cfg))
         saved = study.user_attrs.get("ragtune_config")
         if saved is not None:
-            diffs = _differences(_identity(saved), _identity(base))
+            old, new = flatten(saved), flatten(base)
+            diffs = [f"{k}: {old.get(k)!r} in the study, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
             if diffs:
                 shown = "\n".join(f"  - {d}" for d in diffs[:20])
                 raise RagtuneError(
@@ -164,21 +144,14 @@ def open_study(cfg: RunConfig, out_dir: Path, storage: str | None, study_name: s
     study.set_user_attr("ragtune_config", base)
     study.set_user_attr("metric", metric)
     if cfg.tune.start_from_config and cfg.tune.sampler != "grid":
-        start = {p.key: _get(base, p.key) for p in params}
-        outside = [k for p in params for k in [p.key] if not p.contains(start[k])]
+        start = {p.key: flatten(base)[p.key] for p in params}
+        outside = [p.key for p in params if not p.contains(start[p.key])]
         if outside:
             log.info("tune: the config's own values of %s lie outside the space; the study starts from sampled values",
                      ", ".join(outside))
         else:
             study.enqueue_trial(start, user_attrs={"start": "the config's own values"})
     return study
-
-
-def _get(tree: dict, dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def counts_of(study) -> dict[str, int]:
@@ -365,10 +338,10 @@ def tune(cfg: RunConfig, out_dir: str | Path, *, config_path: str | Path | None 
         return None
     if workers > 1:
         threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)
-        _spawn_workers([*(worker_args or []), "--storage", storage_url(out_dir, storage), "--trials", str(trials),
-                        "train.threads=" + str(threads)] if cfg.train.threads is None else
-                       [*(worker_args or []), "--storage", storage_url(out_dir, storage), "--trials", str(trials)],
-                       workers, threads, progress, study, trials)
+        args = [*(worker_args or []), "--storage", storage_url(out_dir, storage), "--trials", str(trials)]
+        if cfg.train.threads is None:
+            args.append(f"train.threads={threads}")
+        _spawn_workers(args, workers, threads, progress, study, trials)
     else:
         optimize(study, cfg, params, out_dir, config_path, trials, timeout_s, progress)
     return write_results(study, cfg, params, out_dir, wall_seconds=time.perf_counter() - started)
