@@ -1,6 +1,6 @@
 """Open-domain QA on SQuAD v1.1 (the dev half in ../shared/data): retrievers, reranker, reader, RAG.
 
-    python benchmarks/squad_rag.py --threads 2 --reranker-questions 800 --rag-steps 30   # ~2 h on 2 cores
+    python benchmarks/squad_rag.py --threads 2 --reranker-questions 0 --rag-steps 150   # ~3 h on 2 cores
     python benchmarks/squad_rag.py --quick --threads 2 --out /tmp/squad_quick            # a smoke run
 
 Everything runs on the same files and split, and each stage's output is kept in ``--out`` (default
@@ -17,8 +17,11 @@ so a killed benchmark continues where it stopped:
 4. **reader**: ``ragtune run configs/squad_rag.yaml`` on train.json (gold paragraph + 2 BM25
    distractors, ``--reader-epochs`` 1, fp32); EM/F1 given the gold paragraph, and end-to-end EM/F1
    reading the top 5 passages of each retriever.
-5. **reranker**: a MiniLM cross-encoder trained on ``--reranker-questions`` train questions (BM25
-   hard negatives); the top 20 of each retriever reranked: retrieval and end-to-end again.
+5. **reranker**: a cross-encoder trained on ``--reranker-questions`` train questions (3 BM25 hard
+   negatives each), starting from ``--reranker-base``: ``reader`` (default: the reader of step 4, an
+   encoder that already reads questions against passages) or ``minilm`` (the sentence encoder, whose
+   scoring head starts from nothing: 800 questions and 207 steps taught it nothing); the top 20 of
+   each retriever reranked: retrieval and end-to-end again.
 6. **RAG**: the reader of step 4 and the MiniLM query encoder trained further by the task loss
    (``retrieval.train_query_encoder: true``, top 5 dense passages marginalised, passage side frozen)
    for ``--rag-steps`` steps; the trained encoder's recall and the RAG run's end-to-end EM/F1.
@@ -157,6 +160,12 @@ def main() -> int:
                     help="test questions evaluated (a seeded sample; 0: all; default 500)")
     ap.add_argument("--reranker-questions", type=int, default=800,
                     help="training questions the reranker learns from (a seeded sample; 0: all; default 800)")
+    ap.add_argument("--reranker-base", choices=("reader", "minilm"), default="reader",
+                    help="what the reranker starts from: the reader of step 4 (default) or the MiniLM sentence encoder")
+    ap.add_argument("--reranker-epochs", type=int, default=1, help="epochs of reranker training (default 1)")
+    ap.add_argument("--reranker-lr", type=float, default=1e-4, help="peak learning rate of the reranker (default 1e-4)")
+    ap.add_argument("--reranker-max-length", type=int, default=192,
+                    help="tokens per question+passage pair (passages are 128 tokens; default 192)")
     ap.add_argument("--rerank-kinds", nargs="+", default=list(KINDS), choices=KINDS,
                     help="retrievers whose top 20 the reranker rescores (default: all three)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "squad_rag.json"))
@@ -259,12 +268,26 @@ def main() -> int:
         measure_end_to_end(kind, QAPredictor(reader, tokenizer, meta, searcher, batch_size=64))
 
     # 5. the reranker (top 20 of each retriever rescored), then retrieval and end-to-end with it
-    reranker_dir = out / "reranker"
-    if not (reranker_dir / "reranker.json").exists():
-        _, results["timings"]["reranker_train_s"] = timed("reranker", lambda: train_reranker(
-            indexes["bm25"], reranker_json, reranker_dir, base="minilm", negatives=3, epochs=1,
-            lr=3e-5, seed=args.seed, progress=False, overwrite=True))
+    # (its folder and results are named by its settings, so another reranker is measured afresh)
+    setting = (f"{args.reranker_base}_q{args.reranker_questions}_e{args.reranker_epochs}_lr{args.reranker_lr:g}"
+               f"_len{args.reranker_max_length}")
+    if results.get("reranker", {}).get("setting") != setting:
+        for section in ("retrieval", "end_to_end"):
+            results[section] = {k: v for k, v in results[section].items() if "+rerank" not in k}
+        results["reranker"] = {"setting": setting}
         save()
+    reranker_dir = out / f"reranker_{setting}"
+    if not (reranker_dir / "reranker.json").exists():
+        base = str(reader_run / "reader") if args.reranker_base == "reader" else "minilm"
+        _, results["timings"]["reranker_train_s"] = timed("reranker", lambda: train_reranker(
+            indexes["bm25"], reranker_json, reranker_dir, base=base, negatives=3, epochs=args.reranker_epochs,
+            lr=args.reranker_lr, max_length=args.reranker_max_length, seed=args.seed, progress=True,
+            overwrite=True))
+        save()
+    info = json.loads((reranker_dir / "reranker.json").read_text())
+    results["reranker"].update(base=args.reranker_base, counts=info["counts"], loss=info["loss"],
+                               seconds=info["seconds"], settings=info["settings"])
+    save()
     reranker = load_reranker(reranker_dir, batch_size=64)
     for kind, idx in indexes.items():
         if kind not in args.rerank_kinds:

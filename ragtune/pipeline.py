@@ -86,8 +86,15 @@ def run(
     on_epoch_end: Callable[[int, dict], bool] | None = None,
     evaluate_test: bool = True,
     config_path: str | Path | None = None,
+    reports: bool = True,
 ) -> RunResult:
-    """Run the pipeline for ``cfg`` into ``run_dir`` (which the caller has checked is usable)."""
+    """Run the pipeline for ``cfg`` into ``run_dir`` (which the caller has checked is usable).
+
+    ``evaluate_test=False`` leaves the test split alone (a tuning trial evaluates on validation only).
+    ``reports=False`` skips the data report, the plots and ``report.md`` of a classification or
+    regression run (a tuning trial: the study writes its own report); the model, ``model.json``,
+    ``metrics.json``, ``history.json`` and the checkpoints are written as always.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
@@ -107,7 +114,7 @@ def run(
     _write_inputs(cfg, data, run_dir, config_path)
     added_tokens = _added_tokens(cfg, data)
     tokenizer = _tokenizer(cfg, data, run_dir, resume, added_tokens)
-    report = _data_report(cfg, data, tokenizer, run_dir)
+    report = _data_report(cfg, data, tokenizer, run_dir) if reports else None
 
     retriever, meta_retrieval = _context_retriever(cfg, data, tokenizer, run_dir, progress)
 
@@ -139,7 +146,9 @@ def run(
     (run_dir / MODEL_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
 
     # 4. evaluation and report
-    metrics = {"validation": predictor.evaluate(*validation)}
+    # the restored best epoch was evaluated on validation during training: the same weights, the same numbers
+    restored = cfg.train.restore_best and train_result.best_epoch is not None and train_result.best_metrics is not None
+    metrics = {"validation": train_result.best_metrics if restored else predictor.evaluate(*validation)}
     if evaluate_test:
         metrics["test"] = predictor.evaluate(data.test.text.tolist(), data.test.label.tolist())
     if retriever is not None and cfg.retrieval.source == "train":
@@ -155,9 +164,10 @@ def run(
         "stopped_early": train_result.stopped_early,
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    pictures = _pictures(cfg, metrics, train_result, run_dir, data.labels)
-    write_report(run_dir, cfg, metrics, train_result, report, pictures, model_summary=_model_summary(model),
-                 wall_seconds=time.perf_counter() - started)
+    if reports:
+        pictures = _pictures(cfg, metrics, train_result, run_dir, data.labels)
+        write_report(run_dir, cfg, metrics, train_result, report, pictures, model_summary=_model_summary(model),
+                     wall_seconds=time.perf_counter() - started)
     log.info("done: %s", json.dumps({s: _headline(cfg, m) for s, m in metrics.items() if s != "training"}))
     return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
 

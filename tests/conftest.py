@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from tiny_hf import make_rows
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -36,3 +38,37 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+TINY_MODEL = {"heads": 2, "head_dim": 16, "layers": 1, "d_model": 32, "ffn_dim": 64, "max_length": 32}
+
+
+BILINGUAL_WORDS = {
+    "politics": ["parliament", "minister", "election", "vote", "选举", "政府"],
+    "economy": ["market", "shares", "bank", "inflation", "股市", "银行"],
+    "entertainment": ["film", "actor", "music", "award", "电影", "明星"],
+}
+BILINGUAL_FILLER = ["the", "a", "today", "report", "said", "new", "week", "今天"]
+
+
+def _news_rows(n, seed=0):
+    return make_rows(n, seed, BILINGUAL_WORDS, BILINGUAL_FILLER, signal=0.5, length=8)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A classification config (tiny scratch Transformer, 120 train / 30 test rows of three bilingual classes)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _news_rows(120).to_csv(data / "train.csv", index=False)
+    _news_rows(30, seed=1).to_csv(data / "test.csv", index=False)
+    cfg = {
+        "task": "classification",
+        "data": {"train": "data/train.csv", "test": "data/test.csv"},
+        "tokenizer": {"vocab_size": 200, "min_frequency": 1},
+        "model": TINY_MODEL,
+        "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 2, "batch_size": 16, "seed": 0},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path

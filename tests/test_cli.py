@@ -8,43 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from tiny_hf import make_rows
+from conftest import TINY_MODEL
 
 from ragtune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY_MODEL = {"heads": 2, "head_dim": 16, "layers": 1, "d_model": 32, "ffn_dim": 64, "max_length": 32}
-
-
-BILINGUAL_WORDS = {
-    "politics": ["parliament", "minister", "election", "vote", "选举", "政府"],
-    "economy": ["market", "shares", "bank", "inflation", "股市", "银行"],
-    "entertainment": ["film", "actor", "music", "award", "电影", "明星"],
-}
-BILINGUAL_FILLER = ["the", "a", "today", "report", "said", "new", "week", "今天"]
-
-
-def _news_rows(n, seed=0):
-    return make_rows(n, seed, BILINGUAL_WORDS, BILINGUAL_FILLER, signal=0.5, length=8)
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    _news_rows(120).to_csv(data / "train.csv", index=False)
-    _news_rows(30, seed=1).to_csv(data / "test.csv", index=False)
-    cfg = {
-        "task": "classification",
-        "data": {"train": "data/train.csv", "test": "data/test.csv"},
-        "tokenizer": {"vocab_size": 200, "min_frequency": 1},
-        "model": TINY_MODEL,
-        "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 2, "batch_size": 16, "seed": 0},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
 
 
 def test_console_script_end_to_end(tiny_config, tmp_path):

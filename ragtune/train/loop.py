@@ -48,6 +48,8 @@ class TrainResult:
     best_epoch: int | None = None
     best_metric: float | None = None
     best_loss: float | None = None  # validation loss of the best epoch (breaks ties on the metric)
+    #: all validation metrics of the best epoch, when it ran in this process (not restored on resume)
+    best_metrics: dict | None = None
     stopped_early: bool = False
     optimizer_steps: int = 0
     tokens: int = 0
@@ -274,6 +276,7 @@ def train_model(
             if value is not None and (_is_better(value, result.best_metric, direction) or tie_won):
                 result.best_metric, result.best_epoch, bad_epochs = value, epoch + 1, 0
                 result.best_loss = loss
+                result.best_metrics = metrics
                 if writes:
                     (ckpt_dir / "best").mkdir(parents=True, exist_ok=True)
                     save_weights(model, ckpt_dir / "best" / "model.safetensors")

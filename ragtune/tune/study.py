@@ -223,7 +223,7 @@ def make_objective(cfg: RunConfig, params: list[Param], out_dir: Path, config_pa
 
         try:
             result = run(trial_cfg, run_dir, progress=False, on_epoch_end=report, evaluate_test=False,
-                         config_path=config_path)
+                         config_path=config_path, reports=False)
         except RagtuneError as exc:
             trial.set_user_attr("error", str(exc))
             raise
