@@ -24,7 +24,8 @@ so a killed benchmark continues where it stopped:
    each retriever reranked: retrieval and end-to-end again.
 6. **RAG**: the reader of step 4 and the MiniLM query encoder trained further by the task loss
    (``retrieval.train_query_encoder: true``, top 5 dense passages marginalised, passage side frozen)
-   for ``--rag-steps`` steps; the trained encoder's recall and the RAG run's end-to-end EM/F1.
+   for ``--rag-steps`` steps; the trained encoder's recall and the RAG run's end-to-end EM/F1, and
+   both again with the reranker rescoring the trained encoder's top 20.
 
 Output: Markdown tables on stdout, ``benchmarks/results/squad_rag.json``, and as the last line
 ``RESULT bm25_r1=.. bm25_r5=.. best_r1=.. best_r5=.. best_retriever=.. reader_em=.. reader_f1=.. e2e_em=.. e2e_f1=.. e2e_system=..``.
@@ -144,6 +145,23 @@ class CachedRows:
         if key not in self._cache or len(self._cache[key][0]) < min(k, len(self)):
             self._cache[key] = self.searcher.search_rows(list(queries), max(k, 20))
         return [rows[:k] for rows in self._cache[key]]
+
+
+class TrainedDenseRows:
+    """The RAG run's retriever (its trained query encoder against the frozen passage vectors) as a
+    searcher, so the reranker can rescore its top 20 like any index's."""
+
+    def __init__(self, rag) -> None:
+        self.rag, self.index, self.passages = rag, rag.index, rag.index.passages
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def hit(self, row: int, score: float):
+        return self.index.hit(row, score)
+
+    def search_rows(self, queries, k: int = 5):
+        return [[(row, score) for row, score, _ in per_q] for per_q in self.rag._retrieve(list(queries), k)]
 
 
 def main() -> int:
@@ -314,6 +332,14 @@ def main() -> int:
     results["end_to_end"][f"RAG: trained encoder + reader ({args.rag_steps} steps)"] = {
         "exact_match": rag_metrics["test"]["exact_match"], "f1": rag_metrics["test"]["f1"]}
     results["training_seconds"][f"rag_{args.rag_steps}_steps"] = rag_metrics["training"]["seconds"]
+    save()
+    # the RAG-trained retriever's top 20 reranked, read by the RAG run's reader (the reranked passages
+    # carry reranker scores, so the answer is scored by the reader alone, not with log p(z|x))
+    if "dense" in args.rerank_kinds:
+        label = f"RAG-trained dense ({args.rag_steps} steps)+rerank"
+        searcher = CachedRows(RerankedIndex(TrainedDenseRows(rag), reranker, candidates=20))
+        measure_retrieval(label, searcher)
+        measure_end_to_end(label, QAPredictor(rag.reader, rag.tokenizer, rag.meta, searcher, batch_size=64))
     results.update(quick=args.quick, n_test_questions=len(test), n_reranker_questions=len(read_squad(reranker_json)), n_train_questions=len(read_squad(train_json)),
                    n_passages=len(indexes["bm25"]), machine={"cpu": platform.processor() or platform.machine(),
                                                               "threads": torch.get_num_threads()},

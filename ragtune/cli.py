@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQuAD-format JSON whose paragraphs are in the index (answered questions are used)")
     p.add_argument("--out", required=True, metavar="RERANKER_DIR", help="the reranker folder (new or empty; see --overwrite)")
     p.add_argument("--base", default="minilm",
-                   help="model to start from: minilm, a local Hugging Face folder or a Hub id (default: minilm)")
+                   help="model to start from: minilm, a local Hugging Face folder (e.g. the reader/ folder of a "
+                        "`task: qa` run, which learns much faster than minilm) or a Hub id (default: minilm)")
     p.add_argument("--epochs", type=int, default=1, metavar="N", help="passes over the training pairs (default: 1)")
     p.add_argument("--negatives", type=int, default=3, metavar="N", help="hard negatives per question (default: 3)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per training step (default: 16)")
