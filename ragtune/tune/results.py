@@ -29,6 +29,8 @@ log = logging.getLogger("ragtune.tune")
 
 PICTURES = {"history.png": "plot_optimization_history", "importance.png": "plot_param_importances",
             "intermediate.png": "plot_intermediate_values"}
+#: Trials up to which intermediate.png keeps its legend (one entry per trial).
+MAX_LEGEND = 12
 
 
 def _pictures(study, out_dir: Path) -> dict[str, str]:
@@ -48,10 +50,16 @@ def _pictures(study, out_dir: Path) -> dict[str, str]:
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             made[name] = f"not drawn: {exc}"
             continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        first = ax if hasattr(ax, "figure") else ax.flat[0]
+        fig = first.figure
+        if name == "intermediate.png":
+            first.set_xlabel("epoch")
+            legend = first.get_legend()
+            if legend is not None and len(legend.get_texts()) > MAX_LEGEND:  # one entry per trial: unreadable
+                legend.remove()
         fig.set_size_inches(8, 4.5)
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=110)
+        fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")  # "tight": a legend beside the axes is kept whole
         plt.close(fig)
         made[name] = "ok"
     return made
