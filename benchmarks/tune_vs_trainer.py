@@ -1,7 +1,7 @@
 """``ragtune tune`` vs the plain Optuna code a user writes around the Hugging Face ``Trainer``.
 
     python benchmarks/tune_vs_trainer.py --budget 3600 --threads 2          # the benchmark (2 x 1 hour)
-    python benchmarks/tune_vs_trainer.py --budget 1800 --threads 2          # 2 x 30 minutes
+    python benchmarks/tune_vs_trainer.py --budget 1500 --threads 2          # 2 x 25 minutes (the measured run)
     python benchmarks/tune_vs_trainer.py --budget 120 --steps 4 --max-length 32 --out /tmp/tune_smoke  # smoke
 
 Both systems search the same space of ``configs/seed_tune.yaml`` (BBC News, 3 classes: learning rate,
@@ -44,13 +44,19 @@ CONFIG = ROOT / "configs" / "seed_tune.yaml"
 DATA = ROOT.parent / "shared" / "data" / "bbc_news"
 
 
-def study_numbers(storage: str, study_name: str | None = None) -> dict:
-    """Best value, time to best (from the first trial's start) and trial counts of a stored study."""
+def load_only_study(storage: str):
+    """The (first) study stored at ``storage``."""
     import optuna
+
+    name = optuna.get_all_study_summaries(storage)[0].study_name
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def study_numbers(storage: str) -> dict:
+    """Best value, time to best (from the first trial's start) and trial counts of a stored study."""
     from optuna.trial import TrialState
 
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    study = optuna.load_study(study_name=study_name or names[0], storage=storage)
+    study = load_only_study(storage)
     trials = study.get_trials(deepcopy=False)
     start = min(t.datetime_start for t in trials if t.datetime_start)
     end = max(t.datetime_complete for t in trials if t.datetime_complete)
@@ -83,13 +89,10 @@ def run_ragtune(out: Path, overrides: list[str], threads: int | None) -> dict:
 def seed_config_result(storage: str) -> dict:
     """Trial 0 runs the config's own values (``tune.start_from_config``): the seed's configuration under the
     same budget. Its validation accuracy, and its test accuracy (evaluated here, after the study)."""
-    import optuna
-
     from ragtune.config import config_from_dict
     from ragtune.pipeline import evaluate_test_split
 
-    name = optuna.get_all_study_summaries(storage)[0].study_name
-    first = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)[0]
+    first = load_only_study(storage).get_trials(deepcopy=False)[0]
     cfg = config_from_dict(first.user_attrs["config"], "trial 0")
     test = evaluate_test_split(cfg, first.user_attrs["run_dir"])
     return {"params": first.params, "state": first.state.name, "validation_accuracy": first.value,

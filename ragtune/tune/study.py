@@ -144,7 +144,8 @@ def open_study(cfg: RunConfig, out_dir: Path, storage: str | None, study_name: s
     study.set_user_attr("ragtune_config", base)
     study.set_user_attr("metric", metric)
     if cfg.tune.start_from_config and cfg.tune.sampler != "grid":
-        start = {p.key: flatten(base)[p.key] for p in params}
+        flat = flatten(base)
+        start = {p.key: flat[p.key] for p in params}
         outside = [p.key for p in params if not p.contains(start[p.key])]
         if outside:
             log.info("tune: the config's own values of %s lie outside the space; the study starts from sampled values",
