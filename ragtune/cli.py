@@ -13,6 +13,9 @@
     ragtune eval-retrieval INDEX_DIR --questions SQUAD.json [-k 1 5 10 20] [--rerank RERANKER_DIR] [--candidates 20]
     ragtune train-reranker INDEX_DIR --questions SQUAD.json --out RERANKER_DIR [--base minilm] [--epochs 1]
                   [--negatives 3] [--batch-size 16] [--lr 2e-5] [--max-length 256] [--seed 0] [--overwrite]
+    ragtune serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--workers N] [--engine torch|onnx]
+    ragtune export RUN_DIR --format onnx [--quantize int8] --out DIR [--data FILE] [--overwrite]
+    ragtune explain RUN_DIR "text" [--target LABEL] [--out explanation.html] [--steps 32]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
 """
@@ -48,6 +51,10 @@ EPILOG = """examples:
   ragtune train-reranker indexes/squad --questions ../shared/data/squad_v1.1/dev-part1.json --out rerankers/squad
   ragtune retrieve indexes/squad "Which team won Super Bowl 50?" -k 3 --rerank rerankers/squad
   ragtune eval-retrieval indexes/squad --questions other.json --rerank rerankers/squad   # questions not trained on
+  ragtune serve runs/seed --port 8000                 # HTTP API + web page at http://127.0.0.1:8000/
+  ragtune export runs/seed --format onnx --quantize int8 --out exports/seed
+  ragtune serve exports/seed --engine onnx            # serve the int8 ONNX model
+  ragtune explain runs/seed "The chancellor cut interest rates" --out why.html
 """
 
 
@@ -121,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="where to write predictions (CSV; with --input)")
     p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column; `question` for a QA run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch: the run's PyTorch model; onnx: RUN_DIR is a `ragtune export` folder (default: torch)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("index", help="index corpus files for retrieval (BM25, dense or hybrid)",
@@ -186,6 +195,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the new head, shuffling, random negatives (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty RERANKER_DIR (once the new reranker is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("serve", help="serve a run, an ONNX export or an index over HTTP (FastAPI + uvicorn)",
+                       description="Serve PATH (a run directory, a `ragtune export` folder with --engine onnx, or "
+                                   "an index folder): POST /v1/predict, /v1/answer or /v1/retrieve (what fits), "
+                                   "GET /healthz, /metrics (Prometheus), /docs, /openapi.json, and a web page at /. "
+                                   "Batching and limits come from the run's serve: section; the flags override them.",
+                       epilog="examples:\n"
+                              "  ragtune serve runs/demo                       # http://127.0.0.1:8000/\n"
+                              "  RAGTUNE_API_KEY=s3cret ragtune serve runs/demo --host 0.0.0.0\n"
+                              "  curl -H 'Authorization: Bearer s3cret' -H 'Content-Type: application/json' \\\n"
+                              "       -d '{\"texts\": [\"Parliament passed the budget\"]}' http://127.0.0.1:8000/v1/predict\n"
+                              "  ragtune serve exports/demo --engine onnx --workers 2 --threads 1",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", metavar="RUN_DIR", help="a finished run, a `ragtune export` folder (--engine onnx) or an index folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="require this key on every /v1/* call (Authorization: Bearer KEY or X-API-Key: KEY); "
+                        "default: the RAGTUNE_API_KEY environment variable, else no key")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="server processes, each with its own copy of the model (default: 1)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch / ONNX Runtime threads per process (default: torch's default)")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch: the run's PyTorch model; onnx: a folder written by `ragtune export` (default: torch)")
+    p.add_argument("--max-batch-size", type=int, metavar="N", help="texts per forward pass (default: serve.max_batch_size, 32)")
+    p.add_argument("--max-batch-tokens", type=int, metavar="N",
+                   help="token slots per forward pass, 0 for no cap (default: serve.max_batch_tokens, 1024)")
+    p.add_argument("--max-wait-ms", type=float, metavar="MS", help="how long a text waits for a batch to fill (default: serve.max_wait_ms, 5)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("export", help="export a run to ONNX (optionally int8-quantised) and check it against PyTorch",
+                       description="Export a classification or regression run to ONNX with dynamic batch and "
+                                   "sequence axes, optionally quantise it to int8 (ONNX Runtime dynamic "
+                                   "quantisation), then run both engines on real inputs (the run's test split, or "
+                                   "--data) and print the max logit difference and the test metric before and after.",
+                       epilog="examples:\n"
+                              "  ragtune export runs/demo --format onnx --out exports/demo\n"
+                              "  ragtune export runs/demo --format onnx --quantize int8 --out exports/demo-int8\n"
+                              "  ragtune serve exports/demo-int8 --engine onnx",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a finished classification or regression run")
+    p.add_argument("--format", required=True, choices=["onnx"], help="export format")
+    p.add_argument("--quantize", choices=["int8"], help="also write an int8 model (dynamic quantisation of the weights) and serve that")
+    p.add_argument("--out", required=True, metavar="DIR", help="the export folder (new or empty; see --overwrite)")
+    p.add_argument("--data", metavar="FILE", help="labelled file to check on (default: the run's test split)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("explain", help="which tokens made the prediction: integrated gradients (Captum)",
+                       description="Attribute the prediction for TEXT to its tokens with layer integrated "
+                                   "gradients on the embeddings (Captum). Prints the explanation as JSON; with "
+                                   "--out also writes it as highlighted HTML and a PNG chart beside it. For "
+                                   "retrieval runs it lists the passages read, with their retrieval scores and "
+                                   "how much leaving each out changes the prediction.",
+                       epilog="examples:\n"
+                              "  ragtune explain runs/demo \"The central bank raised interest rates\"\n"
+                              "  ragtune explain runs/demo \"央行宣布降息\" --target economy --out why.html   # + why.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a finished classification or regression run")
+    p.add_argument("text", help="the text to explain")
+    p.add_argument("--target", metavar="LABEL", help="class to explain (default: the predicted one)")
+    p.add_argument("--steps", type=int, default=32, metavar="N", help="integration steps (default: 32; more is slower and more exact)")
+    p.add_argument("--out", metavar="FILE.html", help="write the highlighted text as HTML here, and a PNG chart beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --out files")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -336,8 +410,11 @@ def cmd_predict(args) -> int:
         raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
     cfg = _run_config(run_dir)
     if cfg.task == "qa":
+        if args.engine != "torch":
+            raise RagtuneError(f"{run_dir} is a task: qa run; --engine onnx runs `ragtune export` folders of "
+                               "classification and regression runs")
         return _predict_qa(args, run_dir, cfg)
-    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, engine=args.engine)
     if args.texts:
         for prediction in predictor.predict(args.texts):
             print(json.dumps(prediction, ensure_ascii=False))
@@ -484,9 +561,137 @@ def cmd_train_reranker(args) -> int:
     return 0
 
 
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from ragtune.serve.server import run_server
+
+    if args.workers < 1:
+        raise RagtuneError(f"--workers must be at least 1 (got {args.workers})")
+    if args.threads is not None and args.threads < 1:
+        raise RagtuneError(f"--threads must be at least 1 (got {args.threads})")
+    if not 0 <= args.port <= 65535:
+        raise RagtuneError(f"--port must be 0-65535 (got {args.port})")
+    overrides = {}
+    if args.max_batch_size is not None:
+        if args.max_batch_size < 1:
+            raise RagtuneError(f"--max-batch-size must be at least 1 (got {args.max_batch_size})")
+        overrides["max_batch_size"] = args.max_batch_size
+    if args.max_batch_tokens is not None:
+        if args.max_batch_tokens < 0:
+            raise RagtuneError(f"--max-batch-tokens must be 0 (no cap) or more (got {args.max_batch_tokens})")
+        overrides["max_batch_tokens"] = args.max_batch_tokens or None
+    if args.max_wait_ms is not None:
+        if args.max_wait_ms < 0:
+            raise RagtuneError(f"--max-wait-ms must be 0 or more (got {args.max_wait_ms})")
+        overrides["max_wait_ms"] = args.max_wait_ms
+    api_key = args.api_key or os.environ.get("RAGTUNE_API_KEY") or None
+    run_server(args.path, host=args.host, port=args.port, engine=args.engine, api_key=api_key,
+               workers=args.workers, threads=args.threads, overrides=overrides, log_level=args.log_level)
+    return 0
+
+
+def _check_data(run_dir: Path, cfg, data_file: str | None, labels: list[str]):
+    """``(texts, targets, what)`` to check an export on: ``--data``, else the run's test split."""
+    if data_file:
+        from ragtune.data.prepare import load_eval_file
+
+        df = load_eval_file(data_file, cfg, labels)
+        return df.text.tolist(), df.label.tolist(), data_file
+    from ragtune.data.prepare import prepare_data
+
+    try:
+        data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
+    except RagtuneError as exc:
+        raise RagtuneError(f"cannot prepare the run's test split to check the export ({exc}); "
+                           "give a labelled file with --data FILE") from exc
+    if not len(data.test):
+        raise RagtuneError(f"{run_dir}: the run has no test split to check the export on; give --data FILE")
+    return data.test.text.tolist(), data.test.label.tolist(), "the run's test split"
+
+
+def cmd_export(args) -> int:
+    from ragtune.export.onnx import compare_engines, export_onnx
+    from ragtune.predictor import Predictor
+
+    run_dir, out = Path(args.run_dir), Path(args.out)
+    cfg = _run_config(run_dir)
+    if cfg.task == "qa":
+        raise RagtuneError(f"{run_dir} is a task: qa run; `ragtune export` exports classification and regression runs "
+                           "(the reader is in Hugging Face format in RUN_DIR/reader for other tools)")
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise RagtuneError(f"--out {out} is inside the run directory {run_dir}; export to a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise RagtuneError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise RagtuneError(f"--out {out} exists and is not empty; choose another folder or add --overwrite")
+    torch_predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    texts, targets, what = _check_data(run_dir, cfg, args.data, torch_predictor.labels)  # before writing anything
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        info = export_onnx(torch_predictor, staging, quantize=args.quantize, source=str(run_dir))
+        shutil.copy2(run_dir / "config.yaml", staging / "config.yaml")  # the serve: settings travel along
+        onnx_predictor = Predictor.from_run_dir(staging, batch_size=cfg.eval.batch_size, engine="onnx")
+        report = compare_engines(torch_predictor, onnx_predictor, texts, targets)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (staging / "check.json").write_text(json.dumps({"checked_on": what, **report}, indent=2), encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    metric = "accuracy" if cfg.task == "classification" else "mse"
+    before, after = report.get(f"{metric}_reference"), report.get(f"{metric}_candidate")
+    print(f"exported {info['model_file']} ({info.get('quantize') or 'fp32'}) to {out}")
+    print(f"checked on {what} ({report.get('n', len(texts))} texts): max |logit difference| vs PyTorch "
+          f"{report['max_abs_diff']:.3g}" + (f", predictions agree on {report['agreement']:.2%}" if "agreement" in report else ""))
+    if before is not None:
+        print(f"test {metric}: PyTorch {before:.4f} -> ONNX {after:.4f}")
+    print(f"serve it: ragtune serve {out} --engine onnx")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from ragtune.explain import explain, to_html, to_png
+    from ragtune.predictor import Predictor
+
+    run_dir = Path(args.run_dir)
+    cfg = _run_config(run_dir)
+    if cfg.task == "qa":
+        raise RagtuneError(f"{run_dir} is a task: qa run; `ragtune explain` explains classification and regression runs")
+    if args.steps < 1:
+        raise RagtuneError(f"--steps must be at least 1 (got {args.steps})")
+    html_path = png_path = None
+    if args.out:
+        html_path = Path(args.out)
+        png_path = html_path.with_suffix(".png")
+        for path in (html_path, png_path):
+            if path.is_dir():
+                raise RagtuneError(f"--out: {path} is a folder; give a file name such as explanation.html")
+            if path.exists() and not args.overwrite:
+                raise RagtuneError(f"{path} exists; add --overwrite to replace it")
+    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    result = explain(predictor, args.text, target=args.target, n_steps=args.steps)
+    if html_path is not None:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = html_path.with_name(html_path.name + ".tmp")
+        tmp.write_text(to_html(result), encoding="utf-8")
+        tmp.replace(html_path)
+        to_png(result, png_path)
+        print(f"wrote {html_path} and {png_path}", file=sys.stderr)
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
             "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval,
-            "train-reranker": cmd_train_reranker, "tune": cmd_tune}
+            "train-reranker": cmd_train_reranker, "tune": cmd_tune, "serve": cmd_serve, "export": cmd_export,
+            "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

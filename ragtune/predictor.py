@@ -11,6 +11,13 @@ go through this class, so a model scores the same way everywhere::
 A run directory holds ``model.json`` (task, labels, model sizes, target scaling), ``tokenizer.json``
 and ``model.safetensors``; a ``model.backbone: hf`` run holds its weights in Hugging Face format in
 ``hf_model/`` instead, loaded through :func:`ragtune.models.hf.load_hf_classifier`.
+
+Two engines run the forward pass (``from_run_dir(..., engine=...)``): ``torch`` (the default) loads a
+run directory; ``onnx`` loads a folder written by ``ragtune export RUN_DIR --format onnx --out DIR``
+(:func:`ragtune.export.onnx.export_onnx`) and runs the graph in onnxruntime. Tokenization, retrieval,
+batching and the output format are the same for both::
+
+    p = Predictor.from_run_dir("exports/demo", engine="onnx")
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from ragtune.train.checkpoint import load_weights
 from ragtune.train.loop import compute_loss
 
 MODEL_META = "model.json"
+ENGINES = ("torch", "onnx")
+EXPORT_META = "export.json"  # in a folder written by ragtune.export.onnx.export_onnx
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
 HF_MODEL_DIR = "hf_model"  # model.backbone: hf — the fine-tuned model in Hugging Face format
@@ -47,6 +56,17 @@ def _load_retriever(run_dir: Path, meta: dict):
 
     labels = read_neighbour_labels(run_dir / r["labels"]) if r.get("labels") else None
     return ContextRetriever(load_index(index_folder(run_dir, r["index"])), int(r["top_k"]), r["separator"], labels)
+
+
+def _read_tokenizer_file(path: Path):
+    """A ``tokenizers.Tokenizer`` from ``path`` (any pretrained tokenizer.json), or a RagtuneError."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a plain Exception for bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RagtuneError(f"{path}: not a valid tokenizer file ({reason}); export the run again") from None
 
 
 def _is_adapter(meta: dict) -> bool:
@@ -78,10 +98,19 @@ class Predictor:
             (how long texts are cut, as in training; ``head`` when absent), ``target_mean``/``target_std``
             (regression: the model predicts standardised targets).
         batch_size: texts per forward pass.
+        max_batch_tokens: if set, a forward pass also holds at most this many token slots (texts ×
+            the longest one's length, padding included; a longer text still runs, alone). On a CPU,
+            long texts run faster in small batches that stay in cache (the server sets it from
+            ``serve.max_batch_tokens``); short texts still fill ``batch_size``.
+        retriever: the ContextRetriever of a retrieval-augmented run, else None.
+        engine: what runs the forward pass: ``torch`` (``model`` is a torch module) or ``onnx``
+            (``model`` is a :class:`ragtune.export.onnx.OnnxSequenceModel`).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, meta: dict, batch_size: int = 64, retriever=None):
+    def __init__(self, model: torch.nn.Module, tokenizer, meta: dict, batch_size: int = 64, retriever=None,
+                 engine: str = "torch"):
         self.model = model
+        self.engine = engine
         self.retriever = retriever  # retrieval.top_k > 0: a ContextRetriever (ragtune/retrieval/augment.py)
         self.tokenizer = tokenizer
         self.meta = meta
@@ -89,13 +118,25 @@ class Predictor:
         self.labels: list[str] = list(meta.get("labels", []))
         self.max_length = int(meta["max_length"])
         self.batch_size = batch_size
+        self.max_batch_tokens: int | None = None
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64) -> Predictor:
-        """Load a finished run. A folder that is not a run gets a RagtuneError naming what is missing."""
+    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64, engine: str = "torch") -> Predictor:
+        """Load a finished run. A folder that is not a run gets a RagtuneError naming what is missing.
+
+        ``engine="onnx"``: ``run_dir`` is a folder written by ``ragtune export RUN_DIR --format onnx``
+        (it holds ``export.json``); its ``model_file`` runs in onnxruntime.
+        """
+        if engine not in ENGINES:
+            raise RagtuneError(f"unknown engine {engine!r}; valid choices: {list(ENGINES)}")
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
-            raise RagtuneError(f"run directory not found: {run_dir}")
+            raise RagtuneError(f"{'export' if engine == 'onnx' else 'run'} directory not found: {run_dir}")
+        if engine == "onnx":
+            return cls._from_onnx_export(run_dir, batch_size)
+        if (run_dir / EXPORT_META).exists() and not (run_dir / WEIGHTS_FILE).exists():
+            raise RagtuneError(f"{run_dir} is an ONNX export, not a run directory; load it with engine onnx "
+                               "(--engine onnx)")
         meta = json.loads((run_dir / MODEL_META).read_text(encoding="utf-8")) if (run_dir / MODEL_META).exists() else None
         missing = [n for n in _required_files(meta) if not (run_dir / n).exists()]
         if missing:
@@ -123,6 +164,36 @@ class Predictor:
         model.eval()
         return cls(model, load_tokenizer(run_dir / TOKENIZER_FILE), meta, batch_size, _load_retriever(run_dir, meta))
 
+    @classmethod
+    def _from_onnx_export(cls, export_dir: Path, batch_size: int) -> Predictor:
+        """``engine="onnx"``: the folder ``export_onnx`` wrote, its graph in an onnxruntime session."""
+        if not (export_dir / EXPORT_META).exists():
+            raise RagtuneError(f"{export_dir} is not an ONNX export (no {EXPORT_META}); export the run first: "
+                               f"ragtune export RUN_DIR --format onnx --out DIR, then load DIR with engine onnx")
+        try:
+            info = json.loads((export_dir / EXPORT_META).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RagtuneError(f"{export_dir / EXPORT_META}: not valid JSON ({exc.msg}); "
+                               "export the run again") from None
+        if not isinstance(info, dict) or info.get("format") != "onnx" or not isinstance(info.get("model_file"), str):
+            raise RagtuneError(f"{export_dir / EXPORT_META}: not an ONNX export (format onnx and model_file expected)")
+        if Path(info["model_file"]).name != info["model_file"]:  # a file of the export folder, nothing outside it
+            raise RagtuneError(f"{export_dir / EXPORT_META}: model_file must name a file in the folder, "
+                               f"got {info['model_file']!r}")
+        missing = [n for n in (MODEL_META, TOKENIZER_FILE, info["model_file"]) if not (export_dir / n).exists()]
+        if missing:
+            raise RagtuneError(f"{export_dir} is an incomplete ONNX export: missing {', '.join(missing)}; "
+                               "export the run again")
+        from ragtune.export.onnx import OnnxSequenceModel
+
+        meta = json.loads((export_dir / MODEL_META).read_text(encoding="utf-8"))
+        if meta.get("backbone") == "hf":  # the pretrained tokenizer: its pad id need not be 0
+            tokenizer = _read_tokenizer_file(export_dir / TOKENIZER_FILE)
+        else:
+            tokenizer = load_tokenizer(export_dir / TOKENIZER_FILE)
+        model = OnnxSequenceModel(export_dir / info["model_file"], meta["task"], pad_id=pad_id(meta))
+        return cls(model, tokenizer, meta, batch_size, _load_retriever(export_dir, meta), engine="onnx")
+
     # -- raw model outputs -------------------------------------------------------------------------
     @torch.no_grad()
     def outputs(self, texts: Sequence[str]) -> np.ndarray:
@@ -138,8 +209,7 @@ class Predictor:
                          self.meta.get("head_tokens"))
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
         out: list[np.ndarray | None] = [None] * len(ids)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        for chunk in self._chunks(order, [len(x) for x in ids]):
             input_ids, mask = pad_batch([ids[i] for i in chunk], pad_id(self.meta))
             result = self.model(input_ids, mask).float().numpy()
             for row, i in enumerate(chunk):
@@ -148,6 +218,20 @@ class Predictor:
         if not ids:
             return np.zeros((0, len(self.labels)) if self.task == "classification" else (0,), dtype=np.float32)
         return np.stack(out)
+
+    def _chunks(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """``order`` (indices sorted by length) cut into batches of at most ``batch_size`` texts and, when
+        ``max_batch_tokens`` is set, at most that many padded token slots."""
+        chunks: list[list[int]] = []
+        for i in order:
+            chunk = chunks[-1] if chunks else None
+            fits = chunk is not None and len(chunk) < self.batch_size and (
+                self.max_batch_tokens is None or (len(chunk) + 1) * lengths[i] <= self.max_batch_tokens)
+            if fits:
+                chunk.append(i)
+            else:
+                chunks.append([i])
+        return chunks
 
     # -- predictions -------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str]) -> list[dict]:

