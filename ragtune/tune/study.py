@@ -282,13 +282,31 @@ def optimize(study, cfg: RunConfig, params: list[Param], out_dir: Path, config_p
         bar.close()
 
 
+WORKER_INDEX_ENV = "RAGTUNE_TUNE_WORKER_INDEX"  # set by _spawn_workers: 0, 1, ... per local worker process
+
+
+def _wait_for_queued_trials(study, timeout_s: float = 120.0) -> None:
+    """Let worker 0 take the enqueued trials (the config's own values) before this worker starts.
+
+    Optuna hands a queued trial to a process by reading it as WAITING and setting it RUNNING in one
+    ``SELECT ... FOR UPDATE`` transaction; SQLite ignores ``FOR UPDATE``, so two local workers that
+    start together can both take the same queued trial and run it twice. Only worker 0 takes queued
+    trials; the others wait until none is left (or ``timeout_s``). Workers on other machines share a
+    server database (PostgreSQL, MySQL), whose row locks make this unnecessary.
+    """
+    deadline = time.monotonic() + timeout_s
+    while counts_of(study)["waiting"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def _spawn_workers(args_for_worker: list[str], workers: int, threads: int, progress: bool, study, trials: int) -> None:
     """``workers`` processes of ``ragtune tune --worker`` on this machine; waits while showing progress."""
     from tqdm.auto import tqdm
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    procs = [subprocess.Popen([sys.executable, "-m", "ragtune", "tune", *args_for_worker, "--worker"], env=env)
-             for _ in range(workers)]
+    procs = [subprocess.Popen([sys.executable, "-m", "ragtune", "tune", *args_for_worker, "--worker"],
+                              env={**env, WORKER_INDEX_ENV: str(i)})
+             for i in range(workers)]
     bar = tqdm(total=trials, desc="tune", unit="trial", disable=not progress, dynamic_ncols=True)
     try:
         while any(p.poll() is None for p in procs):
@@ -335,6 +353,8 @@ def tune(cfg: RunConfig, out_dir: str | Path, *, config_path: str | Path | None 
     if not worker:
         shared_tokenizer(cfg, params, out_dir)
     if worker:
+        if int(os.environ.get(WORKER_INDEX_ENV, "0")) > 0:
+            _wait_for_queued_trials(study)
         optimize(study, cfg, params, out_dir, config_path, trials, timeout_s, progress=False)
         return None
     if workers > 1:
