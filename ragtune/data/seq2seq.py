@@ -1,0 +1,219 @@
+"""Reading data for translation (source → target pairs) and text generation (prompt → response).
+
+Translation data comes in one of two shapes::
+
+    read_pairs("data/train.tsv", source_column="en", target_column="de")      # one table, two columns
+    read_pairs({"source": "data/train.en", "target": "data/train.de"})        # two line-aligned text files
+
+Both return a :class:`pandas.DataFrame` with the columns ``source`` and ``target`` (strings, index
+0..n-1, file order); ``list(zip(df.source, df.target))`` gives the pairs.
+
+Generation data is a table with a prompt and a response column, or with one text column whose
+texts the model learns to write from nothing (the prompt is then ``""``); a ``.txt`` file is one
+text per line::
+
+    read_generation("data/qa.jsonl", prompt_column="question", response_column="answer")
+    read_generation("data/poems.csv", text_column="poem")
+    read_generation("data/poems.txt")
+
+Both return a DataFrame with the columns ``prompt`` and ``response``.
+
+Rules (every problem is a :class:`~ragtune.errors.RagtuneError` naming the file):
+
+* Tables are read by :func:`ragtune.data.io.read_table` (CSV, TSV, JSONL, Parquet: UTF-8, empty files
+  are errors, ...). Rows are numbered from 1, header not counted.
+* Text files must be UTF-8 (a byte-order mark is dropped); lines end with ``\\n`` or ``\\r\\n``, and
+  only those split lines (a form feed or U+2028 inside a sentence does not shift the alignment).
+  A final newline does not make an extra line. Two files of a pair must have the same number of
+  lines; the error names both files and both counts.
+* Leading and trailing whitespace of each text is removed. A translation pair needs text on both
+  sides and a generation example needs a response: an empty one is an error naming the file and the
+  row (table) or line (text file). Prompts may be empty.
+* A missing cell (JSONL ``null``, Parquet null) counts as empty; numbers become their text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from ragtune.data.io import EXTENSIONS, _check_file, _read_text, read_table
+from ragtune.errors import RagtuneError
+
+__all__ = ["read_generation", "read_lines", "read_pairs"]
+
+_TEXT_EXTENSIONS = (".txt", ".text")
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file, each stripped of surrounding whitespace (blank lines kept as ``""``).
+
+    Only ``\\n`` (with an optional ``\\r`` before it) ends a line, and a final newline does not add an
+    empty line. An empty file, or one that is not UTF-8, is an error naming it.
+    """
+    path = Path(path)
+    _check_file(path)
+    text = _read_text(path)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+def _column_error(path, role: str, column: str, existing: list[str], hint: str) -> RagtuneError:
+    lowered = {c.lower().strip(): c for c in existing}
+    close = (
+        [lowered[column.lower().strip()]]
+        if column.lower().strip() in lowered
+        else difflib.get_close_matches(column, existing, n=1, cutoff=0.6)
+    )
+    maybe = f" (did you mean '{close[0]}'?)" if close else ""
+    shown = ", ".join(f"'{c}'" for c in existing)
+    return RagtuneError(
+        f"{path}: no {role} column '{column}'{maybe}; the file has columns: {shown} ({hint})"
+    )
+
+
+def _read_columns(
+    path: Path, columns: dict[str, str], fmt: str, max_rows: int | None, hint: str
+) -> pd.DataFrame:
+    """Read a table and return the given columns renamed ``{role: column}`` -> role, as stripped strings."""
+    if fmt == "auto" and path.suffix.lower() not in EXTENSIONS:
+        _check_file(path)
+        raise RagtuneError(
+            f"{path}: cannot tell the table format from extension '{path.suffix}'; supported extensions: "
+            f"{', '.join(EXTENSIONS)} ({hint})"
+        )
+    df = read_table(path, fmt=fmt, max_rows=max_rows)
+    existing = [str(c) for c in df.columns]
+    for role, column in columns.items():
+        if column not in existing:
+            raise _column_error(path, role, column, existing, hint)
+    return pd.DataFrame({role: [_cell(v) for v in df[column].tolist()] for role, column in columns.items()})
+
+
+def _first_empty(values: list[str]) -> int | None:
+    for i, value in enumerate(values):
+        if not value:
+            return i
+    return None
+
+
+def read_pairs(
+    spec: str | Path | Mapping[str, str | Path],
+    source_column: str = "source",
+    target_column: str = "target",
+    fmt: str = "auto",
+    max_rows: int | None = None,
+) -> pd.DataFrame:
+    """Read translation pairs into a DataFrame with columns ``source`` and ``target``.
+
+    ``spec`` is either the path of one table (CSV, TSV, JSONL, Parquet; ``fmt`` as in
+    :func:`~ragtune.data.io.read_table`) whose ``source_column`` and ``target_column`` hold the
+    texts, or a mapping ``{"source": path, "target": path}`` of two line-aligned UTF-8 text files
+    (line *i* of the target file translates line *i* of the source file; the column arguments and
+    ``fmt`` are then unused). ``max_rows`` keeps the first that many pairs (the line counts of two
+    text files are still checked on the whole files).
+    """
+    if max_rows is not None and max_rows <= 0:
+        raise RagtuneError(f"max_rows must be positive (got {max_rows})")
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(map(str, spec)) - {"source", "target"})
+        missing = [k for k in ("source", "target") if k not in spec]
+        if unknown or missing:
+            raise RagtuneError(
+                "two-file translation data needs exactly the keys 'source' and 'target' "
+                f"(e.g. {{source: train.en, target: train.de}}); got keys: {', '.join(map(str, spec)) or 'none'}"
+            )
+        src_path, tgt_path = Path(spec["source"]), Path(spec["target"])
+        src, tgt = read_lines(src_path), read_lines(tgt_path)
+        if len(src) != len(tgt):
+            raise RagtuneError(
+                f"the source and target files are not line-aligned: {src_path} has {len(src)} lines but "
+                f"{tgt_path} has {len(tgt)} lines (line i of one must translate line i of the other)"
+            )
+        for side, lines, path in (("source", src, src_path), ("target", tgt, tgt_path)):
+            bad = _first_empty(lines)
+            if bad is not None:
+                raise RagtuneError(
+                    f"{path}: line {bad + 1} is empty; every {side} line needs text (the pair at that line "
+                    "cannot be learned; remove the line from both files)"
+                )
+        frame = pd.DataFrame({"source": src, "target": tgt})
+        return frame if max_rows is None else frame.iloc[:max_rows].reset_index(drop=True)
+
+    path = Path(spec)
+    if source_column == target_column:
+        raise RagtuneError(f"source_column and target_column are both '{source_column}'; they must differ")
+    hint = (
+        "choose source_column / target_column from these; for two line-aligned text files give "
+        "{source: a.en, target: a.de}"
+    )
+    frame = _read_columns(path, {"source": source_column, "target": target_column}, fmt, max_rows, hint)
+    for side, column in (("source", source_column), ("target", target_column)):
+        bad = _first_empty(frame[side].tolist())
+        if bad is not None:
+            raise RagtuneError(
+                f"{path}: row {bad + 1} (1-based, header not counted) has an empty {side} text in column "
+                f"'{column}'; every pair needs text on both sides"
+            )
+    return frame
+
+
+def read_generation(
+    path: str | Path,
+    prompt_column: str = "prompt",
+    response_column: str = "response",
+    text_column: str | None = None,
+    fmt: str = "auto",
+    max_rows: int | None = None,
+) -> pd.DataFrame:
+    """Read generation examples into a DataFrame with columns ``prompt`` and ``response``.
+
+    With ``text_column`` set, each text of that column is a response to an empty prompt (the model
+    learns to continue / write such texts); otherwise ``prompt_column`` and ``response_column`` are
+    read. A ``.txt`` / ``.text`` file (with ``fmt="auto"``) is one text per line, blank lines
+    skipped, read like a ``text_column``. Prompts may be empty; responses may not.
+    """
+    path = Path(path)
+    if max_rows is not None and max_rows <= 0:
+        raise RagtuneError(f"max_rows must be positive (got {max_rows})")
+    if fmt == "auto" and path.suffix.lower() in _TEXT_EXTENSIONS:
+        texts = [line for line in read_lines(path) if line]
+        if not texts:
+            raise RagtuneError(f"{path}: the file is empty (only blank lines)")
+        if max_rows is not None:
+            texts = texts[:max_rows]
+        return pd.DataFrame({"prompt": [""] * len(texts), "response": texts})
+
+    if text_column is not None:
+        hint = "choose text_column from these"
+        frame = _read_columns(path, {"text": text_column}, fmt, max_rows, hint)
+        bad = _first_empty(frame["text"].tolist())
+        if bad is not None:
+            raise RagtuneError(
+                f"{path}: row {bad + 1} (1-based, header not counted) has an empty text in column '{text_column}'"
+            )
+        return pd.DataFrame({"prompt": [""] * len(frame), "response": frame["text"].tolist()})
+
+    if prompt_column == response_column:
+        raise RagtuneError(f"prompt_column and response_column are both '{prompt_column}'; they must differ")
+    hint = "choose prompt_column / response_column from these, or set text_column to continue plain texts"
+    frame = _read_columns(path, {"prompt": prompt_column, "response": response_column}, fmt, max_rows, hint)
+    bad = _first_empty(frame["response"].tolist())
+    if bad is not None:
+        raise RagtuneError(
+            f"{path}: row {bad + 1} (1-based, header not counted) has an empty response in column "
+            f"'{response_column}'; every example needs a response"
+        )
+    return frame

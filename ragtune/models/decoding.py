@@ -1,0 +1,363 @@
+"""Generating token ids with the encoder-decoder and the decoder-only models: greedy, beam search, sampling.
+
+The common interface is a *stepper*, one per batch of inputs: called with the tokens generated
+so far, ``step(generated (N, t)) -> logits (N, V)`` for token t + 1 of every row. It owns the
+model-specific part (the encoder memory and ``<s>`` of a seq2seq model, the prompt of a language
+model, the key/value cache) and has two more methods: ``reset()`` (back to the B input rows and an
+empty cache; every decoding function calls it first, so one stepper serves many calls) and
+``reorder(index)`` (keep rows ``index``: beam search expands each input to K rows and follows the
+surviving beams). :class:`Seq2SeqStepper` and :class:`CausalLMStepper` are the two adapters; any
+object with the same attributes works (``batch_size``, ``max_new_tokens``, ``eos_id``,
+``pad_id``, ``banned_ids``, ``device``).
+
+All functions return one list of token ids per input, without ``<s>``, ``</s>`` or padding, and stop
+a row at ``</s>`` (or after ``max_new_tokens``). ``min_new_tokens`` forbids ``</s>`` until that many
+tokens have been generated, so ``min_new_tokens=max_new_tokens=N`` forces every output to exactly N
+tokens (e.g. to compare systems at the same output length). The ids in ``banned_ids`` (``<s>`` and
+padding) are never generated. Put the model in ``eval()`` mode first: the steppers do not change it
+(dropout left on makes every decoding random).
+
+* :func:`greedy` takes the most probable token at every step.
+* :func:`beam_search` keeps the ``beam_size`` best partial outputs of each input by total
+  log-probability. A finished beam (``</s>``) stays in the beam, extended by padding at no cost.
+  At the end the best of the K is chosen by ``score / lp(len)`` with the GNMT length penalty
+  ``lp(len) = ((5 + len) / 6) ** length_penalty`` (Wu et al. 2016), ``len`` counting the generated
+  tokens including ``</s>``. ``length_penalty=0`` (default) ranks by raw log-probability; larger
+  values favour longer outputs. With ``beam_size=1`` it is greedy decoding.
+* :func:`sample` draws each token from the softmax of ``logits / temperature``, restricted to the
+  ``top_k`` most probable tokens and/or the smallest set of tokens whose probability reaches
+  ``top_p`` (nucleus sampling, Holtzman et al. 2020). The random numbers come from a
+  ``torch.Generator`` seeded with ``seed``: same seed, same outputs. ``top_k=1`` is greedy.
+* :func:`score_sequences` is the model's log-probability of given outputs (teacher forcing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ragtune.errors import RagtuneError
+from ragtune.models.seq2seq import TransformerForSeq2Seq, pad_batch
+
+__all__ = [
+    "CausalLMStepper",
+    "Seq2SeqStepper",
+    "Stepper",
+    "beam_search",
+    "greedy",
+    "length_penalty_factor",
+    "sample",
+    "score_sequences",
+]
+
+
+class Stepper(Protocol):
+    """What the decoding functions need from a model (see the module docstring)."""
+
+    batch_size: int  # number of inputs B
+    max_new_tokens: int  # most tokens the model can generate (its max_length minus the prefix)
+    eos_id: int
+    pad_id: int  # fills the rows that have finished
+    banned_ids: list[int]  # never generated (<s>, padding)
+    device: torch.device
+
+    def reset(self) -> None: ...
+
+    def reorder(self, index: torch.Tensor) -> None: ...
+
+    def __call__(self, generated: torch.Tensor) -> torch.Tensor: ...
+
+
+class Seq2SeqStepper:
+    """Stepper of a :class:`~ragtune.models.seq2seq.TransformerForSeq2Seq` for a batch of sources.
+
+    The sources are encoded once; the decoder input of row i is ``<s>`` + its generated tokens.
+    ``use_cache=False`` re-runs the decoder on the whole prefix at every step (a reference for tests).
+    """
+
+    def __init__(
+        self,
+        model: TransformerForSeq2Seq,
+        src_ids: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        config = model.config
+        self.model = model
+        self.use_cache = use_cache
+        self.eos_id, self.bos_id = config.eos_id, config.bos_id
+        self.pad_id = config.pad_id
+        self.banned_ids = [config.bos_id, config.pad_id]
+        self.batch_size = src_ids.shape[0]
+        self.max_new_tokens = config.max_length - 1  # position 0 holds <s>
+        self.device = src_ids.device
+        if src_mask is None:
+            src_mask = (src_ids != config.pad_id).long()  # (B, S)
+        with torch.no_grad():
+            self._memory0 = model.encode(src_ids, src_mask)  # (B, S, d_model)
+        self._mask0 = src_mask
+        self.reset()
+
+    def reset(self) -> None:
+        self.memory, self.src_mask = self._memory0, self._mask0
+        self.cache = self.model.new_cache() if self.use_cache else None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.memory = self.memory.index_select(0, index)  # (N, S, d_model)
+        self.src_mask = self.src_mask.index_select(0, index)  # (N, S)
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+    @torch.no_grad()
+    def __call__(self, generated: torch.Tensor) -> torch.Tensor:
+        N = generated.shape[0]
+        bos = torch.full((N, 1), self.bos_id, dtype=torch.long, device=generated.device)
+        prefix = torch.cat([bos, generated], dim=1)  # (N, 1+t)
+        if self.cache is None:
+            logits = self.model.decode(self.memory, self.src_mask, prefix)  # (N, 1+t, V)
+        else:
+            new = prefix[:, self.cache.length:]  # (N, tokens not fed yet)
+            logits = self.model.decode(self.memory, self.src_mask, new, self.cache)  # (N, new, V)
+        return logits[:, -1].float()  # (N, V)
+
+
+class CausalLMStepper:
+    """Stepper of a :class:`~ragtune.models.decoder.TransformerForCausalLM` for a batch of prompts.
+
+    ``prompts``: one non-empty list of ids per row (include ``<s>`` if the model was trained with
+    it). They are left-padded into one batch; the model gives each row its own positions.
+    """
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], use_cache: bool = True) -> None:
+        config = model.config
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise RagtuneError("CausalLMStepper: every prompt needs at least one token")
+        self.model = model
+        self.use_cache = use_cache
+        self.eos_id = config.eos_id
+        self.pad_id = config.pad_id
+        self.banned_ids = [config.bos_id, config.pad_id]
+        self.device = next(model.parameters()).device
+        self.prompt_ids, self.prompt_mask = pad_batch(prompts, config.pad_id, left=True, device=self.device)  # (B, P)
+        self.batch_size = len(prompts)
+        self.max_new_tokens = config.max_length - self.prompt_ids.shape[1]
+        if self.max_new_tokens < 1:
+            raise RagtuneError(
+                f"the longest prompt has {self.prompt_ids.shape[1]} tokens: no room left to generate "
+                f"within max_length={config.max_length}"
+            )
+        self.reset()
+
+    def reset(self) -> None:
+        self.ids, self.mask = self.prompt_ids, self.prompt_mask
+        self.cache = self.model.new_cache() if self.use_cache else None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.ids = self.ids.index_select(0, index)  # (N, P)
+        self.mask = self.mask.index_select(0, index)  # (N, P)
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+    @torch.no_grad()
+    def __call__(self, generated: torch.Tensor) -> torch.Tensor:
+        ids = torch.cat([self.ids, generated], dim=1)  # (N, P+t)
+        mask = torch.cat([self.mask, torch.ones_like(generated)], dim=1)  # (N, P+t)
+        if self.cache is None:
+            logits = self.model(ids, mask)  # (N, P+t, V)
+        else:
+            done = self.cache.length
+            logits = self.model(ids[:, done:], mask[:, done:], self.cache)  # (N, new, V)
+        return logits[:, -1].float()  # (N, V)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _limits(step: Stepper, max_new_tokens: int | None, min_new_tokens: int) -> int:
+    """Reset the stepper; the number of steps to run, after checking the length options."""
+    limit = step.max_new_tokens if max_new_tokens is None else max_new_tokens
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise RagtuneError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if limit > step.max_new_tokens:
+        raise RagtuneError(
+            f"max_new_tokens={limit} does not fit: the model can generate at most {step.max_new_tokens} "
+            "tokens here (its max_length minus the prefix)"
+        )
+    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or not 0 <= min_new_tokens <= limit:
+        raise RagtuneError(f"min_new_tokens must be an integer in [0, max_new_tokens={limit}], got {min_new_tokens!r}")
+    step.reset()
+    return limit
+
+
+def _log_probs(step: Stepper, generated: torch.Tensor, t: int, min_new_tokens: int) -> torch.Tensor:
+    """log p(next token) (N, V) with the banned ids (and </s> before ``min_new_tokens``) at -inf.
+
+    The log-softmax is taken *before* the ban, so the values are the model's own log-probabilities
+    (what :func:`score_sequences` computes), not renormalised over the allowed tokens.
+    """
+    logp = F.log_softmax(step(generated), dim=-1)  # (N, V)
+    logp[:, step.banned_ids] = float("-inf")
+    if t < min_new_tokens:
+        logp[:, step.eos_id] = float("-inf")
+    return logp
+
+
+def _strip(generated: torch.Tensor, eos_id: int, banned: Sequence[int]) -> list[list[int]]:
+    """Rows of (N, t) ids -> lists cut at the first </s>, without </s> and padding."""
+    out = []
+    for row in generated.tolist():
+        if eos_id in row:
+            row = row[: row.index(eos_id)]
+        out.append([i for i in row if i not in banned])
+    return out
+
+
+def _run(
+    step: Stepper,
+    choose: Callable[[torch.Tensor], torch.Tensor],
+    max_new_tokens: int | None,
+    min_new_tokens: int,
+) -> list[list[int]]:
+    """One token per row per step, chosen by ``choose(log_probs (B, V)) -> (B,)``; finished rows get padding."""
+    limit = _limits(step, max_new_tokens, min_new_tokens)
+    pad = step.pad_id
+    generated = torch.empty((step.batch_size, 0), dtype=torch.long, device=step.device)  # (B, 0)
+    done = torch.zeros(step.batch_size, dtype=torch.bool, device=step.device)  # (B,)
+    for t in range(limit):
+        nxt = choose(_log_probs(step, generated, t, min_new_tokens))  # (B,)
+        nxt = nxt.masked_fill(done, pad)
+        generated = torch.cat([generated, nxt[:, None]], dim=1)  # (B, t+1)
+        done |= nxt == step.eos_id
+        if bool(done.all()):
+            break
+    return _strip(generated, step.eos_id, step.banned_ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding strategies
+# ----------------------------------------------------------------------------------------------
+
+
+def greedy(step: Stepper, max_new_tokens: int | None = None, min_new_tokens: int = 0) -> list[list[int]]:
+    """The most probable token at every step, for every input."""
+    return _run(step, lambda logp: logp.argmax(dim=-1), max_new_tokens, min_new_tokens)
+
+
+def sample(
+    step: Stepper,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int = 0,
+) -> list[list[int]]:
+    """Random tokens from the (temperature-scaled, top-k/top-p-truncated) distribution; reproducible by ``seed``."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise RagtuneError(f"temperature must be a positive number, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise RagtuneError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise RagtuneError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
+    generator = torch.Generator(device=step.device).manual_seed(seed)
+
+    def choose(logp: torch.Tensor) -> torch.Tensor:
+        logits = logp / temperature  # (B, V); banned ids stay -inf
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+            probs = sorted_logits.softmax(dim=-1)
+            # Drop a token when the tokens before it already reach top_p (the first one always stays).
+            drop_sorted = probs.cumsum(dim=-1) - probs >= top_p  # (B, V)
+            drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
+            logits = logits.masked_fill(drop, float("-inf"))
+        probs = logits.softmax(dim=-1)  # (B, V)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+
+    return _run(step, choose, max_new_tokens, min_new_tokens)
+
+
+def length_penalty_factor(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GNMT length penalty ``((5 + len) / 6) ** alpha`` (1 for alpha = 0); beam scores are divided by it."""
+    return ((5.0 + lengths.float()) / 6.0) ** alpha
+
+
+def beam_search(
+    step: Stepper,
+    beam_size: int = 4,
+    length_penalty: float = 0.0,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int = 0,
+    return_scores: bool = False,
+) -> list[list[int]] | tuple[list[list[int]], torch.Tensor]:
+    """The best of ``beam_size`` beams per input (see the module docstring for the ranking).
+
+    With ``return_scores`` also the chosen outputs' total log-probabilities (B,), </s> included.
+    """
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+        raise RagtuneError(f"beam_size must be a positive integer, got {beam_size!r}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or length_penalty < 0:
+        raise RagtuneError(f"length_penalty must be a number >= 0, got {length_penalty!r}")
+    limit = _limits(step, max_new_tokens, min_new_tokens)
+    B, K, dev = step.batch_size, beam_size, step.device
+    pad = step.pad_id
+    step.reorder(torch.arange(B, device=dev).repeat_interleave(K))  # row b*K + k = beam k of input b
+    scores = torch.full((B, K), float("-inf"), device=dev)  # total log-prob of each beam
+    scores[:, 0] = 0.0  # all beams start equal: keep only one, or the first step fills K copies of it
+    generated = torch.empty((B * K, 0), dtype=torch.long, device=dev)  # (B*K, 0)
+    done = torch.zeros(B * K, dtype=torch.bool, device=dev)  # (B*K,)
+    lengths = torch.zeros(B * K, dtype=torch.long, device=dev)  # generated tokens, </s> included
+    for t in range(limit):
+        logp = _log_probs(step, generated, t, min_new_tokens)  # (B*K, V)
+        V = logp.shape[-1]
+        logp[done] = float("-inf")  # a finished beam continues only with padding, at no cost
+        logp[done, pad] = 0.0
+        candidates = (scores.view(B * K, 1) + logp).view(B, K * V)  # (B, K*V)
+        scores, flat = candidates.topk(K, dim=-1)  # 2 x (B, K)
+        rows = (torch.arange(B, device=dev)[:, None] * K + flat // V).view(-1)  # (B*K,) beam each came from
+        tokens = (flat % V).view(-1)  # (B*K,)
+        lengths = lengths[rows] + (~done[rows]).long()
+        done = done[rows] | (tokens == step.eos_id)
+        generated = torch.cat([generated[rows], tokens[:, None]], dim=1)  # (B*K, t+1)
+        step.reorder(rows)
+        if bool(done.all()):
+            break
+    ranked = scores / length_penalty_factor(lengths.view(B, K), length_penalty)  # (B, K)
+    best = ranked.argmax(dim=-1)  # (B,)
+    rows = torch.arange(B, device=dev) * K + best  # (B,)
+    out = _strip(generated[rows], step.eos_id, step.banned_ids)
+    if return_scores:
+        return out, scores.gather(1, best[:, None]).squeeze(1)
+    return out
+
+
+def score_sequences(
+    step: Stepper, sequences: Sequence[Sequence[int]], eos: bool | Sequence[bool] = True
+) -> torch.Tensor:
+    """The model's total log-probability (B,) of each row's output ``sequences[i]``, then </s> if ``eos``.
+
+    ``eos`` may be one flag per row (e.g. False for outputs cut at ``max_new_tokens``). Uses the
+    stepper's rows in their original order (it is reset first); one sequence per input.
+    """
+    if len(sequences) != step.batch_size:
+        raise RagtuneError(f"score_sequences: {len(sequences)} sequences for {step.batch_size} inputs")
+    flags = [eos] * len(sequences) if isinstance(eos, bool) else list(eos)
+    full = [list(s) + ([step.eos_id] if e else []) for s, e in zip(sequences, flags)]
+    pad = step.pad_id
+    T = max(len(s) for s in full)
+    step.reset()
+    total = torch.zeros(step.batch_size, device=step.device)
+    if T == 0:
+        return total
+    ids, mask = pad_batch(full, pad, device=step.device)  # (B, T), right-padded
+    for t in range(T):
+        logp = F.log_softmax(step(ids[:, :t]), dim=-1)  # (B, V)
+        total += logp.gather(1, ids[:, t : t + 1]).squeeze(1) * mask[:, t]
+    return total
