@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a labelled file with a trained run; prints metrics as JSON")
     p.add_argument("run_dir", help="a finished run directory")
-    p.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet file with the run's text and label columns")
+    p.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet file with the run's text and label columns "
+                                                 "(translation: its source and target columns, or the source text file with --target)")
+    p.add_argument("--target", metavar="FILE", help="translation: the reference text file, line-aligned with --data (a text file of sources)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("predict", help="predict texts with a trained run; one JSON line per text",
@@ -126,10 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to predict")
     p.add_argument("--input", help="file of texts (CSV/TSV/JSONL/Parquet)")
     p.add_argument("--output", help="where to write predictions (CSV; with --input)")
-    p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column; `question` for a QA run)")
+    p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column; `question` for a QA run; "
+                                              "a translation run's data.source_column, else `text`)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="torch: the run's PyTorch model; onnx: RUN_DIR is a `ragtune export` folder (default: torch)")
+    g = p.add_argument_group("translation decoding (default: the run's decode: section)")
+    g.add_argument("--strategy", choices=["greedy", "beam", "sample"], help="decoding strategy")
+    g.add_argument("--beam-size", type=int, metavar="K", help="beam: beams per input")
+    g.add_argument("--length-penalty", type=float, metavar="ALPHA", help="beam: GNMT length penalty")
+    g.add_argument("--max-new-tokens", type=int, metavar="N", help="most tokens generated per output")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample: only the K most probable tokens")
+    g.add_argument("--top-p", type=float, metavar="P", help="sample: nucleus sampling")
+    g.add_argument("--temperature", type=float, metavar="T", help="sample: softmax temperature")
+    g.add_argument("--seed", type=int, help="sample: random seed")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("index", help="index corpus files for retrieval (BM25, dense or hybrid)",
@@ -395,6 +407,19 @@ def cmd_eval(args) -> int:
         metrics = QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(read_squad(args.data))
         print(json.dumps(metrics, indent=2, ensure_ascii=False))
         return 0
+    if cfg.task == "translation":  # pairs: a table with the run's source/target columns, or --data + --target
+        from ragtune.data.seq2seq import read_pairs
+        from ragtune.seq2seq_predictor import Seq2SeqPredictor
+
+        spec = {"source": args.data, "target": args.target} if args.target else args.data
+        pairs = read_pairs(spec, cfg.data.source_column, cfg.data.target_column, fmt=cfg.data.format)
+        predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+        metrics = predictor.evaluate(pairs.source.tolist(), pairs.target.tolist())
+        metrics.pop("examples", None)
+        print(json.dumps(metrics, indent=2, ensure_ascii=False))
+        return 0
+    if args.target:
+        raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: {cfg.task} run")
     predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     df = load_eval_file(args.data, cfg, predictor.labels)
     metrics = predictor.evaluate(df.text.tolist(), df.label.tolist())
@@ -414,6 +439,11 @@ def cmd_predict(args) -> int:
             raise RagtuneError(f"{run_dir} is a task: qa run; --engine onnx runs `ragtune export` folders of "
                                "classification and regression runs")
         return _predict_qa(args, run_dir, cfg)
+    if cfg.task == "translation":
+        if args.engine != "torch":
+            raise RagtuneError(f"{run_dir} is a task: translation run; --engine onnx runs `ragtune export` folders of "
+                               "classification and regression runs")
+        return _predict_translation(args, run_dir, cfg)
     predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, engine=args.engine)
     if args.texts:
         for prediction in predictor.predict(args.texts):
@@ -453,6 +483,30 @@ def _write_csv(df, output: Path) -> None:
     tmp = output.with_name(output.name + ".tmp")
     df.to_csv(tmp, index=False)
     tmp.replace(output)
+
+
+def _predict_translation(args, run_dir: Path, cfg) -> int:
+    """``ragtune predict`` on a translation run: each text gets its ``output``."""
+    from ragtune.seq2seq_predictor import Seq2SeqPredictor
+
+    predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    overrides = {k: getattr(args, k) for k in ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k",
+                                               "top_p", "temperature", "seed")}
+    if args.texts:
+        for result in predictor.generate(args.texts, **overrides):
+            print(json.dumps(result, ensure_ascii=False))
+        return 0
+    column = args.text_column
+    if column is None and args.input and args.output and Path(args.input).is_file():
+        from ragtune.data.io import read_table
+
+        columns = [str(c) for c in read_table(args.input).columns]  # the source column, else `text`
+        column = cfg.data.source_column if cfg.data.source_column in columns or "text" not in columns else "text"
+    df, texts = _read_input_texts(args, column or cfg.data.source_column)
+    df["output"] = [r["output"] for r in predictor.generate(texts, progress=True, **overrides)]
+    _write_csv(df, Path(args.output))
+    print(f"wrote {len(df)} translations to {args.output}")
+    return 0
 
 
 def _predict_qa(args, run_dir: Path, cfg) -> int:
@@ -618,8 +672,8 @@ def cmd_export(args) -> int:
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     cfg = _run_config(run_dir)
-    if cfg.task == "qa":
-        raise RagtuneError(f"{run_dir} is a task: qa run; `ragtune export` exports classification and regression runs "
+    if cfg.task in ("qa", "translation"):
+        raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune export` exports classification and regression runs "
                            "(the reader is in Hugging Face format in RUN_DIR/reader for other tools)")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise RagtuneError(f"--out {out} is inside the run directory {run_dir}; export to a folder of its own")
@@ -662,8 +716,8 @@ def cmd_explain(args) -> int:
 
     run_dir = Path(args.run_dir)
     cfg = _run_config(run_dir)
-    if cfg.task == "qa":
-        raise RagtuneError(f"{run_dir} is a task: qa run; `ragtune explain` explains classification and regression runs")
+    if cfg.task in ("qa", "translation"):
+        raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune explain` explains classification and regression runs")
     if args.steps < 1:
         raise RagtuneError(f"--steps must be at least 1 (got {args.steps})")
     html_path = png_path = None

@@ -28,14 +28,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ragtune.errors import RagtuneError
 
-TASKS = ("classification", "regression", "qa")
+TASKS = ("classification", "regression", "qa", "translation")
 
 # Validation metrics each task can select on (early stopping, best epoch, tuning objectives).
 TASK_METRICS = {
     "classification": ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "log_loss"),
     "regression": ("mse", "mae", "rmse", "r2", "pearson", "loss"),
     "qa": ("f1", "exact_match"),
+    "translation": ("bleu", "chrf", "loss", "perplexity"),
 }
+
+# `task: translation` data files: a table path, or this mapping of two line-aligned text files.
+PAIR_FILE_KEYS = ("source", "target")
 
 
 def _path_field(default: Any = None, description: str = "") -> Any:
@@ -50,21 +54,25 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the data comes from and how it is read."""
 
-    train: str | None = _path_field(
-        None, "Training file (CSV, TSV, JSONL or Parquet; SQuAD-format JSON for `task: qa`). Required unless `demo: true`."
-    )
-    validation: str | None = _path_field(
+    train: str | dict[str, str] | None = _path_field(
         None,
-        "Validation file. When absent, a seeded stratified split of `validation_fraction` is carved from train (for `task: qa`, whole articles).",
+        "Training file (CSV, TSV, JSONL or Parquet; SQuAD-format JSON for `task: qa`). Required unless `demo: true`. `task: translation`: a table with `source_column` and `target_column`, or a mapping `{source: train.en, target: train.de}` of two line-aligned UTF-8 text files.",
     )
-    test: str | None = _path_field(
-        None, "Test file. When absent, a seeded stratified split of `test_fraction` is carved from train (for `task: qa`, whole articles)."
+    validation: str | dict[str, str] | None = _path_field(
+        None,
+        "Validation file (same forms as `train`). When absent, a seeded stratified split of `validation_fraction` is carved from train (for `task: qa`, whole articles; for `task: translation`, a seeded random split).",
+    )
+    test: str | dict[str, str] | None = _path_field(
+        None,
+        "Test file (same forms as `train`). When absent, a seeded stratified split of `test_fraction` is carved from train (for `task: qa`, whole articles; for `task: translation`, a seeded random split).",
     )
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
         "auto", description="File format; `auto` picks it from the file extension."
     )
     text_column: str = Field("text", description="Column holding the input text.")
     label_column: str = Field("label", description="Column holding the label (class name or number).")
+    source_column: str = Field("source", description="`task: translation`, table files: column holding the source text.")
+    target_column: str = Field("target", description="`task: translation`, table files: column holding the target text (the reference translation).")
     keep_labels: list[str] | None = Field(
         None,
         description="Keep only rows with these labels, in every split and every evaluation file; dropped rows are counted in the data report.",
@@ -101,7 +109,11 @@ class TokenizerConfig(_Section):
     kind: Literal["bpe", "wordpiece"] = Field("wordpiece", description="Subword algorithm.")
     vocab_size: int = Field(8000, ge=100, description="Vocabulary size, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Minimum count for a merge / word piece.")
-    lowercase: bool = Field(True, description="Lowercase text before tokenizing.")
+    lowercase: bool = Field(True, description="Lowercase text before tokenizing (not for `task: translation`, whose byte-fallback BPE tokenizer (`ragtune/data/seq2seq_tokenizer.py`) keeps case and spacing so outputs are clean text; `kind` is ignored there too).")
+    joint: bool = Field(
+        True,
+        description="`task: translation`: one BPE vocabulary of `vocab_size` for source and target (needed by `model.share_embeddings`); false: one of `vocab_size` per side.",
+    )
     path: str | None = _path_field(
         None,
         "A ragtune `tokenizer.json` to use instead of training one (e.g. an earlier run's RUN_DIR/tokenizer.json; `ragtune tune` trains one per study and gives it to every trial). The settings above are then ignored. Training is not reproducible to the token: the `tokenizers` trainers break ties between equally frequent pieces in hash-map order, which changes from process to process.",
@@ -141,11 +153,17 @@ class ModelConfig(_Section):
     )
     heads: int = Field(4, gt=0, description="Attention heads per layer (scratch only).")
     head_dim: int = Field(64, gt=0, description="Width of one head; `heads*head_dim` need not equal `d_model` (scratch only).")
-    layers: int = Field(2, gt=0, description="Encoder layers (scratch only).")
+    layers: int = Field(2, gt=0, description="Encoder layers (scratch only); `task: translation`: encoder layers and decoder layers, each.")
     d_model: int = Field(256, gt=0, description="Model width (embeddings and residual stream) (scratch only).")
     ffn_dim: int = Field(1024, gt=0, description="Hidden width of the position-wise feed-forward network (scratch only).")
     max_length: int = Field(256, gt=1, description="Maximum tokens per text, special tokens included; longer texts are truncated (both backbones).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability (scratch only; `hf` keeps the pretrained model's dropout).")
+    share_embeddings: bool = Field(
+        True, description="`task: translation`: one token table for source and target (needs `tokenizer.joint: true`)."
+    )
+    tie_output: bool = Field(
+        True, description="`task: translation`: the output projection uses the target token table as its weight."
+    )
     activation: Literal["gelu", "relu"] = Field("gelu", description="Feed-forward activation f in y = f(Wx + b) (scratch only).")
     pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one vector: mean over tokens, or the first ([CLS]) token (scratch only).")
     truncation: Literal["head", "tail", "head_tail"] = Field(
@@ -199,7 +217,7 @@ class TrainConfig(_Section):
     grad_accum_steps: int = Field(1, gt=0, description="Batches accumulated per optimizer step.")
     clip_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null disables.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="`bf16` runs forward/backward under CPU bf16 autocast.")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing (classification).")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing (classification, translation).")
     seed: int = Field(0, description="Seed for initialisation, data order, splits and dropout.")
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; null keeps torch's default.")
     early_stopping_patience: int | None = Field(
@@ -229,9 +247,37 @@ class EvalConfig(_Section):
 
     metric: str | None = Field(
         None,
-        description="Validation metric for early stopping and best-epoch selection; null picks `accuracy` (classification), `mse` (regression) or `f1` (qa).",
+        description="Validation metric for early stopping and best-epoch selection; null picks `accuracy` (classification), `mse` (regression), `f1` (qa) or `bleu` (translation).",
     )
     batch_size: int = Field(64, gt=0, description="Batch size for evaluation and prediction.")
+    bleu_tokenize: Literal["13a", "zh", "intl", "char", "none"] | None = Field(
+        None,
+        description="`task: translation`: sacrebleu's tokenizer for BLEU. Null: `zh` when a reference contains a CJK character, else `13a`.",
+    )
+    max_decode_rows: int = Field(
+        500,
+        gt=0,
+        description="`task: translation`: validation BLEU/chrF each epoch decode (greedily) a seeded sample of at most this many validation pairs; the loss uses them all. The final metrics decode every pair.",
+    )
+
+
+class DecodeConfig(_Section):
+    """How `task: translation` generates outputs (`ragtune/models/decoding.py`): the test metrics, `ragtune predict` and `ragtune eval`."""
+
+    strategy: Literal["greedy", "beam", "sample"] = Field(
+        "beam", description="`greedy` (most probable token each step), `beam` (beam search) or `sample` (top-k / top-p sampling)."
+    )
+    beam_size: int = Field(4, gt=0, description="`beam`: beams kept per input.")
+    length_penalty: float = Field(
+        0.6, ge=0, description="`beam`: GNMT length penalty alpha (beams ranked by log-probability / ((5 + len) / 6) ** alpha); 0 ranks by raw log-probability."
+    )
+    max_new_tokens: int | None = Field(
+        None, gt=0, description="Most tokens generated per output. Null: `model.max_length - 1`."
+    )
+    top_k: int | None = Field(None, gt=0, description="`sample`: draw only from the k most probable tokens; null: no limit.")
+    top_p: float | None = Field(None, gt=0, le=1, description="`sample`: nucleus sampling, the smallest set of tokens whose probability reaches p; null: off.")
+    temperature: float = Field(1.0, gt=0, description="`sample`: logits are divided by this before the softmax.")
+    seed: int = Field(0, description="`sample`: seed of the random draws (same seed, same outputs).")
 
 
 class RetrievalConfig(_Section):
@@ -331,9 +377,9 @@ class ServeConfig(_Section):
 class RunConfig(_Section):
     """A whole ragtune run: data → model → training → evaluation → report."""
 
-    task: Literal["classification", "regression", "qa"] = Field(
+    task: Literal["classification", "regression", "qa", "translation"] = Field(
         "classification",
-        description="What the model learns: `classification` (labels), `regression` (a number) or `qa` (extractive question answering over SQuAD-format data, with a retriever when `retrieval.top_k` > 0).",
+        description="What the model learns: `classification` (labels), `regression` (a number), `qa` (extractive question answering over SQuAD-format data, with a retriever when `retrieval.top_k` > 0) or `translation` (source text to target text with an encoder-decoder Transformer built from scratch).",
     )
     name: str | None = Field(None, description="Run name, used in the default run directory and the report.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data preparation.")
@@ -341,6 +387,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model building.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Decoding (`task: translation`).")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Retrieval (RAG).")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyperparameter tuning (`ragtune tune`; ignored by `ragtune run`).")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Deployment (`ragtune serve`; ignored by `ragtune run`).")
@@ -350,7 +397,7 @@ class RunConfig(_Section):
         """The validation metric that early stopping and best-epoch selection use."""
         if self.eval.metric:
             return self.eval.metric
-        return {"classification": "accuracy", "regression": "mse", "qa": "f1"}[self.task]
+        return {"classification": "accuracy", "regression": "mse", "qa": "f1", "translation": "bleu"}[self.task]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +489,8 @@ def _resolve_paths(tree: dict, base: Path) -> None:
         parent = _get(tree, parent_key) if parent_key else tree
         if isinstance(parent, dict) and isinstance(parent.get(leaf), str):
             parent[leaf] = _absolute(parent[leaf], base)
+        elif isinstance(parent, dict) and isinstance(parent.get(leaf), dict):  # {source: a.en, target: a.de}
+            parent[leaf] = {k: _absolute(v, base) if isinstance(v, str) else v for k, v in parent[leaf].items()}
     for key in path_list_keys():
         parent_key, _, leaf = key.rpartition(".")
         parent = _get(tree, parent_key) if parent_key else tree
@@ -509,6 +558,10 @@ def apply_overrides(tree: dict, overrides: list[str], cwd: Path | None = None) -
             else:
                 if key in paths and isinstance(value, str) and not os.path.isabs(value):
                     value = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+                elif key in paths and isinstance(value, dict):  # data.train={source: a.en, target: a.de}
+                    value = {k: _absolute(v, cwd) if isinstance(v, str) else v for k, v in value.items()}
+                elif key.rpartition(".")[0] in paths and isinstance(value, str):  # data.train.source=a.en
+                    value = _absolute(value, cwd)
                 elif key in path_lists and isinstance(value, list):
                     value = [_absolute(v, cwd) if isinstance(v, str) else v for v in value]
                 if key in MODEL_PATH_KEYS and isinstance(value, str):
@@ -598,13 +651,66 @@ def _retrieval_errors(cfg: RunConfig) -> list[str]:
     return errors
 
 
+def _translation_errors(cfg: RunConfig) -> list[str]:
+    """The rules of `task: translation`, and of its keys used with another task."""
+    errors = []
+    d = cfg.data
+    for key in ("train", "validation", "test"):
+        value = getattr(d, key)
+        if not isinstance(value, dict):
+            continue
+        if cfg.task != "translation":
+            errors.append(f"data.{key}: a {{source, target}} mapping of two files is for task translation "
+                          f"(task is {cfg.task!r}); give one file")
+        elif sorted(value) != sorted(PAIR_FILE_KEYS):
+            errors.append(f"data.{key}: two-file translation data needs exactly the keys 'source' and 'target' "
+                          f"(e.g. {{source: train.en, target: train.de}}); got keys: {', '.join(map(str, value)) or 'none'}")
+    if cfg.task != "translation":
+        defaults = {"decode": (cfg.decode, DecodeConfig()), "eval.bleu_tokenize": (cfg.eval.bleu_tokenize, None),
+                    "tokenizer.joint": (cfg.tokenizer.joint, True),
+                    "model.share_embeddings": (cfg.model.share_embeddings, True),
+                    "model.tie_output": (cfg.model.tie_output, True),
+                    "data.source_column": (d.source_column, "source"), "data.target_column": (d.target_column, "target")}
+        for key, (value, default) in defaults.items():
+            if value != default:
+                shown = "set" if key == "decode" else repr(value)
+                errors.append(f"{key}: only applies to task translation (task is {cfg.task!r}; got {shown}); remove it")
+        return errors
+    if cfg.model.backbone != "scratch":
+        errors.append("model.backbone: task translation builds an encoder-decoder from scratch (model.backbone: scratch)")
+    if d.demo:
+        errors.append("data.demo: the built-in demo data is for classification; task translation reads source/target pairs (data.train)")
+    if cfg.retrieval.top_k:
+        errors.append(f"retrieval.top_k: retrieval in the loop is not available for task translation (got {cfg.retrieval.top_k})")
+    if d.source_column == d.target_column:
+        errors.append(f"data.target_column: must differ from data.source_column (both {d.source_column!r})")
+    if cfg.model.share_embeddings and not cfg.tokenizer.joint:
+        errors.append("model.share_embeddings: needs one vocabulary for both sides (tokenizer.joint: true); "
+                      "set model.share_embeddings: false or tokenizer.joint: true")
+    unused = {"data.keep_labels": d.keep_labels, "model.head_tokens": cfg.model.head_tokens}
+    for key, value in unused.items():
+        if value:
+            errors.append(f"{key}: not used by task translation (got {value!r}); remove it")
+    if cfg.model.truncation != "head":
+        errors.append(f"model.truncation: task translation keeps the first model.max_length tokens (got {cfg.model.truncation!r}); remove it")
+    dec = cfg.decode
+    if dec.max_new_tokens is not None and dec.max_new_tokens > cfg.model.max_length - 1:
+        errors.append(f"decode.max_new_tokens: at most model.max_length - 1 = {cfg.model.max_length - 1} "
+                      f"(the decoder's first position holds <s>) (got {dec.max_new_tokens})")
+    if dec.strategy != "sample":
+        for key, value, default in (("top_k", dec.top_k, None), ("top_p", dec.top_p, None), ("temperature", dec.temperature, 1.0)):
+            if value != default:
+                errors.append(f"decode.{key}: only applies to decode.strategy: sample (strategy is {dec.strategy!r}; got {value!r})")
+    return errors
+
+
 def _semantic_errors(cfg: RunConfig) -> list[str]:
     """Checks that involve several fields. Returns every problem found."""
-    errors = []
+    errors = _translation_errors(cfg)
     if not cfg.data.demo and not cfg.data.train:
         errors.append("data.train: required (a CSV/TSV/JSONL/Parquet file), unless data.demo is true")
     if cfg.task == "regression" and cfg.train.label_smoothing:
-        errors.append("train.label_smoothing: only applies to classification (task is regression)")
+        errors.append("train.label_smoothing: only applies to classification and translation (task is regression)")
     if cfg.task == "regression" and cfg.data.keep_labels:
         errors.append("data.keep_labels: only applies to classification (task is regression)")
     if not cfg.data.validation and not cfg.data.test and cfg.data.validation_fraction + cfg.data.test_fraction >= 0.9:

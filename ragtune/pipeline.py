@@ -108,6 +108,13 @@ def run(
         metrics, train_result = run_qa(cfg, run_dir, resume=resume, progress=progress, on_epoch_end=on_epoch_end,
                                        evaluate_test=evaluate_test)
         return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
+    if cfg.task == "translation":  # an encoder-decoder: ragtune/seq2seq_pipeline.py
+        from ragtune.seq2seq_pipeline import run_translation
+
+        _write_inputs(cfg, None, run_dir, config_path)
+        metrics, train_result = run_translation(cfg, run_dir, resume=resume, progress=progress,
+                                                on_epoch_end=on_epoch_end, evaluate_test=evaluate_test)
+        return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
 
     # 1. data preparation
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
@@ -185,6 +192,15 @@ def evaluate_test_split(cfg: RunConfig, run_dir: str | Path) -> dict:
         from ragtune.qa_predictor import QAPredictor
 
         return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(prepare_qa_data(cfg).test)
+    if cfg.task == "translation":
+        from ragtune.seq2seq_pipeline import prepare_pairs
+        from ragtune.seq2seq_predictor import Seq2SeqPredictor
+
+        test = prepare_pairs(cfg).test
+        metrics = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
+            test.source.tolist(), test.target.tolist())
+        metrics.pop("examples", None)
+        return metrics
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
     if not len(data.test):
         raise RagtuneError(f"{run_dir}: the config leaves no test split (data.test or data.test_fraction)")
@@ -252,6 +268,9 @@ def _write_inputs(cfg: RunConfig, data: PreparedData | None, run_dir: Path, conf
     for key in path_keys():
         if flat.get(key):
             files[key] = _input_record(key, flat[key])
+        for side in ("source", "target"):  # task translation: {source: a.en, target: a.de}
+            if isinstance(flat.get(f"{key}.{side}"), str):
+                files[f"{key}.{side}"] = _input_record(f"{key}.{side}", flat[f"{key}.{side}"])
     for key in path_list_keys():
         for i, path in enumerate(flat.get(key) or []):
             files[f"{key}[{i}]"] = _input_record(f"{key}[{i}]", path)
@@ -357,8 +376,17 @@ def train_tokenizer_for(cfg: RunConfig, path: str | Path, demo_dir: str | Path |
 
     ``ragtune tune`` trains it once per study, so all trials (and ``best.yaml``) share one vocabulary.
     """
-    data = prepare_data(cfg, demo_dir=demo_dir if cfg.data.demo else None)
     path = Path(path)
+    if cfg.task == "translation":  # the byte-fallback BPE of ragtune/data/seq2seq_tokenizer.py
+        from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
+        from ragtune.seq2seq_pipeline import prepare_pairs
+
+        train = prepare_pairs(cfg).train
+        t = cfg.tokenizer
+        train_seq2seq_tokenizer(train.source.tolist(), train.target.tolist(), vocab_size=t.vocab_size,
+                                min_frequency=t.min_frequency, joint=t.joint).save(path)
+        return path
+    data = prepare_data(cfg, demo_dir=demo_dir if cfg.data.demo else None)
     save_tokenizer(_train_tokenizer(cfg, data), path)
     return path
 

@@ -52,6 +52,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ragtune.errors import RagtuneError
+from ragtune.evaluate.text_metrics import TEXT_METRIC_DIRECTIONS
 
 __all__ = [
     "METRIC_DIRECTIONS",
@@ -84,6 +85,8 @@ METRIC_DIRECTIONS: dict[str, str] = {
     # question answering (SQuAD, 0-100)
     "exact_match": "max",
     "f1": "max",
+    # generated text (translation): bleu, chrf, rouge1/2/L (max), perplexity (min)
+    **TEXT_METRIC_DIRECTIONS,
     # the training objective
     "loss": "min",
 }

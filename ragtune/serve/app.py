@@ -17,6 +17,9 @@ Endpoints (those that fit what is served; ``GET /healthz`` lists them):
 ``POST /v1/answer``    ``{"questions": [...], "contexts": null}`` → ``{"answers": [{"answer", "score",
                        "passage", "passages"}, ...]}`` (QA runs; ``contexts``: one passage per question
                        instead of retrieval)
+``POST /v1/translate`` ``{"texts": [...], "strategy": null, "beam_size": null, ...}`` →
+                       ``{"translations": [{"output": "..."}, ...]}`` (translation runs; null options keep the
+                       run's ``decode:`` settings)
 ``POST /v1/retrieve``  ``{"queries": [...], "k": 5}`` → ``{"results": [[{"id", "doc_id", "score", "text",
                        "title", "source"}, ...], ...]}`` (index folders, QA and retrieval runs)
 ``GET /healthz``       model loaded, ragtune version, task, engine, labels, endpoints
@@ -52,7 +55,7 @@ import os
 import secrets
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -128,6 +131,28 @@ class Answer(BaseModel):
 
 class AnswerResponse(BaseModel):
     answers: list[Answer]
+
+
+class TranslateRequest(_Body):
+    texts: list[str] = Field(..., description="Source sentences. At least one; at most serve.max_texts_per_request.",
+                             examples=[["A man is riding a bicycle down the street."]])
+    strategy: Literal["greedy", "beam", "sample"] | None = Field(None, description="Decoding; null: the run's decode.strategy.")
+    beam_size: int | None = Field(None, ge=1, le=16, description="Beam search: beams kept.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Most output tokens (at most the run's max_length - 1).")
+    seed: int | None = Field(None, description="Sampling seed (the same seed gives the same outputs).")
+    top_k: int | None = Field(None, ge=1, description="Sampling: keep the k most likely tokens.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this much probability.")
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in self.model_dump(exclude={"texts"}).items() if v is not None}
+
+
+class Translation(BaseModel):
+    output: str
+
+
+class TranslateResponse(BaseModel):
+    translations: list[Translation]
 
 
 class RetrieveRequest(_Body):
@@ -269,6 +294,9 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         model_fn = service.predictor.predict
     elif service.qa is not None:
         model_fn = service.qa.answer
+    elif service.seq2seq is not None:
+        service.seq2seq.batch_size = settings.max_batch_size
+        model_fn = service.seq2seq.generate  # the run's own decoding settings; a request with others runs alone
     batcher = MicroBatcher(model_fn or (lambda items: items), settings.max_batch_size, settings.max_wait_ms / 1000,
                            on_batch=metrics.batch_size.observe)
 
@@ -404,6 +432,23 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                 out.append(row)
             return {"answers": out}
 
+    if service.seq2seq is not None:
+        @app.post("/v1/translate", response_model=TranslateResponse, dependencies=protected, responses=_ERRORS,
+                  summary="Translate texts (translation runs)")
+        async def translate(body: TranslateRequest):
+            check_texts(body.texts, "texts")
+            limit = service.seq2seq.max_length - 1
+            if body.max_new_tokens is not None and body.max_new_tokens > limit:
+                raise HTTPException(422, f"max_new_tokens: {body.max_new_tokens} is over the run's limit of {limit} "
+                                         "(model.max_length - 1)")
+            metrics.items.labels("/v1/translate").inc(len(body.texts))
+            overrides = body.overrides()
+            if overrides:
+                results = await batcher.call(lambda: service.seq2seq.generate(body.texts, **overrides))
+            else:
+                results = await batcher.submit(body.texts)
+            return {"translations": results}
+
     if service.index is not None:
         @app.post("/v1/retrieve", response_model=RetrieveResponse, response_model_exclude_none=True,
                   dependencies=protected, responses=_ERRORS, summary="Search the index")
@@ -417,7 +462,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
             hits = await batcher.call(service.index.search_batch, body.queries, body.k)
             return {"results": [[_public_passage(h.to_dict()) for h in per_query] for per_query in hits]}
 
-    for path in ("/v1/predict", "/v1/answer", "/v1/retrieve"):
+    for path in ("/v1/predict", "/v1/answer", "/v1/translate", "/v1/retrieve"):
         if path not in service.endpoints:
             _add_unavailable(app, path, unavailable)
 

@@ -11,6 +11,7 @@ folder                                    endpoints
 classification / regression run           ``/v1/predict`` (+ ``/v1/retrieve`` with retrieval)
 ``ragtune export`` folder (engine onnx)   ``/v1/predict`` (+ ``/v1/retrieve`` with retrieval)
 ``task: qa`` run                          ``/v1/answer`` (+ ``/v1/retrieve`` when it reads an index)
+``task: translation`` run                 ``/v1/translate``
 index folder (``ragtune index``)          ``/v1/retrieve``
 ========================================  ===========================================
 """
@@ -31,8 +32,9 @@ ENGINES = ("torch", "onnx")
 class Service:
     """A loaded model or index and what it can do.
 
-    ``kind`` is ``classification``, ``regression``, ``qa`` or ``index``; ``predictor`` a
-    Predictor (classification/regression), ``qa`` a QAPredictor, ``index`` the Index used by
+    ``kind`` is ``classification``, ``regression``, ``qa``, ``translation`` or ``index``; ``predictor`` a
+    Predictor (classification/regression), ``qa`` a QAPredictor, ``seq2seq`` a Seq2SeqPredictor
+    (translation), ``index`` the Index used by
     ``/v1/retrieve`` (None where there is none). ``settings`` are the batching and limits
     (the run's ``serve:`` section, or the defaults).
     """
@@ -43,6 +45,7 @@ class Service:
     settings: ServeConfig
     predictor: object | None = None
     qa: object | None = None
+    seq2seq: object | None = None
     index: object | None = None
     labels: list[str] = field(default_factory=list)
 
@@ -53,6 +56,8 @@ class Service:
             out.append("/v1/predict")
         if self.qa is not None:
             out.append("/v1/answer")
+        if self.seq2seq is not None:
+            out.append("/v1/translate")
         if self.index is not None:
             out.append("/v1/retrieve")
         return out
@@ -88,6 +93,14 @@ def load_service(path: str | Path, engine: str = "torch") -> Service:
         raise RagtuneError(f"{folder} is neither a ragtune run, an export nor an index folder (no model.json or "
                            f"{MANIFEST}); train one with `ragtune run CONFIG --out DIR`")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("task") == "translation":
+        if engine != "torch":
+            raise RagtuneError(f"{folder} is a task: translation run; --engine onnx serves classification and "
+                               "regression exports only")
+        from ragtune.seq2seq_predictor import Seq2SeqPredictor
+
+        return Service("translation", name, engine, settings,
+                       seq2seq=Seq2SeqPredictor.from_run_dir(folder, batch_size=settings.max_batch_size))
     if meta.get("task") == "qa":
         if engine != "torch":
             raise RagtuneError(f"{folder} is a task: qa run; --engine onnx serves classification and regression "

@@ -306,3 +306,70 @@ def test_qa_page_shows_the_answer_in_its_passage(browser, qa_run):
         finally:
             context.close()
     assert not problems, problems
+
+
+# -------------------------------------------------------------------------------------------------
+# a translation run: the output of the run's decoding, and a decoding choice
+# -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def translation_run(tmp_path_factory):
+    """A tiny task: translation run (word-for-word dictionary pairs; a one-layer model, a few seconds)."""
+    from test_seq2seq_pipeline import make_pairs, tiny_config, write_files
+
+    root = tmp_path_factory.mktemp("page_translation")
+    train = write_files(root, "train", make_pairs(200, seed=0))
+    config = tiny_config(root, train, epochs=4, train__steps_per_epoch=40, train__warmup_steps=2, train__lr=0.01,
+                         train__threads=1, model__layers=1, model__d_model=32, model__heads=2, model__ffn_dim=64)
+    assert cli_main(["run", config, "--out", str(root / "run"), "--quiet"]) == 0
+    return root / "run"
+
+
+def test_translation_page_shows_the_predictors_output(browser, translation_run, tmp_path):
+    from ragtune.seq2seq_predictor import Seq2SeqPredictor
+
+    predictor = Seq2SeqPredictor.from_run_dir(translation_run)
+    text = "big red dog sees small bird"
+    expected = predictor.generate([text])[0]["output"]
+    beam = predictor.generate([text], strategy="beam")[0]["output"]
+    assert expected, "the tiny run translates to nothing: the check below would prove little"
+    shot = os.environ.get("RAGTUNE_PAGE_SCREENSHOT")
+    service = load_service(translation_run)
+    with live_server(create_app(service)) as base:
+        context, page, problems = _open(browser, base)
+        try:
+            assert page.get_attribute("body", "data-task") == "translation"
+            assert page.text_content("label[for=text]") == "Text to translate"
+            assert page.text_content("#submit") == "Translate"
+            assert page.is_visible("#strategy") and not page.is_visible("#k")
+            assert page.input_value("#strategy") == ""  # null: the run's decode: settings
+            assert page.text_content("#model-task") == "translation"
+            assert page.get_attribute("#model-task", "data-task") == "translation"
+            assert page.text_content("#model-name") == service.name
+
+            _submit(page, text)
+            expect(page.get_by_role("status", name="Translation")).to_have_text(expected)
+            assert page.text_content("#translation") == expected
+            assert not page.is_visible("#bars") and not page.is_visible("#passages-block")
+            assert page.text_content("#error") == ""
+            page.screenshot(path=(shot[:-4] + "-translation.png") if shot else str(tmp_path / "translation.png"),
+                            full_page=True)
+
+            page.select_option("#strategy", "beam")
+            _submit(page, text)
+            assert page.text_content("#translation") == beam
+
+            page.select_option("#lang", "zh")
+            assert page.text_content("label[for=text]") == "要翻译的文本"
+            assert page.text_content("#submit") == "翻译"
+            assert page.text_content("label[for=strategy]") == "解码方式"
+            assert page.text_content("#strategy option[value='']") == "训练时的默认设置"
+            assert page.input_value("#strategy") == "beam"  # the choice survives the switch
+            assert page.text_content("#translation-title") == "译文"
+            assert page.text_content("#model-task") == "翻译"
+            assert page.text_content("#translation") == beam  # server text is not translated
+            assert page.text_content("#status").startswith("用时 ")  # "Done in … ms" too
+            if shot:
+                page.screenshot(path=shot[:-4] + "-translation-zh.png", full_page=True)
+        finally:
+            context.close()
+    assert not problems, problems

@@ -1,0 +1,189 @@
+"""Inference for a ``task: translation`` run: load RUN_DIR, translate texts, score pairs.
+
+The one path shared by the pipeline (validation each epoch, the final metrics), ``ragtune predict``
+and ``ragtune eval``::
+
+    p = Seq2SeqPredictor.from_run_dir("runs/multi30k")
+    p.generate(["A man is sleeping."])                       # [{"output": "Ein Mann schläft."}]
+    p.generate(texts, strategy="sample", top_p=0.9, seed=1)  # any key of the config's `decode:` section
+    p.evaluate(sources, targets)                             # {"bleu", "chrf", "loss", "perplexity", ...}
+
+Decoding runs with the model in ``eval()`` mode (its previous mode is restored), under
+``torch.no_grad``, in batches of ``batch_size`` sources sorted by token length (less padding);
+outputs come back in input order. The decoding settings default to the run's ``decode:`` section
+(stored in ``model.json``); keyword overrides change them per call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ragtune.data.seq2seq_tokenizer import Seq2SeqTokenizer, load_seq2seq_tokenizer
+from ragtune.errors import RagtuneError
+from ragtune.evaluate.text_metrics import bleu, chrf, perplexity
+from ragtune.models.decoding import Seq2SeqStepper, beam_search, greedy, sample
+from ragtune.models.seq2seq import (
+    Seq2SeqConfig,
+    TransformerForSeq2Seq,
+    build_seq2seq,
+    pad_batch,
+)
+from ragtune.train.checkpoint import load_weights
+
+MODEL_META = "model.json"
+TOKENIZER_FILE = "tokenizer.json"
+WEIGHTS_FILE = "model.safetensors"
+DECODE_KEYS = ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k", "top_p", "temperature", "seed")
+DEFAULT_DECODE = {"strategy": "beam", "beam_size": 4, "length_penalty": 0.6, "max_new_tokens": None, "top_k": None,
+                  "top_p": None, "temperature": 1.0, "seed": 0}
+
+
+def model_config(meta: dict) -> Seq2SeqConfig:
+    """The :class:`Seq2SeqConfig` recorded in ``model.json`` (``meta["model"]``)."""
+    return Seq2SeqConfig(**meta["model"])
+
+
+class Seq2SeqPredictor:
+    """A trained encoder-decoder and its tokenizer.
+
+    Args:
+        model: a :class:`TransformerForSeq2Seq`.
+        tokenizer: its :class:`Seq2SeqTokenizer`.
+        meta: the run's ``model.json`` (``decode`` defaults, ``bleu_tokenize``).
+        batch_size: sources per decoding batch.
+    """
+
+    def __init__(self, model: TransformerForSeq2Seq, tokenizer: Seq2SeqTokenizer, meta: dict, batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.batch_size = batch_size
+        self.max_length = model.config.max_length
+        self.decode_defaults = {**DEFAULT_DECODE, **(meta.get("decode") or {})}
+        self.bleu_tokenize = meta.get("bleu_tokenize")
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64) -> Seq2SeqPredictor:
+        """Load a finished translation run."""
+        run_dir = Path(run_dir)
+        meta_path = run_dir / MODEL_META
+        if not meta_path.exists() or not (run_dir / WEIGHTS_FILE).exists():
+            raise RagtuneError(f"{run_dir} is not a finished ragtune translation run: missing {MODEL_META} or {WEIGHTS_FILE}")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("task") != "translation":
+            raise RagtuneError(f"{run_dir} is a task: {meta.get('task')} run, not a translation run")
+        tokenizer = load_seq2seq_tokenizer(run_dir / meta.get("tokenizer", TOKENIZER_FILE))
+        model = build_seq2seq(model_config(meta))
+        load_weights(model, run_dir / WEIGHTS_FILE)
+        model.eval()
+        return cls(model, tokenizer, meta, batch_size)
+
+    # -- decoding ----------------------------------------------------------------------------------
+    def _settings(self, overrides: dict) -> dict:
+        unknown = sorted(set(overrides) - set(DECODE_KEYS))
+        if unknown:
+            raise RagtuneError(f"unknown decoding option(s) {unknown}; choose from {list(DECODE_KEYS)}")
+        settings = {**self.decode_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+        if settings["strategy"] not in ("greedy", "beam", "sample"):
+            raise RagtuneError(f"strategy must be one of greedy, beam, sample (got {settings['strategy']!r})")
+        if settings["max_new_tokens"] is None:
+            settings["max_new_tokens"] = self.max_length - 1
+        return settings
+
+    @torch.no_grad()
+    def translate_ids(self, src_ids: Sequence[Sequence[int]], progress: bool = False, **overrides) -> list[list[int]]:
+        """Generated target ids (no ``<s>``/``</s>``) for each source id list, in input order."""
+        s = self._settings(overrides)
+        was_training = self.model.training
+        self.model.eval()
+        order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+        out: list[list[int] | None] = [None] * len(src_ids)
+        starts = range(0, len(order), self.batch_size)
+        try:
+            for b, start in enumerate(tqdm(starts, desc="decoding", disable=not progress, leave=False, dynamic_ncols=True)):
+                rows = order[start:start + self.batch_size]
+                ids, mask = pad_batch([src_ids[i] for i in rows], self.model.config.pad_id)
+                step = Seq2SeqStepper(self.model, ids, mask)
+                if s["strategy"] == "greedy":
+                    result = greedy(step, s["max_new_tokens"])
+                elif s["strategy"] == "beam":
+                    result = beam_search(step, int(s["beam_size"]), float(s["length_penalty"]), s["max_new_tokens"])
+                else:
+                    result = sample(step, float(s["temperature"]), s["top_k"], s["top_p"], int(s["seed"]) + b,
+                                    s["max_new_tokens"])
+                for i, generated in zip(rows, result):
+                    out[i] = generated
+        finally:
+            self.model.train(was_training)
+        return out  # type: ignore[return-value]
+
+    def translate(self, texts: Sequence[str], progress: bool = False, **overrides) -> list[str]:
+        """The output text of each source text."""
+        texts = ["" if t is None else str(t) for t in texts]
+        if not texts:
+            return []
+        src = self.tokenizer.encode_source_batch(texts, self.max_length)
+        return self.tokenizer.decode_batch(self.translate_ids(src, progress=progress, **overrides))
+
+    def generate(self, texts: Sequence[str], progress: bool = False, **overrides) -> list[dict]:
+        """``[{"output": text}, ...]``, one per input text; ``overrides`` are keys of the ``decode:`` section."""
+        return [{"output": o} for o in self.translate(texts, progress=progress, **overrides)]
+
+    # -- scoring -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def loss(self, sources: Sequence[str], targets: Sequence[str]) -> float:
+        """Mean negative log-likelihood per target token (teacher forcing, no label smoothing), in nats."""
+        src = self.tokenizer.encode_source_batch(list(sources), self.max_length)
+        tgt = self.tokenizer.encode_target_batch(list(targets), self.max_length)
+        was_training = self.model.training
+        self.model.eval()
+        pad = self.model.config.pad_id
+        total, count = 0.0, 0
+        order = sorted(range(len(src)), key=lambda i: len(src[i]))
+        try:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                ids, mask = pad_batch([src[i] for i in rows], pad)
+                tgt_in, _ = pad_batch([tgt[i][:-1] for i in rows], pad)
+                labels, _ = pad_batch([tgt[i][1:] for i in rows], pad)
+                logits = self.model(ids, mask, tgt_in)  # (B, T, V)
+                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                               ignore_index=pad, reduction="sum"))
+                count += int((labels != pad).sum())
+        finally:
+            self.model.train(was_training)
+        return total / max(1, count)
+
+    def evaluate(self, sources: Sequence[str], targets: Sequence[str], max_decode_rows: int | None = None,
+                 seed: int = 0, progress: bool = False, **overrides) -> dict:
+        """``{"bleu", "chrf", "loss", "perplexity", "n", "decoded", "bleu_tokenize", "strategy"}`` of the pairs.
+
+        The loss uses every pair; BLEU and chrF decode every pair, or a seeded random sample of
+        ``max_decode_rows`` of them (``decoded`` says how many).
+        """
+        sources, targets = list(sources), list(targets)
+        if len(sources) != len(targets):
+            raise RagtuneError(f"{len(sources)} sources but {len(targets)} targets")
+        if not sources:
+            raise RagtuneError("nothing to evaluate: no source/target pairs")
+        rows = list(range(len(sources)))
+        if max_decode_rows is not None and len(rows) > max_decode_rows:
+            g = torch.Generator().manual_seed(seed)
+            rows = sorted(torch.randperm(len(rows), generator=g)[:max_decode_rows].tolist())
+        hyps = self.translate([sources[i] for i in rows], progress=progress, **overrides)
+        refs = [targets[i] for i in rows]
+        b = bleu(hyps, refs, tokenize=self.bleu_tokenize)
+        loss = self.loss(sources, targets)
+        ppl = perplexity(loss)
+        return {"bleu": b["bleu"], "chrf": chrf(hyps, refs)["chrf"], "loss": loss,
+                "perplexity": ppl if math.isfinite(ppl) else None, "n": len(sources), "decoded": len(rows),
+                "bleu_tokenize": b["tokenize"], "strategy": self._settings(overrides)["strategy"],
+                "examples": [{"source": sources[i], "reference": targets[i], "output": h}
+                             for i, h in list(zip(rows, hyps))[:5]]}
