@@ -298,10 +298,10 @@ class RetrievalConfig(_Section):
     encoder: str = Field("minilm", description="Dense encoder when the run builds the index (a sentence-transformers folder, hub id or `minilm`).")
     chunk_tokens: int = Field(128, gt=0, description="Passage length in tokens (words; CJK characters) when the run builds the index.")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared by neighbouring passages of a document.")
-    top_k: int = Field(0, ge=0, description="Passages retrieved per input. 0: retrieval off (QA: the reader reads the gold paragraph).")
+    top_k: int = Field(0, ge=0, description="Passages retrieved per input. 0: retrieval off (QA: the reader reads the gold paragraph; translation: the source alone).")
     source: Literal["corpus", "train"] = Field(
         "corpus",
-        description="Classification: where the passages come from. `corpus`: the index (`index`) or the files the run indexes (`corpus`). `train`: the labelled training texts themselves, indexed by the run (an example never retrieves itself), so the model reads its nearest labelled neighbours.",
+        description="Classification: where the passages come from. `corpus`: the index (`index`) or the files the run indexes (`corpus`). `train`: the labelled training texts themselves, indexed by the run (an example never retrieves itself), so the model reads its nearest labelled neighbours. Translation: `train` (required with `top_k` > 0) is a translation memory: each source is read with its `top_k` most similar training sources and their translations (`ragtune/retrieval/memory.py`; a training sentence never retrieves itself).",
     )
     with_labels: bool = Field(
         True,
@@ -630,7 +630,11 @@ def _retrieval_errors(cfg: RunConfig) -> list[str]:
     if r.top_k and r.source == "corpus" and not r.index and not r.corpus:
         errors.append(f"retrieval.top_k: {r.top_k} needs an index: set retrieval.index (from `ragtune index`) or "
                       "retrieval.corpus (files the run indexes), or retrieval.source: train (labelled training neighbours)")
-    if r.source == "train":
+    if cfg.task == "translation":  # retrieval means a translation memory of the training pairs
+        if r.top_k and r.source != "train":
+            errors.append(f"retrieval.top_k: task translation retrieves from its training pairs (a translation memory); "
+                          f"set retrieval.source: train (got {r.source!r})")
+    elif r.source == "train":
         if cfg.task != "classification":
             errors.append(f"retrieval.source: train (labelled neighbours) is for task classification (task is {cfg.task!r}); use corpus")
         if r.index or r.corpus:
@@ -680,8 +684,6 @@ def _translation_errors(cfg: RunConfig) -> list[str]:
         errors.append("model.backbone: task translation builds an encoder-decoder from scratch (model.backbone: scratch)")
     if d.demo:
         errors.append("data.demo: the built-in demo data is for classification; task translation reads source/target pairs (data.train)")
-    if cfg.retrieval.top_k:
-        errors.append(f"retrieval.top_k: retrieval in the loop is not available for task translation (got {cfg.retrieval.top_k})")
     if d.source_column == d.target_column:
         errors.append(f"data.target_column: must differ from data.source_column (both {d.source_column!r})")
     if cfg.model.share_embeddings and not cfg.tokenizer.joint:

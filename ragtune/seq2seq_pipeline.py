@@ -106,6 +106,9 @@ def prepare_pairs(cfg: RunConfig) -> PairData:
     return PairData(splits["train"], splits["validation"], splits["test"], info)
 
 
+MEMORY_FILE = "memory.jsonl"  # retrieval.top_k > 0: the training pairs of the translation memory
+
+
 def run_translation(
     cfg: RunConfig,
     run_dir: Path,
@@ -160,11 +163,23 @@ def run_translation(
         "decode": cfg.decode.model_dump(mode="json"), "bleu_tokenize": cfg.eval.bleu_tokenize,
     }
     predictor = Seq2SeqPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
+    train_sources = data.train.source.tolist()
+    if cfg.retrieval.top_k:  # a translation memory of the training pairs (ragtune/retrieval/memory.py)
+        from ragtune.retrieval.memory import SEPARATOR, TranslationMemory
+
+        memory = TranslationMemory(train_sources, data.train.target.tolist(), progress=progress)
+        with open(run_dir / MEMORY_FILE, "w", encoding="utf-8") as f:
+            for source, target in zip(memory.sources, memory.targets):
+                f.write(json.dumps({"source": source, "target": target}, ensure_ascii=False) + "\n")
+        meta["memory"] = {"file": MEMORY_FILE, "top_k": cfg.retrieval.top_k, "separator": SEPARATOR}
+        predictor.use_memory(memory, cfg.retrieval.top_k)  # validation and test sources read their hits too
+        train_sources = memory.augment_training(cfg.retrieval.top_k)  # never a sentence's own translation
+        log.info("translation memory: %d pairs, top %d per source", len(memory), cfg.retrieval.top_k)
     log.info("model: TransformerForSeq2Seq, %.2fM parameters (%.2fM non-embedding)",
              model.num_parameters(non_embedding=False) / 1e6, model.num_parameters(non_embedding=True) / 1e6)
 
     # 4. training: teacher forcing on (source, <s> y) -> y </s>
-    src_ids = tokenizer.encode_source_batch(data.train.source.tolist(), m.max_length)
+    src_ids = tokenizer.encode_source_batch(train_sources, m.max_length)
     tgt_ids = tokenizer.encode_target_batch(data.train.target.tolist(), m.max_length)
     stream = BatchStream(src_ids, torch.zeros(len(src_ids)), cfg.train.batch_size, cfg.train.seed,
                          pad_id=tokenizer.pad_id, group_by_length=cfg.train.group_by_length)

@@ -68,6 +68,16 @@ class Seq2SeqPredictor:
         self.max_length = model.config.max_length
         self.decode_defaults = {**DEFAULT_DECODE, **(meta.get("decode") or {})}
         self.bleu_tokenize = meta.get("bleu_tokenize")
+        self.memory = None  # a TranslationMemory when the run was trained with one (retrieval.top_k > 0)
+        self.memory_k = 0
+
+    def use_memory(self, memory, k: int) -> None:
+        """Read every source with its ``k`` most similar pairs of ``memory`` (ragtune/retrieval/memory.py)."""
+        self.memory, self.memory_k = memory, int(k)
+
+    def _sources(self, texts: list[str]) -> list[str]:
+        """The encoder's input texts: the sources, followed by their translation-memory hits when there is a memory."""
+        return self.memory.augment(texts, self.memory_k) if self.memory is not None and self.memory_k else texts
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64) -> Seq2SeqPredictor:
@@ -83,7 +93,14 @@ class Seq2SeqPredictor:
         model = build_seq2seq(model_config(meta))
         load_weights(model, run_dir / WEIGHTS_FILE)
         model.eval()
-        return cls(model, tokenizer, meta, batch_size)
+        predictor = cls(model, tokenizer, meta, batch_size)
+        if meta.get("memory"):  # trained with a translation memory: rebuild it from the saved training pairs
+            from ragtune.retrieval.memory import TranslationMemory
+
+            pairs = [json.loads(line) for line in (run_dir / meta["memory"]["file"]).read_text(encoding="utf-8").splitlines()]
+            predictor.use_memory(TranslationMemory([p["source"] for p in pairs], [p["target"] for p in pairs],
+                                                   separator=meta["memory"]["separator"]), meta["memory"]["top_k"])
+        return predictor
 
     # -- decoding ----------------------------------------------------------------------------------
     def _settings(self, overrides: dict) -> dict:
@@ -129,7 +146,7 @@ class Seq2SeqPredictor:
         texts = ["" if t is None else str(t) for t in texts]
         if not texts:
             return []
-        src = self.tokenizer.encode_source_batch(texts, self.max_length)
+        src = self.tokenizer.encode_source_batch(self._sources(texts), self.max_length)
         return self.tokenizer.decode_batch(self.translate_ids(src, progress=progress, **overrides))
 
     def generate(self, texts: Sequence[str], progress: bool = False, **overrides) -> list[dict]:
@@ -140,7 +157,7 @@ class Seq2SeqPredictor:
     @torch.no_grad()
     def loss(self, sources: Sequence[str], targets: Sequence[str]) -> float:
         """Mean negative log-likelihood per target token (teacher forcing, no label smoothing), in nats."""
-        src = self.tokenizer.encode_source_batch(list(sources), self.max_length)
+        src = self.tokenizer.encode_source_batch(self._sources(list(sources)), self.max_length)
         tgt = self.tokenizer.encode_target_batch(list(targets), self.max_length)
         was_training = self.model.training
         self.model.eval()

@@ -185,3 +185,28 @@ def test_config_errors_are_reported_at_once(tmp_path):
     assert cfg.data.train == {"source": str(tmp_path / "a.en"), "target": str(tmp_path / "a.de")}
     assert cfg.data.test == {"source": str(tmp_path / "sub" / "b.en"), "target": str(tmp_path / "sub" / "b.de")}
     assert cfg.selection_metric == "bleu"
+
+
+def test_translation_memory_run(tmp_path, capsys):
+    """retrieval.top_k with source: train reads each source with its most similar training pairs, in
+    training (never its own pair) and at inference (rebuilt from the run's memory.jsonl)."""
+    from ragtune.seq2seq_predictor import Seq2SeqPredictor
+
+    train = write_files(tmp_path, "train", make_pairs(200, seed=3))
+    test = write_files(tmp_path, "test", make_pairs(20, seed=4))
+    config = tiny_config(tmp_path, train, test=test, epochs=2, retrieval__top_k=1, retrieval__source="train")
+    out = tmp_path / "run"
+    assert main(["run", config, "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["memory"] == {"file": "memory.jsonl", "top_k": 1, "separator": "<tm>"}
+    train_pairs = json.loads((out / "data_report.json").read_text())["splits"]["train"]["pairs"]  # 200 less validation
+    assert len((out / "memory.jsonl").read_text(encoding="utf-8").splitlines()) == train_pairs < 200
+    predictor = Seq2SeqPredictor.from_run_dir(out)
+    assert predictor.memory is not None and predictor.memory_k == 1
+    augmented = predictor._sources(["red cat runs"])[0]
+    assert augmented.startswith("red cat runs <tm> ") and " = " in augmented
+    capsys.readouterr()
+    assert main(["predict", str(out), "red cat runs"]) == 0
+    assert "output" in json.loads(capsys.readouterr().out.splitlines()[0])
+    with pytest.raises(RagtuneError, match="set retrieval.source: train"):
+        load_config(config, ["retrieval.source=corpus"])
