@@ -108,8 +108,8 @@ first goes through ``quant_pre_process`` (shape inference and graph clean-up).
 Measured (``python benchmarks/serve_model.py``; BENCHMARKS.md, "Step 7"): on a fine-tuned MiniLM
 (all-MiniLM-L6-v2, BBC News, 256 tokens) the int8 file is a quarter of the fp32 one (23 MB against
 91 MB) and the test accuracy did not change; logits move by up to a few tenths, so predictions near
-a decision boundary can change. One scale per tensor instead of per channel moved more predictions
-(96.5% agreement against 99% on a MiniLM probe).
+a decision boundary can change. One scale per output channel (rather than one per tensor) keeps
+the weights of small-norm channels from being rounded to zero.
 
 So compare before serving it (:func:`compare_engines`; ``ragtune export`` does this on the run's
 test split and writes ``check.json``); scores are not bit-identical to PyTorch's. The fp32 graph
