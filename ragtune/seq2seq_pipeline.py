@@ -40,6 +40,7 @@ from ragtune.data.seq2seq_tokenizer import (
 )
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
+from ragtune.models.hf_text import HF_DIR, save_hf_text_model
 from ragtune.models.seq2seq import Seq2SeqConfig, build_seq2seq, pad_batch, seq2seq_loss
 from ragtune.seq2seq_predictor import (
     MODEL_META,
@@ -80,11 +81,19 @@ def prepare_pairs(cfg: RunConfig) -> PairData:
     d = cfg.data
     if not d.train:
         raise RagtuneError("data.train: required for task translation")
-    train = _read(cfg, d.train)
-    frames = {"validation": _read(cfg, d.validation) if d.validation else None,
-              "test": _read(cfg, d.test) if d.test else None}
-    sources = {"train": _describe(d.train), "validation": _describe(d.validation) if d.validation else None,
-               "test": _describe(d.test) if d.test else None}
+    return split_examples(cfg, lambda spec: _read(cfg, spec), _describe, ("source", "target"))
+
+
+def split_examples(cfg: RunConfig, read: Callable, describe: Callable, columns: tuple[str, str]) -> PairData:
+    """Read ``data.train`` / ``validation`` / ``test`` with ``read(spec)`` into DataFrames of the two
+    ``columns``; a missing validation or test split is carved from train by a seeded random
+    permutation (``train.seed``, ``data.validation_fraction`` / ``data.test_fraction``)."""
+    d = cfg.data
+    train = read(d.train)
+    frames = {"validation": read(d.validation) if d.validation else None,
+              "test": read(d.test) if d.test else None}
+    sources = {"train": describe(d.train), "validation": describe(d.validation) if d.validation else None,
+               "test": describe(d.test) if d.test else None}
     carve = {name: frac for name, frac in (("validation", d.validation_fraction), ("test", d.test_fraction))
              if frames[name] is None}
     if carve:
@@ -97,11 +106,12 @@ def prepare_pairs(cfg: RunConfig) -> PairData:
             start += n
         train = train.iloc[np.sort(order[start:])].reset_index(drop=True)
         if len(train) < 1:
-            raise RagtuneError(f"data.train: {_describe(d.train)} has too few pairs to carve validation/test splits from")
+            raise RagtuneError(f"data.train: {describe(d.train)} has too few examples to carve validation/test splits from")
     splits = {"train": train, **frames}
+    a, b = columns
     info = {"splits": {name: {"pairs": len(df), "source": sources[name],
-                              "source_chars_mean": round(float(df.source.str.len().mean()), 1) if len(df) else 0,
-                              "target_chars_mean": round(float(df.target.str.len().mean()), 1) if len(df) else 0}
+                              f"{a}_chars_mean": round(float(df[a].str.len().mean()), 1) if len(df) else 0,
+                              f"{b}_chars_mean": round(float(df[b].str.len().mean()), 1) if len(df) else 0}
                        for name, df in splits.items()}}
     return PairData(splits["train"], splits["validation"], splits["test"], info)
 
@@ -128,8 +138,15 @@ def run_translation(
     log.info("data: %s", ", ".join(f"{k} {v['pairs']} pairs" for k, v in data.info["splits"].items()))
 
     # 2. tokenizer (a resumed run keeps its own: BPE training is not reproducible to the token)
+    m = cfg.model
     tok_path = run_dir / TOKENIZER_FILE
-    if resume and tok_path.exists():
+    hf_model = None
+    if m.backbone == "hf":  # a pretrained model brings its tokenizer (ragtune/models/hf_text.py)
+        from ragtune.models.hf_text import check_target_vocabulary, load_hf_text_model
+
+        tokenizer, hf_model, hf_kind = load_hf_text_model(m.name_or_path, "translation", m.max_length)
+        check_target_vocabulary(tokenizer, data.train.target.tolist(), m.name_or_path)
+    elif resume and tok_path.exists():
         tokenizer = load_seq2seq_tokenizer(tok_path)
     elif cfg.tokenizer.path:
         tokenizer = load_seq2seq_tokenizer(cfg.tokenizer.path)
@@ -140,14 +157,14 @@ def run_translation(
     if cfg.model.share_embeddings and not tokenizer.joint:
         raise RagtuneError("model.share_embeddings: the tokenizer has one vocabulary per side; "
                            "set model.share_embeddings: false or use a joint tokenizer")
-    tokenizer.save(tok_path)
-    log.info("tokenizer: BPE, %s, %d source / %d target tokens", "joint" if tokenizer.joint else "separate",
-             tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+    if hf_model is None:
+        tokenizer.save(tok_path)
+        log.info("tokenizer: BPE, %s, %d source / %d target tokens", "joint" if tokenizer.joint else "separate",
+                 tokenizer.source_vocab_size, tokenizer.target_vocab_size)
 
     # 3. model
-    m = cfg.model
     torch.manual_seed(cfg.train.seed)
-    model_cfg = dict(
+    model_cfg = {"max_length": m.max_length} if hf_model is not None else dict(
         src_vocab_size=tokenizer.source_vocab_size,
         tgt_vocab_size=None if tokenizer.joint else tokenizer.target_vocab_size,
         max_length=m.max_length, d_model=m.d_model, heads=m.heads, head_dim=m.head_dim, encoder_layers=m.layers,
@@ -155,13 +172,15 @@ def run_translation(
         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, share_embeddings=m.share_embeddings,
         tie_output=m.tie_output, activation=m.activation,
     )
-    model = build_seq2seq(Seq2SeqConfig(**model_cfg))
+    model = hf_model if hf_model is not None else build_seq2seq(Seq2SeqConfig(**model_cfg))
     meta = {
         "ragtune_version": ragtune.__version__, "task": "translation", "model": model_cfg,
         "tokenizer": TOKENIZER_FILE, "weights": WEIGHTS_FILE, "joint_tokenizer": tokenizer.joint,
         "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
         "decode": cfg.decode.model_dump(mode="json"), "bleu_tokenize": cfg.eval.bleu_tokenize,
     }
+    if hf_model is not None:
+        meta.update(tokenizer=HF_DIR, weights=HF_DIR, hf={"dir": HF_DIR, "kind": hf_kind, "name_or_path": m.name_or_path})
     predictor = Seq2SeqPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
     train_sources = data.train.source.tolist()
     if cfg.retrieval.top_k:  # a translation memory of the training pairs (ragtune/retrieval/memory.py)
@@ -175,8 +194,8 @@ def run_translation(
         predictor.use_memory(memory, cfg.retrieval.top_k)  # validation and test sources read their hits too
         train_sources = memory.augment_training(cfg.retrieval.top_k)  # never a sentence's own translation
         log.info("translation memory: %d pairs, top %d per source", len(memory), cfg.retrieval.top_k)
-    log.info("model: TransformerForSeq2Seq, %.2fM parameters (%.2fM non-embedding)",
-             model.num_parameters(non_embedding=False) / 1e6, model.num_parameters(non_embedding=True) / 1e6)
+    log.info("model: %s, %.2fM parameters", f"{m.name_or_path} ({hf_kind})" if hf_model is not None else "TransformerForSeq2Seq",
+             model.num_parameters(non_embedding=False) / 1e6)
 
     # 4. training: teacher forcing on (source, <s> y) -> y </s>
     src_ids = tokenizer.encode_source_batch(train_sources, m.max_length)
@@ -196,46 +215,77 @@ def run_translation(
         loss = seq2seq_loss(logits, labels, pad, cfg.train.label_smoothing)
         return loss, int(mask.sum()) + int((labels != pad).sum())
 
-    val_src, val_tgt = data.validation.source.tolist(), data.validation.target.tolist()
+    val = data.validation
+    result = train_text_model(cfg, "translation", model, stream, batch_loss,
+                              lambda **kw: predictor.evaluate(val.source.tolist(), val.target.tolist(), **kw),
+                              run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress)
+    save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)
 
+    # 5. evaluation with the configured decoding, and the report
+    metrics, examples = final_metrics(cfg, data, lambda df: predictor.evaluate(df.source.tolist(), df.target.tolist(),
+                                                                               progress=progress), result, evaluate_test)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    _report(cfg, run_dir, data, metrics, examples, result, model, time.perf_counter() - started)
+    log_done(metrics, METRIC_KEYS)
+    return metrics, result
+
+
+def train_text_model(cfg: RunConfig, task: str, model, stream: BatchStream, batch_loss, score_validation,
+                     run_dir: Path, *, resume: bool, on_epoch_end, progress: bool) -> TrainResult:
+    """The foundation's loop (:func:`ragtune.train.loop.train_model`) for a translation or generation
+    model: each epoch ``score_validation(max_decode_rows=, seed=, strategy="greedy")``; the best
+    epoch's weights are restored (``train.restore_best``) and the model is left in eval mode."""
     def evaluate() -> dict:
-        metrics = predictor.evaluate(val_src, val_tgt, max_decode_rows=cfg.eval.max_decode_rows,
-                                     seed=cfg.train.seed, strategy="greedy")
+        metrics = score_validation(max_decode_rows=cfg.eval.max_decode_rows, seed=cfg.train.seed, strategy="greedy")
         metrics.pop("examples", None)
         return metrics
 
     result = train_model(
-        model, stream, task="translation", cfg=cfg.train, selection_metric=cfg.selection_metric, evaluate=evaluate,
+        model, stream, task=task, cfg=cfg.train, selection_metric=cfg.selection_metric, evaluate=evaluate,
         out_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress, batch_loss=batch_loss,
     )
     if cfg.train.restore_best and result.best_epoch is not None:
         load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
     model.eval()
-    save_weights(model, run_dir / WEIGHTS_FILE)
+    return result
+
+
+def save_text_model(model, tokenizer, meta: dict, run_dir: Path, hf: bool) -> None:
+    """The trained model in RUN_DIR: ``hf_model/`` (``save_pretrained``) for a pretrained Hugging Face
+    model, else ``model.safetensors``; then ``model.json``."""
+    if hf:
+        save_hf_text_model(tokenizer, model, run_dir / HF_DIR)
+    else:
+        save_weights(model, run_dir / WEIGHTS_FILE)
     (run_dir / MODEL_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
 
-    # 5. evaluation with the configured decoding, and the report
+
+def final_metrics(cfg: RunConfig, data: PairData, score: Callable[[pd.DataFrame], dict], result: TrainResult,
+                  evaluate_test: bool) -> tuple[dict, dict]:
+    """``(metrics, examples)``: ``score(split frame)`` of validation (and test) with the configured
+    decoding, its ``examples`` moved aside, and a ``training`` summary of ``result``. A test file that
+    is the validation file is scored once."""
     metrics: dict = {}
     examples: dict = {}
-    specs = {"validation": cfg.data.validation, "test": cfg.data.test}
     for split in ("validation", "test") if evaluate_test else ("validation",):
-        if split == "test" and specs["test"] and specs["test"] == specs["validation"]:
+        if split == "test" and cfg.data.test and cfg.data.test == cfg.data.validation:
             metrics["test"], examples["test"] = dict(metrics["validation"]), examples["validation"]  # the same file
             continue
         df = getattr(data, split)
-        log.info("evaluating %s: %d pairs, %s decoding", split, len(df), cfg.decode.strategy)
-        metrics[split] = predictor.evaluate(df.source.tolist(), df.target.tolist(), progress=progress)
+        log.info("evaluating %s: %d examples, %s decoding", split, len(df), cfg.decode.strategy)
+        metrics[split] = score(df)
         examples[split] = metrics[split].pop("examples")
     metrics["training"] = {
         "seconds": round(result.seconds, 2), "optimizer_steps": result.optimizer_steps, "tokens": result.tokens,
         "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
         "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    _report(cfg, run_dir, data, metrics, examples, result, model, time.perf_counter() - started)
-    log.info("done: %s", json.dumps({s: {k: round(v, 2) for k, v in mm.items() if k in METRIC_KEYS and v is not None}
+    return metrics, examples
+
+
+def log_done(metrics: dict, keys: tuple[str, ...]) -> None:
+    log.info("done: %s", json.dumps({s: {k: round(v, 2) for k, v in mm.items() if k in keys and v is not None}
                                      for s, mm in metrics.items() if s != "training"}))
-    return metrics, result
 
 
 def _fmt(value) -> str:
@@ -253,9 +303,10 @@ def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, exampl
     decoding = {"greedy": "greedy", "beam": f"beam search (beam {dec.beam_size}, length penalty {dec.length_penalty})",
                 "sample": f"sampling (top_k {dec.top_k}, top_p {dec.top_p}, temperature {dec.temperature}, seed {dec.seed})"}
     lines = [f"# ragtune run report{': ' + cfg.name if cfg.name else ''}", "",
-             f"task **translation** · encoder-decoder Transformer {m.layers}+{m.layers} layers, d_model {m.d_model}, "
-             f"{m.heads} heads x {m.head_dim}, ffn {m.ffn_dim}, "
-             f"{model.num_parameters(non_embedding=False) / 1e6:.2f}M parameters · decoding: {decoding[dec.strategy]}",
+             "task **translation** · " + (f"pretrained `{m.name_or_path}`, " if m.backbone == "hf" else
+                                          f"encoder-decoder Transformer {m.layers}+{m.layers} layers, d_model {m.d_model}, "
+                                          f"{m.heads} heads x {m.head_dim}, ffn {m.ffn_dim}, ")
+             + f"{model.num_parameters(non_embedding=False) / 1e6:.2f}M parameters · decoding: {decoding[dec.strategy]}",
              "", "## Results", "",
              "BLEU and chrF (sacrebleu, 0-100) of the decoded outputs; loss is the mean cross-entropy per target "
              "token (no label smoothing), perplexity its exp.", "",

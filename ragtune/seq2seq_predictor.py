@@ -45,6 +45,80 @@ DEFAULT_DECODE = {"strategy": "beam", "beam_size": 4, "length_penalty": 0.6, "ma
                   "top_p": None, "temperature": 1.0, "seed": 0}
 
 
+def decode_settings(defaults: dict, overrides: dict, default_max_new: int, most_new: int) -> dict:
+    """The decoding settings of one call: ``defaults`` (the run's ``decode:``) updated by the non-null
+    ``overrides``; ``max_new_tokens`` null becomes ``default_max_new`` and may not exceed ``most_new``."""
+    unknown = sorted(set(overrides) - set(DECODE_KEYS))
+    if unknown:
+        raise RagtuneError(f"unknown decoding option(s) {unknown}; choose from {list(DECODE_KEYS)}")
+    settings = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    if settings["strategy"] not in ("greedy", "beam", "sample"):
+        raise RagtuneError(f"strategy must be one of greedy, beam, sample (got {settings['strategy']!r})")
+    if settings["max_new_tokens"] is None:
+        settings["max_new_tokens"] = default_max_new
+    if settings["max_new_tokens"] > most_new:
+        raise RagtuneError(f"max_new_tokens: at most {most_new} for this model (its max_length leaves no room for "
+                           f"more) (got {settings['max_new_tokens']})")
+    return settings
+
+
+@torch.no_grad()
+def decode_batches(model, inputs: Sequence[Sequence[int]], batch_size: int, s: dict, make_stepper, progress: bool,
+                   desc: str) -> list[list[int]]:
+    """Decode ``inputs`` (id lists) in batches of ``batch_size`` sorted by length (less padding) with the
+    strategy of the settings ``s``; ``make_stepper(rows)`` builds the Stepper of one batch. The model
+    runs in eval mode (its mode is restored). Returns the generated ids per input, in input order."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    out: list[list[int] | None] = [None] * len(inputs)
+    starts = range(0, len(order), batch_size)
+    try:
+        for b, start in enumerate(tqdm(starts, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)):
+            rows = order[start:start + batch_size]
+            step = make_stepper([inputs[i] for i in rows])
+            limit = min(s["max_new_tokens"], step.max_new_tokens)
+            if s["strategy"] == "greedy":
+                result = greedy(step, limit)
+            elif s["strategy"] == "beam":
+                result = beam_search(step, int(s["beam_size"]), float(s["length_penalty"]), limit)
+            else:  # each batch its own seed, so a batch's draws do not depend on the others
+                result = sample(step, float(s["temperature"]), s["top_k"], s["top_p"], int(s["seed"]) + b, limit)
+            for i, generated in zip(rows, result):
+                out[i] = generated
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def read_run_meta(run_dir: Path, task: str) -> dict:
+    """``model.json`` of a finished ``task`` run (its weights present), else a RagtuneError naming what is missing."""
+    meta_path = run_dir / MODEL_META
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else None
+    weights = run_dir / ((meta or {}).get("weights") or WEIGHTS_FILE)
+    if meta is None or not weights.exists():
+        raise RagtuneError(f"{run_dir} is not a finished ragtune {task} run: missing {MODEL_META} or {weights.name}")
+    if meta.get("task") != task:
+        raise RagtuneError(f"{run_dir} is a task: {meta.get('task')} run, not a {task} run")
+    return meta
+
+
+def load_run_model(run_dir: Path, meta: dict, build):
+    """``(tokenizer, model)`` of a run: its pretrained Hugging Face model (``meta["hf"]``), or ``build()``
+    with the run's safetensors weights and byte-fallback BPE tokenizer. The model is in eval mode."""
+    if meta.get("hf"):
+        from ragtune.models.hf_text import load_hf_text_model
+
+        tokenizer, model, _ = load_hf_text_model(meta["hf"]["name_or_path"], meta["task"], meta["model"]["max_length"],
+                                                 folder=run_dir / meta["hf"]["dir"])
+    else:
+        tokenizer = load_seq2seq_tokenizer(run_dir / meta.get("tokenizer", TOKENIZER_FILE))
+        model = build()
+        load_weights(model, run_dir / WEIGHTS_FILE)
+    model.eval()
+    return tokenizer, model
+
+
 def model_config(meta: dict) -> Seq2SeqConfig:
     """The :class:`Seq2SeqConfig` recorded in ``model.json`` (``meta["model"]``)."""
     return Seq2SeqConfig(**meta["model"])
@@ -83,16 +157,8 @@ class Seq2SeqPredictor:
     def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64) -> Seq2SeqPredictor:
         """Load a finished translation run."""
         run_dir = Path(run_dir)
-        meta_path = run_dir / MODEL_META
-        if not meta_path.exists() or not (run_dir / WEIGHTS_FILE).exists():
-            raise RagtuneError(f"{run_dir} is not a finished ragtune translation run: missing {MODEL_META} or {WEIGHTS_FILE}")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("task") != "translation":
-            raise RagtuneError(f"{run_dir} is a task: {meta.get('task')} run, not a translation run")
-        tokenizer = load_seq2seq_tokenizer(run_dir / meta.get("tokenizer", TOKENIZER_FILE))
-        model = build_seq2seq(model_config(meta))
-        load_weights(model, run_dir / WEIGHTS_FILE)
-        model.eval()
+        meta = read_run_meta(run_dir, "translation")
+        tokenizer, model = load_run_model(run_dir, meta, lambda: build_seq2seq(model_config(meta)))
         predictor = cls(model, tokenizer, meta, batch_size)
         if meta.get("memory"):  # trained with a translation memory: rebuild it from the saved training pairs
             from ragtune.retrieval.memory import TranslationMemory
@@ -104,42 +170,13 @@ class Seq2SeqPredictor:
 
     # -- decoding ----------------------------------------------------------------------------------
     def _settings(self, overrides: dict) -> dict:
-        unknown = sorted(set(overrides) - set(DECODE_KEYS))
-        if unknown:
-            raise RagtuneError(f"unknown decoding option(s) {unknown}; choose from {list(DECODE_KEYS)}")
-        settings = {**self.decode_defaults, **{k: v for k, v in overrides.items() if v is not None}}
-        if settings["strategy"] not in ("greedy", "beam", "sample"):
-            raise RagtuneError(f"strategy must be one of greedy, beam, sample (got {settings['strategy']!r})")
-        if settings["max_new_tokens"] is None:
-            settings["max_new_tokens"] = self.max_length - 1
-        return settings
+        return decode_settings(self.decode_defaults, overrides, self.max_length - 1, self.max_length - 1)
 
-    @torch.no_grad()
     def translate_ids(self, src_ids: Sequence[Sequence[int]], progress: bool = False, **overrides) -> list[list[int]]:
         """Generated target ids (no ``<s>``/``</s>``) for each source id list, in input order."""
-        s = self._settings(overrides)
-        was_training = self.model.training
-        self.model.eval()
-        order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
-        out: list[list[int] | None] = [None] * len(src_ids)
-        starts = range(0, len(order), self.batch_size)
-        try:
-            for b, start in enumerate(tqdm(starts, desc="decoding", disable=not progress, leave=False, dynamic_ncols=True)):
-                rows = order[start:start + self.batch_size]
-                ids, mask = pad_batch([src_ids[i] for i in rows], self.model.config.pad_id)
-                step = Seq2SeqStepper(self.model, ids, mask)
-                if s["strategy"] == "greedy":
-                    result = greedy(step, s["max_new_tokens"])
-                elif s["strategy"] == "beam":
-                    result = beam_search(step, int(s["beam_size"]), float(s["length_penalty"]), s["max_new_tokens"])
-                else:
-                    result = sample(step, float(s["temperature"]), s["top_k"], s["top_p"], int(s["seed"]) + b,
-                                    s["max_new_tokens"])
-                for i, generated in zip(rows, result):
-                    out[i] = generated
-        finally:
-            self.model.train(was_training)
-        return out  # type: ignore[return-value]
+        pad = self.model.config.pad_id
+        return decode_batches(self.model, src_ids, self.batch_size, self._settings(overrides),
+                              lambda rows: Seq2SeqStepper(self.model, *pad_batch(rows, pad)), progress, "decoding")
 
     def translate(self, texts: Sequence[str], progress: bool = False, **overrides) -> list[str]:
         """The output text of each source text."""

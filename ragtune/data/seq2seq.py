@@ -15,6 +15,7 @@ text per line::
     read_generation("data/qa.jsonl", prompt_column="question", response_column="answer")
     read_generation("data/poems.csv", text_column="poem")
     read_generation("data/poems.txt")
+    read_generation("squad/dev.json")          # SQuAD format: each question -> its first answer
 
 Both return a DataFrame with the columns ``prompt`` and ``response``.
 
@@ -188,6 +189,22 @@ def read_generation(
     path = Path(path)
     if max_rows is not None and max_rows <= 0:
         raise RagtuneError(f"max_rows must be positive (got {max_rows})")
+    if fmt == "auto" and path.suffix.lower() == ".json":  # SQuAD format: question -> first answer
+        from ragtune.retrieval.corpus import iter_squad
+
+        prompts, responses = [], []
+        for title, p_index, _, qas in iter_squad(path):
+            for q in qas:
+                answers = q.get("answers") or [] if isinstance(q, dict) else []
+                text = _cell(answers[0].get("text")) if answers and isinstance(answers[0], dict) else ""
+                if isinstance(q, dict) and _cell(q.get("question")) and text:
+                    prompts.append(_cell(q["question"]))
+                    responses.append(text)
+        if not prompts:
+            raise RagtuneError(f"{path}: no answerable question (a 'question' with a non-empty first answer) in the SQuAD file")
+        if max_rows is not None:
+            prompts, responses = prompts[:max_rows], responses[:max_rows]
+        return pd.DataFrame({"prompt": prompts, "response": responses})
     if fmt == "auto" and path.suffix.lower() in _TEXT_EXTENSIONS:
         texts = [line for line in read_lines(path) if line]
         if not texts:

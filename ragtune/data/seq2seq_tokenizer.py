@@ -175,6 +175,10 @@ class Seq2SeqTokenizer:
         if max_length is not None and max_length < specials + 1:
             raise RagtuneError(f"max_length must be at least {specials + 1} (got {max_length})")
 
+    def encode_plain_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """The source-side tokens of each text, without special tokens (a beginning to continue)."""
+        return self._encode(self.source, list(texts))
+
     def encode_source(self, text: str, max_length: int | None = None) -> list[int]:
         """Ids of a source text: its tokens then ``</s>``, at most ``max_length`` ids (``</s>`` kept)."""
         return self.encode_source_batch([text], max_length)[0]

@@ -90,7 +90,7 @@ class Seq2SeqStepper:
         self.use_cache = use_cache
         self.eos_id, self.bos_id = config.eos_id, config.bos_id
         self.pad_id = config.pad_id
-        self.banned_ids = [config.bos_id, config.pad_id]
+        self.banned_ids = [i for i in (config.bos_id, config.pad_id) if i != config.eos_id]  # (GPT-2: bos = eos)
         self.batch_size = src_ids.shape[0]
         self.max_new_tokens = config.max_length - 1  # position 0 holds <s>
         self.device = src_ids.device
@@ -139,7 +139,7 @@ class CausalLMStepper:
         self.use_cache = use_cache
         self.eos_id = config.eos_id
         self.pad_id = config.pad_id
-        self.banned_ids = [config.bos_id, config.pad_id]
+        self.banned_ids = [i for i in (config.bos_id, config.pad_id) if i != config.eos_id]  # (GPT-2: bos = eos)
         self.device = next(model.parameters()).device
         self.prompt_ids, self.prompt_mask = pad_batch(prompts, config.pad_id, left=True, device=self.device)  # (B, P)
         self.batch_size = len(prompts)

@@ -20,6 +20,8 @@ Endpoints (those that fit what is served; ``GET /healthz`` lists them):
 ``POST /v1/translate`` ``{"texts": [...], "strategy": null, "beam_size": null, ...}`` →
                        ``{"translations": [{"output": "..."}, ...]}`` (translation runs; null options keep the
                        run's ``decode:`` settings)
+``POST /v1/generate``  ``{"prompts": [...], "strategy": null, ...}`` → ``{"outputs": [{"output": "...",
+                       "passages": [...]}, ...]}`` (generation runs; ``passages`` when the run retrieves)
 ``POST /v1/retrieve``  ``{"queries": [...], "k": 5}`` → ``{"results": [[{"id", "doc_id", "score", "text",
                        "title", "source"}, ...], ...]}`` (index folders, QA and retrieval runs)
 ``GET /healthz``       model loaded, ragtune version, task, engine, labels, endpoints
@@ -133,9 +135,7 @@ class AnswerResponse(BaseModel):
     answers: list[Answer]
 
 
-class TranslateRequest(_Body):
-    texts: list[str] = Field(..., description="Source sentences. At least one; at most serve.max_texts_per_request.",
-                             examples=[["A man is riding a bicycle down the street."]])
+class _DecodeOptions(_Body):
     strategy: Literal["greedy", "beam", "sample"] | None = Field(None, description="Decoding; null: the run's decode.strategy.")
     beam_size: int | None = Field(None, ge=1, le=16, description="Beam search: beams kept.")
     max_new_tokens: int | None = Field(None, ge=1, description="Most output tokens (at most the run's max_length - 1).")
@@ -144,7 +144,12 @@ class TranslateRequest(_Body):
     top_p: float | None = Field(None, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this much probability.")
 
     def overrides(self) -> dict:
-        return {k: v for k, v in self.model_dump(exclude={"texts"}).items() if v is not None}
+        return {k: v for k, v in self.model_dump(exclude={"texts", "prompts"}).items() if v is not None}
+
+
+class TranslateRequest(_DecodeOptions):
+    texts: list[str] = Field(..., description="Source sentences. At least one; at most serve.max_texts_per_request.",
+                             examples=[["A man is riding a bicycle down the street."]])
 
 
 class Translation(BaseModel):
@@ -153,6 +158,21 @@ class Translation(BaseModel):
 
 class TranslateResponse(BaseModel):
     translations: list[Translation]
+
+
+class GenerateRequest(_DecodeOptions):
+    prompts: list[str] = Field(..., description="Prompts (or beginnings to continue, for a run trained on texts "
+                                                "without prompts). At least one; at most serve.max_texts_per_request.",
+                               examples=[["Which team won Super Bowl 50?"]])
+
+
+class Generation(BaseModel):
+    output: str
+    passages: list[Passage] | None = Field(None, description="Runs with retrieval: the passages the prompt was read with, best first.")
+
+
+class GenerateResponse(BaseModel):
+    outputs: list[Generation]
 
 
 class RetrieveRequest(_Body):
@@ -297,6 +317,9 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
     elif service.seq2seq is not None:
         service.seq2seq.batch_size = settings.max_batch_size
         model_fn = service.seq2seq.generate  # the run's own decoding settings; a request with others runs alone
+    elif service.generator is not None:
+        service.generator.batch_size = settings.max_batch_size
+        model_fn = service.generator.generate
     batcher = MicroBatcher(model_fn or (lambda items: items), settings.max_batch_size, settings.max_wait_ms / 1000,
                            on_batch=metrics.batch_size.observe)
 
@@ -449,6 +472,29 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                 results = await batcher.submit(body.texts)
             return {"translations": results}
 
+    if service.generator is not None:
+        @app.post("/v1/generate", response_model=GenerateResponse, response_model_exclude_none=True,
+                  dependencies=protected, responses=_ERRORS, summary="Generate responses (generation runs)")
+        async def generate(body: GenerateRequest):
+            check_texts(body.prompts, "prompts")
+            limit = service.generator.max_length - 2
+            if body.max_new_tokens is not None and body.max_new_tokens > limit:
+                raise HTTPException(422, f"max_new_tokens: {body.max_new_tokens} is over the run's limit of {limit} "
+                                         "(model.max_length - 2)")
+            metrics.items.labels("/v1/generate").inc(len(body.prompts))
+            overrides = body.overrides()
+            if overrides:
+                results = await batcher.call(lambda: service.generator.generate(body.prompts, **overrides))
+            else:
+                results = await batcher.submit(body.prompts)
+            out = []
+            for r in results:
+                row = {"output": r["output"]}
+                if r.get("passages") is not None:
+                    row["passages"] = [_public_passage(p) for p in r["passages"]]
+                out.append(row)
+            return {"outputs": out}
+
     if service.index is not None:
         @app.post("/v1/retrieve", response_model=RetrieveResponse, response_model_exclude_none=True,
                   dependencies=protected, responses=_ERRORS, summary="Search the index")
@@ -462,7 +508,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
             hits = await batcher.call(service.index.search_batch, body.queries, body.k)
             return {"results": [[_public_passage(h.to_dict()) for h in per_query] for per_query in hits]}
 
-    for path in ("/v1/predict", "/v1/answer", "/v1/translate", "/v1/retrieve"):
+    for path in ("/v1/predict", "/v1/answer", "/v1/translate", "/v1/generate", "/v1/retrieve"):
         if path not in service.endpoints:
             _add_unavailable(app, path, unavailable)
 

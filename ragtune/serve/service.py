@@ -12,6 +12,7 @@ classification / regression run           ``/v1/predict`` (+ ``/v1/retrieve`` wi
 ``ragtune export`` folder (engine onnx)   ``/v1/predict`` (+ ``/v1/retrieve`` with retrieval)
 ``task: qa`` run                          ``/v1/answer`` (+ ``/v1/retrieve`` when it reads an index)
 ``task: translation`` run                 ``/v1/translate``
+``task: generation`` run                  ``/v1/generate`` (and ``/v1/retrieve`` when it retrieves)
 index folder (``ragtune index``)          ``/v1/retrieve``
 ========================================  ===========================================
 """
@@ -32,9 +33,9 @@ ENGINES = ("torch", "onnx")
 class Service:
     """A loaded model or index and what it can do.
 
-    ``kind`` is ``classification``, ``regression``, ``qa``, ``translation`` or ``index``; ``predictor`` a
-    Predictor (classification/regression), ``qa`` a QAPredictor, ``seq2seq`` a Seq2SeqPredictor
-    (translation), ``index`` the Index used by
+    ``kind`` is ``classification``, ``regression``, ``qa``, ``translation``, ``generation`` or ``index``;
+    ``predictor`` a Predictor (classification/regression), ``qa`` a QAPredictor, ``seq2seq`` a
+    Seq2SeqPredictor (translation), ``generator`` a GenerationPredictor, ``index`` the Index used by
     ``/v1/retrieve`` (None where there is none). ``settings`` are the batching and limits
     (the run's ``serve:`` section, or the defaults).
     """
@@ -46,6 +47,7 @@ class Service:
     predictor: object | None = None
     qa: object | None = None
     seq2seq: object | None = None
+    generator: object | None = None
     index: object | None = None
     labels: list[str] = field(default_factory=list)
 
@@ -58,6 +60,8 @@ class Service:
             out.append("/v1/answer")
         if self.seq2seq is not None:
             out.append("/v1/translate")
+        if self.generator is not None:
+            out.append("/v1/generate")
         if self.index is not None:
             out.append("/v1/retrieve")
         return out
@@ -101,6 +105,15 @@ def load_service(path: str | Path, engine: str = "torch") -> Service:
 
         return Service("translation", name, engine, settings,
                        seq2seq=Seq2SeqPredictor.from_run_dir(folder, batch_size=settings.max_batch_size))
+    if meta.get("task") == "generation":
+        if engine != "torch":
+            raise RagtuneError(f"{folder} is a task: generation run; --engine onnx serves classification and "
+                               "regression exports only")
+        from ragtune.generation_predictor import GenerationPredictor
+
+        generator = GenerationPredictor.from_run_dir(folder, batch_size=settings.max_batch_size)
+        index = generator.retriever.index if generator.retriever is not None else None
+        return Service("generation", name, engine, settings, generator=generator, index=index)
     if meta.get("task") == "qa":
         if engine != "torch":
             raise RagtuneError(f"{folder} is a task: qa run; --engine onnx serves classification and regression "

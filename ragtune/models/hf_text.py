@@ -1,0 +1,243 @@
+"""Pretrained Hugging Face models for translation and generation, behind ragtune's own model interface.
+
+Three kinds, chosen from ``model.name_or_path`` (a Hub id, a local ``save_pretrained`` folder, or the
+alias ``minilm``) and the task:
+
+=========================  ==========================================  ===============================
+kind                       what is loaded                              used for
+=========================  ==========================================  ===============================
+``seq2seq``                ``AutoModelForSeq2SeqLM`` (T5, BART, Marian)  ``task: translation``
+``bert2bert``              ``EncoderDecoderModel`` warm-started from    ``task: translation`` when the
+                           one encoder-only checkpoint (e.g. MiniLM)    checkpoint is encoder-only
+                           for both halves; cross-attention is new
+``causal``                 ``AutoModelForCausalLM`` (GPT-2, Llama, ...)  ``task: generation``
+=========================  ==========================================  ===============================
+
+:class:`HFSeq2SeqLM` and :class:`HFCausalLM` wrap the model with the interface of ragtune's
+from-scratch models (``forward``, ``encode``/``decode``, ``config.pad_id/bos_id/eos_id/max_length``),
+so the pipelines, the decoding strategies of :mod:`ragtune.models.decoding` (greedy, beam,
+sampling) and the predictors are the same for both families. They run without a key/value cache
+(each step re-reads the prefix): simple and exact, slower on long outputs than ``generate``.
+:class:`HFTokenizer` gives a transformers tokenizer the interface of
+:class:`~ragtune.data.seq2seq_tokenizer.Seq2SeqTokenizer`.
+
+BERT2BERT from MiniLM: its vocabulary is uncased English and strips accents ("Männer" → "manner"),
+so it suits English targets only; :func:`check_target_vocabulary` stops a run whose targets the
+tokenizer cannot give back (German or Chinese targets need a tokenizer trained on the data:
+``model.backbone: scratch``).
+
+Example::
+
+    tok, model, kind = load_hf_text_model("minilm", task="translation", max_length=64)   # bert2bert
+    logits = model(src_ids, src_mask, tgt_in)   # (B, T, V)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ragtune.errors import RagtuneError
+
+HF_DIR = "hf_model"  # in a run directory: the fine-tuned model and its tokenizer (save_pretrained)
+
+
+@dataclass
+class HFTextConfig:
+    """The few settings ragtune's decoding and losses read from a model."""
+
+    pad_id: int
+    bos_id: int  # the decoder's first token (seq2seq: decoder_start_token_id; causal: the BOS token)
+    eos_id: int
+    max_length: int
+    vocab_size: int
+
+
+class HFTokenizer:
+    """A transformers fast tokenizer with the methods of ``Seq2SeqTokenizer`` that ragtune uses.
+
+    Source ids are the tokenizer's own encoding (its special tokens, e.g. ``[CLS] x [SEP]`` or
+    ``x </s>``); target ids are ``bos tokens eos`` with the model's decoder start token as ``bos``.
+    """
+
+    joint = True
+
+    def __init__(self, tokenizer, bos_id: int, eos_id: int):
+        self.hf = tokenizer
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.bos_id, self.eos_id = int(bos_id), int(eos_id)
+        self.unk_id = tokenizer.unk_token_id
+        self.source_vocab_size = self.target_vocab_size = len(tokenizer)
+
+    def _plain(self, texts) -> list[list[int]]:
+        return self.hf(["" if t is None else str(t) for t in texts], add_special_tokens=False)["input_ids"]
+
+    def encode_plain_batch(self, texts) -> list[list[int]]:
+        return self._plain(texts)
+
+    def encode_source_batch(self, texts, max_length: int | None = None) -> list[list[int]]:
+        """Tokens then ``eos`` (at most ``max_length`` ids, ``eos`` kept)."""
+        keep = None if max_length is None else max_length - 1
+        return [ids[:keep] + [self.eos_id] for ids in self._plain(texts)]
+
+    def encode_target_batch(self, texts, max_length: int | None = None) -> list[list[int]]:
+        """``bos`` tokens ``eos`` (at most ``max_length`` ids, both kept)."""
+        keep = None if max_length is None else max_length - 2
+        return [[self.bos_id] + ids[:keep] + [self.eos_id] for ids in self._plain(texts)]
+
+    def decode_batch(self, batch, side: str = "target") -> list[str]:
+        return [s.strip() for s in self.hf.batch_decode([list(ids) for ids in batch], skip_special_tokens=True,
+                                                        clean_up_tokenization_spaces=True)]
+
+    def save(self, folder: str | Path) -> None:
+        self.hf.save_pretrained(str(folder))
+
+
+class HFSeq2SeqLM(nn.Module):
+    """An encoder-decoder of transformers with ``TransformerForSeq2Seq``'s interface."""
+
+    def __init__(self, model: nn.Module, config: HFTextConfig):
+        super().__init__()
+        self.hf = model
+        self.config = config
+
+    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.hf.get_encoder()(input_ids=src_ids, attention_mask=src_mask).last_hidden_state  # (B, S, d)
+
+    def decode(self, memory: torch.Tensor, src_mask: torch.Tensor, tgt_ids: torch.Tensor, cache=None) -> torch.Tensor:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        out = self.hf(encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=src_mask,
+                      decoder_input_ids=tgt_ids, use_cache=False)
+        return out.logits  # (B, T, V)
+
+    def forward(self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=src_ids, attention_mask=src_mask, decoder_input_ids=tgt_ids, use_cache=False).logits
+
+    def new_cache(self):
+        return None  # no cache: each decoding step re-reads the prefix
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class HFCausalLM(nn.Module):
+    """A causal language model of transformers with ``TransformerForCausalLM``'s interface:
+    left or right padding, each row's positions counting its real tokens only."""
+
+    def __init__(self, model: nn.Module, config: HFTextConfig):
+        super().__init__()
+        self.hf = model
+        self.config = config
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        mask = (ids != self.config.pad_id).long() if mask is None else mask.long()  # (B, T)
+        pos = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        return self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (B, T, V)
+
+    def new_cache(self):
+        return None
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _is_encoder_only(hf_config) -> bool:
+    return not hf_config.is_encoder_decoder and hf_config.model_type in ("bert", "roberta", "xlm-roberta", "electra",
+                                                                        "distilbert", "mpnet", "deberta-v2")
+
+
+def load_hf_text_model(name_or_path: str, task: str, max_length: int, folder: str | Path | None = None):
+    """``(HFTokenizer, model wrapper, kind)`` for ``task`` (``translation`` or ``generation``).
+
+    ``folder``: a run's ``hf_model`` folder (a fine-tuned model); else ``name_or_path`` (alias,
+    local folder or Hub id) is loaded as pretrained.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel
+
+    from ragtune.models.hf import _offline_error, check_source
+
+    source = str(folder) if folder is not None else check_source(name_or_path)
+    try:
+        hf_config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise _offline_error(source, "model", exc) from None
+    if task == "translation":
+        if hf_config.model_type == "encoder-decoder":
+            model, kind = EncoderDecoderModel.from_pretrained(source), "bert2bert"
+        elif hf_config.is_encoder_decoder:
+            model, kind = AutoModelForSeq2SeqLM.from_pretrained(source), "seq2seq"
+        elif _is_encoder_only(hf_config):
+            model = EncoderDecoderModel.from_encoder_decoder_pretrained(source, source)
+            kind = "bert2bert"
+        else:
+            raise RagtuneError(f"model.name_or_path: {name_or_path!r} is a {hf_config.model_type!r} model; task translation "
+                               "needs an encoder-decoder (T5, BART, Marian, ...) or an encoder-only checkpoint to warm-start "
+                               "BERT2BERT (e.g. minilm)")
+        if kind == "bert2bert":
+            start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+            eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+            model.config.decoder_start_token_id, model.config.eos_token_id = start, eos
+            model.config.pad_token_id = tokenizer.pad_token_id
+        else:
+            start, eos = model.config.decoder_start_token_id, model.config.eos_token_id
+        if start is None or eos is None or tokenizer.pad_token_id is None:
+            raise RagtuneError(f"model.name_or_path: {name_or_path!r} lacks a decoder start, end or padding token "
+                               f"(decoder_start_token_id={start}, eos_token_id={eos}, pad={tokenizer.pad_token_id})")
+        tok = HFTokenizer(tokenizer, start, eos)
+        wrapper = HFSeq2SeqLM(model, HFTextConfig(tok.pad_id, tok.bos_id, tok.eos_id, max_length, len(tokenizer)))
+        return tok, wrapper, kind
+    if task != "generation":
+        raise ValueError(f"task must be translation or generation (got {task!r})")
+    if hf_config.is_encoder_decoder or _is_encoder_only(hf_config):
+        raise RagtuneError(f"model.name_or_path: {name_or_path!r} is a {hf_config.model_type!r} model; task generation "
+                           "needs a causal language model (GPT-2, Llama, Qwen, ...)")
+    model = AutoModelForCausalLM.from_pretrained(source)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    if eos is None:
+        raise RagtuneError(f"model.name_or_path: the tokenizer of {name_or_path!r} has no end-of-text token")
+    bos = eos if bos is None else bos
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == eos:  # padding must not hide the end of text
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    limit = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", None)
+    if limit is not None and max_length > limit:
+        raise RagtuneError(f"model.max_length: {max_length} is more than {name_or_path!r} has positions for ({limit})")
+    tok = HFTokenizer(tokenizer, bos, eos)
+    return tok, HFCausalLM(model, HFTextConfig(tok.pad_id, tok.bos_id, tok.eos_id, max_length, len(tokenizer))), "causal"
+
+
+def save_hf_text_model(tokenizer: HFTokenizer, model: nn.Module, folder: str | Path) -> None:
+    """Write the fine-tuned model and its tokenizer with ``save_pretrained`` (safetensors)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.hf.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save(folder)
+
+
+def check_target_vocabulary(tokenizer: HFTokenizer, texts: list[str], source: str, max_lost: float = 0.02) -> None:
+    """Stop when more than ``max_lost`` of the target texts do not come back from the tokenizer
+    (up to case and spacing): an uncased English vocabulary strips accents ("Männer" → "manner")
+    and has no pieces for most Chinese text."""
+    if not texts:
+        return
+    sample = texts[:2000]
+    back = tokenizer.decode_batch(tokenizer.encode_plain_batch(sample))
+
+    def norm(s: str) -> str:
+        return "".join(s.lower().split())
+
+    lost = [(t, b) for t, b in zip(sample, back) if norm(t) != norm(b)]
+    if len(lost) > max_lost * len(sample):
+        t, b = lost[0]
+        raise RagtuneError(
+            f"model.name_or_path: the tokenizer of {source!r} cannot write {len(lost)} of {len(sample)} target texts "
+            f"back (e.g. {t[:60]!r} -> {b[:60]!r}); its vocabulary does not cover the target language. Use "
+            "model.backbone: scratch (a tokenizer trained on the data) or a pretrained model made for that language"
+        )
