@@ -12,7 +12,7 @@ banned until N), Hugging Face with ``min_new_tokens = max_new_tokens = N``. Both
 key/value caches. Modes: greedy, and beam search with 4 beams (length penalty 1.0 on both; with
 forced lengths it does not change the ranking). Speed = sentences per second over
 ``--sentences`` sentences in batches of ``--batch``, after one warm-up batch; the median of
-``--repeats`` passes.
+``--repeats`` passes, the two systems taking turns pass by pass.
 
 Output: a Markdown table, JSON in ``benchmarks/results/decode_speed.json`` and a last line
 ``RESULT greedy_ratio=.. beam4_ratio=..`` (ragtune sentences/s over Hugging Face's).
@@ -90,20 +90,23 @@ def main() -> int:
         assert out.shape[1] - 1 == n, out.shape  # decoder_start + n tokens
 
     rows = []
+    systems = (("ragtune", run_ours), ("hf_generate", run_hf))
     with torch.inference_mode():
         for mode, beams in (("greedy", 1), ("beam4", 4)):
-            for name, fn in (("ragtune", run_ours), ("hf_generate", run_hf)):
+            times: dict[str, list[float]] = {name: [] for name, _ in systems}
+            for name, fn in systems:
                 fn(batches[0], beams)  # warm-up
-                times = []
-                for _ in range(args.repeats):
+            for _ in range(args.repeats):  # the systems take turns, so a change in machine load hits both
+                for name, fn in systems:
                     t = time.perf_counter()
                     for ids in batches:
                         fn(ids, beams)
-                    times.append(time.perf_counter() - t)
+                    times[name].append(time.perf_counter() - t)
+            for name, _ in systems:
                 sentences = len(batches) * args.batch
                 row = {"system": name, "mode": mode, "sentences": sentences,
-                       "seconds_median": round(statistics.median(times), 3),
-                       "sentences_per_s": round(sentences / statistics.median(times), 1)}
+                       "seconds_median": round(statistics.median(times[name]), 3),
+                       "sentences_per_s": round(sentences / statistics.median(times[name]), 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
 

@@ -366,6 +366,11 @@ def _prepare(
     # keep_labels must name labels that exist in the training file (checked before filtering).
     train, train_info = _read_split(train_path, split="train", keep_labels=keep, check_keep_labels=True, **common)
     labels = sorted(set(train["label"])) if task == "classification" else []
+    if task == "classification" and len(labels) < 2:
+        raise RagtuneError(
+            f"{train_path}: classification needs at least two classes in the training data; every row has the label "
+            f"{labels[0] if labels else None!r}" + (" (after data.keep_labels)" if keep else "")
+        )
 
     frames: dict[str, pd.DataFrame] = {"train": train}
     infos: dict[str, dict[str, Any]] = {"train": train_info}

@@ -1,0 +1,292 @@
+"""A catalogue of bad input: data files, configs, the CLI, indexes and the server.
+
+Each case runs the real command in-process (``ragtune.cli.main``) and checks the contract of every
+user error: exit code 2, one message on stderr that names the problem (the file, row, key or value),
+no traceback, and nothing already written is changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import TINY_MODEL
+
+from ragtune.cli import main
+
+
+def write_config(folder: Path, **sections) -> Path:
+    """A tiny classification config in ``folder`` (data/train.csv unless ``data`` is given)."""
+    tree = {
+        "task": "classification",
+        "data": {"train": "train.csv"},
+        "tokenizer": {"vocab_size": 200, "min_frequency": 1},
+        "model": dict(TINY_MODEL),
+        "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 1, "batch_size": 8, "seed": 0, "threads": 1},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            tree[key] = {**tree[key], **value}
+        else:
+            tree[key] = value
+    path = folder / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def good_rows(n: int = 40) -> pd.DataFrame:
+    words = {"sport": "match goal team", "economy": "bank market shares", "culture": "film music 电影"}
+    labels = list(words)
+    return pd.DataFrame({"text": [f"{words[labels[i % 3]]} {i}" for i in range(n)],
+                         "label": [labels[i % 3] for i in range(n)]})
+
+
+def expect_user_error(capsys, argv: list[str], *needles: str) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert err.startswith("error: ") or "\nerror: " in err, err
+    low = err.lower()
+    for needle in needles:
+        assert needle.lower() in low, (needle, err)
+    return err
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (to show nothing was touched)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------
+# data files: each case writes train.csv (or another file) and runs `ragtune run`
+# ------------------------------------------------------------------------------------------------
+
+def _header_only(folder):
+    (folder / "train.csv").write_text("text,label\n", encoding="utf-8")
+    return {}, ("train.csv",)
+
+
+def _empty_file(folder):
+    (folder / "train.csv").write_bytes(b"")
+    return {}, ("train.csv", "empty")
+
+
+def _not_utf8(folder):
+    (folder / "train.csv").write_bytes("text,label\ncaf\xe9 au lait,food\n".encode("latin-1"))
+    return {}, ("train.csv", "utf-8")
+
+
+def _missing_label_column(folder):
+    good_rows().rename(columns={"label": "category"}).to_csv(folder / "train.csv", index=False)
+    return {}, ("label", "category")
+
+
+def _regression_nan_target(folder):
+    df = pd.DataFrame({"text": [f"t {i}" for i in range(30)], "label": [float(i) for i in range(30)]})
+    df.loc[7, "label"] = float("nan")
+    df.to_csv(folder / "train.csv", index=False)
+    return {"task": "regression"}, ("train.csv", "label")
+
+
+def _regression_inf_target(folder):
+    df = pd.DataFrame({"text": [f"t {i}" for i in range(30)], "label": [str(float(i)) for i in range(30)]})
+    df.loc[4, "label"] = "inf"
+    df.to_csv(folder / "train.csv", index=False)
+    return {"task": "regression"}, ("train.csv", "inf")
+
+
+def _regression_text_target(folder):
+    df = pd.DataFrame({"text": [f"t {i}" for i in range(30)], "label": [str(i) for i in range(30)]})
+    df.loc[3, "label"] = "high"
+    df.to_csv(folder / "train.csv", index=False)
+    return {"task": "regression"}, ("train.csv", "high")
+
+
+def _train_is_a_directory(folder):
+    (folder / "train.csv").mkdir()
+    return {}, ("train.csv",)
+
+
+def _train_missing(folder):
+    return {"data": {"train": "nowhere.csv"}}, ("nowhere.csv",)
+
+
+def _unknown_extension(folder):
+    good_rows().to_csv(folder / "train.xlsx", index=False)
+    return {"data": {"train": "train.xlsx"}}, ("train.xlsx",)
+
+
+def _broken_jsonl_line(folder):
+    (folder / "train.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n', encoding="utf-8")
+    return {"data": {"train": "train.jsonl"}}, ("train.jsonl", "line 2")
+
+
+def _one_class_only(folder):
+    df = good_rows()
+    df["label"] = "sport"
+    df.to_csv(folder / "train.csv", index=False)
+    return {}, ("sport",)
+
+
+def _keep_labels_match_nothing(folder):
+    good_rows().to_csv(folder / "train.csv", index=False)
+    return {"data": {"keep_labels": ["weather"]}}, ("weather",)
+
+
+def _all_texts_empty(folder):
+    pd.DataFrame({"text": [""] * 20, "label": ["a", "b"] * 10}).to_csv(folder / "train.csv", index=False)
+    return {}, ("train.csv",)
+
+
+def _generation_json_not_squad(folder):
+    (folder / "qa.json").write_text(json.dumps({"rows": [1, 2]}), encoding="utf-8")
+    return {"task": "generation", "data": {"train": "qa.json"}, "tokenizer": {"vocab_size": 300}}, ("qa.json", "squad")
+
+
+def _translation_pair_counts_differ(folder):
+    (folder / "a.en").write_text("one\ntwo\nthree\n", encoding="utf-8")
+    (folder / "a.de").write_text("eins\nzwei\n", encoding="utf-8")
+    return ({"task": "translation", "data": {"train": {"source": "a.en", "target": "a.de"}}, "tokenizer": {"vocab_size": 300}},
+            ("a.en", "a.de", "3 lines", "2 lines"))
+
+
+DATA_CASES = {
+    "header only": _header_only,
+    "empty file": _empty_file,
+    "not UTF-8": _not_utf8,
+    "missing label column": _missing_label_column,
+    "NaN regression target": _regression_nan_target,
+    "inf regression target": _regression_inf_target,
+    "text in a regression target": _regression_text_target,
+    "train path is a directory": _train_is_a_directory,
+    "train file missing": _train_missing,
+    "unknown file extension": _unknown_extension,
+    "broken JSONL line": _broken_jsonl_line,
+    "one class only": _one_class_only,
+    "keep_labels match nothing": _keep_labels_match_nothing,
+    "every text empty": _all_texts_empty,
+    "generation .json that is not SQuAD": _generation_json_not_squad,
+    "translation files of different lengths": _translation_pair_counts_differ,
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data(case, tmp_path, capsys):
+    overrides, needles = DATA_CASES[case](tmp_path)
+    config = write_config(tmp_path, **overrides)
+    out = tmp_path / "run"
+    expect_user_error(capsys, ["run", str(config), "--out", str(out), "--quiet"], *needles)
+    assert not (out / "model.json").exists() and not (out / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# configs: `ragtune validate`
+# ------------------------------------------------------------------------------------------------
+
+CONFIG_CASES = {
+    "negative lr": ({"train": {"lr": -0.1}}, ("train.lr",)),
+    "zero heads": ({"model": {"heads": 0}}, ("model.heads",)),
+    "negative layers": ({"model": {"layers": -2}}, ("model.layers",)),
+    "unknown optimizer": ({"train": {"optimizer": "adamax"}}, ("train.optimizer", "adamw", "sgd")),
+    "misspelt key": ({"trian": {"lr": 0.1}}, ("trian", "train")),
+    "lr is text": ({"train": {"lr": "fast"}}, ("train.lr", "fast")),
+    "epochs is a float": ({"train": {"epochs": 2.5}}, ("train.epochs",)),
+    "unknown task": ({"task": "summarise"}, ("task", "classification", "generation")),
+    "every error at once": ({"train": {"lr": -1, "batch_size": 0}, "model": {"heads": 0}},
+                            ("train.lr", "train.batch_size", "model.heads")),
+    "decode section on a classifier": ({"decode": {"beam_size": 2}}, ("decode", "translation or generation")),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_config(case, tmp_path, capsys):
+    overrides, needles = CONFIG_CASES[case]
+    good_rows().to_csv(tmp_path / "train.csv", index=False)
+    config = write_config(tmp_path, **overrides)
+    expect_user_error(capsys, ["validate", str(config)], str(config.name), *needles)
+
+
+def test_config_file_problems(tmp_path, capsys):
+    expect_user_error(capsys, ["validate", str(tmp_path / "missing.yaml")], "missing.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- task: classification\n", encoding="utf-8")
+    expect_user_error(capsys, ["validate", str(listed)], "list.yaml", "mapping")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("task: classification\ntrain: {lr: 0.1\n", encoding="utf-8")
+    expect_user_error(capsys, ["validate", str(broken)], "broken.yaml", "line")
+    ok = write_config(tmp_path)
+    expect_user_error(capsys, ["validate", str(ok), "train.lr=-1"], "train.lr")  # a bad override
+    expect_user_error(capsys, ["validate", str(ok), "train.nope=1"], "train.nope")
+
+
+# ------------------------------------------------------------------------------------------------
+# the CLI, indexes and the server
+# ------------------------------------------------------------------------------------------------
+
+def test_commands_on_wrong_folders(tmp_path, capsys):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("hello", encoding="utf-8")
+    expect_user_error(capsys, ["predict", str(tmp_path / "plain"), "a text"], "plain")
+    expect_user_error(capsys, ["eval", str(tmp_path / "plain"), "--data", "x.csv"], "plain")
+    expect_user_error(capsys, ["retrieve", str(tmp_path / "plain"), "query"], "plain")
+    expect_user_error(capsys, ["serve", str(tmp_path / "plain")], "plain")
+    expect_user_error(capsys, ["export", str(tmp_path / "plain"), "--format", "onnx", "--out", str(tmp_path / "exp")], "plain")
+    expect_user_error(capsys, ["index", str(tmp_path / "no_such_corpus"), "--out", str(tmp_path / "idx")], "no_such_corpus")
+    assert digest(tmp_path / "plain") == {"notes.txt": hashlib.sha256(b"hello").hexdigest()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad_input_run")
+    good_rows(60).to_csv(folder / "train.csv", index=False)
+    config = write_config(folder)
+    assert main(["run", str(config), "--out", str(folder / "run"), "--quiet"]) == 0
+    return folder
+
+
+def test_nothing_written_is_overwritten(finished_run, tmp_path, capsys):
+    run_dir = finished_run / "run"
+    before = digest(run_dir)
+    config = finished_run / "cfg.yaml"
+    expect_user_error(capsys, ["run", str(config), "--out", str(run_dir), "--quiet"], str(run_dir), "--overwrite")
+    out = tmp_path / "predictions.csv"
+    out.write_text("keep me\n", encoding="utf-8")
+    good_rows(5).to_csv(tmp_path / "in.csv", index=False)
+    expect_user_error(capsys, ["predict", str(run_dir), "--input", str(tmp_path / "in.csv"), "--output", str(out)],
+                      "predictions.csv", "--overwrite")
+    assert out.read_text(encoding="utf-8") == "keep me\n"
+    expect_user_error(capsys, ["predict", str(run_dir), "--input", str(tmp_path / "missing.csv"),
+                               "--output", str(tmp_path / "p2.csv")], "missing.csv")
+    expect_user_error(capsys, ["predict", str(run_dir)], "texts")  # neither texts nor --input
+    pd.DataFrame({"text": ["a"], "category": ["x"]}).to_csv(tmp_path / "wrong.csv", index=False)
+    expect_user_error(capsys, ["eval", str(run_dir), "--data", str(tmp_path / "wrong.csv")], "label")
+    expect_user_error(capsys, ["predict", str(run_dir), "a", "--engine", "onnx"], "export")
+    assert digest(run_dir) == before
+
+
+def test_index_problems(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Rivers flow to the sea.", encoding="utf-8")
+    index = tmp_path / "idx"
+    assert main(["index", str(docs), "--out", str(index), "--quiet"]) == 0
+    before = digest(index)
+    expect_user_error(capsys, ["index", str(docs), "--out", str(index), "--quiet"], "idx", "--overwrite")
+    expect_user_error(capsys, ["retrieve", str(index), "rivers", "-k", "0"], "k must be a positive integer", "got 0")
+    empty = tmp_path / "empty_docs"
+    empty.mkdir()
+    expect_user_error(capsys, ["index", str(empty), "--out", str(tmp_path / "idx2"), "--quiet"], "empty_docs")
+    (docs / "bad.jsonl").write_text('{"id": "x", "text": "ok"}\n{"id": "y"}\n', encoding="utf-8")
+    expect_user_error(capsys, ["index", str(docs / "bad.jsonl"), "--out", str(tmp_path / "idx3"), "--quiet"],
+                      "bad.jsonl", "line 2")
+    original = (index / "manifest.json").read_bytes()
+    (index / "manifest.json").write_text(json.dumps({**json.loads(original), "kind": "telepathy"}), encoding="utf-8")
+    expect_user_error(capsys, ["retrieve", str(index), "rivers"], "telepathy")
+    (index / "manifest.json").write_bytes(original)
+    assert digest(index) == before
