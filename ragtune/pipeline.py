@@ -52,7 +52,7 @@ from ragtune.predictor import HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_
 from ragtune.report import write_report
 from ragtune.retrieval.augment import neighbour_vote
 from ragtune.train.batches import BatchStream
-from ragtune.train.checkpoint import load_weights, save_weights, sha256_file
+from ragtune.train.checkpoint import checkpoint_exists, load_weights, save_weights, sha256_file
 from ragtune.train.loop import TrainResult, train_model
 
 log = logging.getLogger("ragtune")
@@ -252,7 +252,7 @@ def _set_up(cfg: RunConfig, run_dir: Path, config_path) -> None:
 def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     """A resumed run must use the same config as the run it continues, up to RESUMABLE_CHANGES."""
     saved_path = run_dir / "config.yaml"
-    if not saved_path.exists() or not (run_dir / "checkpoints" / "last").exists():
+    if not saved_path.exists() or not checkpoint_exists(run_dir / "checkpoints" / "last"):
         raise RagtuneError(f"cannot resume {run_dir}: it holds no config.yaml and checkpoint of an earlier run")
     saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
     old, new = flatten(saved.model_dump(mode="json")), flatten(cfg.model_dump(mode="json"))

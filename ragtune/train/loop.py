@@ -36,7 +36,14 @@ from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import metric_direction
 from ragtune.train.batches import BatchStream
-from ragtune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_weights, set_rng_state
+from ragtune.train.checkpoint import (
+    checkpoint_exists,
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
 from ragtune.train.optim import build_optimizer, build_scheduler, layer_decay_scales
 
 log = logging.getLogger("ragtune.train")
@@ -141,9 +148,9 @@ def train_model(
     epoch, step_in_epoch, batch_index = 0, 0, 0
     epoch_loss_sum, epoch_loss_count, bad_epochs = 0.0, 0, 0
     if resume:
-        if ckpt_dir is None or not (ckpt_dir / "last").exists():
+        if ckpt_dir is None or not checkpoint_exists(ckpt_dir / "last"):
             raise RagtuneError(f"cannot resume: no checkpoint in {ckpt_dir / 'last' if ckpt_dir else out_dir}")
-        state = load_checkpoint(ckpt_dir / "last", model)
+        state, _ = load_latest_checkpoint(ckpt_dir / "last", model)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
