@@ -51,6 +51,7 @@ from ragtune.models.transformer import TransformerConfig, build_transformer
 from ragtune.predictor import HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor, pad_id
 from ragtune.report import write_report
 from ragtune.retrieval.augment import neighbour_vote
+from ragtune.train import distributed
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import checkpoint_exists, load_weights, save_weights, sha256_file
 from ragtune.train.loop import TrainResult, train_model
@@ -128,6 +129,9 @@ def run(
     _write_inputs(cfg, data, run_dir, config_path)
     added_tokens = _added_tokens(cfg, data)
     tokenizer = _tokenizer(cfg, data, run_dir, resume, added_tokens)
+    if distributed.info().world_size > 1:  # torchrun: every rank uses rank 0's tokenizer
+        tokenizer = distributed.same_on_every_rank(tokenizer)
+        save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
     report = _data_report(cfg, data, tokenizer, run_dir) if reports else None
 
     retriever, meta_retrieval = _context_retriever(cfg, data, tokenizer, run_dir, progress)

@@ -72,3 +72,35 @@ def save_tiny_encoder(folder, seed: int = 0, tokenizer=None):
                                 device="cpu")
     model.save(str(folder / "st"))
     return folder / "st"
+
+
+def _small_rows(n: int, seed: int) -> pd.DataFrame:
+    rng = random.Random(seed)
+    words = {"sport": ["match", "goal", "team"], "economy": ["bank", "market", "shares"], "culture": ["film", "music", "电影"]}
+    filler = ["the", "a", "today", "new"]
+    labels = list(words)
+    rows = []
+    for i in range(n):
+        label = labels[i % 3]
+        rows.append({"text": " ".join(rng.choice(words[label] if rng.random() < 0.5 else filler) for _ in range(8)),
+                     "label": label})
+    return pd.DataFrame(rows)
+
+
+def small_run_config(folder, tokenizer: str | None = None):
+    """cfg.yaml in ``folder``: a tiny classifier on 160 train / 40 test rows, 3 epochs, a checkpoint every
+    2 steps, every step logged; ``tokenizer``: a tokenizer file to read instead of training one."""
+    import yaml
+
+    from conftest import TINY_MODEL
+
+    _small_rows(160, 0).to_csv(folder / "train.csv", index=False)
+    _small_rows(40, 1).to_csv(folder / "test.csv", index=False)
+    tree = {"task": "classification", "data": {"train": "train.csv", "test": "test.csv"},
+            "tokenizer": {"vocab_size": 200, "min_frequency": 1, **({"path": tokenizer} if tokenizer else {})},
+            "model": dict(TINY_MODEL),
+            "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 3, "batch_size": 8, "seed": 5, "threads": 1,
+                      "checkpoint_every_steps": 2, "log_every_steps": 1}}
+    path = folder / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    return path

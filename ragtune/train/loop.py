@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import metric_direction
-from ragtune.train.batches import BatchStream
+from ragtune.train import distributed
+from ragtune.train.batches import BatchStream, pad_batch
 from ragtune.train.checkpoint import (
     checkpoint_exists,
     load_latest_checkpoint,
@@ -132,12 +133,27 @@ def train_model(
     if cfg.precision == "bf16" and is_main_process and not native_bf16():
         log.warning("train.precision: bf16 on a CPU without native bf16 (no avx512_bf16/AMX) is emulated and usually "
                     "several times slower than fp32; set train.precision=fp32 on this machine")
+    world = distributed.info()  # torchrun: this process's share of each global batch (ragtune/train/distributed.py)
+    shows = is_main_process and world.is_main  # progress and log lines: rank 0 only (each rank writes its own out_dir)
+    if world.world_size > 1 and batch_loss is not None:
+        raise RagtuneError(f"distributed training (torchrun, {world.world_size} processes) supports tasks "
+                           f"classification and regression; task {task!r} trains in one process")
     if batch_loss is None:
+        forward = model
+        if world.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(model)
 
         def batch_loss(k: int) -> tuple[torch.Tensor, int]:
-            input_ids, attention_mask, targets = stream.batch(k)
+            if world.world_size > 1:  # rows rank, rank + W, ... of the global batch k
+                rows = distributed.shard(stream.indices(k), world.rank, world.world_size).tolist()
+                input_ids, attention_mask = pad_batch([stream.sequences[i] for i in rows], stream.pad_id)
+                targets = stream.targets[rows]
+            else:
+                input_ids, attention_mask, targets = stream.batch(k)
             with autocast:
-                outputs = model(input_ids, attention_mask)
+                outputs = forward(input_ids, attention_mask)
             return compute_loss(task, outputs, targets, cfg.label_smoothing), int(attention_mask.sum())
 
     writes = out_dir is not None and is_main_process
@@ -207,13 +223,13 @@ def train_model(
                 total=steps_per_epoch,
                 initial=step_in_epoch,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=not (progress and is_main_process),
+                disable=not (progress and shows),
                 leave=False,
                 dynamic_ncols=True,
             )
             window_tokens, window_start = 0, time.perf_counter()
             while step_in_epoch < steps_per_epoch:
-                step_loss = 0.0
+                step_loss, step_tokens = 0.0, 0
                 for _ in range(cfg.grad_accum_steps):
                     loss, n_tokens = batch_loss(batch_index)
                     batch_index += 1
@@ -225,8 +241,11 @@ def train_model(
                         )
                     loss.backward()
                     step_loss += loss.item()
-                    window_tokens += n_tokens
-                    result.tokens += n_tokens
+                    step_tokens += n_tokens
+                if world.world_size > 1:  # the logged loss and token count cover every rank
+                    step_loss, step_tokens = distributed.reduce_step(step_loss, step_tokens)
+                window_tokens += step_tokens
+                result.tokens += step_tokens
                 if cfg.clip_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
                 optimizer.step()
@@ -289,7 +308,7 @@ def train_model(
                     save_weights(model, ckpt_dir / "best" / "model.safetensors")
             else:
                 bad_epochs += 1
-            if is_main_process:
+            if shows:
                 log.info(
                     "epoch %d/%d: train_loss %.4f, validation %s %.4f (best %.4f at epoch %s)",
                     epoch + 1, cfg.epochs, entry["train_loss"], selection_metric, value,

@@ -16,45 +16,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
-import yaml
-from conftest import TINY_MODEL
+from tiny_hf import small_run_config
 
 from ragtune.cli import main
 from ragtune.errors import RagtuneError
 from ragtune.train.checkpoint import load_latest_checkpoint, save_checkpoint
 
 TIMING = ("seconds", "tokens_per_s", "elapsed_s", "wall")
-
-
-def _rows(n: int, seed: int) -> pd.DataFrame:
-    rng = random.Random(seed)
-    words = {"sport": ["match", "goal", "team"], "economy": ["bank", "market", "shares"], "culture": ["film", "music", "电影"]}
-    filler = ["the", "a", "today", "new"]
-    labels = list(words)
-    rows = []
-    for i in range(n):
-        label = labels[i % 3]
-        rows.append({"text": " ".join(rng.choice(words[label] if rng.random() < 0.5 else filler) for _ in range(8)),
-                     "label": label})
-    return pd.DataFrame(rows)
-
-
-def _config(folder: Path, tokenizer: str | None = None) -> Path:
-    _rows(160, 0).to_csv(folder / "train.csv", index=False)
-    _rows(40, 1).to_csv(folder / "test.csv", index=False)
-    tree = {"task": "classification", "data": {"train": "train.csv", "test": "test.csv"},
-            "tokenizer": {"vocab_size": 200, "min_frequency": 1, **({"path": tokenizer} if tokenizer else {})},
-            "model": dict(TINY_MODEL),
-            "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 3, "batch_size": 8, "seed": 5, "threads": 1,
-                      "checkpoint_every_steps": 2, "log_every_steps": 1}}
-    path = folder / "cfg.yaml"
-    path.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
-    return path
 
 
 def _without_timing(value):
@@ -72,13 +43,13 @@ def _ragtune(*args: str) -> list[str]:
 def test_kill_9_then_resume_gives_the_same_metrics(tmp_path):
     first = tmp_path / "tok_source"
     first.mkdir()
-    assert main(["run", str(_config(first)), "train.epochs=1", "--out", str(first / "run"), "--quiet"]) == 0
+    assert main(["run", str(small_run_config(first)), "train.epochs=1", "--out", str(first / "run"), "--quiet"]) == 0
     tokenizer = str(first / "run" / "tokenizer.json")
 
     ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
     ref_dir.mkdir()
     crash_dir.mkdir()
-    ref_cfg, crash_cfg = _config(ref_dir, tokenizer), _config(crash_dir, tokenizer)
+    ref_cfg, crash_cfg = small_run_config(ref_dir, tokenizer), small_run_config(crash_dir, tokenizer)
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     subprocess.run(_ragtune("run", str(ref_cfg), "--out", str(ref_dir / "run"), "--quiet"), check=True, env=env,
                    capture_output=True, timeout=600)
