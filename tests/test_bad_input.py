@@ -285,8 +285,24 @@ def test_index_problems(tmp_path, capsys):
     (docs / "bad.jsonl").write_text('{"id": "x", "text": "ok"}\n{"id": "y"}\n', encoding="utf-8")
     expect_user_error(capsys, ["index", str(docs / "bad.jsonl"), "--out", str(tmp_path / "idx3"), "--quiet"],
                       "bad.jsonl", "line 2")
+    (docs / "dup.jsonl").write_text('{"id": "a", "text": "rivers"}\n{"id": "a", "text": "mountains"}\n', encoding="utf-8")
+    expect_user_error(capsys, ["index", str(docs / "dup.jsonl"), "--out", str(tmp_path / "idx4"), "--quiet"],
+                      "'a'", "used twice", "line 1", "line 2")
     original = (index / "manifest.json").read_bytes()
     (index / "manifest.json").write_text(json.dumps({**json.loads(original), "kind": "telepathy"}), encoding="utf-8")
     expect_user_error(capsys, ["retrieve", str(index), "rivers"], "telepathy")
     (index / "manifest.json").write_bytes(original)
     assert digest(index) == before
+
+
+def test_awkward_but_valid_input_is_accepted(tmp_path, capsys):
+    """A byte-order mark, labels of mixed types (read as text) and Windows line ends are not errors."""
+    rows = good_rows(45)
+    rows.loc[rows.label == "culture", "label"] = "3"  # a number among words: labels are text
+    text = rows.to_csv(index=False, lineterminator="\r\n")
+    (tmp_path / "train.csv").write_bytes("\ufeff".encode("utf-8") + text.encode("utf-8"))
+    config = write_config(tmp_path)
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "run" / "model.json").read_text(encoding="utf-8"))
+    assert sorted(meta["labels"]) == ["3", "economy", "sport"]
