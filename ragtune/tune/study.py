@@ -87,7 +87,7 @@ def _storage(url: str):
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
     except ImportError as exc:  # e.g. postgresql:// without a driver installed
-        raise RagtuneError(f"--storage {url}: {exc} (install the database driver, e.g. pip install psycopg2-binary)") from None
+        raise RagtuneError(f"--storage {url}: {exc} (install the database driver, e.g. pip install 'psycopg[binary]' for postgresql://)") from None
 
 
 def _sampler(cfg: RunConfig, params: list[Param]):

@@ -123,3 +123,82 @@ def test_cli_two_workers_share_one_study(tiny_tune, tmp_path, capsys):
     assert summary["trials"]["complete"] >= 3  # two workers may both start the last trial
     assert len(_rows(out)) == summary["trials"]["complete"] + summary["trials"]["failed"]
     assert (out / "best.yaml").exists()
+
+
+def _start_postgres(folder):
+    """A throwaway PostgreSQL server (Debian's binaries) listening on a Unix socket in ``folder``;
+    returns ``(url, stop)``. Skips where PostgreSQL or its Python driver is missing, unless
+    RAGTUNE_REQUIRE_POSTGRES=1 (then it fails)."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+
+    def unavailable(why):
+        if os.environ.get("RAGTUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy 2.1 reads postgresql:// with psycopg 3)
+    except ImportError:
+        unavailable("psycopg is not installed (pip install 'psycopg[binary]')")
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        unavailable("PostgreSQL is not installed (apt-get install postgresql)")
+    initdb, pg_ctl = f"{bins[-1]}/initdb", f"{bins[-1]}/pg_ctl"
+    data = folder / "pgdata"
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the postgres user
+        if shutil.which("runuser") is None:
+            unavailable("running as root without runuser to start PostgreSQL as another user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    port = "54329"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(folder / "pg.log"), "-o",
+                    f"-k {folder} -p {port} -c listen_addresses=''", "start"], check=True, capture_output=True)
+    subprocess.run([*as_user, f"{bins[-1]}/createdb", "-h", str(folder), "-p", port, "-U", "postgres", "ragtune"],
+                   check=True, capture_output=True)
+
+    def stop():
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+
+    return f"postgresql://postgres@/ragtune?host={folder}&port={port}", stop
+
+
+def test_two_machines_share_one_postgresql_study(tiny_tune, tmp_path):
+    """Two `ragtune tune` processes with their own --out folders (as on two machines) and one PostgreSQL
+    study: every trial number runs exactly once, in one of them, and none is lost (left running or failed)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import optuna
+
+    folder = tempfile.mkdtemp(prefix="ragtune-pg-")  # under /tmp: pytest's own folders are closed to other users
+    os.chmod(folder, 0o755)
+    from pathlib import Path
+
+    url, stop = _start_postgres(Path(folder))
+    try:
+        cmd = [sys.executable, "-m", "ragtune", "tune", str(tiny_tune), "--storage", url, "--study-name", "shared",
+               "--trials", "4", "--quiet", "tune.pruner=none", "train.epochs=1"]
+        procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / name)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for name in ("machine_a", "machine_b")]
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-2000:]
+        trials = optuna.load_study(study_name="shared", storage=url).get_trials(deepcopy=False)
+        numbers = sorted(t.number for t in trials)
+        assert numbers == list(range(len(trials))) and 4 <= len(trials) <= 5  # both may start the last one
+        assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}  # none lost, running or failed
+        ran = sorted(p.name for name in ("machine_a", "machine_b") for p in (tmp_path / name / "trials").glob("trial_*"))
+        assert ran == [f"trial_{n:04d}" for n in numbers]  # each trial ran in exactly one process
+        assert all(list((tmp_path / name / "trials").glob("trial_*")) for name in ("machine_a", "machine_b"))
+    finally:
+        stop()
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
