@@ -72,22 +72,35 @@ def storage_url(out_dir: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(out_dir / STUDY_DB).resolve()}"
 
 
+SCHEMA_RETRIES = 5  # attempts to open a storage whose tables another worker may be creating
+
+
 def _storage(url: str):
     import optuna
 
     if "://" not in url:
         raise RagtuneError(f"--storage {url!r} is not a database URL; give e.g. sqlite:///study.db or "
                            "postgresql://user:password@host/dbname (any SQLAlchemy URL Optuna's RDBStorage accepts)")
+    from sqlalchemy.exc import DBAPIError
+
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since Optuna 2.8
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
-    except ImportError as exc:  # e.g. postgresql:// without a driver installed
-        raise RagtuneError(f"--storage {url}: {exc} (install the database driver, e.g. pip install 'psycopg[binary]' for postgresql://)") from None
+    for attempt in range(SCHEMA_RETRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since Optuna 2.8
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_PERIOD_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+        except ImportError as exc:  # e.g. postgresql:// without a driver installed
+            raise RagtuneError(f"--storage {url}: {exc} (install the database driver, e.g. pip install 'psycopg[binary]' for postgresql://)") from None
+        except DBAPIError as exc:
+            # Workers started together on an empty database race to create Optuna's tables; the loser
+            # gets a duplicate-key error and finds the tables on the next attempt.
+            if attempt == SCHEMA_RETRIES - 1:
+                reason = str(exc.orig or exc).strip().splitlines()[0]
+                raise RagtuneError(f"--storage {url}: cannot open the study database ({reason})") from None
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _sampler(cfg: RunConfig, params: list[Param]):

@@ -202,3 +202,26 @@ def test_two_machines_share_one_postgresql_study(tiny_tune, tmp_path):
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_workers_started_together_on_an_empty_database_all_open_it():
+    """Four processes open one fresh PostgreSQL storage at once: Optuna's table creation races, and each
+    loser retries instead of failing (without the retry, some of them fail with a duplicate-key error)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    folder = tempfile.mkdtemp(prefix="ragtune-pg-")
+    os.chmod(folder, 0o755)
+    url, stop = _start_postgres(Path(folder))
+    try:
+        code = f"from ragtune.tune.study import _storage; _storage({url!r})"
+        procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    finally:
+        stop()
+        shutil.rmtree(folder, ignore_errors=True)
