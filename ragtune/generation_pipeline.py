@@ -36,14 +36,22 @@ import torch
 import ragtune
 from ragtune.config import RunConfig
 from ragtune.data.seq2seq import read_generation
-from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer, train_seq2seq_tokenizer
+from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
 from ragtune.generation_predictor import PASSAGE_SEPARATOR, GenerationPredictor, add_passages
 from ragtune.models.decoder import DecoderConfig, build_decoder
 from ragtune.models.hf_text import HF_DIR
 from ragtune.models.seq2seq import seq2seq_loss
-from ragtune.seq2seq_pipeline import PairData, final_metrics, log_done, save_text_model, split_examples, train_text_model
+from ragtune.seq2seq_pipeline import (
+    PairData,
+    bpe_tokenizer,
+    final_metrics,
+    log_done,
+    save_text_model,
+    split_examples,
+    train_text_model,
+)
 from ragtune.seq2seq_predictor import TOKENIZER_FILE, WEIGHTS_FILE
 from ragtune.train.batches import BatchStream
 from ragtune.train.loop import TrainResult
@@ -108,15 +116,12 @@ def run_generation(
         from ragtune.models.hf_text import load_hf_text_model
 
         tokenizer, hf_model, _ = load_hf_text_model(m.name_or_path, "generation", m.max_length)
-    elif resume and tok_path.exists():
-        tokenizer = load_seq2seq_tokenizer(tok_path)
-    elif cfg.tokenizer.path:
-        tokenizer = load_seq2seq_tokenizer(cfg.tokenizer.path)
     else:
         t = cfg.tokenizer
-        given = add_passages(data.train.prompt.tolist(), retriever) if prompts else []
-        tokenizer = train_seq2seq_tokenizer(given + data.train.response.tolist(), vocab_size=t.vocab_size,
-                                            min_frequency=t.min_frequency)
+        given = data.train.prompt.tolist() if prompts else []
+        tokenizer = bpe_tokenizer(cfg, tok_path, resume, lambda: train_seq2seq_tokenizer(
+            add_passages(given, retriever) + data.train.response.tolist(), vocab_size=t.vocab_size,
+            min_frequency=t.min_frequency))
     if not tokenizer.joint:
         raise RagtuneError(f"tokenizer.path: {cfg.tokenizer.path} has one vocabulary per side; task generation needs a joint one")
     if hf_model is None:

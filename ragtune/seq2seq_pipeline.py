@@ -146,14 +146,11 @@ def run_translation(
 
         tokenizer, hf_model, hf_kind = load_hf_text_model(m.name_or_path, "translation", m.max_length)
         check_target_vocabulary(tokenizer, data.train.target.tolist(), m.name_or_path)
-    elif resume and tok_path.exists():
-        tokenizer = load_seq2seq_tokenizer(tok_path)
-    elif cfg.tokenizer.path:
-        tokenizer = load_seq2seq_tokenizer(cfg.tokenizer.path)
     else:
         t = cfg.tokenizer
-        tokenizer = train_seq2seq_tokenizer(data.train.source.tolist(), data.train.target.tolist(),
-                                            vocab_size=t.vocab_size, min_frequency=t.min_frequency, joint=t.joint)
+        tokenizer = bpe_tokenizer(cfg, tok_path, resume, lambda: train_seq2seq_tokenizer(
+            data.train.source.tolist(), data.train.target.tolist(), vocab_size=t.vocab_size,
+            min_frequency=t.min_frequency, joint=t.joint))
     if cfg.model.share_embeddings and not tokenizer.joint:
         raise RagtuneError("model.share_embeddings: the tokenizer has one vocabulary per side; "
                            "set model.share_embeddings: false or use a joint tokenizer")
@@ -228,6 +225,16 @@ def run_translation(
     _report(cfg, run_dir, data, metrics, examples, result, model, time.perf_counter() - started)
     log_done(metrics, METRIC_KEYS)
     return metrics, result
+
+
+def bpe_tokenizer(cfg: RunConfig, tok_path: Path, resume: bool, train: Callable):
+    """The byte-fallback BPE of a text run: a resumed run's own ``tok_path`` (BPE training is not
+    reproducible to the token), else ``tokenizer.path``, else ``train()``."""
+    if resume and tok_path.exists():
+        return load_seq2seq_tokenizer(tok_path)
+    if cfg.tokenizer.path:
+        return load_seq2seq_tokenizer(cfg.tokenizer.path)
+    return train()
 
 
 def train_text_model(cfg: RunConfig, task: str, model, stream: BatchStream, batch_loss, score_validation,
