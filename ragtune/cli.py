@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-tokens", type=int, metavar="N", help="passage length in tokens (default: 128)")
     p.add_argument("--chunk-overlap", type=int, metavar="N", help="tokens shared by consecutive passages (default: 32)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="passages per encoder batch (default: 64)")
+    p.add_argument("--vectors", metavar="FILE.npy",
+                   help="dense/hybrid: precomputed embeddings (rows × dim, one row per corpus record in reading "
+                        "order, from --encoder) instead of encoding the passages; --encoder still encodes queries")
     p.add_argument("--add", action="store_true",
                    help="add CORPUS to the existing index INDEX_DIR (its kind, encoder and chunking are kept)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty INDEX_DIR (once the new index is complete)")
@@ -589,7 +592,7 @@ def cmd_index(args) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     settings = {"--kind": args.kind, "--encoder": args.encoder, "--faiss": args.faiss,
-                "--chunk-tokens": args.chunk_tokens, "--chunk-overlap": args.chunk_overlap}
+                "--chunk-tokens": args.chunk_tokens, "--chunk-overlap": args.chunk_overlap, "--vectors": args.vectors}
     if args.add:
         if args.overwrite:
             raise RagtuneError("give either --add (extend INDEX_DIR) or --overwrite (replace it), not both")
@@ -603,7 +606,8 @@ def cmd_index(args) -> int:
                     encoder=args.encoder or defaults.DEFAULT_ENCODER, faiss_index=args.faiss or defaults.DEFAULT_FAISS,
                     chunk_tokens=defaults.DEFAULT_CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens,
                     chunk_overlap=defaults.DEFAULT_CHUNK_OVERLAP if args.chunk_overlap is None else args.chunk_overlap,
-                    batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite)
+                    batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
+                    vectors=args.vectors)
     manifest = read_manifest(out)
     last = manifest["history"][-1]
     verb = "added" if args.add else "indexed"

@@ -300,7 +300,7 @@ class RetrievalConfig(_Section):
     kind: Literal["bm25", "dense", "hybrid"] = Field(
         "bm25", description="Index kind when the run builds it: BM25 (bm25s, jieba for Chinese), dense (sentence-transformers + FAISS) or hybrid (both, reciprocal rank fusion)."
     )
-    encoder: str = Field("minilm", description="Dense encoder when the run builds the index (a sentence-transformers folder, hub id or `minilm`).")
+    encoder: str = Field("minilm", description="Dense encoder when the run builds the index (a sentence-transformers folder, hub id or `minilm`). With `index` set, an encoder given here must be the one that index was built with (checked).")
     chunk_tokens: int = Field(128, gt=0, description="Passage length in tokens (words; CJK characters) when the run builds the index.")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared by neighbouring passages of a document.")
     top_k: int = Field(0, ge=0, description="Passages retrieved per input. 0: retrieval off (QA: the reader reads the gold paragraph; translation: the source alone; generation: the prompt alone). Generation: each prompt is followed by its top_k passages from the index.")

@@ -306,3 +306,59 @@ def test_awkward_but_valid_input_is_accepted(tmp_path, capsys):
     assert main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     meta = json.loads((tmp_path / "run" / "model.json").read_text(encoding="utf-8"))
     assert sorted(meta["labels"]) == ["3", "economy", "sport"]
+
+
+def test_training_that_diverges_stops_naming_the_step_and_batch(tmp_path, capsys):
+    good_rows(60).to_csv(tmp_path / "train.csv", index=False)
+    config = write_config(tmp_path, train={"optimizer": "sgd", "lr": 1e30, "momentum": 0.0})
+    expect_user_error(capsys, ["run", str(config), "--out", str(tmp_path / "run"), "--quiet"],
+                      "training diverged", "loss is", "step", "batch", "train.lr", "1e+30")
+    assert not (tmp_path / "run" / "model.safetensors").exists()  # no model is written from a diverged run
+
+
+def test_an_index_from_another_encoder_is_refused(tmp_path, capsys):
+    """A run whose config names another encoder than its index's, and an encoder folder whose weights were
+    replaced after indexing: both would compare query and passage vectors of different models."""
+    import shutil
+
+    from tiny_hf import save_tiny_encoder
+
+    encoder = save_tiny_encoder(tmp_path / "encoder", seed=0)
+    other = save_tiny_encoder(tmp_path / "other", seed=1)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"{w} market team film {i}"}) + "\n"
+                            for i, w in enumerate(["bank", "goal", "music"] * 4)), encoding="utf-8")
+    index = tmp_path / "idx"
+    assert main(["index", str(docs), "--out", str(index), "--kind", "dense", "--encoder", str(encoder), "--quiet"]) == 0
+    before = digest(index)
+    good_rows(60).to_csv(tmp_path / "train.csv", index=False)
+    config = write_config(tmp_path, retrieval={"index": str(index), "top_k": 2, "encoder": str(other)})
+    expect_user_error(capsys, ["run", str(config), "--out", str(tmp_path / "run"), "--quiet"],
+                      "was built with encoder", str(encoder), str(other), "rebuild the index")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    for f in Path(encoder).glob("*.safetensors"):  # the encoder folder now holds another model's weights
+        shutil.copy2(Path(other) / f.name, f)
+    expect_user_error(capsys, ["retrieve", str(index), "bank"], "other weights than when the index was built",
+                      str(encoder))
+    (tmp_path / "more.jsonl").write_text(json.dumps({"text": "new passage about rivers"}) + "\n", encoding="utf-8")
+    expect_user_error(capsys, ["index", str(tmp_path / "more.jsonl"), "--out", str(index), "--add", "--quiet"],
+                      "other weights than when the index was built")
+    assert digest(index) == before
+
+
+def test_a_10_mb_text_is_read_and_truncated(tmp_path, capsys):
+    """One 10 MB text among normal rows: training reads it (truncated to model.max_len tokens) and
+    predict answers for it; the server's size limits are tested in tests/serve."""
+    rows = good_rows(45)
+    huge = ("bank market shares 银行 " * 500_000)[:10 * 2**20]
+    rows.loc[0, "text"] = huge
+    rows.to_csv(tmp_path / "train.csv", index=False)
+    config = write_config(tmp_path)
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    pd.DataFrame({"text": [huge, "goal team"]}).to_csv(tmp_path / "in.csv", index=False)
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "in.csv"), "--output",
+                 str(tmp_path / "out.csv")]) == 0
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert len(out) == 2 and len(out.text[0]) == len(huge)
+    assert set(out.predicted_label) <= {"sport", "economy", "culture"}

@@ -54,7 +54,9 @@ def open_run_index(r, run_dir: Path, progress: bool, corpus: Sequence[str | Path
     from ragtune.retrieval.index import build_index, load_index
 
     if r.index:
-        return load_index(r.index, progress=progress), str(Path(r.index).resolve())
+        # an encoder set in the config must be the index's own (queries are encoded with it)
+        expected = r.encoder if "encoder" in r.model_fields_set else None
+        return load_index(r.index, expected_encoder=expected, progress=progress), str(Path(r.index).resolve())
     folder = Path(run_dir) / INDEX_DIR
     if not (folder / "manifest.json").exists():
         build_index(list(corpus if corpus is not None else r.corpus), folder, kind=r.kind, encoder=r.encoder,

@@ -233,9 +233,36 @@ def _optional_str(value, path: Path, where: str, key: str) -> str | None:
     return value or None
 
 
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 file, read line by line (memory stays bounded whatever its size).
+
+    Like :func:`_read_utf8`: a byte-order mark is dropped, ``\\r\\n`` and ``\\r`` end lines too, and a
+    byte that is not UTF-8 is an error naming its offset and line.
+    """
+    number, offset = 0, 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            start = offset
+            offset += len(raw)
+            if start == 0 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM):], len(_BOM)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                pieces = raw[: exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n")
+                raise RagtuneError(
+                    f"{path}: not UTF-8 text: byte offset {start + exc.start} (line {number + pieces + 1}) holds "
+                    f"byte 0x{raw[exc.start:exc.start + 1].hex()}; re-save the file as UTF-8"
+                ) from None
+            text = text[:-1] if text.endswith("\n") else text
+            text = text[:-1] if text.endswith("\r") else text
+            for piece in text.split("\r"):
+                number += 1
+                yield number, piece
+
+
 def _read_jsonl(path: Path) -> Iterator[Document]:
-    text = _read_utf8(path)
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in _utf8_lines(path):
         if not line.strip():
             continue
         where = f"line {number}"
@@ -385,6 +412,72 @@ def check_chunking(chunk_tokens: int, chunk_overlap: int) -> None:
                            f"(got {chunk_overlap!r})")
 
 
+class PassageMaker:
+    """Chunk documents into passages one document at a time (see the module docstring).
+
+    ::
+
+        maker = PassageMaker(chunk_tokens=128, chunk_overlap=32)
+        for doc in read_documents("faq.jsonl"):
+            for passage in maker.passages(doc):
+                ...                                     # e.g. write it out: nothing is kept here
+        maker.documents, maker.duplicates_removed, maker.empty_documents, maker.duplicate_documents
+
+    The maker remembers what it has seen to drop duplicates and keep ids unique: ``seen_texts``
+    (sha1 digests of passage texts, ``in`` and ``add``), ``taken_ids`` (doc id → where it came
+    from) and ``explicit_sha`` (explicit doc id → sha1 of its text; ``in``, ``[]`` and ``get``).
+    They default to an in-memory set and dicts; :mod:`ragtune.retrieval.diskset` gives disk-backed
+    ones so that indexing millions of documents keeps memory bounded.
+    """
+
+    def __init__(self, chunk_tokens: int = 128, chunk_overlap: int = 32, seen_texts=None, taken_ids=None,
+                 explicit_sha=None):
+        check_chunking(chunk_tokens, chunk_overlap)
+        self.chunk_tokens, self.chunk_overlap = chunk_tokens, chunk_overlap
+        self.seen = set() if seen_texts is None else seen_texts
+        self.taken = {} if taken_ids is None else taken_ids
+        self.explicit_sha = {} if explicit_sha is None else explicit_sha
+        self.documents = 0  # documents with at least one passage
+        self.duplicates_removed = 0  # passages dropped because an earlier passage had the same text
+        self.empty_documents = 0  # documents without any token (skipped)
+        self.duplicate_documents = 0  # documents whose explicit id and text repeat an earlier one (skipped)
+
+    def passages(self, doc: Document) -> list[Passage]:
+        """The new passages of ``doc`` (none for an empty or duplicate document); updates the counts."""
+        doc_id = doc.id
+        if doc.explicit_id and doc_id in self.taken:
+            if self.explicit_sha.get(doc_id) == doc.sha1:
+                self.duplicate_documents += 1
+                return []
+            raise RagtuneError(f"document id '{doc_id}' is used twice: {self.taken[doc_id]} and {doc.origin}; "
+                               "ids must be unique")
+        if doc_id in self.taken:
+            n = 2
+            while f"{doc.id}~{n}" in self.taken:
+                n += 1
+            doc_id = f"{doc.id}~{n}"
+        chunks = chunk_text(doc.text, self.chunk_tokens, self.chunk_overlap)
+        if not chunks:
+            self.empty_documents += 1
+            return []
+        doc_sha1 = doc.sha1
+        out = []
+        for n, chunk in enumerate(chunks):
+            digest = hashlib.sha1(chunk.encode("utf-8")).digest()
+            if digest in self.seen:
+                self.duplicates_removed += 1
+                continue
+            self.seen.add(digest)
+            out.append(Passage(id=f"{doc_id}::{n}", doc_id=doc_id, text=chunk, source=doc.source,
+                               title=doc.title, doc_sha1=doc_sha1))
+        if out:  # a document whose passages were all duplicates is not in the index
+            self.taken[doc_id] = doc.origin or doc.source
+            if doc.explicit_id:
+                self.explicit_sha[doc_id] = doc_sha1
+            self.documents += 1
+        return out
+
+
 def make_passages(
     documents: Iterable[Document],
     chunk_tokens: int = 128,
@@ -396,49 +489,16 @@ def make_passages(
 
     ``seen_texts`` (sha1 digests of passage texts) and ``taken_ids`` (doc id → where it came from)
     describe passages/documents already indexed (:func:`~ragtune.retrieval.index.add_to_index`);
-    both are updated in place when given. See the module docstring for ids and duplicates.
+    both are updated in place when given. See the module docstring for ids and duplicates, and
+    :class:`PassageMaker` to chunk a stream of documents without holding the passages.
     """
-    check_chunking(chunk_tokens, chunk_overlap)
-    seen = set() if seen_texts is None else seen_texts
-    taken: dict[str, str] = {} if taken_ids is None else taken_ids
-    explicit_sha: dict[str, str] = {}
+    maker = PassageMaker(chunk_tokens, chunk_overlap, seen_texts=seen_texts, taken_ids=taken_ids)
     passages: list[Passage] = []
-    result = PassageResult(passages=passages, documents=0, duplicates_removed=0, empty_documents=0)
     for doc in documents:
-        doc_id = doc.id
-        if doc.explicit_id and doc_id in taken:
-            if explicit_sha.get(doc_id) == doc.sha1:
-                result.duplicate_documents += 1
-                continue
-            raise RagtuneError(f"document id '{doc_id}' is used twice: {taken[doc_id]} and {doc.origin}; "
-                               "ids must be unique")
-        if doc_id in taken:
-            n = 2
-            while f"{doc.id}~{n}" in taken:
-                n += 1
-            doc_id = f"{doc.id}~{n}"
-        chunks = chunk_text(doc.text, chunk_tokens, chunk_overlap)
-        if not chunks:
-            result.empty_documents += 1
-            continue
-        doc_sha1 = doc.sha1
-        added = 0
-        for n, chunk in enumerate(chunks):
-            digest = hashlib.sha1(chunk.encode("utf-8")).digest()
-            if digest in seen:
-                result.duplicates_removed += 1
-                continue
-            seen.add(digest)
-            passages.append(Passage(id=f"{doc_id}::{n}", doc_id=doc_id, text=chunk, source=doc.source,
-                                    title=doc.title, doc_sha1=doc_sha1))
-            added += 1
-        if added:  # a document whose passages were all duplicates is not in the index
-            taken[doc_id] = doc.origin or doc.source
-            if doc.explicit_id:
-                explicit_sha[doc_id] = doc_sha1
-            result.documents += 1
-            result.doc_ids.add(doc_id)
-    return result
+        passages.extend(maker.passages(doc))
+    return PassageResult(passages=passages, documents=maker.documents, duplicates_removed=maker.duplicates_removed,
+                         empty_documents=maker.empty_documents, duplicate_documents=maker.duplicate_documents,
+                         doc_ids={p.doc_id for p in passages})
 
 
 def passage_from_dict(record: dict) -> Passage:
@@ -474,6 +534,7 @@ def read_passages(path: Path) -> list[dict]:
 
 __all__ = [
     "CORPUS_EXTENSIONS", "TOKEN_PATTERN", "Document", "Passage", "PassageResult", "list_corpus_files",
-    "read_documents", "iter_squad", "chunk_text", "check_chunking", "make_passages", "search_text",
+    "read_documents", "iter_squad", "chunk_text", "check_chunking", "make_passages", "PassageMaker",
+    "search_text",
     "text_sha1", "write_passages", "read_passages", "passage_from_dict",
 ]

@@ -18,11 +18,19 @@ sentence-transformers wraps with mean pooling), or a Hub id. Passages are encode
 prompts in its config gets them. Embeddings are L2-normalised float32, so the inner product is the
 cosine similarity.
 
-**Bounded memory.** :func:`write_embeddings` encodes the passages block by block and writes each
-block into ``embeddings.npy``, created with ``numpy.lib.format.open_memmap``; it is read back with
-``np.load(..., mmap_mode="r")`` and fed to FAISS block by block. Only one block of passages and the
-FAISS index itself are in memory (the ``flat`` and ``hnsw`` indexes hold all vectors; ``ivfpq``
-holds ``m`` bytes per vector).
+**Bounded memory.** A new index's embeddings are appended to ``embeddings.npy`` block by block
+(:class:`EmbeddingsWriter`: encoded from the passages, or copied from precomputed vectors with
+:func:`copy_vectors`) and read back block by block with plain file reads (:class:`NpyRows`; a memory
+map would count every page it touches as resident memory). Only one block of passages or vectors
+and the FAISS index itself are in memory: ``flat`` and ``hnsw`` hold all vectors (4·d bytes each),
+``ivfpq`` holds ``m`` bytes per vector plus a training sample of at most :data:`IVFPQ_MAX_TRAIN`
+vectors, so ``ivfpq`` is the kind whose memory stays bounded as the corpus grows.
+
+**Precomputed vectors** (``ragtune index --vectors FILE.npy``): embeddings computed elsewhere (e.g.
+on a GPU machine) with the index's encoder, one row per corpus record in reading order. They are
+checked (2-D, finite, non-zero rows, the encoder's dimension) and L2-normalised as they are copied;
+rows of records that give no passage (empty or duplicate) are skipped, and a record that would
+give more than one passage is an error (each record must be one passage).
 
 **FAISS index kinds** (:data:`FAISS_KINDS`), all with inner-product similarity:
 
@@ -59,8 +67,9 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 #: Vectors added to a FAISS index (and encoded into embeddings.npy) per block.
 FAISS_ADD_BLOCK = 65536
-#: At most this many vectors (a seeded random sample) train an ivfpq index.
-IVFPQ_MAX_TRAIN = 300_000
+#: At most this many vectors (a seeded random sample) train an ivfpq index; it bounds the memory of
+#: training (150 MB at 384 dimensions). At 1M passages that is 25 vectors per inverted list.
+IVFPQ_MAX_TRAIN = 100_000
 
 
 def resolve_encoder(encoder: str) -> str:
@@ -168,6 +177,154 @@ def write_embeddings(
 def load_embeddings(path: Path) -> np.ndarray:
     """``embeddings.npy`` memory-mapped read-only (``mmap_mode="r"``)."""
     return np.load(path, mmap_mode="r")
+
+
+class NpyRows:
+    """Rows of a 2-D ``.npy`` file read on demand with plain file reads (no memory map).
+
+    Supports what :func:`build_faiss` needs: ``shape``, ``len``, a slice of rows, and a sorted
+    integer array of rows (gathered block by block).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, fortran, dtype = read_header(fh)
+            except ValueError as exc:
+                raise RagtuneError(f"{self.path}: not a .npy file ({exc})") from None
+            self.offset = fh.tell()
+        if len(shape) != 2 or fortran or dtype.hasobject:
+            raise RagtuneError(f"{self.path}: expected a 2-D array (rows × dimensions) of numbers, got shape "
+                               f"{shape}{' in Fortran order' if fortran else ''} of {dtype}")
+        self.shape, self.dtype = (int(shape[0]), int(shape[1])), dtype
+        expected = self.offset + self.shape[0] * self.shape[1] * dtype.itemsize
+        if self.path.stat().st_size < expected:
+            raise RagtuneError(f"{self.path}: truncated ({self.path.stat().st_size} bytes, the header promises "
+                               f"{expected}); write it again")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as an array of the file's dtype."""
+        stop = min(stop, self.shape[0])
+        if stop <= start:
+            return np.empty((0, self.shape[1]), dtype=self.dtype)
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * row_bytes)
+            out = np.fromfile(fh, dtype=self.dtype, count=(stop - start) * self.shape[1])
+        return out.reshape(stop - start, self.shape[1])  # (rows, d)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise ValueError("NpyRows supports contiguous slices only")
+            return self.read(start, stop)
+        rows = np.asarray(key)
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        for start in range(0, self.shape[0], FAISS_ADD_BLOCK):
+            lo, hi = np.searchsorted(rows, [start, start + FAISS_ADD_BLOCK])
+            if hi > lo:
+                out[lo:hi] = self.read(start, start + FAISS_ADD_BLOCK)[rows[lo:hi] - start]
+        return out
+
+
+class EmbeddingsWriter:
+    """Append float32 rows to a new ``.npy`` file of ``n`` rows × ``dim`` (no memory map).
+
+    ::
+
+        with EmbeddingsWriter(path, n, dim) as out:
+            out.write(block)            # (rows, dim), in order; exactly n rows in all
+    """
+
+    def __init__(self, path: Path, n: int, dim: int):
+        self.path, self.n, self.dim, self.rows = Path(path), n, dim, 0
+        self._fh = open(self.path, "wb")
+        np.lib.format.write_array_header_1_0(
+            self._fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                       "shape": (n, dim)})
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if block.ndim != 2 or block.shape[1] != self.dim or self.rows + len(block) > self.n:
+            raise ValueError(f"block of shape {block.shape} does not fit rows {self.rows}.. of ({self.n}, {self.dim})")
+        self._fh.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> EmbeddingsWriter:
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        self.close()
+        if exc_type is None and self.rows != self.n:
+            raise ValueError(f"{self.path}: {self.rows} rows written, {self.n} expected")
+
+
+def encode_to_file(path: Path, model, text_blocks, n: int, batch_size: int = 64, progress: bool = False) -> int:
+    """Encode the passages of ``text_blocks`` (lists of texts, ``n`` in all) into ``path``; returns the dimension."""
+    from tqdm.auto import tqdm
+
+    writer, dim = None, None
+    bar = tqdm(total=n, desc="encode passages", unit="passage", disable=not progress)
+    try:
+        for block in text_blocks:
+            for start in range(0, len(block), batch_size * 8):
+                vectors = _encode(model, block[start:start + batch_size * 8], batch_size, query=False)
+                if writer is None:
+                    dim = vectors.shape[1]
+                    writer = EmbeddingsWriter(path, n, dim)
+                writer.write(vectors)
+                bar.update(len(vectors))
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if writer is None or writer.rows != n:
+        raise RagtuneError(f"encoded {0 if writer is None else writer.rows} passages, expected {n}")
+    return int(dim)
+
+
+def copy_vectors(source: NpyRows, keep: np.ndarray, path: Path, dim: int | None, progress: bool = False) -> int:
+    """Copy the rows ``keep`` (sorted row numbers) of precomputed ``source`` into ``path``, L2-normalised.
+
+    ``dim``: the encoder's dimension (None: not checked). A row with NaN/inf or all zeros is an
+    error naming it. Returns the dimension.
+    """
+    from tqdm.auto import tqdm
+
+    n, d = source.shape
+    if dim is not None and d != dim:
+        raise RagtuneError(f"{source.path}: the vectors have {d} dimensions, the encoder gives {dim}; the vectors "
+                           "must come from the index's encoder (--encoder)")
+    bar = tqdm(total=n, desc="copy vectors", unit="row", disable=not progress, mininterval=1.0)
+    with EmbeddingsWriter(path, len(keep), d) as out:
+        for start in range(0, n, FAISS_ADD_BLOCK):
+            block = source.read(start, start + FAISS_ADD_BLOCK).astype(np.float32)
+            bad = ~np.isfinite(block).all(axis=1)
+            norms = np.linalg.norm(block, axis=1)
+            bad |= norms == 0
+            if bad.any():
+                row = start + int(np.flatnonzero(bad)[0])
+                what = "NaN or infinite values" if not np.isfinite(block[row - start]).all() else "only zeros"
+                raise RagtuneError(f"{source.path}: row {row} holds {what}; every row must be a real embedding")
+            lo, hi = np.searchsorted(keep, [start, start + FAISS_ADD_BLOCK])
+            rows = keep[lo:hi] - start
+            out.write(block[rows] / norms[rows, None])  # (rows, d) unit length
+            bar.update(len(block))
+    bar.close()
+    return int(d)
 
 
 def ivfpq_params(n: int, dim: int) -> dict:

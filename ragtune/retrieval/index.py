@@ -30,6 +30,17 @@ cosine similarity or the RRF score, by kind.
 Passages are read from the corpus files by :mod:`ragtune.retrieval.corpus` (formats, chunking,
 ids, duplicates). BM25 and the encoder see ``"title\\ntext"`` when a passage has a title.
 
+**Bounded memory.** :func:`build_index` streams: documents are read one at a time (JSONL line by
+line), their passages written straight to ``passages.jsonl`` (duplicate checks in a scratch SQLite
+file, :mod:`ragtune.retrieval.diskset`), and BM25, the encoder and FAISS then read that file or the
+embeddings block by block (:func:`~ragtune.retrieval.bm25.write_bm25_streaming`,
+:class:`~ragtune.retrieval.dense.NpyRows`). Peak memory is set by the block sizes and the index
+itself, not by the corpus: 1M passages index with BM25 in about the memory of 100k
+(``benchmarks/index_scale.py``). What still grows: the BM25 vocabulary, 8 bytes per passage, and
+the FAISS index (all vectors for ``flat``/``hnsw``; ``m`` bytes per vector for ``ivfpq``). CSV/TSV
+and SQuAD files are read whole (use JSONL for very large corpora), and :func:`add_to_index` holds the
+old and new passages in memory.
+
 **Safety.** An existing non-empty ``out_dir`` is refused unless ``overwrite=True``. The index is
 written into a temporary sibling folder and moved into place only when complete, so a failed or
 interrupted build (or add) leaves the previous index untouched. :func:`load_index` verifies every
@@ -41,13 +52,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ragtune import __version__
 from ragtune.errors import RagtuneError
@@ -55,6 +69,7 @@ from ragtune.retrieval import manifest as mf
 from ragtune.retrieval.corpus import (
     TOKEN_PATTERN,
     Passage,
+    PassageMaker,
     check_chunking,
     list_corpus_files,
     make_passages,
@@ -80,6 +95,9 @@ DEFAULT_ENCODER = "minilm"
 DEFAULT_FAISS = "flat"
 DEFAULT_CHUNK_TOKENS = 128
 DEFAULT_CHUNK_OVERLAP = 32
+#: Passages per block when a build streams passages.jsonl into BM25 or the encoder.
+STREAM_BLOCK = 20_000
+SCRATCH = ".scratch"
 
 
 @dataclass
@@ -174,6 +192,69 @@ def _collect(files: list[Path], chunk_tokens: int, chunk_overlap: int, seen: set
     return passages, inputs, totals
 
 
+def _stream_passages(files: list[Path], chunk_tokens: int, chunk_overlap: int, out: Path, scratch: Path,
+                     vectors, progress: bool) -> tuple[int, list[dict], dict, np.ndarray | None]:
+    """Write the passages of ``files`` to ``out`` as they are made; memory stays bounded.
+
+    Returns ``(passages written, manifest inputs, totals, kept vector rows)``. With ``vectors``
+    (:class:`~ragtune.retrieval.dense.NpyRows` of precomputed embeddings, one row per record),
+    every record must give at most one passage, and the rows of records that gave one are returned.
+    """
+    from array import array
+
+    from tqdm.auto import tqdm
+
+    from ragtune.retrieval.diskset import SeenStore
+
+    inputs: list[dict] = []
+    kept = array("q") if vectors is not None else None
+    n, record = 0, 0
+    bar = tqdm(desc="read corpus", unit="document", disable=not progress, mininterval=1.0)
+    with SeenStore(scratch / "seen.sqlite") as store, open(out, "w", encoding="utf-8", newline="\n") as fh:
+        maker = PassageMaker(chunk_tokens, chunk_overlap, seen_texts=store.texts, taken_ids=store.ids,
+                             explicit_sha=store.explicit)
+        for path in files:
+            docs_before, n_before = maker.documents, n
+            for doc in read_documents(path):
+                passages = maker.passages(doc)
+                if kept is not None:
+                    if len(passages) > 1:
+                        raise RagtuneError(
+                            f"{doc.origin}: this record gives {len(passages)} passages of at most {chunk_tokens} "
+                            f"tokens, but with --vectors each record is one passage (its vector is row {record} of "
+                            f"{vectors.path}); raise --chunk-tokens, or split the records before computing vectors")
+                    if passages:
+                        kept.append(record)
+                record += 1
+                for p in passages:
+                    fh.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+                n += len(passages)
+                bar.update(1)
+            inputs.append({"path": str(path.resolve()), "sha256": mf.sha256_file(path),
+                           "documents": maker.documents - docs_before, "passages": n - n_before})
+    bar.close()
+    totals = {"documents": maker.documents, "duplicates_removed": maker.duplicates_removed,
+              "empty_documents": maker.empty_documents, "duplicate_documents": maker.duplicate_documents}
+    if vectors is not None and record != len(vectors):
+        raise RagtuneError(f"{vectors.path} holds {len(vectors)} vectors but the corpus has {record} records; "
+                           "give one vector per record, in the order the corpus files are read")
+    return n, inputs, totals, (None if kept is None else np.frombuffer(kept, dtype=np.int64))
+
+
+def _passage_text_blocks(path: Path, block: int = STREAM_BLOCK) -> Iterator[list[str]]:
+    """The search texts of ``passages.jsonl``, ``block`` at a time."""
+    texts: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            texts.append(search_text(record.get("title"), record["text"]))
+            if len(texts) == block:
+                yield texts
+                texts = []
+    if texts:
+        yield texts
+
+
 def _write_bm25(folder: Path, texts: list[str], progress: bool) -> dict:
     from ragtune.retrieval.bm25 import PARAMS, TOKENIZER, build_bm25, save_bm25
 
@@ -218,6 +299,7 @@ def build_index(
     batch_size: int = 64,
     progress: bool = True,
     overwrite: bool = False,
+    vectors: str | Path | None = None,
 ) -> Path:
     """Index the corpus files/folders ``paths`` into ``out_dir``; returns ``out_dir``.
 
@@ -231,8 +313,11 @@ def build_index(
         batch_size: passages per encoder batch.
         progress: show progress bars.
         overwrite: replace a non-empty ``out_dir`` (only once the new index is complete).
+        vectors: a ``.npy`` file of precomputed embeddings (``dense``/``hybrid``), one row per
+            corpus record in reading order, computed with ``encoder``; used instead of encoding
+            (see :mod:`ragtune.retrieval.dense`). ``encoder`` still encodes the queries.
 
-    The summary (documents, passages, duplicates removed, seconds) is the last entry of the
+    Memory stays bounded as the corpus grows (module docstring). The summary (documents, passages, duplicates removed, seconds) is the last entry of the
     manifest's ``history``. An empty corpus is an error naming the paths.
     """
     start = time.perf_counter()
@@ -242,27 +327,50 @@ def build_index(
     files = list_corpus_files(paths)
     _check_out_dir(out_dir, overwrite, files)
     dense_kind = kind in ("dense", "hybrid")
-    encoder_path = None
+    encoder_path, rows = None, None
+    if vectors is not None:
+        if not dense_kind:
+            raise RagtuneError(f"--vectors gives embeddings for a dense index; use --kind dense or hybrid "
+                               f"(not {kind})")
+        from ragtune.retrieval.dense import NpyRows
+
+        if not Path(vectors).is_file():
+            raise RagtuneError(f"vectors file {vectors} does not exist (or is not a file)")
+        rows = NpyRows(vectors)
     if dense_kind:
         from ragtune.retrieval.dense import resolve_encoder
 
         encoder_path = resolve_encoder(encoder)  # fail on a bad encoder before reading the corpus
-    passages, inputs, totals = _collect(files, chunk_tokens, chunk_overlap, set(), {})
-    if not passages:
-        shown = ", ".join(str(p) for p in paths)
-        raise RagtuneError(f"the corpus is empty: {shown} hold no text to index "
-                           f"({totals['empty_documents']} empty documents)")
     tmp = _temp_dir(out_dir)
+    scratch = tmp / SCRATCH
+    scratch.mkdir()
     try:
-        write_passages(tmp / PASSAGES, passages)
-        texts = [search_text(p.title, p.text) for p in passages]
-        bm25_info = _write_bm25(tmp, texts, progress) if kind in ("bm25", "hybrid") else None
+        n, inputs, totals, kept = _stream_passages(files, chunk_tokens, chunk_overlap, tmp / PASSAGES, scratch,
+                                                   rows, progress)
+        if n == 0:
+            shown = ", ".join(str(p) for p in paths)
+            raise RagtuneError(f"the corpus is empty: {shown} hold no text to index "
+                               f"({totals['empty_documents']} empty documents)")
+        bm25_info = None
+        if kind in ("bm25", "hybrid"):
+            from ragtune.retrieval.bm25 import PARAMS, TOKENIZER, write_bm25_streaming
+
+            write_bm25_streaming(_passage_text_blocks(tmp / PASSAGES), tmp / BM25_DIR, scratch, progress, total=n)
+            bm25_info = {"folder": BM25_DIR, "tokenizer": TOKENIZER, **PARAMS}
         dim, faiss_params = None, None
         if dense_kind:
-            from ragtune.retrieval.dense import load_encoder
+            from ragtune.retrieval import dense
 
-            model = load_encoder(encoder, progress)
-            dim, faiss_params = _write_dense(tmp, model, texts, faiss_index, batch_size, progress)
+            model = dense.load_encoder(encoder, progress)
+            if rows is not None:
+                dim = dense.copy_vectors(rows, kept, tmp / EMBEDDINGS, model.get_embedding_dimension(), progress)
+            else:
+                dim = dense.encode_to_file(tmp / EMBEDDINGS, model, _passage_text_blocks(tmp / PASSAGES), n,
+                                           batch_size, progress)
+            faiss_index_obj, faiss_params = dense.build_faiss(dense.NpyRows(tmp / EMBEDDINGS), faiss_index)
+            dense.save_faiss(faiss_index_obj, tmp / FAISS_FILE)
+            del faiss_index_obj
+        shutil.rmtree(scratch)
         created = mf.now()
         manifest = {
             "format": mf.FORMAT,
@@ -273,17 +381,20 @@ def build_index(
             "inputs": inputs,
             "chunking": {"chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "token_pattern": TOKEN_PATTERN},
             "documents": totals["documents"],
-            "passages": len(passages),
+            "passages": n,
             "bm25": bm25_info,
             "encoder": encoder if dense_kind else None,
             "encoder_path": encoder_path,
+            "encoder_weights": mf.weights_sha256(encoder_path) if encoder_path else None,
             "embedding_dim": dim,
             "faiss_index": faiss_index if dense_kind else None,
             "faiss_params": faiss_params,
+            "vectors": None if rows is None else {"path": str(rows.path.resolve()), "rows": len(rows),
+                                                  "sha256": mf.sha256_file(rows.path)},
             "versions": mf.library_versions(),
             "files": mf.checksum_folder(tmp),
             "history": [{"action": "build", "time": created, "files": len(files), "documents": totals["documents"],
-                         "passages_added": len(passages), "duplicates_removed": totals["duplicates_removed"],
+                         "passages_added": n, "duplicates_removed": totals["duplicates_removed"],
                          "empty_documents": totals["empty_documents"],
                          "seconds": round(time.perf_counter() - start, 3)}],
         }
@@ -346,6 +457,8 @@ def add_to_index(
         if kind in ("dense", "hybrid"):
             if passages:
                 from ragtune.retrieval.dense import load_encoder
+
+                _check_encoder_weights(index_dir, manifest)
 
                 model = load_encoder(_encoder_source(manifest), progress)
                 new_texts = [search_text(p.title, p.text) for p in passages]
@@ -448,6 +561,21 @@ class Index:
                    title=p.get("title"))
 
 
+def _check_encoder_weights(index_dir: Path, manifest: dict) -> None:
+    """Refuse an index whose encoder folder now holds other weights than when it was built."""
+    from ragtune.retrieval.dense import resolve_encoder
+
+    built_with = manifest.get("encoder_weights")
+    if built_with is None:
+        return
+    folder = resolve_encoder(_encoder_source(manifest))
+    if mf.weights_sha256(folder) != built_with:
+        raise RagtuneError(
+            f"index {index_dir}: the encoder {manifest['encoder']!r} ({folder}) holds other weights than when the "
+            "index was built, so queries would be encoded by another model than the passages; restore that "
+            "encoder, or rebuild the index (ragtune index ... --overwrite)")
+
+
 def _same_encoder(expected: str, manifest: dict) -> bool:
     if expected == manifest["encoder"]:
         return True
@@ -496,6 +624,7 @@ def load_index(index_dir: str | Path, expected_encoder: str | None = None, progr
         if index.faiss_index.ntotal != len(passages):
             raise RagtuneError(f"{index_dir / FAISS_FILE} holds {index.faiss_index.ntotal} vectors for "
                                f"{len(passages)} passages; rebuild the index")
+        _check_encoder_weights(index_dir, manifest)
         index.encoder = load_encoder(_encoder_source(manifest), progress)
         dim = index.encoder.get_embedding_dimension()
         if dim is not None and dim != manifest["embedding_dim"]:

@@ -13,6 +13,9 @@ The manifest makes an index reproducible and tamper-evident. Its keys::
     bm25              {"folder": "bm25", "tokenizer", "method", "k1", "b"} or null
     encoder           the encoder as given ("minilm", a folder, a Hub id) or null (bm25)
     encoder_path      where it was loaded from (alias → package folder; folder → absolute path)
+    encoder_weights   sha256 over the encoder folder's weight files (null for a Hub id): an index
+                      whose encoder folder now holds other weights is refused when loaded
+    vectors           {"path", "rows", "sha256"} of precomputed vectors (``--vectors``) or null
     embedding_dim     dimension of the embeddings or null
     faiss_index       "flat" | "hnsw" | "ivfpq" or null; faiss_params: its parameters
     versions          library versions: ragtune, bm25s, faiss-cpu, sentence-transformers, jieba, ...
@@ -39,6 +42,21 @@ FORMAT = 1
 #: Distributions whose versions are recorded.
 LIBRARIES = ("ragtune", "bm25s", "faiss-cpu", "sentence-transformers", "jieba", "PyStemmer", "pypdf",
              "transformers", "torch", "numpy")
+
+
+def weights_sha256(folder: str | Path) -> str | None:
+    """sha256 over the weight files (``*.safetensors``, ``*.bin``, ``*.pt``) of a model folder, in
+    path order; None when ``folder`` is not a local folder (a Hub id) or holds no weight file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(folder).as_posix().encode("utf-8") + b"\0" + sha256_file(f).encode("ascii"))
+    return digest.hexdigest()
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
