@@ -272,10 +272,16 @@ class EmbeddingsWriter:
             raise ValueError(f"{self.path}: {self.rows} rows written, {self.n} expected")
 
 
-def encode_to_file(path: Path, model, text_blocks, n: int, batch_size: int = 64, progress: bool = False) -> int:
-    """Encode the passages of ``text_blocks`` (lists of texts, ``n`` in all) into ``path``; returns the dimension."""
+def encode_to_file(path: Path, model, text_blocks, n: int, batch_size: int = 64, progress: bool = False,
+                   previous: NpyRows | None = None) -> int:
+    """Encode the passages of ``text_blocks`` (lists of texts, ``n`` in all) into ``path``; returns the dimension.
+
+    With ``previous`` (an index's existing embeddings) its rows come first, copied block by block,
+    and the encoder must give vectors of the same dimension.
+    """
     from tqdm.auto import tqdm
 
+    n_old = 0 if previous is None else len(previous)
     writer, dim = None, None
     bar = tqdm(total=n, desc="encode passages", unit="passage", disable=not progress)
     try:
@@ -284,15 +290,20 @@ def encode_to_file(path: Path, model, text_blocks, n: int, batch_size: int = 64,
                 vectors = _encode(model, block[start:start + batch_size * 8], batch_size, query=False)
                 if writer is None:
                     dim = vectors.shape[1]
-                    writer = EmbeddingsWriter(path, n, dim)
+                    if previous is not None and previous.shape[1] != dim:
+                        raise RagtuneError(f"the encoder gives {dim}-dimensional embeddings but the index holds "
+                                           f"{previous.shape[1]}-dimensional ones; rebuild the index")
+                    writer = EmbeddingsWriter(path, n_old + n, dim)
+                    for s in range(0, n_old, FAISS_ADD_BLOCK):
+                        writer.write(previous[s:s + FAISS_ADD_BLOCK])
                 writer.write(vectors)
                 bar.update(len(vectors))
     finally:
         bar.close()
         if writer is not None:
             writer.close()
-    if writer is None or writer.rows != n:
-        raise RagtuneError(f"encoded {0 if writer is None else writer.rows} passages, expected {n}")
+    if writer is None or writer.rows != n_old + n:
+        raise RagtuneError(f"encoded {0 if writer is None else writer.rows - n_old} passages, expected {n}")
     return int(dim)
 
 

@@ -38,8 +38,8 @@ embeddings block by block (:func:`~ragtune.retrieval.bm25.write_bm25_streaming`,
 itself, not by the corpus: 1M passages index with BM25 in about the memory of 100k
 (``benchmarks/index_scale.py``). What still grows: the BM25 vocabulary, 8 bytes per passage, and
 the FAISS index (all vectors for ``flat``/``hnsw``; ``m`` bytes per vector for ``ivfpq``). CSV/TSV
-and SQuAD files are read whole (use JSONL for very large corpora), and :func:`add_to_index` holds the
-old and new passages in memory.
+and SQuAD files are read whole (use JSONL for very large corpora). :func:`add_to_index` streams the
+same way (the old passages are copied line by line and the old embeddings block by block).
 
 **Safety.** An existing non-empty ``out_dir`` is refused unless ``overwrite=True``. The index is
 written into a temporary sibling folder and moved into place only when complete, so a failed or
@@ -68,15 +68,12 @@ from ragtune.errors import RagtuneError
 from ragtune.retrieval import manifest as mf
 from ragtune.retrieval.corpus import (
     TOKEN_PATTERN,
-    Passage,
     PassageMaker,
     check_chunking,
     list_corpus_files,
-    make_passages,
     read_documents,
     read_passages,
     search_text,
-    write_passages,
 )
 from ragtune.retrieval.fusion import reciprocal_rank_fusion
 
@@ -176,43 +173,23 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _collect(files: list[Path], chunk_tokens: int, chunk_overlap: int, seen: set[bytes],
-             taken: dict[str, str]) -> tuple[list[Passage], list[dict], dict]:
-    """Passages of all ``files``, the manifest's ``inputs`` entries, and the totals."""
-    passages: list[Passage] = []
-    inputs: list[dict] = []
-    totals = {"documents": 0, "duplicates_removed": 0, "empty_documents": 0, "duplicate_documents": 0}
-    for path in files:
-        result = make_passages(read_documents(path), chunk_tokens, chunk_overlap, seen_texts=seen, taken_ids=taken)
-        passages.extend(result.passages)
-        inputs.append({"path": str(path.resolve()), "sha256": mf.sha256_file(path), "documents": result.documents,
-                       "passages": len(result.passages)})
-        for key in totals:
-            totals[key] += getattr(result, key)
-    return passages, inputs, totals
+def _stream_passages(files: list[Path], maker: PassageMaker, fh, vectors,
+                     progress: bool) -> tuple[int, list[dict], np.ndarray | None]:
+    """Write the passages of ``files`` to the open file ``fh`` as ``maker`` makes them; memory stays bounded.
 
-
-def _stream_passages(files: list[Path], chunk_tokens: int, chunk_overlap: int, out: Path, scratch: Path,
-                     vectors, progress: bool) -> tuple[int, list[dict], dict, np.ndarray | None]:
-    """Write the passages of ``files`` to ``out`` as they are made; memory stays bounded.
-
-    Returns ``(passages written, manifest inputs, totals, kept vector rows)``. With ``vectors``
-    (:class:`~ragtune.retrieval.dense.NpyRows` of precomputed embeddings, one row per record),
-    every record must give at most one passage, and the rows of records that gave one are returned.
+    Returns ``(passages written, manifest inputs, kept vector rows)``; the counts are ``maker``'s.
+    With ``vectors`` (:class:`~ragtune.retrieval.dense.NpyRows` of precomputed embeddings, one row
+    per record), every record must give at most one passage, and the rows of records that gave one
+    are returned.
     """
     from array import array
 
     from tqdm.auto import tqdm
 
-    from ragtune.retrieval.diskset import SeenStore
-
     inputs: list[dict] = []
     kept = array("q") if vectors is not None else None
     n, record = 0, 0
-    bar = tqdm(desc="read corpus", unit="document", disable=not progress, mininterval=1.0)
-    with SeenStore(scratch / "seen.sqlite") as store, open(out, "w", encoding="utf-8", newline="\n") as fh:
-        maker = PassageMaker(chunk_tokens, chunk_overlap, seen_texts=store.texts, taken_ids=store.ids,
-                             explicit_sha=store.explicit)
+    with tqdm(desc="read corpus", unit="document", disable=not progress, mininterval=1.0) as bar:
         for path in files:
             docs_before, n_before = maker.documents, n
             for doc in read_documents(path):
@@ -220,9 +197,10 @@ def _stream_passages(files: list[Path], chunk_tokens: int, chunk_overlap: int, o
                 if kept is not None:
                     if len(passages) > 1:
                         raise RagtuneError(
-                            f"{doc.origin}: this record gives {len(passages)} passages of at most {chunk_tokens} "
-                            f"tokens, but with --vectors each record is one passage (its vector is row {record} of "
-                            f"{vectors.path}); raise --chunk-tokens, or split the records before computing vectors")
+                            f"{doc.origin}: this record gives {len(passages)} passages of at most "
+                            f"{maker.chunk_tokens} tokens, but with --vectors each record is one passage (its vector "
+                            f"is row {record} of {vectors.path}); raise --chunk-tokens, or split the records before "
+                            "computing vectors")
                     if passages:
                         kept.append(record)
                 record += 1
@@ -232,20 +210,22 @@ def _stream_passages(files: list[Path], chunk_tokens: int, chunk_overlap: int, o
                 bar.update(1)
             inputs.append({"path": str(path.resolve()), "sha256": mf.sha256_file(path),
                            "documents": maker.documents - docs_before, "passages": n - n_before})
-    bar.close()
-    totals = {"documents": maker.documents, "duplicates_removed": maker.duplicates_removed,
-              "empty_documents": maker.empty_documents, "duplicate_documents": maker.duplicate_documents}
     if vectors is not None and record != len(vectors):
         raise RagtuneError(f"{vectors.path} holds {len(vectors)} vectors but the corpus has {record} records; "
                            "give one vector per record, in the order the corpus files are read")
-    return n, inputs, totals, (None if kept is None else np.frombuffer(kept, dtype=np.int64))
+    return n, inputs, (None if kept is None else np.frombuffer(kept, dtype=np.int64))
 
 
-def _passage_text_blocks(path: Path, block: int = STREAM_BLOCK) -> Iterator[list[str]]:
-    """The search texts of ``passages.jsonl``, ``block`` at a time."""
+def _totals(maker: PassageMaker) -> dict:
+    return {"documents": maker.documents, "duplicates_removed": maker.duplicates_removed,
+            "empty_documents": maker.empty_documents, "duplicate_documents": maker.duplicate_documents}
+
+
+def _passage_text_blocks(path: Path, start: int = 0, block: int = STREAM_BLOCK) -> Iterator[list[str]]:
+    """The search texts of ``passages.jsonl`` from row ``start`` on, ``block`` at a time."""
     texts: list[str] = []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for line in itertools.islice(fh, start, None):
             record = json.loads(line)
             texts.append(search_text(record.get("title"), record["text"]))
             if len(texts) == block:
@@ -255,30 +235,12 @@ def _passage_text_blocks(path: Path, block: int = STREAM_BLOCK) -> Iterator[list
         yield texts
 
 
-def _write_bm25(folder: Path, texts: list[str], progress: bool) -> dict:
-    from ragtune.retrieval.bm25 import PARAMS, TOKENIZER, build_bm25, save_bm25
+def _write_bm25(folder: Path, scratch: Path, n: int, progress: bool) -> dict:
+    """BM25 over all of ``folder/passages.jsonl`` (streaming); returns the manifest's ``bm25`` entry."""
+    from ragtune.retrieval.bm25 import PARAMS, TOKENIZER, write_bm25_streaming
 
-    save_bm25(build_bm25(texts, progress), folder / BM25_DIR)
+    write_bm25_streaming(_passage_text_blocks(folder / PASSAGES), folder / BM25_DIR, scratch, progress, total=n)
     return {"folder": BM25_DIR, "tokenizer": TOKENIZER, **PARAMS}
-
-
-def _write_dense(folder: Path, model, new_texts: list[str], faiss_kind: str, batch_size: int, progress: bool,
-                 old_dir: Path | None = None) -> tuple[int, dict]:
-    """Write embeddings.npy (old rows + new ones) and faiss.index; returns ``(dim, faiss params)``."""
-    from ragtune.retrieval import dense
-
-    previous = dense.load_embeddings(old_dir / EMBEDDINGS) if old_dir is not None else None
-    dim = dense.write_embeddings(folder / EMBEDDINGS, model, new_texts, batch_size, progress, previous=previous)
-    embeddings = dense.load_embeddings(folder / EMBEDDINGS)
-    if old_dir is not None and faiss_kind in ("flat", "hnsw"):
-        index = dense.load_faiss(old_dir / FAISS_FILE)  # trained once; only the new vectors are added
-        dense.add_to_faiss(index, embeddings, start=len(previous))
-        params = {"M": dense.HNSW_M, "efConstruction": dense.HNSW_EF_CONSTRUCTION} if faiss_kind == "hnsw" else {}
-    else:  # a new index, or ivfpq, whose lists and codebooks are retrained for the grown corpus
-        index, params = dense.build_faiss(embeddings, faiss_kind)
-    dense.save_faiss(index, folder / FAISS_FILE)
-    del embeddings
-    return dim, params
 
 
 def _encoder_source(manifest: dict) -> str:
@@ -345,18 +307,19 @@ def build_index(
     scratch = tmp / SCRATCH
     scratch.mkdir()
     try:
-        n, inputs, totals, kept = _stream_passages(files, chunk_tokens, chunk_overlap, tmp / PASSAGES, scratch,
-                                                   rows, progress)
+        from ragtune.retrieval.diskset import SeenStore
+
+        with SeenStore(scratch / "seen.sqlite") as store, \
+                open(tmp / PASSAGES, "w", encoding="utf-8", newline="\n") as fh:
+            maker = PassageMaker(chunk_tokens, chunk_overlap, seen_texts=store.texts, taken_ids=store.ids,
+                                 explicit_sha=store.explicit)
+            n, inputs, kept = _stream_passages(files, maker, fh, rows, progress)
+        totals = _totals(maker)
         if n == 0:
             shown = ", ".join(str(p) for p in paths)
             raise RagtuneError(f"the corpus is empty: {shown} hold no text to index "
                                f"({totals['empty_documents']} empty documents)")
-        bm25_info = None
-        if kind in ("bm25", "hybrid"):
-            from ragtune.retrieval.bm25 import PARAMS, TOKENIZER, write_bm25_streaming
-
-            write_bm25_streaming(_passage_text_blocks(tmp / PASSAGES), tmp / BM25_DIR, scratch, progress, total=n)
-            bm25_info = {"folder": BM25_DIR, "tokenizer": TOKENIZER, **PARAMS}
+        bm25_info = _write_bm25(tmp, scratch, n, progress) if kind in ("bm25", "hybrid") else None
         dim, faiss_params = None, None
         if dense_kind:
             from ragtune.retrieval import dense
@@ -438,39 +401,55 @@ def add_to_index(
     for f in files:
         if root in f.resolve().parents:
             raise RagtuneError(f"corpus file {f} is inside the index folder {index_dir}; move it out first")
-    old_records = read_passages(index_dir / PASSAGES)
-    seen = {hashlib.sha1(r["text"].encode("utf-8")).digest() for r in old_records}
-    taken = {r["doc_id"]: r["source"] for r in old_records}
     chunking = manifest["chunking"]
-    passages, inputs, totals = _collect(files, chunking["chunk_tokens"], chunking["chunk_overlap"], seen, taken)
-    if not passages and totals["duplicates_removed"] == 0 and totals["duplicate_documents"] == 0:
-        shown = ", ".join(str(p) for p in paths)
-        raise RagtuneError(f"nothing to add: {shown} hold no text ({totals['empty_documents']} empty documents)")
     kind = manifest["kind"]
     tmp = _temp_dir(index_dir)
+    scratch = tmp / SCRATCH
+    scratch.mkdir()
     try:
-        n_total = write_passages(tmp / PASSAGES, itertools.chain(old_records, passages))
+        from ragtune.retrieval.diskset import SeenStore
+
+        with SeenStore(scratch / "seen.sqlite") as store, \
+                open(tmp / PASSAGES, "w", encoding="utf-8", newline="\n") as fh:
+            n_old = 0
+            with open(index_dir / PASSAGES, encoding="utf-8") as old:  # the old passages come first, as they were
+                for line in old:
+                    record = json.loads(line)
+                    store.texts.add(hashlib.sha1(record["text"].encode("utf-8")).digest())
+                    store.ids[record["doc_id"]] = record["source"]
+                    fh.write(line)
+                    n_old += 1
+            maker = PassageMaker(chunking["chunk_tokens"], chunking["chunk_overlap"], seen_texts=store.texts,
+                                 taken_ids=store.ids, explicit_sha=store.explicit)
+            n_new, inputs, _ = _stream_passages(files, maker, fh, None, progress)
+        totals = _totals(maker)
+        if not n_new and totals["duplicates_removed"] == 0 and totals["duplicate_documents"] == 0:
+            shown = ", ".join(str(p) for p in paths)
+            raise RagtuneError(f"nothing to add: {shown} hold no text ({totals['empty_documents']} empty documents)")
+        n_total = n_old + n_new
         if manifest.get("bm25"):
-            all_texts = [search_text(r.get("title"), r["text"]) for r in old_records]
-            all_texts += [search_text(p.title, p.text) for p in passages]
-            manifest["bm25"] = _write_bm25(tmp, all_texts, progress)
+            manifest["bm25"] = _write_bm25(tmp, scratch, n_total, progress)
         if kind in ("dense", "hybrid"):
-            if passages:
-                from ragtune.retrieval.dense import load_encoder
+            if n_new:
+                from ragtune.retrieval import dense
 
                 _check_encoder_weights(index_dir, manifest)
-
-                model = load_encoder(_encoder_source(manifest), progress)
-                new_texts = [search_text(p.title, p.text) for p in passages]
-                dim, params = _write_dense(tmp, model, new_texts, manifest["faiss_index"], batch_size, progress,
-                                           old_dir=index_dir)
-                if dim != manifest["embedding_dim"]:
-                    raise RagtuneError(f"the encoder now gives {dim}-dimensional embeddings, the index holds "
-                                       f"{manifest['embedding_dim']}-dimensional ones; rebuild the index")
-                manifest["faiss_params"] = params
+                model = dense.load_encoder(_encoder_source(manifest), progress)
+                dense.encode_to_file(tmp / EMBEDDINGS, model, _passage_text_blocks(tmp / PASSAGES, start=n_old),
+                                     n_new, batch_size, progress, previous=dense.NpyRows(index_dir / EMBEDDINGS))
+                embeddings = dense.NpyRows(tmp / EMBEDDINGS)
+                faiss_kind = manifest["faiss_index"]
+                if faiss_kind in ("flat", "hnsw"):  # trained once: only the new vectors are added
+                    faiss_index = dense.load_faiss(index_dir / FAISS_FILE)
+                    dense.add_to_faiss(faiss_index, embeddings, start=n_old)
+                else:  # ivfpq: lists and codebooks are retrained for the grown corpus
+                    faiss_index, manifest["faiss_params"] = dense.build_faiss(embeddings, faiss_kind)
+                dense.save_faiss(faiss_index, tmp / FAISS_FILE)
+                del faiss_index
             else:
                 shutil.copy2(index_dir / EMBEDDINGS, tmp / EMBEDDINGS)
                 shutil.copy2(index_dir / FAISS_FILE, tmp / FAISS_FILE)
+        shutil.rmtree(scratch)
         stamp = mf.now()
         manifest["inputs"] = list(manifest.get("inputs", [])) + inputs
         manifest["corpus_sha256"] = mf.corpus_sha256([i["sha256"] for i in manifest["inputs"]])
@@ -481,7 +460,7 @@ def add_to_index(
         manifest["files"] = mf.checksum_folder(tmp)
         manifest.setdefault("history", []).append(
             {"action": "add", "time": stamp, "files": len(files), "documents": totals["documents"],
-             "passages_added": len(passages), "duplicates_removed": totals["duplicates_removed"],
+             "passages_added": n_new, "duplicates_removed": totals["duplicates_removed"],
              "empty_documents": totals["empty_documents"], "seconds": round(time.perf_counter() - start, 3)})
         mf.write_manifest(tmp, manifest)
         _swap_into_place(tmp, index_dir)

@@ -175,3 +175,26 @@ def test_add_to_index(tiny_encoder, small_corpus, tmp_path):
     manifest = load_index(out).manifest
     assert manifest["passages"] == 8 and manifest["history"][-1]["passages_added"] == 0
     assert manifest["inputs"][-1]["path"].endswith("again.md")
+
+
+@pytest.mark.parametrize("faiss_kind", ["flat", "ivfpq"])
+def test_building_in_two_steps_equals_building_at_once(tiny_encoder, tmp_path, faiss_kind):
+    """build(A) + add(B) gives the passages, BM25 scores and vectors of build(A, B)."""
+    words = ["market", "bank", "goal", "team", "film", "music", "rain", "river", "北京", "大学"]
+    rng = np.random.default_rng(0)
+    for name, n in (("a.jsonl", 260), ("b.jsonl", 120)):
+        lines = [json.dumps({"text": " ".join(rng.choice(words, 8)) + f" {name} {i}"}, ensure_ascii=False)
+                 for i in range(n)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    once = _build([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path / "once", kind="hybrid",
+                  encoder=str(tiny_encoder), faiss_index=faiss_kind)
+    twice = _build([tmp_path / "a.jsonl"], tmp_path / "twice", kind="hybrid", encoder=str(tiny_encoder),
+                   faiss_index=faiss_kind)
+    add_to_index(twice, [tmp_path / "b.jsonl"], progress=False)
+    assert (once / "passages.jsonl").read_bytes() == (twice / "passages.jsonl").read_bytes()
+    assert np.allclose(np.load(once / "embeddings.npy"), np.load(twice / "embeddings.npy"), atol=1e-6)
+    a, b = load_index(once), load_index(twice)
+    for query in ["market bank", "北京 大学 river", "team film 7"]:
+        assert a._bm25([query], 10) == b._bm25([query], 10)
+        if faiss_kind == "flat":
+            assert [r for r, _ in a._dense([query], 10)[0]] == [r for r, _ in b._dense([query], 10)[0]]
