@@ -14,6 +14,10 @@ at exit, see :func:`run`) are recorded:
 * ``bm25s-in-memory``: the peer: bm25s's own ``BM25.index`` on all tokenized passages, then
   ``save`` (what ragtune did before it streamed; same tokenizer, same index files);
 * ``bm25``: ``ragtune index CORPUS --out DIR --kind bm25`` (streaming);
+* ``bm25-retrieve``: ``ragtune retrieve`` of 20 queries, k 10, on the ``bm25`` index (loading it
+  checks every file's sha256; above 256 MB of passages they are read on demand);
+  ``bm25-retrieve-eager``: the same with every passage loaded and the BM25 arrays read into memory
+  (what ragtune did before);
 * ``dense-ivfpq``: ``ragtune index CORPUS --kind dense --vectors V.npy --faiss ivfpq``;
 * ``dense-flat``: the same with ``--faiss flat`` (an exact FAISS index holds every vector in memory).
 
@@ -30,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEMS = ("bm25s-in-memory", "bm25", "dense-ivfpq", "dense-flat")
+SYSTEMS = ("bm25s-in-memory", "bm25", "bm25-retrieve", "bm25-retrieve-eager", "dense-ivfpq", "dense-flat")
 
 
 def write_corpus(path: Path, n: int, seed: int = 0, words_per_passage: int = 60, vocab: int = 50_000) -> None:
@@ -81,9 +85,26 @@ print(f"bm25s indexed {len(texts)} passages")
 """
 
 
+EAGER = """
+import sys
+from ragtune.retrieval import corpus
+from ragtune.cli import main
+corpus.PASSAGES_IN_MEMORY_BYTES = 1 << 62  # every passage in memory, BM25 arrays read (not memory-mapped)
+sys.exit(main(["retrieve", sys.argv[1], *sys.argv[2:], "-k", "10"]))
+"""
+
+#: 20 queries of 3 words from the corpus vocabulary (frequent, middle and rare words).
+QUERIES = [f"w{a} w{b} w{c}" for a, b, c in zip(range(0, 20), range(100, 2100, 100), range(30_000, 50_000, 1000))]
+
+
 def command(system: str, corpus: Path, vectors: Path, out: Path) -> list[str]:
     if system == "bm25s-in-memory":
         return [sys.executable, "-c", IN_MEMORY, str(corpus), str(out)]
+    if system.startswith("bm25-retrieve"):  # load the bm25 system's index and answer QUERIES
+        index = str(out.parent / out.name.replace(system, "bm25"))
+        if system == "bm25-retrieve":
+            return [sys.executable, "-m", "ragtune", "retrieve", index, *QUERIES, "-k", "10"]
+        return [sys.executable, "-c", EAGER, index, *QUERIES]
     cmd = [sys.executable, "-m", "ragtune", "index", str(corpus), "--out", str(out), "--quiet", "--overwrite"]
     if system == "bm25":
         return cmd + ["--kind", "bm25"]
@@ -149,12 +170,15 @@ def main() -> int:
             out = args.work / f"idx_{system}_{n}"
             row = {"system": system, "passages": n, "corpus_mb": round(corpus.stat().st_size / 2**20, 1),
                    **run(command(system, corpus, vectors, out))}
-            row["index_mb"] = round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20, 1)
+            if system.startswith("bm25-retrieve"):
+                row["index_mb"], row["summary"] = None, f"{len(row['summary'].splitlines())} hits printed"
+            else:
+                row["index_mb"] = round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20, 1)
             print(json.dumps(row), flush=True)
             rows.append(row)
     print("\n| system | passages | seconds | peak RSS MB | index on disk MB |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['system']} | {r['passages']:,} | {r['seconds']} | {r['peak_rss_mb']} | {r['index_mb']} |")
+        print(f"| {r['system']} | {r['passages']:,} | {r['seconds']} | {r['peak_rss_mb']} | {'-' if r['index_mb'] is None else r['index_mb']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(["python", "benchmarks/index_scale.py", *sys.argv[1:]]),
                                     "rows": rows}, indent=2) + "\n")

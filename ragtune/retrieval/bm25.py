@@ -250,13 +250,14 @@ def save_bm25(retriever, folder: Path) -> None:
     retriever.save(str(folder), show_progress=False)
 
 
-def load_bm25(folder: Path):
-    """Load an index written by :func:`save_bm25` or :func:`write_bm25_streaming` (bm25s's own ``BM25.load``)."""
+def load_bm25(folder: Path, mmap: bool = False):
+    """Load an index written by :func:`save_bm25` or :func:`write_bm25_streaming` (bm25s's own
+    ``BM25.load``); ``mmap``: memory-map the score arrays instead of reading them (large indexes)."""
     import bm25s
 
     if not (folder / "params.index.json").is_file():
         raise RagtuneError(f"{folder}: not a BM25 index folder (no params.index.json); rebuild the index")
-    return bm25s.BM25.load(str(folder), show_progress=False)
+    return bm25s.BM25.load(str(folder), show_progress=False, mmap=mmap)
 
 
 def search_bm25(retriever, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:

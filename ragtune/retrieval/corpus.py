@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -532,9 +533,69 @@ def read_passages(path: Path) -> list[dict]:
     return records
 
 
+class PassageTable(Sequence):
+    """The records of a large ``passages.jsonl``, read on demand: ``len(t)``, ``t[row]``, ``iter(t)``.
+
+    One pass over the file finds where each line starts and ends (16 bytes per passage); ``t[row]``
+    then reads that line with ``os.pread`` (safe from several threads at once) and parses it.
+    Iterating streams the file. :func:`open_passages` picks this over a list for large files.
+    """
+
+    def __init__(self, path: Path):
+        from array import array
+
+        self.path = Path(path)
+        starts, ends = array("q"), array("q")
+        position = 0
+        with open(self.path, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    starts.append(position)
+                    ends.append(position + len(line))
+                position += len(line)
+        self._starts, self._ends = starts, ends
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(len(self)))]
+        if row < 0:
+            row += len(self)
+        if not 0 <= row < len(self):
+            raise IndexError(f"passage row {row} out of range (0..{len(self) - 1})")
+        start = self._starts[row]
+        return json.loads(os.pread(self._fd, self._ends[row] - start, start))
+
+    def __iter__(self) -> Iterator[dict]:
+        with open(self.path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+
+
+#: ``passages.jsonl`` files up to this size are loaded into memory (a list); larger ones are read on demand.
+PASSAGES_IN_MEMORY_BYTES = 256 * 2**20
+
+
+def open_passages(path: Path, in_memory_bytes: int | None = None) -> Sequence[dict]:
+    """The records of ``passages.jsonl``: a list (:func:`read_passages`) up to ``in_memory_bytes``
+    (default :data:`PASSAGES_IN_MEMORY_BYTES`), a :class:`PassageTable` above it."""
+    limit = PASSAGES_IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
+    return read_passages(path) if Path(path).stat().st_size <= limit else PassageTable(path)
+
+
 __all__ = [
     "CORPUS_EXTENSIONS", "TOKEN_PATTERN", "Document", "Passage", "PassageResult", "list_corpus_files",
     "read_documents", "iter_squad", "chunk_text", "check_chunking", "make_passages", "PassageMaker",
     "search_text",
-    "text_sha1", "write_passages", "read_passages", "passage_from_dict",
+    "text_sha1", "write_passages", "read_passages", "passage_from_dict", "PassageTable", "open_passages",
 ]

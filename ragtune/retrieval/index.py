@@ -39,7 +39,10 @@ itself, not by the corpus: 1M passages index with BM25 in about the memory of 10
 (``benchmarks/index_scale.py``). What still grows: the BM25 vocabulary, 8 bytes per passage, and
 the FAISS index (all vectors for ``flat``/``hnsw``; ``m`` bytes per vector for ``ivfpq``). CSV/TSV
 and SQuAD files are read whole (use JSONL for very large corpora). :func:`add_to_index` streams the
-same way (the old passages are copied line by line and the old embeddings block by block).
+same way (the old passages are copied line by line and the old embeddings block by block). A
+loaded index whose ``passages.jsonl`` is over 256 MB (``corpus.PASSAGES_IN_MEMORY_BYTES``) reads
+passages on demand (:class:`~ragtune.retrieval.corpus.PassageTable`) and memory-maps its BM25
+arrays, so serving a million passages does not load them all.
 
 **Safety.** An existing non-empty ``out_dir`` is refused unless ``overwrite=True``. The index is
 written into a temporary sibling folder and moved into place only when complete, so a failed or
@@ -69,10 +72,11 @@ from ragtune.retrieval import manifest as mf
 from ragtune.retrieval.corpus import (
     TOKEN_PATTERN,
     PassageMaker,
+    PassageTable,
     check_chunking,
     list_corpus_files,
+    open_passages,
     read_documents,
-    read_passages,
     search_text,
 )
 from ragtune.retrieval.fusion import reciprocal_rank_fusion
@@ -479,7 +483,7 @@ class Index:
 
     path: Path
     manifest: dict = field(repr=False)
-    passages: list[dict] = field(repr=False)
+    passages: Sequence[dict] = field(repr=False)
     bm25: object | None = field(default=None, repr=False)
     faiss_index: object | None = field(default=None, repr=False)
     encoder: object | None = field(default=None, repr=False)
@@ -583,7 +587,7 @@ def load_index(index_dir: str | Path, expected_encoder: str | None = None, progr
                 f"but encoder {expected_encoder!r} was asked for; queries must be encoded by the index's encoder: "
                 f"use encoder {manifest['encoder']!r}, or rebuild the index with --encoder {expected_encoder}"
             )
-    passages = read_passages(index_dir / PASSAGES)
+    passages = open_passages(index_dir / PASSAGES)  # read on demand when large (bounded memory)
     if len(passages) != manifest["passages"]:
         raise RagtuneError(f"{index_dir / PASSAGES} holds {len(passages)} passages but the manifest says "
                            f"{manifest['passages']}; rebuild the index")
@@ -595,7 +599,7 @@ def load_index(index_dir: str | Path, expected_encoder: str | None = None, progr
         if built_with != TOKENIZER:
             raise RagtuneError(f"index {index_dir} was built with the BM25 tokenizer {built_with!r}; this ragtune "
                                f"tokenizes queries with {TOKENIZER!r}; rebuild the index")
-        index.bm25 = load_bm25(index_dir / BM25_DIR)
+        index.bm25 = load_bm25(index_dir / BM25_DIR, mmap=isinstance(passages, PassageTable))
     if kind in ("dense", "hybrid"):
         from ragtune.retrieval.dense import load_encoder, load_faiss
 

@@ -198,3 +198,24 @@ def test_building_in_two_steps_equals_building_at_once(tiny_encoder, tmp_path, f
         assert a._bm25([query], 10) == b._bm25([query], 10)
         if faiss_kind == "flat":
             assert [r for r, _ in a._dense([query], 10)[0]] == [r for r, _ in b._dense([query], 10)[0]]
+
+
+def test_a_large_index_reads_its_passages_on_demand(tiny_encoder, small_corpus, squad_file, tmp_path, monkeypatch):
+    """Above PASSAGES_IN_MEMORY_BYTES the passages are read row by row and BM25 is memory-mapped:
+    same hits, same records."""
+    from ragtune.retrieval import corpus
+    from ragtune.retrieval.corpus import PassageTable
+
+    out = _build([small_corpus, squad_file], tmp_path / "index", kind="hybrid", encoder=str(tiny_encoder))
+    in_memory = load_index(out)
+    assert isinstance(in_memory.passages, list)
+    monkeypatch.setattr(corpus, "PASSAGES_IN_MEMORY_BYTES", 0)
+    lazy = load_index(out)
+    assert isinstance(lazy.passages, PassageTable)
+    assert len(lazy.passages) == len(in_memory.passages) == len(lazy)
+    assert list(lazy.passages) == in_memory.passages
+    assert lazy.passages[-1] == in_memory.passages[-1] and lazy.passages[1:3] == in_memory.passages[1:3]
+    with pytest.raises(IndexError):
+        lazy.passages[len(lazy)]
+    for query in ["Where is the volcano Etna?", "长城", "capital of France"]:
+        assert [h.to_dict() for h in lazy.search(query, k=4)] == [h.to_dict() for h in in_memory.search(query, k=4)]
