@@ -63,8 +63,10 @@ def tiny_config(folder, train, name="gen.yaml", epochs: int = 8, **extra) -> str
 @pytest.fixture(scope="module")
 def reversal_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("generation")
-    train = write_jsonl(folder / "train.jsonl", reversal_examples(400, seed=0))
-    config = tiny_config(folder, train)
+    # 1,200 examples and 10 epochs: with 400 and 8 the tiny model stopped at ~80 ROUGE-L on some
+    # library versions and seeds (it reversed most words, not all); this size learns the task fully.
+    train = write_jsonl(folder / "train.jsonl", reversal_examples(1200, seed=0))
+    config = tiny_config(folder, train, epochs=10)
     run_dir = folder / "run"
     assert main(["run", config, "--out", str(run_dir), "--quiet"]) == 0
     return folder, run_dir
@@ -84,7 +86,7 @@ def test_run_learns_to_reverse_and_writes_the_run_dir(reversal_run):
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["task"] == "generation" and meta["prompts"] is True and meta["retrieval"] is None
     history = json.loads((run_dir / "history.json").read_text())
-    assert len(history) == 8 and "validation_rougeL" in history[0]
+    assert len(history) == 10 and "validation_rougeL" in history[0]
     assert history[-1]["validation_rougeL"] > history[0]["validation_rougeL"]
     assert "Examples (test)" in (run_dir / "report.md").read_text()
 
