@@ -30,16 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+from ragtune.train.loop import without_timing
+
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("seconds", "tokens_per_s", "elapsed_s", "wall")
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if not any(t in k for t in TIMING)}
-    if isinstance(value, list):
-        return [without_timing(v) for v in value]
-    return value
 
 
 def ragtune(*args: str) -> list[str]:

@@ -33,7 +33,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import ragtune
 from ragtune.config import RunConfig
 from ragtune.data.seq2seq import read_generation
 from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
@@ -41,7 +40,6 @@ from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
 from ragtune.generation_predictor import PASSAGE_SEPARATOR, GenerationPredictor, add_passages
 from ragtune.models.decoder import DecoderConfig, build_decoder
-from ragtune.models.hf_text import HF_DIR
 from ragtune.models.seq2seq import seq2seq_loss
 from ragtune.seq2seq_pipeline import (
     PairData,
@@ -50,9 +48,10 @@ from ragtune.seq2seq_pipeline import (
     log_done,
     save_text_model,
     split_examples,
+    text_model_meta,
     train_text_model,
 )
-from ragtune.seq2seq_predictor import TOKENIZER_FILE, WEIGHTS_FILE
+from ragtune.seq2seq_predictor import TOKENIZER_FILE
 from ragtune.train.batches import BatchStream
 from ragtune.train.loop import TrainResult
 
@@ -133,14 +132,8 @@ def run_generation(
                      head_dim=m.head_dim, layers=m.layers, ffn_dim=m.ffn_dim, dropout=m.dropout, pad_id=tokenizer.pad_id,
                      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, tie_output=m.tie_output, activation=m.activation)
     model = hf_model if hf_model is not None else build_decoder(DecoderConfig(**model_cfg))
-    meta = {
-        "ragtune_version": ragtune.__version__, "task": "generation", "model": model_cfg, "prompts": prompts,
-        "tokenizer": TOKENIZER_FILE, "weights": WEIGHTS_FILE, "retrieval": retrieval_meta,
-        "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
-        "decode": cfg.decode.model_dump(mode="json"), "bleu_tokenize": cfg.eval.bleu_tokenize,
-    }
-    if hf_model is not None:
-        meta.update(tokenizer=HF_DIR, weights=HF_DIR, hf={"dir": HF_DIR, "kind": "causal", "name_or_path": m.name_or_path})
+    meta = text_model_meta(cfg, "generation", model_cfg, tokenizer, "causal" if hf_model is not None else None)
+    meta.update(prompts=prompts, retrieval=retrieval_meta)
     predictor = GenerationPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size, retriever=retriever)
     log.info("model: %s, %.2fM parameters", m.name_or_path if hf_model is not None else "TransformerForCausalLM",
              model.num_parameters(non_embedding=False) / 1e6)

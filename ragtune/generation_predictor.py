@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ragtune.data.seq2seq_tokenizer import Seq2SeqTokenizer
 from ragtune.errors import RagtuneError
@@ -40,7 +39,14 @@ from ragtune.evaluate.text_metrics import bleu, perplexity, rouge
 from ragtune.models.decoder import DecoderConfig, TransformerForCausalLM, build_decoder
 from ragtune.models.decoding import CausalLMStepper
 from ragtune.models.seq2seq import pad_batch
-from ragtune.seq2seq_predictor import DEFAULT_DECODE, decode_batches, decode_settings, load_run_model, read_run_meta
+from ragtune.seq2seq_predictor import (
+    DEFAULT_DECODE,
+    decode_batches,
+    decode_settings,
+    load_run_model,
+    mean_token_nll,
+    read_run_meta,
+)
 
 PASSAGE_SEPARATOR = "<p>"  # between the prompt and each retrieved passage
 DEFAULT_NEW_TOKENS = 64  # decode.max_new_tokens null: at most this many (and what fits in model.max_length)
@@ -194,20 +200,8 @@ class GenerationPredictor:
     def loss(self, prompts: Sequence[str], responses: Sequence[str]) -> float:
         """Mean negative log-likelihood per response token (``</s>`` included), in nats."""
         examples = self.training_examples(prompts, responses)
-        was_training = self.model.training
-        self.model.eval()
-        pad = self.model.config.pad_id
-        total, count = 0.0, 0
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-        try:
-            for start in range(0, len(order), self.batch_size):
-                logits, labels = self.batch_logits([examples[i] for i in order[start:start + self.batch_size]])
-                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                               ignore_index=pad, reduction="sum"))
-                count += int((labels != pad).sum())
-        finally:
-            self.model.train(was_training)
-        return total / max(1, count)
+        return mean_token_nll(self.model, [len(ids) for ids, _ in examples], self.batch_size,
+                              lambda rows: self.batch_logits([examples[i] for i in rows]), self.model.config.pad_id)
 
     def evaluate(self, prompts: Sequence[str], responses: Sequence[str], max_decode_rows: int | None = None,
                  seed: int = 0, progress: bool = False, **overrides) -> dict:

@@ -170,14 +170,8 @@ def run_translation(
         tie_output=m.tie_output, activation=m.activation,
     )
     model = hf_model if hf_model is not None else build_seq2seq(Seq2SeqConfig(**model_cfg))
-    meta = {
-        "ragtune_version": ragtune.__version__, "task": "translation", "model": model_cfg,
-        "tokenizer": TOKENIZER_FILE, "weights": WEIGHTS_FILE, "joint_tokenizer": tokenizer.joint,
-        "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
-        "decode": cfg.decode.model_dump(mode="json"), "bleu_tokenize": cfg.eval.bleu_tokenize,
-    }
-    if hf_model is not None:
-        meta.update(tokenizer=HF_DIR, weights=HF_DIR, hf={"dir": HF_DIR, "kind": hf_kind, "name_or_path": m.name_or_path})
+    meta = text_model_meta(cfg, "translation", model_cfg, tokenizer, hf_kind if hf_model is not None else None)
+    meta["joint_tokenizer"] = tokenizer.joint
     predictor = Seq2SeqPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
     train_sources = data.train.source.tolist()
     if cfg.retrieval.top_k:  # a translation memory of the training pairs (ragtune/retrieval/memory.py)
@@ -255,6 +249,21 @@ def train_text_model(cfg: RunConfig, task: str, model, stream: BatchStream, batc
         load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
     model.eval()
     return result
+
+
+def text_model_meta(cfg: RunConfig, task: str, model_cfg: dict, tokenizer, hf_kind: str | None) -> dict:
+    """The common part of a translation or generation run's ``model.json``: version, task, model
+    settings, files, special token ids and decoding defaults; ``hf_kind`` (``"seq2seq"``,
+    ``"causal"``, ...) for a pretrained Hugging Face model, whose tokenizer and weights live in ``hf_model/``."""
+    meta = {
+        "ragtune_version": ragtune.__version__, "task": task, "model": model_cfg,
+        "tokenizer": TOKENIZER_FILE, "weights": WEIGHTS_FILE,
+        "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
+        "decode": cfg.decode.model_dump(mode="json"), "bleu_tokenize": cfg.eval.bleu_tokenize,
+    }
+    if hf_kind is not None:
+        meta.update(tokenizer=HF_DIR, weights=HF_DIR, hf={"dir": HF_DIR, "kind": hf_kind, "name_or_path": cfg.model.name_or_path})
+    return meta
 
 
 def save_text_model(model, tokenizer, meta: dict, run_dir: Path, hf: bool) -> None:

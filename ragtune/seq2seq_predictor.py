@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -89,6 +89,29 @@ def decode_batches(model, inputs: Sequence[Sequence[int]], batch_size: int, s: d
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def mean_token_nll(model, lengths: Sequence[int], batch_size: int,
+                   logits_and_labels: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> float:
+    """Mean negative log-likelihood per label token (``pad_id`` labels left out) over all rows, in nats.
+
+    The rows go in batches of ``batch_size``, shortest first (by ``lengths``);
+    ``logits_and_labels(rows)`` gives their logits (B, T, V) and labels (B, T). The model scores in
+    eval mode and is put back in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    try:
+        for start in range(0, len(order), batch_size):
+            logits, labels = logits_and_labels(order[start:start + batch_size])
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),  # (B*T, V)
+                                           labels.reshape(-1), ignore_index=pad_id, reduction="sum"))
+            count += int((labels != pad_id).sum())
+    finally:
+        model.train(was_training)
+    return total / max(1, count)
 
 
 def read_run_meta(run_dir: Path, task: str) -> dict:
@@ -196,24 +219,15 @@ class Seq2SeqPredictor:
         """Mean negative log-likelihood per target token (teacher forcing, no label smoothing), in nats."""
         src = self.tokenizer.encode_source_batch(self._sources(list(sources)), self.max_length)
         tgt = self.tokenizer.encode_target_batch(list(targets), self.max_length)
-        was_training = self.model.training
-        self.model.eval()
         pad = self.model.config.pad_id
-        total, count = 0.0, 0
-        order = sorted(range(len(src)), key=lambda i: len(src[i]))
-        try:
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                ids, mask = pad_batch([src[i] for i in rows], pad)
-                tgt_in, _ = pad_batch([tgt[i][:-1] for i in rows], pad)
-                labels, _ = pad_batch([tgt[i][1:] for i in rows], pad)
-                logits = self.model(ids, mask, tgt_in)  # (B, T, V)
-                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                               ignore_index=pad, reduction="sum"))
-                count += int((labels != pad).sum())
-        finally:
-            self.model.train(was_training)
-        return total / max(1, count)
+
+        def logits_and_labels(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            ids, mask = pad_batch([src[i] for i in rows], pad)  # (B, S)
+            tgt_in, _ = pad_batch([tgt[i][:-1] for i in rows], pad)  # <s> y1 .. yn  (B, T)
+            labels, _ = pad_batch([tgt[i][1:] for i in rows], pad)  # y1 .. yn </s>  (B, T)
+            return self.model(ids, mask, tgt_in), labels  # (B, T, V), (B, T)
+
+        return mean_token_nll(self.model, [len(x) for x in src], self.batch_size, logits_and_labels, pad)
 
     def evaluate(self, sources: Sequence[str], targets: Sequence[str], max_decode_rows: int | None = None,
                  seed: int = 0, progress: bool = False, **overrides) -> dict:

@@ -386,6 +386,21 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                 raise HTTPException(413, f"{field}[{i}]: {len(text)} characters; the limit is "
                                          f"{settings.max_chars_per_text} (serve.max_chars_per_text)")
 
+    async def decode(route: str, field: str, texts: list[str], body, model, reserved: int) -> list:
+        """The outputs of a decoding request (/v1/translate, /v1/generate): checks ``texts`` and
+        ``max_new_tokens`` (at most ``model.max_length - reserved``); a request with its own decoding
+        settings runs as one call, one without them joins the micro-batches."""
+        check_texts(texts, field)
+        limit = model.max_length - reserved
+        if body.max_new_tokens is not None and body.max_new_tokens > limit:
+            raise HTTPException(422, f"max_new_tokens: {body.max_new_tokens} is over the run's limit of {limit} "
+                                     f"(model.max_length - {reserved})")
+        metrics.items.labels(route).inc(len(texts))
+        overrides = body.overrides()
+        if overrides:
+            return await batcher.call(lambda: model.generate(texts, **overrides))
+        return await batcher.submit(texts)
+
     def unavailable(endpoint: str) -> HTTPException:
         return HTTPException(404, f"{endpoint} is not served for a {service.kind} "
                                   f"{'folder' if service.kind == 'index' else 'run'}; this server offers "
@@ -459,34 +474,13 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         @app.post("/v1/translate", response_model=TranslateResponse, dependencies=protected, responses=_ERRORS,
                   summary="Translate texts (translation runs)")
         async def translate(body: TranslateRequest):
-            check_texts(body.texts, "texts")
-            limit = service.seq2seq.max_length - 1
-            if body.max_new_tokens is not None and body.max_new_tokens > limit:
-                raise HTTPException(422, f"max_new_tokens: {body.max_new_tokens} is over the run's limit of {limit} "
-                                         "(model.max_length - 1)")
-            metrics.items.labels("/v1/translate").inc(len(body.texts))
-            overrides = body.overrides()
-            if overrides:
-                results = await batcher.call(lambda: service.seq2seq.generate(body.texts, **overrides))
-            else:
-                results = await batcher.submit(body.texts)
-            return {"translations": results}
+            return {"translations": await decode("/v1/translate", "texts", body.texts, body, service.seq2seq, 1)}
 
     if service.generator is not None:
         @app.post("/v1/generate", response_model=GenerateResponse, response_model_exclude_none=True,
                   dependencies=protected, responses=_ERRORS, summary="Generate responses (generation runs)")
         async def generate(body: GenerateRequest):
-            check_texts(body.prompts, "prompts")
-            limit = service.generator.max_length - 2
-            if body.max_new_tokens is not None and body.max_new_tokens > limit:
-                raise HTTPException(422, f"max_new_tokens: {body.max_new_tokens} is over the run's limit of {limit} "
-                                         "(model.max_length - 2)")
-            metrics.items.labels("/v1/generate").inc(len(body.prompts))
-            overrides = body.overrides()
-            if overrides:
-                results = await batcher.call(lambda: service.generator.generate(body.prompts, **overrides))
-            else:
-                results = await batcher.submit(body.prompts)
+            results = await decode("/v1/generate", "prompts", body.prompts, body, service.generator, 2)
             out = []
             for r in results:
                 row = {"output": r["output"]}

@@ -50,6 +50,21 @@ from ragtune.train.optim import build_optimizer, build_scheduler, layer_decay_sc
 log = logging.getLogger("ragtune.train")
 
 
+#: Substrings of the ``metrics.json`` / ``history.json`` keys that measure wall-clock time: the only
+#: values a resumed (or repeated) run with the same seed and thread count may change.
+TIMING_KEYS = ("seconds", "tokens_per_s", "elapsed_s", "wall")
+
+
+def without_timing(value):
+    """``value`` (metrics, history: nested dicts and lists) less every key naming a :data:`TIMING_KEYS`
+    part; what ``--resume`` after a kill reproduces exactly (tests/train/test_crash_safety.py)."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if not any(t in k for t in TIMING_KEYS)}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
 @dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)

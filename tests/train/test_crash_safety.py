@@ -24,17 +24,7 @@ from tiny_hf import small_run_config
 from ragtune.cli import main
 from ragtune.errors import RagtuneError
 from ragtune.train.checkpoint import load_latest_checkpoint, save_checkpoint
-
-TIMING = ("seconds", "tokens_per_s", "elapsed_s", "wall")
-
-
-def _without_timing(value):
-    if isinstance(value, dict):
-        return {k: _without_timing(v) for k, v in value.items() if not any(t in k for t in TIMING)}
-    if isinstance(value, list):
-        return [_without_timing(v) for v in value]
-    return value
-
+from ragtune.train.loop import without_timing
 
 def _ragtune(*args: str) -> list[str]:
     return [sys.executable, "-m", "ragtune", *args]
@@ -80,10 +70,10 @@ def test_kill_9_then_resume_gives_the_same_metrics(tmp_path):
     assert "resumed at epoch" in resumed.stderr
     ref = json.loads((ref_dir / "run" / "metrics.json").read_text())
     got = json.loads((crash_dir / "run" / "metrics.json").read_text())
-    assert _without_timing(got) == _without_timing(ref), f"killed after step {kill_after}"
+    assert without_timing(got) == without_timing(ref), f"killed after step {kill_after}"
     ref_history = json.loads((ref_dir / "run" / "history.json").read_text())
     got_history = json.loads((crash_dir / "run" / "history.json").read_text())
-    assert _without_timing(got_history) == _without_timing(ref_history)
+    assert without_timing(got_history) == without_timing(ref_history)
 
 
 def _tiny_model():

@@ -295,3 +295,12 @@ def test_adamw_runs_the_fused_kernel_and_matches_the_foreach_update():
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     assert not torch.allclose(model[0].weight, start)  # the steps did move the weights
+
+
+def test_without_timing_drops_only_wall_clock_keys():
+    from ragtune.train.loop import without_timing
+
+    metrics = {"test": {"accuracy": 0.9, "n": 10}, "training": {"seconds": 3.2, "tokens_per_s": 100.0, "best_epoch": 2},
+               "history": [{"epoch": 1, "elapsed_s": 1.0, "validation_loss": 0.5}], "wall_time": 9.0}
+    assert without_timing(metrics) == {"test": {"accuracy": 0.9, "n": 10}, "training": {"best_epoch": 2},
+                                       "history": [{"epoch": 1, "validation_loss": 0.5}]}
