@@ -53,7 +53,7 @@ def export(run: Path, out: Path, quantize: bool) -> Path:
 def load(engine: str, run: Path, exports: Path, batch_size: int):
     import torch
 
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
 
     if engine.startswith("torch"):
         p = Predictor.from_run_dir(run, batch_size=batch_size)

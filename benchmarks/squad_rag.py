@@ -199,7 +199,7 @@ def main() -> int:
     from ragtune.data.squad import read_squad
     from ragtune.evaluate.retrieval_metrics import retrieval_metrics
     from ragtune.models.reader import load_reader
-    from ragtune.qa_predictor import QAPredictor
+    from ragtune.tasks.qa.predictor import QAPredictor
     from ragtune.retrieval.corpus import text_sha1
     from ragtune.retrieval.index import build_index, load_index
     from ragtune.retrieval.rerank import RerankedIndex, load_reranker, train_reranker

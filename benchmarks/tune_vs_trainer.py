@@ -90,7 +90,7 @@ def seed_config_result(storage: str) -> dict:
     """Trial 0 runs the config's own values (``tune.start_from_config``): the seed's configuration under the
     same budget. Its validation accuracy, and its test accuracy (evaluated here, after the study)."""
     from ragtune.config import config_from_dict
-    from ragtune.pipeline import evaluate_test_split
+    from ragtune.tasks import evaluate_test_split
 
     first = load_only_study(storage).get_trials(deepcopy=False)[0]
     cfg = config_from_dict(first.user_attrs["config"], "trial 0")

@@ -308,7 +308,7 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> None:
 
 def cmd_run(args) -> int:
     from ragtune.config import load_config
-    from ragtune.pipeline import run
+    from ragtune.tasks import run
 
     cfg = load_config(args.config, args.overrides)
     if args.resume:
@@ -342,7 +342,7 @@ def _run_other_rank(cfg, args, run_dir: Path, resume: bool) -> int:
     copy of the run's checkpoints and tokenizer when resuming), removed at the end; nothing printed."""
     import tempfile
 
-    from ragtune.pipeline import run
+    from ragtune.tasks import run
     from ragtune.train import distributed
 
     logging.getLogger("ragtune").setLevel(logging.WARNING)
@@ -432,73 +432,37 @@ def _run_config(run_dir: Path):
 
 
 def cmd_eval(args) -> int:
-    from ragtune.data.prepare import load_eval_file
-    from ragtune.predictor import Predictor
+    from ragtune.tasks import task_of
 
     run_dir = Path(args.run_dir)
     cfg = _run_config(run_dir)
-    if cfg.task == "qa":  # a SQuAD-format file: end-to-end and retrieval metrics
-        from ragtune.data.squad import read_squad
-        from ragtune.qa_predictor import QAPredictor
-
-        metrics = QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(read_squad(args.data))
-        print(json.dumps(metrics, indent=2, ensure_ascii=False))
-        return 0
-    if cfg.task == "translation":  # pairs: a table with the run's source/target columns, or --data + --target
-        from ragtune.data.seq2seq import read_pairs
-        from ragtune.seq2seq_predictor import Seq2SeqPredictor
-
-        spec = {"source": args.data, "target": args.target} if args.target else args.data
-        pairs = read_pairs(spec, cfg.data.source_column, cfg.data.target_column, fmt=cfg.data.format)
-        predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
-        metrics = predictor.evaluate(pairs.source.tolist(), pairs.target.tolist())
-        metrics.pop("examples", None)
-        print(json.dumps(metrics, indent=2, ensure_ascii=False))
-        return 0
-    if args.target:
-        raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: {cfg.task} run")
-    if cfg.task == "generation":  # a file read like the run's training data (prompt/response columns, ...)
-        from ragtune.generation_pipeline import read_examples
-        from ragtune.generation_predictor import GenerationPredictor
-
-        examples = read_examples(cfg, args.data)
-        predictor = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
-        metrics = predictor.evaluate(examples.prompt.tolist(), examples.response.tolist())
-        metrics.pop("examples", None)
-        print(json.dumps(metrics, indent=2, ensure_ascii=False))
-        return 0
-    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
-    df = load_eval_file(args.data, cfg, predictor.labels)
-    metrics = predictor.evaluate(df.text.tolist(), df.label.tolist())
+    metrics = task_of(cfg.task).recipe().evaluate_file(cfg, run_dir, args.data, args.target)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from ragtune.predictor import Predictor
+    from ragtune.tasks import task_of
 
     run_dir = Path(args.run_dir)
     if bool(args.texts) == bool(args.input):
         raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
     cfg = _run_config(run_dir)
-    if cfg.task == "qa":
-        if args.engine != "torch":
-            raise RagtuneError(f"{run_dir} is a task: qa run; --engine onnx runs `ragtune export` folders of "
-                               "classification and regression runs")
-        return _predict_qa(args, run_dir, cfg)
-    if cfg.task in ("translation", "generation"):
-        if args.engine != "torch":
-            raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; --engine onnx runs `ragtune export` folders of "
-                               "classification and regression runs")
-        return _predict_text(args, run_dir, cfg)
-    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, engine=args.engine)
+    task = task_of(cfg.task)
+    predictor = task.load_predictor(run_dir, cfg.eval.batch_size, engine=args.engine)
+    if task.endpoint == "/v1/answer":
+        return _predict_qa(args, predictor)
+    if task.endpoint in ("/v1/translate", "/v1/generate"):
+        if task.endpoint == "/v1/translate":
+            return _predict_text(args, predictor, cfg.data.source_column, "translations")
+        return _predict_text(args, predictor, cfg.data.prompt_column or cfg.data.text_column, "outputs")
     if args.texts:
         for prediction in predictor.predict(args.texts):
             print(json.dumps(prediction, ensure_ascii=False))
         return 0
     df, texts = _read_input_texts(args, args.text_column or cfg.data.text_column)
     predictions = predictor.predict(texts)
-    if predictor.task == "classification":
+    if predictor.labels:  # classification (a regression run has no labels)
         df["predicted_label"] = [p["label"] for p in predictions]
         for label in predictor.labels:
             df[f"score_{label}"] = [p["scores"][label] for p in predictions]
@@ -532,18 +496,8 @@ def _write_csv(df, output: Path) -> None:
     tmp.replace(output)
 
 
-def _predict_text(args, run_dir: Path, cfg) -> int:
+def _predict_text(args, predictor, own_column: str, noun: str) -> int:
     """``ragtune predict`` on a translation or generation run: each text gets its ``output``."""
-    if cfg.task == "translation":
-        from ragtune.seq2seq_predictor import Seq2SeqPredictor
-
-        predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
-        own_column, noun = cfg.data.source_column, "translations"
-    else:
-        from ragtune.generation_predictor import GenerationPredictor
-
-        predictor = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
-        own_column, noun = cfg.data.prompt_column or cfg.data.text_column, "outputs"
     overrides = {k: getattr(args, k) for k in ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k",
                                                "top_p", "temperature", "seed")}
     if args.texts:
@@ -563,11 +517,8 @@ def _predict_text(args, run_dir: Path, cfg) -> int:
     return 0
 
 
-def _predict_qa(args, run_dir: Path, cfg) -> int:
+def _predict_qa(args, predictor) -> int:
     """``ragtune predict`` on a QA run: the texts are questions; each gets its answer and the passages read."""
-    from ragtune.qa_predictor import QAPredictor
-
-    predictor = QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     if args.texts:
         for result in predictor.answer(args.texts):
             print(json.dumps(result, ensure_ascii=False))
@@ -723,11 +674,12 @@ def _check_data(run_dir: Path, cfg, data_file: str | None, labels: list[str]):
 
 def cmd_export(args) -> int:
     from ragtune.export.onnx import compare_engines, export_onnx
-    from ragtune.predictor import Predictor
+    from ragtune.tasks import task_of
+    from ragtune.tasks.classification.predictor import Predictor
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     cfg = _run_config(run_dir)
-    if cfg.task in ("qa", "translation", "generation"):
+    if "onnx" not in task_of(cfg.task).engines:
         raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune export` exports classification and regression runs "
                            "(the reader is in Hugging Face format in RUN_DIR/reader for other tools)")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
@@ -754,7 +706,7 @@ def cmd_export(args) -> int:
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
-    metric = "accuracy" if cfg.task == "classification" else "mse"
+    metric = "accuracy" if torch_predictor.labels else "mse"  # classification, else regression
     before, after = report.get(f"{metric}_reference"), report.get(f"{metric}_candidate")
     print(f"exported {info['model_file']} ({info.get('quantize') or 'fp32'}) to {out}")
     print(f"checked on {what} ({report.get('n', len(texts))} texts): max |logit difference| vs PyTorch "
@@ -767,11 +719,12 @@ def cmd_export(args) -> int:
 
 def cmd_explain(args) -> int:
     from ragtune.explain import explain, to_html, to_png
-    from ragtune.predictor import Predictor
+    from ragtune.tasks import task_of
+    from ragtune.tasks.classification.predictor import Predictor
 
     run_dir = Path(args.run_dir)
     cfg = _run_config(run_dir)
-    if cfg.task in ("qa", "translation", "generation"):
+    if "onnx" not in task_of(cfg.task).engines:  # the tasks with one output vector per text
         raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune explain` explains classification and regression runs")
     if args.steps < 1:
         raise RagtuneError(f"--steps must be at least 1 (got {args.steps})")

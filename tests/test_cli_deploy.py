@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ragtune.cli import main
-from ragtune.predictor import Predictor
+from ragtune.tasks.classification.predictor import Predictor
 from ragtune.serve.app import create_app
 from ragtune.serve.service import load_service
 

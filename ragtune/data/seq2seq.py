@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ragtune.data.io import EXTENSIONS, _check_file, _read_text, read_table
@@ -234,3 +236,43 @@ def read_generation(
             f"'{response_column}'; every example needs a response"
         )
     return frame
+
+
+@dataclass
+class PairData:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    info: dict
+
+
+def split_examples(cfg, read: Callable, describe: Callable, columns: tuple[str, str]) -> PairData:
+    """Read ``data.train`` / ``validation`` / ``test`` with ``read(spec)`` into DataFrames of the two
+    ``columns``; a missing validation or test split is carved from train by a seeded random
+    permutation (``train.seed``, ``data.validation_fraction`` / ``data.test_fraction``)."""
+    d = cfg.data
+    train = read(d.train)
+    frames = {"validation": read(d.validation) if d.validation else None,
+              "test": read(d.test) if d.test else None}
+    sources = {"train": describe(d.train), "validation": describe(d.validation) if d.validation else None,
+               "test": describe(d.test) if d.test else None}
+    carve = {name: frac for name, frac in (("validation", d.validation_fraction), ("test", d.test_fraction))
+             if frames[name] is None}
+    if carve:
+        order = np.random.default_rng(cfg.train.seed).permutation(len(train))
+        start = 0
+        for name, frac in carve.items():
+            n = max(1, round(frac * len(train)))
+            frames[name] = train.iloc[np.sort(order[start:start + n])].reset_index(drop=True)
+            sources[name] = f"{frac:.0%} of train (seeded split)"
+            start += n
+        train = train.iloc[np.sort(order[start:])].reset_index(drop=True)
+        if len(train) < 1:
+            raise RagtuneError(f"data.train: {describe(d.train)} has too few examples to carve validation/test splits from")
+    splits = {"train": train, **frames}
+    a, b = columns
+    info = {"splits": {name: {"pairs": len(df), "source": sources[name],
+                              f"{a}_chars_mean": round(float(df[a].str.len().mean()), 1) if len(df) else 0,
+                              f"{b}_chars_mean": round(float(df[b].str.len().mean()), 1) if len(df) else 0}
+                       for name, df in splits.items()}}
+    return PairData(splits["train"], splits["validation"], splits["test"], info)

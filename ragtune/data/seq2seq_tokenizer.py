@@ -293,3 +293,13 @@ def load_seq2seq_tokenizer(path: str | Path) -> Seq2SeqTokenizer:
     if spec.get("joint", True):
         return Seq2SeqTokenizer(build("source"))
     return Seq2SeqTokenizer(build("source"), build("target"))
+
+
+def bpe_tokenizer(cfg, tok_path: Path, resume: bool, train):
+    """The byte-fallback BPE of a text run: a resumed run's own ``tok_path`` (BPE training is not
+    reproducible to the token), else ``tokenizer.path``, else ``train()``."""
+    if resume and tok_path.exists():
+        return load_seq2seq_tokenizer(tok_path)
+    if cfg.tokenizer.path:
+        return load_seq2seq_tokenizer(cfg.tokenizer.path)
+    return train()

@@ -1,12 +1,12 @@
 """Why did the model say that? Token attributions with integrated gradients, and passage influence.
 
-:func:`explain` takes a loaded :class:`~ragtune.predictor.Predictor` (``classification`` or
+:func:`explain` takes a loaded :class:`~ragtune.tasks.classification.predictor.Predictor` (``classification`` or
 ``regression``) and one text, and scores every token the model read by how much it moved the output::
 
     from pathlib import Path
 
     from ragtune.explain import explain, to_html
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
 
     p = Predictor.from_run_dir("runs/news")
     e = explain(p, "Parliament passed the budget bill")          # explains the predicted class
@@ -86,7 +86,7 @@ Thread safety
 :func:`explain` sets the model to eval mode (and restores its mode), registers hooks on the
 embedding layer for the duration of the call and, like ``Predictor.predict``, changes the
 tokenizer's truncation settings while it encodes (restored afterwards). Do not run it at the same
-time as another call on the same :class:`~ragtune.predictor.Predictor`; the server runs both in
+time as another call on the same :class:`~ragtune.tasks.classification.predictor.Predictor`; the server runs both in
 its one model thread.
 """
 
@@ -104,7 +104,7 @@ from ragtune.errors import RagtuneError
 from ragtune.train.batches import pad_batch
 
 if TYPE_CHECKING:
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
 
 __all__ = ["embedding_layer", "explain"]
 
@@ -175,7 +175,7 @@ def explain(predictor: Predictor, text: str, target: str | None = None, n_steps:
     """Token attributions (integrated gradients) of one ``text``, and passage influence with retrieval.
 
     Args:
-        predictor: a loaded :class:`~ragtune.predictor.Predictor` of a ``classification`` or
+        predictor: a loaded :class:`~ragtune.tasks.classification.predictor.Predictor` of a ``classification`` or
             ``regression`` run (scratch or ``hf`` backbone, with or without retrieval).
         text: the text to explain.
         target: the class to explain (classification); default the predicted one. Must be None
@@ -225,7 +225,7 @@ def explain(predictor: Predictor, text: str, target: str | None = None, n_steps:
     if task == "classification" and target is not None and str(target) not in labels:
         raise RagtuneError(f"target: unknown class {target!r}; the model knows {labels}")
 
-    from ragtune.predictor import pad_id
+    from ragtune.tasks.classification.predictor import pad_id
 
     model, tokenizer, meta = predictor.model, predictor.tokenizer, predictor.meta
     pad = pad_id(meta)

@@ -11,7 +11,7 @@ or from Python::
 
     from pathlib import Path
     from ragtune.export.onnx import compare_engines, export_onnx
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
 
     torch_p = Predictor.from_run_dir("runs/news")
     export_onnx(torch_p, Path("exports/news"), quantize="int8", source="runs/news")
@@ -220,7 +220,7 @@ def export_onnx(predictor, out_dir: Path, quantize: str | None = None, source: s
     """Write ``predictor``'s model as ONNX, with its tokenizer and settings, into ``out_dir``.
 
     Args:
-        predictor: a :class:`ragtune.predictor.Predictor` of a classification or regression run,
+        predictor: a :class:`ragtune.tasks.classification.predictor.Predictor` of a classification or regression run,
             loaded with the PyTorch engine (``Predictor.from_run_dir(RUN_DIR)``).
         out_dir: a new or empty folder (created if missing).
         quantize: None (fp32 only) or ``"int8"`` (also ``model.int8.onnx``, which is then served).
@@ -229,7 +229,7 @@ def export_onnx(predictor, out_dir: Path, quantize: str | None = None, source: s
     Returns the content of ``export.json``. The files are described in the module docstring.
     """
     from ragtune.data.tokenizer import save_tokenizer
-    from ragtune.predictor import MODEL_META, TOKENIZER_FILE, Predictor
+    from ragtune.tasks.classification.predictor import MODEL_META, TOKENIZER_FILE, Predictor
 
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise RagtuneError(f"quantize: unknown choice {quantize!r}; valid choices: {list(QUANTIZE_CHOICES)} "
@@ -393,7 +393,7 @@ def _fuse_transformer_ops(model: torch.nn.Module, path: Path) -> dict:
 
 
 def _pad_id(predictor) -> int:
-    from ragtune.predictor import pad_id
+    from ragtune.tasks.classification.predictor import pad_id
 
     return pad_id(predictor.meta)
 

@@ -38,6 +38,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ragtune.errors import RagtuneError
 from ragtune.models.seq2seq import TransformerForSeq2Seq, pad_batch
@@ -361,3 +362,79 @@ def score_sequences(
         logp = F.log_softmax(step(ids[:, :t]), dim=-1)  # (B, V)
         total += logp.gather(1, ids[:, t : t + 1]).squeeze(1) * mask[:, t]
     return total
+
+
+# The decoding settings and loop of a text run's predictor (translation, generation)
+
+DECODE_KEYS = ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k", "top_p", "temperature", "seed")
+DEFAULT_DECODE = {"strategy": "beam", "beam_size": 4, "length_penalty": 0.6, "max_new_tokens": None, "top_k": None,
+                  "top_p": None, "temperature": 1.0, "seed": 0}
+
+
+def decode_settings(defaults: dict, overrides: dict, default_max_new: int, most_new: int) -> dict:
+    """The decoding settings of one call: ``defaults`` (the run's ``decode:``) updated by the non-null
+    ``overrides``; ``max_new_tokens`` null becomes ``default_max_new`` and may not exceed ``most_new``."""
+    unknown = sorted(set(overrides) - set(DECODE_KEYS))
+    if unknown:
+        raise RagtuneError(f"unknown decoding option(s) {unknown}; choose from {list(DECODE_KEYS)}")
+    settings = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    if settings["strategy"] not in ("greedy", "beam", "sample"):
+        raise RagtuneError(f"strategy must be one of greedy, beam, sample (got {settings['strategy']!r})")
+    if settings["max_new_tokens"] is None:
+        settings["max_new_tokens"] = default_max_new
+    if settings["max_new_tokens"] > most_new:
+        raise RagtuneError(f"max_new_tokens: at most {most_new} for this model (its max_length leaves no room for "
+                           f"more) (got {settings['max_new_tokens']})")
+    return settings
+
+
+@torch.no_grad()
+def decode_batches(model, inputs: Sequence[Sequence[int]], batch_size: int, s: dict, make_stepper, progress: bool,
+                   desc: str) -> list[list[int]]:
+    """Decode ``inputs`` (id lists) in batches of ``batch_size`` sorted by length (less padding) with the
+    strategy of the settings ``s``; ``make_stepper(rows)`` builds the Stepper of one batch. The model
+    runs in eval mode (its mode is restored). Returns the generated ids per input, in input order."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    out: list[list[int] | None] = [None] * len(inputs)
+    starts = range(0, len(order), batch_size)
+    try:
+        for b, start in enumerate(tqdm(starts, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)):
+            rows = order[start:start + batch_size]
+            step = make_stepper([inputs[i] for i in rows])
+            limit = min(s["max_new_tokens"], step.max_new_tokens)
+            if s["strategy"] == "greedy":
+                result = greedy(step, limit)
+            elif s["strategy"] == "beam":
+                result = beam_search(step, int(s["beam_size"]), float(s["length_penalty"]), limit)
+            else:  # each batch its own seed, so a batch's draws do not depend on the others
+                result = sample(step, float(s["temperature"]), s["top_k"], s["top_p"], int(s["seed"]) + b, limit)
+            for i, generated in zip(rows, result):
+                out[i] = generated
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def mean_token_nll(model, lengths: Sequence[int], batch_size: int,
+                   logits_and_labels: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> float:
+    """Mean negative log-likelihood per label token (``pad_id`` labels left out) over all rows, in nats.
+
+    The rows go in batches of ``batch_size``, shortest first (by ``lengths``);
+    ``logits_and_labels(rows)`` gives their logits (B, T, V) and labels (B, T). The model scores in
+    eval mode and is put back in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    try:
+        for start in range(0, len(order), batch_size):
+            logits, labels = logits_and_labels(order[start:start + batch_size])
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),  # (B*T, V)
+                                           labels.reshape(-1), ignore_index=pad_id, reduction="sum"))
+            count += int((labels != pad_id).sum())
+    finally:
+        model.train(was_training)
+    return total / max(1, count)

@@ -17,7 +17,7 @@ Where the passages come from (``retrieval.source``):
 The neighbours of the training texts are retrieved once, before training; validation and test texts
 are retrieved when they are evaluated (:class:`ContextRetriever` keeps what it found, so each text is
 searched once per run). The same object serves ``ragtune predict`` and the server through the
-:class:`~ragtune.predictor.Predictor`, so training and inference read the same kind of input.
+:class:`~ragtune.tasks.classification.predictor.Predictor`, so training and inference read the same kind of input.
 
 Example::
 

@@ -308,18 +308,16 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
     settings = settings or service.settings
     metrics = ServerMetrics()
     model_fn = None
-    if service.predictor is not None:
+    endpoints = service.endpoints
+    if "/v1/predict" in endpoints:
         service.predictor.batch_size = settings.max_batch_size  # the forward passes the batcher's batches get
         service.predictor.max_batch_tokens = settings.max_batch_tokens
         model_fn = service.predictor.predict
-    elif service.qa is not None:
-        model_fn = service.qa.answer
-    elif service.seq2seq is not None:
-        service.seq2seq.batch_size = settings.max_batch_size
-        model_fn = service.seq2seq.generate  # the run's own decoding settings; a request with others runs alone
-    elif service.generator is not None:
-        service.generator.batch_size = settings.max_batch_size
-        model_fn = service.generator.generate
+    elif "/v1/answer" in endpoints:
+        model_fn = service.predictor.answer
+    elif "/v1/translate" in endpoints or "/v1/generate" in endpoints:
+        service.predictor.batch_size = settings.max_batch_size
+        model_fn = service.predictor.generate  # the run's own decoding settings; a request with others runs alone
     batcher = MicroBatcher(model_fn or (lambda items: items), settings.max_batch_size, settings.max_wait_ms / 1000,
                            on_batch=metrics.batch_size.observe)
 
@@ -426,7 +424,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         return Response(metrics.render(), media_type=metrics.content_type)
 
     protected = [Depends(require_key)]
-    if service.predictor is not None:
+    if "/v1/predict" in endpoints:
         @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True,
                   dependencies=protected, responses=_ERRORS, summary="Classify or score texts")
         async def predict(body: PredictRequest):
@@ -446,7 +444,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                 out.append(row)
             return {"predictions": out}
 
-    if service.qa is not None:
+    if "/v1/answer" in endpoints:
         @app.post("/v1/answer", response_model=AnswerResponse, response_model_exclude_none=True,
                   dependencies=protected, responses=_ERRORS, summary="Answer questions (QA runs)")
         async def answer(body: AnswerRequest):
@@ -457,7 +455,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                     raise HTTPException(422, f"contexts: {len(body.contexts)} for {len(body.questions)} questions; "
                                              "give one context per question, or none")
                 check_texts(body.contexts, "contexts")
-                results = await batcher.call(service.qa.answer, body.questions, body.contexts)
+                results = await batcher.call(service.predictor.answer, body.questions, body.contexts)
             else:
                 results = await batcher.submit(body.questions)
             out = []
@@ -470,17 +468,17 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                 out.append(row)
             return {"answers": out}
 
-    if service.seq2seq is not None:
+    if "/v1/translate" in endpoints:
         @app.post("/v1/translate", response_model=TranslateResponse, dependencies=protected, responses=_ERRORS,
                   summary="Translate texts (translation runs)")
         async def translate(body: TranslateRequest):
-            return {"translations": await decode("/v1/translate", "texts", body.texts, body, service.seq2seq, 1)}
+            return {"translations": await decode("/v1/translate", "texts", body.texts, body, service.predictor, 1)}
 
-    if service.generator is not None:
+    if "/v1/generate" in endpoints:
         @app.post("/v1/generate", response_model=GenerateResponse, response_model_exclude_none=True,
                   dependencies=protected, responses=_ERRORS, summary="Generate responses (generation runs)")
         async def generate(body: GenerateRequest):
-            results = await decode("/v1/generate", "prompts", body.prompts, body, service.generator, 2)
+            results = await decode("/v1/generate", "prompts", body.prompts, body, service.predictor, 2)
             out = []
             for r in results:
                 row = {"output": r["output"]}
@@ -503,7 +501,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
             return {"results": [[_public_passage(h.to_dict()) for h in per_query] for per_query in hits]}
 
     for path in ("/v1/predict", "/v1/answer", "/v1/translate", "/v1/generate", "/v1/retrieve"):
-        if path not in service.endpoints:
+        if path not in endpoints:
             _add_unavailable(app, path, unavailable)
 
     return _wrap(app, metrics, settings)

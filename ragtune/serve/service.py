@@ -1,8 +1,8 @@
 """What a server serves: a run (classification, regression or QA), an ONNX export, or an index.
 
 :func:`load_service` looks at the folder it is given and loads the same predictor the CLI uses
-(``ragtune predict`` and the server share :class:`ragtune.predictor.Predictor` and
-:class:`ragtune.qa_predictor.QAPredictor`; there is no second inference path). The result says
+(``ragtune predict`` and the server share :class:`ragtune.tasks.classification.predictor.Predictor` and
+:class:`ragtune.tasks.qa.predictor.QAPredictor`; there is no second inference path). The result says
 which endpoints make sense:
 
 ========================================  ===========================================
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ragtune.config import ServeConfig, config_from_dict, read_yaml
 from ragtune.errors import RagtuneError
+from ragtune.tasks import task_of
 
 ENGINES = ("torch", "onnx")
 
@@ -33,11 +34,11 @@ ENGINES = ("torch", "onnx")
 class Service:
     """A loaded model or index and what it can do.
 
-    ``kind`` is ``classification``, ``regression``, ``qa``, ``translation``, ``generation`` or ``index``;
-    ``predictor`` a Predictor (classification/regression), ``qa`` a QAPredictor, ``seq2seq`` a
-    Seq2SeqPredictor (translation), ``generator`` a GenerationPredictor, ``index`` the Index used by
-    ``/v1/retrieve`` (None where there is none). ``settings`` are the batching and limits
-    (the run's ``serve:`` section, or the defaults).
+    ``kind`` is the run's task (``classification``, ``regression``, ``qa``, ``translation``,
+    ``generation``) or ``index``; ``predictor`` the task's predictor (the one ``ragtune predict`` uses)
+    and ``endpoint`` where it answers (:data:`ragtune.tasks.TASKS`); ``index`` the Index used by
+    ``/v1/retrieve`` (None where there is none). ``settings`` are the batching and limits (the run's
+    ``serve:`` section, or the defaults).
     """
 
     kind: str
@@ -45,23 +46,13 @@ class Service:
     engine: str
     settings: ServeConfig
     predictor: object | None = None
-    qa: object | None = None
-    seq2seq: object | None = None
-    generator: object | None = None
+    endpoint: str | None = None
     index: object | None = None
     labels: list[str] = field(default_factory=list)
 
     @property
     def endpoints(self) -> list[str]:
-        out = []
-        if self.predictor is not None:
-            out.append("/v1/predict")
-        if self.qa is not None:
-            out.append("/v1/answer")
-        if self.seq2seq is not None:
-            out.append("/v1/translate")
-        if self.generator is not None:
-            out.append("/v1/generate")
+        out = [self.endpoint] if self.predictor is not None and self.endpoint else []
         if self.index is not None:
             out.append("/v1/retrieve")
         return out
@@ -97,34 +88,18 @@ def load_service(path: str | Path, engine: str = "torch") -> Service:
         raise RagtuneError(f"{folder} is neither a ragtune run, an export nor an index folder (no model.json or "
                            f"{MANIFEST}); train one with `ragtune run CONFIG --out DIR`")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("task") == "translation":
-        if engine != "torch":
-            raise RagtuneError(f"{folder} is a task: translation run; --engine onnx serves classification and "
-                               "regression exports only")
-        from ragtune.seq2seq_predictor import Seq2SeqPredictor
+    task = task_of(meta.get("task"))
+    if engine not in task.engines:
+        raise RagtuneError(f"{folder} is a task: {task.name} run; --engine {engine} serves classification and "
+                           "regression exports only")
+    predictor = task.load_predictor(folder, settings.max_batch_size, engine=engine)
+    return Service(task.name, name, engine, settings, predictor=predictor, endpoint=task.endpoint,
+                   index=_index_of(predictor), labels=list(getattr(predictor, "labels", [])))
 
-        return Service("translation", name, engine, settings,
-                       seq2seq=Seq2SeqPredictor.from_run_dir(folder, batch_size=settings.max_batch_size))
-    if meta.get("task") == "generation":
-        if engine != "torch":
-            raise RagtuneError(f"{folder} is a task: generation run; --engine onnx serves classification and "
-                               "regression exports only")
-        from ragtune.generation_predictor import GenerationPredictor
 
-        generator = GenerationPredictor.from_run_dir(folder, batch_size=settings.max_batch_size)
-        index = generator.retriever.index if generator.retriever is not None else None
-        return Service("generation", name, engine, settings, generator=generator, index=index)
-    if meta.get("task") == "qa":
-        if engine != "torch":
-            raise RagtuneError(f"{folder} is a task: qa run; --engine onnx serves classification and regression "
-                               "exports only")
-        from ragtune.qa_predictor import QAPredictor
-
-        qa = QAPredictor.from_run_dir(folder, batch_size=settings.max_batch_size)
-        return Service("qa", name, engine, settings, qa=qa, index=qa.index)
-    from ragtune.predictor import Predictor
-
-    predictor = Predictor.from_run_dir(folder, batch_size=settings.max_batch_size, engine=engine)
+def _index_of(predictor) -> object | None:
+    """The index a predictor reads (a QA run's ``index``; a classification or generation run's retriever's)."""
+    if getattr(predictor, "index", None) is not None:
+        return predictor.index
     retriever = getattr(predictor, "retriever", None)
-    return Service(predictor.task, name, engine, settings, predictor=predictor,
-                   index=retriever.index if retriever is not None else None, labels=list(predictor.labels))
+    return retriever.index if retriever is not None else None

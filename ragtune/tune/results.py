@@ -77,7 +77,7 @@ def _trials_csv(study, out_dir: Path) -> None:
 
 def _test_metrics(best, out_dir: Path) -> dict:
     """The best trial's model on the test split, once per best trial (cached in ``best_test.json``)."""
-    from ragtune.pipeline import evaluate_test_split
+    from ragtune.tasks import evaluate_test_split
 
     path = out_dir / "best_test.json"
     if path.exists():

@@ -184,7 +184,7 @@ def shared_tokenizer(cfg: RunConfig, params: list[Param], out_dir: Path, create:
     One vocabulary for every trial makes trials differ only by the searched values, and lets
     ``best.yaml`` (which points at it) reproduce its trial exactly.
     """
-    from ragtune.pipeline import train_tokenizer_for
+    from ragtune.tasks import train_tokenizer_for
 
     if cfg.model.backbone != "scratch" or cfg.tokenizer.path:
         return None
@@ -201,7 +201,7 @@ def make_objective(cfg: RunConfig, params: list[Param], out_dir: Path, config_pa
     """The Optuna objective: one ragtune run per trial, validation only, reporting each epoch."""
     import optuna
 
-    from ragtune.pipeline import run
+    from ragtune.tasks import run
 
     metric, _ = objective_of(cfg)
     base = cfg.model_dump(mode="json")

@@ -21,8 +21,8 @@ from ragtune.errors import RagtuneError
 from ragtune.explain import embedding_layer, explain, to_html, to_png
 from ragtune.models.hf import HFSequenceModel
 from ragtune.models.transformer import TransformerConfig, build_transformer
-from ragtune.pipeline import run
-from ragtune.predictor import Predictor
+from ragtune.tasks import run
+from ragtune.tasks.classification.predictor import Predictor
 from ragtune.retrieval.augment import ContextRetriever, read_neighbour_labels, write_neighbour_corpus
 from ragtune.retrieval.index import build_index, load_index
 

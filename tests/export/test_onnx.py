@@ -19,8 +19,8 @@ from ragtune.config import load_config
 from ragtune.data.tokenizer import encode, load_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.export.onnx import OnnxSequenceModel, compare_engines, export_onnx
-from ragtune.pipeline import run
-from ragtune.predictor import Predictor, pad_id
+from ragtune.tasks import run
+from ragtune.tasks.classification.predictor import Predictor, pad_id
 from ragtune.train.batches import pad_batch
 
 # one batch of very different lengths (padding), English, Chinese, empty and over-long texts
@@ -288,7 +288,7 @@ def test_user_errors_are_named(scratch, tmp_path):
         export_onnx(onnx_p, tmp_path / "again")
     with pytest.raises(RagtuneError, match="serves predictions only"):
         onnx_p.model.train(True)
-    from ragtune.qa_predictor import QAPredictor
+    from ragtune.tasks.qa.predictor import QAPredictor
 
     with pytest.raises(RagtuneError, match="task: qa runs cannot be exported"):
         export_onnx(object.__new__(QAPredictor), tmp_path / "qa")
@@ -301,5 +301,5 @@ def test_user_errors_are_named(scratch, tmp_path):
 
 
 def test_importing_the_predictor_does_not_import_onnxruntime():
-    code = "import sys, ragtune.predictor; sys.exit('onnxruntime' in sys.modules or 'onnx' in sys.modules)"
+    code = "import sys, ragtune.tasks.classification.predictor; sys.exit('onnxruntime' in sys.modules or 'onnx' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=120).returncode == 0

@@ -35,7 +35,7 @@ def test_hf_run_predict_reload_and_transformers_pipeline(tiny_bert, tmp_path, ca
     from transformers import pipeline as hf_pipeline
 
     from ragtune.models.hf import HFSequenceModel, load_hf_classifier
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
     from ragtune.train.checkpoint import load_weights
 
     path = _config(tmp_path, tiny_bert)
@@ -243,7 +243,7 @@ def test_hf_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 def test_hf_fine_tuning_controls_through_the_cli(tiny_bert, tmp_path):
     from ragtune.data.tokenizer import encode
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
 
     path = _config(tmp_path, tiny_bert,
                    model={"truncation": "head_tail", "head_tokens": 2, "max_length": 8, "freeze_embeddings": True,
@@ -283,7 +283,7 @@ def test_hf_extend_vocab_adds_unknown_chinese_characters(tiny_bert, tmp_path, ca
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ragtune.models.hf import load_hf_tokenizer, unknown_characters
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
 
     chinese = {"politics": ["选举", "政府"], "economy": ["股市", "银行"], "entertainment": ["电影", "明星"]}
     words = {label: WORDS[label] + chinese[label] for label in WORDS}

@@ -15,11 +15,11 @@ import yaml
 
 from ragtune.cli import main
 from ragtune.errors import RagtuneError
-from ragtune.generation_predictor import GenerationPredictor
+from ragtune.tasks.generation.predictor import GenerationPredictor
 from ragtune.models.decoding import CausalLMStepper, Seq2SeqStepper, greedy
 from ragtune.models.hf_text import load_hf_text_model
 from ragtune.models.seq2seq import pad_batch
-from ragtune.seq2seq_predictor import Seq2SeqPredictor
+from ragtune.tasks.translation.predictor import Seq2SeqPredictor
 
 WORDS = "alpha beta gamma delta eps zeta eta theta iota kappa".split()
 

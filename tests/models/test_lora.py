@@ -62,7 +62,7 @@ def test_lora_trains_only_adapters_and_head():
 def test_lora_merged_run_loads_in_transformers(tiny_bert, tmp_path, capsys):
     from transformers import pipeline as hf_pipeline
 
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
 
     out = tmp_path / "run"
     path = _config(tmp_path, tiny_bert, {"enabled": True, "r": 4, "alpha": 8})
@@ -94,7 +94,7 @@ def test_lora_merged_run_loads_in_transformers(tiny_bert, tmp_path, capsys):
 
 def test_lora_adapter_run_resumes_and_reloads(tiny_bert, tmp_path, capsys):
     from ragtune.models.hf import HFSequenceModel, apply_lora, load_hf_classifier
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
     from ragtune.train.checkpoint import load_weights
 
     out = tmp_path / "run"

@@ -28,7 +28,7 @@ def qa_config(tmp_path, tiny_reader_folder, people_squad):
 
 def test_qa_run_trains_answers_and_reloads(qa_config, tmp_path, capsys):
     from ragtune.data.squad import read_squad
-    from ragtune.qa_predictor import QAPredictor
+    from ragtune.tasks.qa.predictor import QAPredictor
 
     out = tmp_path / "run"
     assert main(["run", str(qa_config), "--out", str(out), "--quiet"]) == 0

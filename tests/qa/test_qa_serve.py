@@ -7,7 +7,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from ragtune.cli import main
-from ragtune.qa_predictor import QAPredictor
+from ragtune.tasks.qa.predictor import QAPredictor
 from ragtune.serve.app import create_app
 from ragtune.serve.service import load_service
 

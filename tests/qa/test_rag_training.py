@@ -30,7 +30,7 @@ def _rag_setup(tmp_path, tiny_reader_folder, qa_tokenizer, squad):
 def test_rag_loss_gives_the_query_encoder_gradients(tmp_path, tiny_reader_folder, qa_tokenizer, people_squad):
     """One batch of the marginal loss: reader and query encoder both get gradients through p(z|x) p(y|x,z)."""
     from ragtune.config import load_config
-    from ragtune.data.qa import prepare_qa_data
+    from ragtune.tasks.qa.data import prepare_qa_data
     from ragtune.models.reader import load_reader
     from ragtune.retrieval.corpus import text_sha1
     from ragtune.retrieval.dense import load_encoder
@@ -67,7 +67,7 @@ def test_rag_loss_gives_the_query_encoder_gradients(tmp_path, tiny_reader_folder
 
 def test_rag_run_trains_saves_and_answers_the_same_after_reload(tmp_path, tiny_reader_folder, qa_tokenizer,
                                                                people_squad, capsys):
-    from ragtune.qa_predictor import QAPredictor
+    from ragtune.tasks.qa.predictor import QAPredictor
 
     path = _rag_setup(tmp_path, tiny_reader_folder, qa_tokenizer, people_squad)
     out = tmp_path / "run"

@@ -11,7 +11,7 @@ from ragtune.cli import main
 from ragtune.config import load_config
 from ragtune.data.tokenizer import encode_pairs, train_tokenizer
 from ragtune.errors import RagtuneError
-from ragtune.predictor import Predictor
+from ragtune.tasks.classification.predictor import Predictor
 from ragtune.retrieval.augment import (ContextRetriever, neighbour_id, neighbour_vote, read_neighbour_labels,
                                        separator_token, write_neighbour_corpus)
 from ragtune.retrieval.index import build_index, load_index

@@ -5,7 +5,7 @@ import yaml
 from conftest import TINY_MODEL, _news_rows
 
 from ragtune.config import load_config
-from ragtune.pipeline import run
+from ragtune.tasks import run
 from ragtune.serve.service import load_service
 
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from serve.live import live_server
 
 from ragtune.config import ServeConfig, load_config
-from ragtune.predictor import Predictor
+from ragtune.tasks.classification.predictor import Predictor
 from ragtune.serve.app import create_app
 
 TEXTS = ["the parliament vote on the election", "股市 银行 inflation market", "film actor award music"]

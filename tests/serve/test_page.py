@@ -286,7 +286,7 @@ def test_index_search_shows_hits_and_server_errors(browser, index_url):
 def test_qa_page_shows_the_answer_in_its_passage(browser, qa_run):
     service = load_service(qa_run)
     question = "who lives in paris ?"
-    expected = service.qa.answer([question])[0]
+    expected = service.predictor.answer([question])[0]
     with live_server(create_app(service)) as base:
         context, page, problems = _open(browser, base)
         try:
@@ -314,7 +314,7 @@ def test_qa_page_shows_the_answer_in_its_passage(browser, qa_run):
 @pytest.fixture(scope="module")
 def translation_run(tmp_path_factory):
     """A tiny task: translation run (word-for-word dictionary pairs; a one-layer model, a few seconds)."""
-    from test_seq2seq_pipeline import make_pairs, tiny_config, write_files
+    from tasks.translation.test_recipe import make_pairs, tiny_config, write_files
 
     root = tmp_path_factory.mktemp("page_translation")
     train = write_files(root, "train", make_pairs(200, seed=0))
@@ -325,7 +325,7 @@ def translation_run(tmp_path_factory):
 
 
 def test_translation_page_shows_the_predictors_output(browser, translation_run, tmp_path):
-    from ragtune.seq2seq_predictor import Seq2SeqPredictor
+    from ragtune.tasks.translation.predictor import Seq2SeqPredictor
 
     predictor = Seq2SeqPredictor.from_run_dir(translation_run)
     text = "big red dog sees small bird"

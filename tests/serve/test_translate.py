@@ -2,10 +2,10 @@
 
 import pytest
 from fastapi.testclient import TestClient
-from test_seq2seq_pipeline import make_pairs, tiny_config, write_files
+from tasks.translation.test_recipe import make_pairs, tiny_config, write_files
 
 from ragtune.cli import main
-from ragtune.seq2seq_predictor import Seq2SeqPredictor
+from ragtune.tasks.translation.predictor import Seq2SeqPredictor
 from ragtune.serve.app import create_app
 from ragtune.serve.service import load_service
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-import ragtune.pipeline
+import ragtune.tasks
 from ragtune.cli import main
 from ragtune.config import load_config
 from ragtune.errors import RagtuneError
@@ -66,13 +66,13 @@ def test_tiny_study_prunes_writes_results_and_best_yaml_reproduces(tiny_tune, tm
         assert "test" not in json.loads(metrics_file.read_text())
     best_cfg = load_config(out / "best.yaml")
     assert best_cfg.tokenizer.path == str((out / "tokenizer.json").resolve())  # one vocabulary for the whole study
-    rerun = ragtune.pipeline.run(best_cfg, tmp_path / "rerun", progress=False)
+    rerun = ragtune.tasks.run(best_cfg, tmp_path / "rerun", progress=False)
     assert rerun.metrics["validation"]["accuracy"] == pytest.approx(result.best_value, abs=1e-12)
 
 
 def test_resume_after_interruption_keeps_finished_trials(tiny_tune, tmp_path, monkeypatch):
     out = tmp_path / "study"
-    real_run = ragtune.pipeline.run
+    real_run = ragtune.tasks.run
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -81,12 +81,12 @@ def test_resume_after_interruption_keeps_finished_trials(tiny_tune, tmp_path, mo
             raise KeyboardInterrupt  # Ctrl-C in the middle of the second trial
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(ragtune.pipeline, "run", interrupted)
+    monkeypatch.setattr(ragtune.tasks, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tune(load_config(tiny_tune, ["tune.trials=3"]), out, config_path=tiny_tune, progress=False)
     first = out / "trials" / "trial_0000" / "metrics.json"
     stamp = first.stat().st_mtime_ns
-    monkeypatch.setattr(ragtune.pipeline, "run", real_run)
+    monkeypatch.setattr(ragtune.tasks, "run", real_run)
     result = tune(load_config(tiny_tune, ["tune.trials=3"]), out, config_path=tiny_tune, progress=False)
     assert result.counts["complete"] + result.counts["pruned"] == 3
     assert result.counts["failed"] == 1  # the interrupted trial

@@ -3,7 +3,7 @@
 ``ragtune predict``, ``ragtune eval``, the evaluation inside ``ragtune run`` and the HTTP server all
 go through this class, so a model scores the same way everywhere::
 
-    from ragtune.predictor import Predictor
+    from ragtune.tasks.classification.predictor import Predictor
     p = Predictor.from_run_dir("runs/demo")
     p.predict(["Parliament passed the budget bill"])
     # [{"label": "politics", "scores": {"economy": 0.08, "entertainment": 0.02, "politics": 0.90}}]

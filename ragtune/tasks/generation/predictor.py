@@ -37,16 +37,9 @@ from ragtune.data.seq2seq_tokenizer import Seq2SeqTokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.text_metrics import bleu, perplexity, rouge
 from ragtune.models.decoder import DecoderConfig, TransformerForCausalLM, build_decoder
-from ragtune.models.decoding import CausalLMStepper
+from ragtune.models.decoding import DEFAULT_DECODE, CausalLMStepper, decode_batches, decode_settings, mean_token_nll
 from ragtune.models.seq2seq import pad_batch
-from ragtune.seq2seq_predictor import (
-    DEFAULT_DECODE,
-    decode_batches,
-    decode_settings,
-    load_run_model,
-    mean_token_nll,
-    read_run_meta,
-)
+from ragtune.runs import load_run_model, read_run_meta
 
 PASSAGE_SEPARATOR = "<p>"  # between the prompt and each retrieved passage
 DEFAULT_NEW_TOKENS = 64  # decode.max_new_tokens null: at most this many (and what fits in model.max_length)

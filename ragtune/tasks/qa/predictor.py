@@ -3,7 +3,7 @@
 ``ragtune predict`` on a QA run, ``ragtune eval`` and the evaluation inside ``ragtune run`` all go
 through :class:`QAPredictor` (and so will the planned HTTP server)::
 
-    from ragtune.qa_predictor import QAPredictor
+    from ragtune.tasks.qa.predictor import QAPredictor
     qa = QAPredictor.from_run_dir("runs/squad")
     qa.answer(["Which team won Super Bowl 50?"])
     # [{"answer": "Denver Broncos", "score": 7.9, "passage": {"id": ..., "doc_id": ..., "text": ...,

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from ragtune.cli import main
 from ragtune.config import load_config
 from ragtune.errors import RagtuneError
-from ragtune.generation_predictor import GenerationPredictor, split_for_continuation
+from ragtune.tasks.generation.predictor import GenerationPredictor, split_for_continuation
 from ragtune.serve.app import create_app
 from ragtune.serve.service import load_service
 

@@ -1,4 +1,4 @@
-"""The seven-step pipeline for one run, as a stage diagram.
+"""The ``task: classification`` / ``task: regression`` recipe: steps 1-4 of one run, as a stage diagram.
 
 ::
 
@@ -6,8 +6,8 @@
                   (data report)                                   (checkpoints,        (metrics.json,
                                                                    step log)            pictures)
 
-Steps 5 and 6 (tuning, repeated train/evaluate) call :func:`run` once per trial; step 7 (serving)
-loads the finished run directory through :class:`ragtune.predictor.Predictor`.
+Steps 5 and 6 (tuning, repeated train/evaluate) call :func:`ragtune.tasks.run` once per trial; step 7 (serving)
+loads the finished run directory through :class:`ragtune.tasks.classification.predictor.Predictor`.
 
 Run directory layout (``docs/design.md``)::
 
@@ -29,31 +29,27 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
 import ragtune
-from ragtune.config import RunConfig, config_from_dict, flatten, path_keys, path_list_keys, to_yaml
+from ragtune import runs
+from ragtune.config import RunConfig
 from ragtune.data.prepare import PreparedData, prepare_data
 from ragtune.data.report import data_report, data_report_markdown
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
 from ragtune.models.transformer import TransformerConfig, build_transformer
-from ragtune.predictor import HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor, pad_id
 from ragtune.report import write_report
 from ragtune.retrieval.augment import neighbour_vote
+from ragtune.tasks.classification.predictor import HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor, pad_id
 from ragtune.train import distributed
 from ragtune.train.batches import BatchStream
-from ragtune.train.checkpoint import checkpoint_exists, load_weights, save_weights, sha256_file
+from ragtune.train.checkpoint import save_weights
 from ragtune.train.loop import TrainResult, train_model
 
 log = logging.getLogger("ragtune")
@@ -62,25 +58,9 @@ log = logging.getLogger("ragtune")
 # pretrained tokenizer (e.g. an English-only model on Chinese text).
 HF_UNK_WARN_RATE = 0.10
 
-# Keys a resumed run may change (everything else must match the run's saved config).
-RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.threads", "train.log_every_steps", "train.checkpoint_every_steps", "name"}
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    metrics: dict
-    train: TrainResult
-
-
-# -------------------------------------------------------------------------------------------------
-# the stages
-# -------------------------------------------------------------------------------------------------
-
-
 def run(
     cfg: RunConfig,
-    run_dir: str | Path,
+    run_dir: Path,
     *,
     resume: bool = False,
     progress: bool = True,
@@ -88,45 +68,19 @@ def run(
     evaluate_test: bool = True,
     config_path: str | Path | None = None,
     reports: bool = True,
-) -> RunResult:
-    """Run the pipeline for ``cfg`` into ``run_dir`` (which the caller has checked is usable).
+) -> tuple[dict, TrainResult]:
+    """Steps 1-4 of a classification or regression run into ``run_dir`` (set up by :func:`ragtune.tasks.run`).
+    Returns ``(metrics, train_result)``.
 
     ``evaluate_test=False`` leaves the test split alone (a tuning trial evaluates on validation only).
-    ``reports=False`` skips the data report, the plots and ``report.md`` of a classification or
-    regression run (a tuning trial: the study writes its own report); the model, ``model.json``,
-    ``metrics.json``, ``history.json`` and the checkpoints are written as always.
+    ``reports=False`` skips the data report, the plots and ``report.md`` (a tuning trial: the study
+    writes its own report); the model, ``model.json``, ``metrics.json``, ``history.json`` and the
+    checkpoints are written as always.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        check_resumable(cfg, run_dir)
-    _set_up(cfg, run_dir, config_path)
     started = time.perf_counter()
-    if cfg.task == "qa":  # question answering has its own stages: ragtune/qa_pipeline.py
-        from ragtune.qa_pipeline import run_qa
-
-        _write_inputs(cfg, None, run_dir, config_path)
-        metrics, train_result = run_qa(cfg, run_dir, resume=resume, progress=progress, on_epoch_end=on_epoch_end,
-                                       evaluate_test=evaluate_test)
-        return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
-    if cfg.task == "translation":  # an encoder-decoder: ragtune/seq2seq_pipeline.py
-        from ragtune.seq2seq_pipeline import run_translation
-
-        _write_inputs(cfg, None, run_dir, config_path)
-        metrics, train_result = run_translation(cfg, run_dir, resume=resume, progress=progress,
-                                                on_epoch_end=on_epoch_end, evaluate_test=evaluate_test)
-        return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
-    if cfg.task == "generation":  # a decoder-only language model: ragtune/generation_pipeline.py
-        from ragtune.generation_pipeline import run_generation
-
-        _write_inputs(cfg, None, run_dir, config_path)
-        metrics, train_result = run_generation(cfg, run_dir, resume=resume, progress=progress,
-                                               on_epoch_end=on_epoch_end, evaluate_test=evaluate_test)
-        return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
-
     # 1. data preparation
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
-    _write_inputs(cfg, data, run_dir, config_path)
+    runs.write_inputs(cfg, run_dir, config_path, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
     added_tokens = _added_tokens(cfg, data)
     tokenizer = _tokenizer(cfg, data, run_dir, resume, added_tokens)
     if distributed.info().world_size > 1:  # torchrun: every rank uses rank 0's tokenizer
@@ -155,8 +109,7 @@ def run(
         evaluate=lambda: predictor.evaluate(*validation), out_dir=run_dir, resume=resume,
         on_epoch_end=on_epoch_end, progress=progress, layer_groups=_layer_groups(cfg, model),
     )
-    if cfg.train.restore_best and train_result.best_epoch is not None:
-        load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
+    runs.restore_best(model, cfg.train, train_result, run_dir)
     if cfg.model.backbone == "hf":
         _save_hf(model, cfg, meta, run_dir / meta["hf_model"])
     else:
@@ -173,54 +126,18 @@ def run(
         metrics["retrieval"] = {split: neighbour_vote(retriever, df.text.tolist(), df.label.tolist())
                                 for split, df in (("validation", data.validation), ("test", data.test))
                                 if split == "validation" or evaluate_test}
-    metrics["training"] = {
-        "seconds": round(train_result.seconds, 2),
-        "optimizer_steps": train_result.optimizer_steps,
-        "tokens": train_result.tokens,
-        "tokens_per_s": round(train_result.tokens / train_result.seconds, 1) if train_result.seconds else None,
-        "best_epoch": train_result.best_epoch,
-        "stopped_early": train_result.stopped_early,
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    metrics["training"] = runs.training_summary(train_result)
+    runs.write_json(run_dir / "metrics.json", metrics)
     if reports:
         pictures = _pictures(cfg, metrics, train_result, run_dir, data.labels)
         write_report(run_dir, cfg, metrics, train_result, report, pictures, model_summary=_model_summary(model),
                      wall_seconds=time.perf_counter() - started)
-    log.info("done: %s", json.dumps({s: _headline(cfg, m) for s, m in metrics.items() if s != "training"}))
-    return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
+    runs.log_done(metrics, ("accuracy", "macro_f1") if cfg.task == "classification" else ("mse", "r2"), digits=4)
+    return metrics, train_result
 
 
-def evaluate_test_split(cfg: RunConfig, run_dir: str | Path) -> dict:
-    """Metrics of the finished run in ``run_dir`` on the test split of ``cfg`` (the run's config).
-
-    For a run trained with ``evaluate_test=False`` (a tuning trial): the split is prepared as the run
-    prepared it (same files, fractions and seed), and the saved model is evaluated through the same
-    predictor ``ragtune predict`` uses.
-    """
-    run_dir = Path(run_dir)
-    if cfg.task == "qa":
-        from ragtune.data.qa import prepare_qa_data
-        from ragtune.qa_predictor import QAPredictor
-
-        return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(prepare_qa_data(cfg).test)
-    if cfg.task == "translation":
-        from ragtune.seq2seq_pipeline import prepare_pairs
-        from ragtune.seq2seq_predictor import Seq2SeqPredictor
-
-        test = prepare_pairs(cfg).test
-        metrics = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
-            test.source.tolist(), test.target.tolist())
-        metrics.pop("examples", None)
-        return metrics
-    if cfg.task == "generation":
-        from ragtune.generation_pipeline import prepare_examples
-        from ragtune.generation_predictor import GenerationPredictor
-
-        test = prepare_examples(cfg).test
-        metrics = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
-            test.prompt.tolist(), test.response.tolist())
-        metrics.pop("examples", None)
-        return metrics
+def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
+    """Metrics of the finished run in ``run_dir`` on the test split of ``cfg`` (see :func:`ragtune.tasks.evaluate_test_split`)."""
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
     if not len(data.test):
         raise RagtuneError(f"{run_dir}: the config leaves no test split (data.test or data.test_fraction)")
@@ -228,78 +145,21 @@ def evaluate_test_split(cfg: RunConfig, run_dir: str | Path) -> dict:
     return predictor.evaluate(data.test.text.tolist(), data.test.label.tolist())
 
 
+def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
+    """``ragtune eval RUN --data FILE``: a file with the run's text and label columns, read and filtered
+    (``keep_labels``, empty texts) exactly as the run read its own splits."""
+    from ragtune.data.prepare import load_eval_file
+
+    if target:
+        raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: {cfg.task} run")
+    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    df = load_eval_file(path, cfg, predictor.labels)
+    return predictor.evaluate(df.text.tolist(), df.label.tolist())
+
+
 # -------------------------------------------------------------------------------------------------
 # helpers of the stages
 # -------------------------------------------------------------------------------------------------
-
-
-def _set_up(cfg: RunConfig, run_dir: Path, config_path) -> None:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    random.seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed % (2**32))
-    torch.manual_seed(cfg.train.seed)
-    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("ragtune")
-    for old in [h for h in root.handlers if getattr(h, "_ragtune_run", False)]:
-        root.removeHandler(old)
-        old.close()
-    handler._ragtune_run = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-    log.info("ragtune %s, torch %s, python %s, %d threads", ragtune.__version__, torch.__version__,
-             platform.python_version(), torch.get_num_threads())
-
-
-def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
-    """A resumed run must use the same config as the run it continues, up to RESUMABLE_CHANGES."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.exists() or not checkpoint_exists(run_dir / "checkpoints" / "last"):
-        raise RagtuneError(f"cannot resume {run_dir}: it holds no config.yaml and checkpoint of an earlier run")
-    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
-    old, new = flatten(saved.model_dump(mode="json")), flatten(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-        raise RagtuneError(
-            f"cannot resume {run_dir} with a different config ({details}); "
-            f"only {sorted(RESUMABLE_CHANGES)} may change"
-        )
-
-
-def _input_record(key: str, path: str) -> dict:
-    """``{"path", "sha256"}`` of an input file; a folder (an index, a corpus folder) gets the sha256 of
-    its ``manifest.json`` when it has one (an index: the manifest holds every file's checksum)."""
-    folder = Path(path)
-    if not folder.exists():
-        raise RagtuneError(f"{key}: file not found: {path}")
-    if folder.is_dir():
-        manifest = folder / "manifest.json"
-        return {"path": path, "manifest_sha256": sha256_file(manifest) if manifest.exists() else None}
-    return {"path": path, "sha256": sha256_file(path)}
-
-
-def _write_inputs(cfg: RunConfig, data: PreparedData | None, run_dir: Path, config_path) -> None:
-    """sha256 of every input file, so a reader can tell which data produced the run."""
-    files = {}
-    flat = flatten(cfg.model_dump(mode="json"))
-    for key in path_keys():
-        if flat.get(key):
-            files[key] = _input_record(key, flat[key])
-        for side in ("source", "target"):  # task translation: {source: a.en, target: a.de}
-            if isinstance(flat.get(f"{key}.{side}"), str):
-                files[f"{key}.{side}"] = _input_record(f"{key}.{side}", flat[f"{key}.{side}"])
-    for key in path_list_keys():
-        for i, path in enumerate(flat.get(key) or []):
-            files[f"{key}[{i}]"] = _input_record(f"{key}[{i}]", path)
-    if cfg.data.demo:
-        for f in sorted((run_dir / "demo_data").glob("*")):
-            files[f"demo:{f.name}"] = {"path": str(f), "sha256": sha256_file(f)}
-    if config_path is not None:
-        files["config"] = {"path": str(Path(config_path).resolve()), "sha256": sha256_file(config_path)}
-    (run_dir / "inputs.json").write_text(json.dumps(files, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _added_tokens(cfg: RunConfig, data: PreparedData) -> list[str]:
@@ -397,25 +257,6 @@ def train_tokenizer_for(cfg: RunConfig, path: str | Path, demo_dir: str | Path |
     ``ragtune tune`` trains it once per study, so all trials (and ``best.yaml``) share one vocabulary.
     """
     path = Path(path)
-    if cfg.task == "translation":  # the byte-fallback BPE of ragtune/data/seq2seq_tokenizer.py
-        from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
-        from ragtune.seq2seq_pipeline import prepare_pairs
-
-        train = prepare_pairs(cfg).train
-        t = cfg.tokenizer
-        train_seq2seq_tokenizer(train.source.tolist(), train.target.tolist(), vocab_size=t.vocab_size,
-                                min_frequency=t.min_frequency, joint=t.joint).save(path)
-        return path
-    if cfg.task == "generation":  # without passages: a tuned trial's prompts read with them use the same pieces
-        from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
-        from ragtune.generation_pipeline import prepare_examples
-
-        train = prepare_examples(cfg).train
-        t = cfg.tokenizer
-        given = train.prompt.tolist() if cfg.generation_prompts else []
-        train_seq2seq_tokenizer(given + train.response.tolist(), vocab_size=t.vocab_size,
-                                min_frequency=t.min_frequency).save(path)
-        return path
     data = prepare_data(cfg, demo_dir=demo_dir if cfg.data.demo else None)
     save_tokenizer(_train_tokenizer(cfg, data), path)
     return path
@@ -589,8 +430,3 @@ def _pictures(cfg: RunConfig, metrics: dict, result: TrainResult, run_dir: Path,
                     metrics[split]["confusion_matrix"], labels, run_dir / f"confusion_matrix_{split}.png",
                     title=f"Confusion matrix ({split})").name
     return pictures
-
-
-def _headline(cfg: RunConfig, m: dict) -> dict:
-    keys = ("accuracy", "macro_f1") if cfg.task == "classification" else ("mse", "r2")
-    return {k: round(m[k], 4) for k in keys if m.get(k) is not None}

@@ -1,12 +1,12 @@
-"""ragtune.pipeline.run called as a library (the CLI's own path is in test_cli.py)."""
+"""ragtune.tasks.run called as a library (the CLI's own path is in test_cli.py)."""
 
 import pytest
 import yaml
 
 from ragtune.config import load_config
 from ragtune.data.prepare import prepare_data
-from ragtune.pipeline import run
-from ragtune.predictor import Predictor
+from ragtune.tasks import run
+from ragtune.tasks.classification.predictor import Predictor
 
 
 @pytest.mark.parametrize("reports", [True, False])

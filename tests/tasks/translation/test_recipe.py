@@ -12,7 +12,7 @@ import yaml
 from ragtune.cli import main
 from ragtune.config import load_config
 from ragtune.errors import RagtuneError
-from ragtune.pipeline import run
+from ragtune.tasks import run
 
 SOURCE_WORDS = ["cat", "dog", "red", "big", "sun", "tree", "blue", "house", "runs", "sees", "small", "bird"]
 TARGET_WORDS = ["katze", "hund", "rot", "gross", "sonne", "baum", "blau", "haus", "rennt", "sieht", "klein", "vogel"]
@@ -190,7 +190,7 @@ def test_config_errors_are_reported_at_once(tmp_path):
 def test_translation_memory_run(tmp_path, capsys):
     """retrieval.top_k with source: train reads each source with its most similar training pairs, in
     training (never its own pair) and at inference (rebuilt from the run's memory.jsonl)."""
-    from ragtune.seq2seq_predictor import Seq2SeqPredictor
+    from ragtune.tasks.translation.predictor import Seq2SeqPredictor
 
     train = write_files(tmp_path, "train", make_pairs(200, seed=3))
     test = write_files(tmp_path, "test", make_pairs(20, seed=4))

@@ -10,13 +10,12 @@
                               (exact match / F1, retrieval recall, the reader on the gold paragraph)
                            6. RUN_DIR: reader/, index/ (when built here), model.json, metrics.json, report.md
 
-``ragtune run CONFIG`` calls :func:`run_qa` for a ``task: qa`` config; inference goes through
-:class:`ragtune.qa_predictor.QAPredictor`, the one path shared with ``ragtune predict`` and ``ragtune eval``.
+``ragtune run CONFIG`` calls :func:`run` for a ``task: qa`` config; inference goes through
+:class:`ragtune.tasks.qa.predictor.QAPredictor`, the one path shared with ``ragtune predict`` and ``ragtune eval``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,14 +25,14 @@ import numpy as np
 import torch
 
 import ragtune
+from ragtune import runs
 from ragtune.config import RunConfig
-from ragtune.data.qa import QAData, prepare_qa_data
+from ragtune.tasks.qa.data import QAData, prepare_qa_data
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
 from ragtune.retrieval.augment import INDEX_DIR, open_run_index
-from ragtune.qa_predictor import MODEL_META, PASSAGE_EMBEDDINGS, QUERY_ENCODER_DIR, READER_DIR, QAPredictor
+from ragtune.tasks.qa.predictor import MODEL_META, PASSAGE_EMBEDDINGS, QUERY_ENCODER_DIR, READER_DIR, QAPredictor
 from ragtune.train.batches import BatchStream
-from ragtune.train.checkpoint import load_weights
 from ragtune.train.loop import TrainResult, train_model
 from ragtune.train.qa import make_reader_batch_loss, reader_inputs
 
@@ -43,7 +42,7 @@ QA_KEYS = ("exact_match", "f1", "reader_exact_match", "reader_f1", "recall@1", "
            "recall@20", "mrr@10", "ndcg@10", "n")
 
 
-def run_qa(
+def run(
     cfg: RunConfig,
     run_dir: Path,
     *,
@@ -51,18 +50,21 @@ def run_qa(
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], bool] | None = None,
     evaluate_test: bool = True,
+    config_path: str | Path | None = None,
+    reports: bool = True,
 ) -> tuple[dict, TrainResult]:
-    """Run the QA stages for ``cfg`` into ``run_dir`` (set up by ``ragtune.pipeline.run``). Returns
-    ``(metrics, train_result)``."""
+    """Run the QA stages for ``cfg`` into ``run_dir`` (set up by :func:`ragtune.tasks.run`). Returns
+    ``(metrics, train_result)``; ``report.md`` is written whatever ``reports`` says."""
     from ragtune.models.hf import use_fast_cpu_kernels
     from ragtune.models.reader import load_reader
 
     started = time.perf_counter()
     r = cfg.retrieval
+    runs.write_inputs(cfg, run_dir, config_path)
 
     # 1. data
     data = prepare_qa_data(cfg)
-    (run_dir / "data_report.json").write_text(json.dumps(data.info, indent=2, ensure_ascii=False), encoding="utf-8")
+    runs.write_json(run_dir / "data_report.json", data.info)
     log.info("data: %s", ", ".join(f"{k} {v['questions']} questions" for k, v in data.info["splits"].items()))
 
     # 2. retriever
@@ -108,8 +110,7 @@ def run_qa(
         evaluate=lambda: predictor.evaluate(data.validation, with_gold=False), out_dir=run_dir, resume=resume,
         on_epoch_end=on_epoch_end, before_epoch=before_epoch, progress=progress, batch_loss=batch_loss,
     )
-    if cfg.train.restore_best and result.best_epoch is not None:
-        load_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
+    runs.restore_best(model, cfg.train, result, run_dir)
     if r.train_query_encoder and r.refresh_every_epochs:  # the passage side of the weights kept, not of the last refresh
         from ragtune.train.rag import encode_passages
 
@@ -119,22 +120,35 @@ def run_qa(
     if r.train_query_encoder:
         predictor.query_encoder.save(str(run_dir / QUERY_ENCODER_DIR))
         np.save(run_dir / PASSAGE_EMBEDDINGS, predictor.passage_embeddings.numpy().astype(np.float32))
-    (run_dir / MODEL_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    runs.write_json(run_dir / MODEL_META, meta)
 
     # 5. evaluation and report
     metrics = {"validation": predictor.evaluate(data.validation)}
     if evaluate_test:
         metrics["test"] = predictor.evaluate(data.test)
-    metrics["training"] = {
-        "seconds": round(result.seconds, 2), "optimizer_steps": result.optimizer_steps, "tokens": result.tokens,
-        "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
-        "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    metrics["training"] = runs.training_summary(result)
+    runs.write_json(run_dir / "metrics.json", metrics)
     _report(cfg, run_dir, data, metrics, result, time.perf_counter() - started)
-    log.info("done: %s", json.dumps({s: {k: round(v, 2) for k, v in m.items() if k in ("exact_match", "f1", "recall@5")}
-                                     for s, m in metrics.items() if s != "training"}))
+    runs.log_done(metrics, ("exact_match", "f1", "recall@5"))
     return metrics, result
+
+
+def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
+    """The finished run on the test questions of ``cfg`` (see :func:`ragtune.tasks.evaluate_test_split`)."""
+    return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(prepare_qa_data(cfg).test)
+
+
+def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
+    """``ragtune eval RUN --data FILE``: a SQuAD-format file, end-to-end and retrieval metrics."""
+    from ragtune.data.squad import read_squad
+
+    if target:
+        raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: qa run")
+    return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(read_squad(path))
+
+
+def train_tokenizer_for(cfg: RunConfig, path: Path, demo_dir=None) -> Path:
+    raise RagtuneError("task qa reads with its pretrained reader's tokenizer; there is no tokenizer to train")
 
 
 class RagModel(torch.nn.Module):
@@ -190,10 +204,6 @@ def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predic
     return RagModel(reader, encoder), batch_loss, before_epoch, stream
 
 
-def _fmt(value) -> str:
-    return "–" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
-
-
 def _report(cfg: RunConfig, run_dir: Path, data: QAData, metrics: dict, result: TrainResult, wall: float) -> None:
     splits = [s for s in ("validation", "test") if s in metrics]
     keys = [k for k in QA_KEYS if any(k in metrics[s] for s in splits)]
@@ -204,7 +214,7 @@ def _report(cfg: RunConfig, run_dir: Path, data: QAData, metrics: dict, result: 
              "among the retrieved passages; `reader_*`: the reader given the gold paragraph.", "",
              "| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for key in keys:
-        lines.append(f"| {key} | " + " | ".join(_fmt(metrics[s].get(key)) for s in splits) + " |")
+        lines.append(f"| {key} | " + " | ".join(runs.fmt(metrics[s].get(key)) for s in splits) + " |")
     lines += ["", "## Data", "", "| split | questions | articles | paragraphs | source |", "|---|---|---|---|---|"]
     for name, info in data.info["splits"].items():
         lines.append(f"| {name} | {info['questions']} | {info['articles']} | {info['paragraphs']} | {info['source']} |")

@@ -16,15 +16,14 @@
                                        7. RUN_DIR: model.json, tokenizer.json, model.safetensors, index/ (when
                                           built here), metrics.json, history.json, checkpoints/, report.md
 
-``ragtune run CONFIG`` calls :func:`run_generation` for a ``task: generation`` config (through
-:func:`ragtune.pipeline.run`); inference goes through
-:class:`ragtune.generation_predictor.GenerationPredictor`, shared with ``ragtune predict``, ``ragtune eval``
+``ragtune run CONFIG`` calls :func:`run` for a ``task: generation`` config (through
+:func:`ragtune.tasks.run`); inference goes through
+:class:`ragtune.tasks.generation.predictor.GenerationPredictor`, shared with ``ragtune predict``, ``ragtune eval``
 and ``POST /v1/generate``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,25 +32,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ragtune import runs
 from ragtune.config import RunConfig
-from ragtune.data.seq2seq import read_generation
-from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
+from ragtune.data.seq2seq import PairData, read_generation, split_examples
+from ragtune.data.seq2seq_tokenizer import bpe_tokenizer, train_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
-from ragtune.generation_predictor import PASSAGE_SEPARATOR, GenerationPredictor, add_passages
+from ragtune.tasks.generation.predictor import PASSAGE_SEPARATOR, GenerationPredictor, add_passages
 from ragtune.models.decoder import DecoderConfig, build_decoder
 from ragtune.models.seq2seq import seq2seq_loss
-from ragtune.seq2seq_pipeline import (
-    PairData,
-    bpe_tokenizer,
-    final_metrics,
-    log_done,
-    save_text_model,
-    split_examples,
-    text_model_meta,
-    train_text_model,
-)
-from ragtune.seq2seq_predictor import TOKENIZER_FILE
+from ragtune.runs import TOKENIZER_FILE
 from ragtune.train.batches import BatchStream
 from ragtune.train.loop import TrainResult
 
@@ -77,7 +67,7 @@ def prepare_examples(cfg: RunConfig) -> PairData:
     return split_examples(cfg, lambda spec: read_examples(cfg, spec), str, ("prompt", "response"))
 
 
-def run_generation(
+def run(
     cfg: RunConfig,
     run_dir: Path,
     *,
@@ -85,14 +75,17 @@ def run_generation(
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], bool] | None = None,
     evaluate_test: bool = True,
+    config_path: str | Path | None = None,
+    reports: bool = True,
 ) -> tuple[dict, TrainResult]:
-    """Run the generation stages for ``cfg`` into ``run_dir`` (set up by ``ragtune.pipeline.run``).
-    Returns ``(metrics, train_result)``."""
+    """Run the generation stages for ``cfg`` into ``run_dir`` (set up by :func:`ragtune.tasks.run`).
+    Returns ``(metrics, train_result)``; ``report.md`` is written whatever ``reports`` says."""
     started = time.perf_counter()
+    runs.write_inputs(cfg, run_dir, config_path)
 
     # 1. data
     data = prepare_examples(cfg)
-    (run_dir / "data_report.json").write_text(json.dumps(data.info, indent=2, ensure_ascii=False), encoding="utf-8")
+    runs.write_json(run_dir / "data_report.json", data.info)
     log.info("data: %s", ", ".join(f"{k} {v['pairs']} examples" for k, v in data.info["splits"].items()))
     prompts = cfg.generation_prompts
 
@@ -132,7 +125,7 @@ def run_generation(
                      head_dim=m.head_dim, layers=m.layers, ffn_dim=m.ffn_dim, dropout=m.dropout, pad_id=tokenizer.pad_id,
                      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, tie_output=m.tie_output, activation=m.activation)
     model = hf_model if hf_model is not None else build_decoder(DecoderConfig(**model_cfg))
-    meta = text_model_meta(cfg, "generation", model_cfg, tokenizer, "causal" if hf_model is not None else None)
+    meta = runs.text_model_meta(cfg, "generation", model_cfg, tokenizer, "causal" if hf_model is not None else None)
     meta.update(prompts=prompts, retrieval=retrieval_meta)
     predictor = GenerationPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size, retriever=retriever)
     log.info("model: %s, %.2fM parameters", m.name_or_path if hf_model is not None else "TransformerForCausalLM",
@@ -152,26 +145,49 @@ def run_generation(
         return loss, sum(len(ids) for ids, _ in batch)
 
     val = data.validation
-    result = train_text_model(cfg, "generation", model, stream, batch_loss,
+    result = runs.train_text_model(cfg, "generation", model, stream, batch_loss,
                               lambda **kw: predictor.evaluate(val.prompt.tolist(), val.response.tolist(), **kw),
                               run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress)
-    save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)
+    runs.save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)
 
     # 6. evaluation with the configured decoding, and the report
-    metrics, shown = final_metrics(cfg, data, lambda df: predictor.evaluate(df.prompt.tolist(), df.response.tolist(),
+    metrics, shown = runs.final_metrics(cfg, data, lambda df: predictor.evaluate(df.prompt.tolist(), df.response.tolist(),
                                                                             progress=progress), result, evaluate_test)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    runs.write_json(run_dir / "metrics.json", metrics)
     _report(cfg, run_dir, data, metrics, shown, result, model, time.perf_counter() - started)
-    log_done(metrics, METRIC_KEYS)
+    runs.log_done(metrics, METRIC_KEYS)
     return metrics, result
 
 
-def _fmt(value) -> str:
-    return "–" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
+    """The finished run on the test examples of ``cfg`` (see :func:`ragtune.tasks.evaluate_test_split`)."""
+    test = prepare_examples(cfg).test
+    metrics = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
+        test.prompt.tolist(), test.response.tolist())
+    metrics.pop("examples", None)
+    return metrics
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
+    """``ragtune eval RUN --data FILE``: a file read like the run's training data (prompt/response columns, ...)."""
+    if target:
+        raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: generation run")
+    examples = read_examples(cfg, path)
+    metrics = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
+        examples.prompt.tolist(), examples.response.tolist())
+    metrics.pop("examples", None)
+    return metrics
+
+
+def train_tokenizer_for(cfg: RunConfig, path: Path, demo_dir=None) -> Path:
+    """The byte-fallback BPE a run of ``cfg`` would train, saved to ``path``: without passages, so a tuned
+    trial's prompts read with them use the same pieces."""
+    train = prepare_examples(cfg).train
+    t = cfg.tokenizer
+    given = train.prompt.tolist() if cfg.generation_prompts else []
+    train_seq2seq_tokenizer(given + train.response.tolist(), vocab_size=t.vocab_size,
+                            min_frequency=t.min_frequency).save(path)
+    return path
 
 
 def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, shown: dict, result: TrainResult,
@@ -190,10 +206,10 @@ def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, shown:
              + "; loss is the mean cross-entropy per response token, perplexity its exp.", "",
              "| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for key in (*METRIC_KEYS, "n"):
-        lines.append(f"| {key} | " + " | ".join(_fmt(metrics[s].get(key)) for s in splits) + " |")
+        lines.append(f"| {key} | " + " | ".join(runs.fmt(metrics[s].get(key)) for s in splits) + " |")
     lines += ["", "## Data", "", "| split | examples | source | mean prompt chars | mean response chars |", "|---|---|---|---|---|"]
     for name, info in data.info["splits"].items():
-        lines.append(f"| {name} | {info['pairs']} | {_cell(info['source'])} | {info['prompt_chars_mean']} | "
+        lines.append(f"| {name} | {info['pairs']} | {runs.cell(info['source'])} | {info['prompt_chars_mean']} | "
                      f"{info['response_chars_mean']} |")
     training = metrics["training"]
     lines += ["", "## Training", "", f"{training['optimizer_steps']} optimizer steps in {training['seconds']:.0f} s; "
@@ -206,6 +222,6 @@ def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, shown:
     if shown.get(split):
         lines += [f"## Examples ({split})", "", "| prompt | reference | output |", "|---|---|---|"]
         for ex in shown[split]:
-            lines.append(f"| {_cell(ex['prompt'])} | {_cell(ex['reference'])} | {_cell(ex['output'])} |")
+            lines.append(f"| {runs.cell(ex['prompt'])} | {runs.cell(ex['reference'])} | {runs.cell(ex['output'])} |")
         lines.append("")
     (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,238 @@
+"""The run directory's plumbing, shared by every task's recipe (``ragtune/tasks/<task>/recipe.py``).
+
+A recipe reads top to bottom as its own stage diagram; what every recipe writes the same way lives
+here, so no recipe types it again:
+
+- :func:`set_up`: threads, seeds, ``run.log`` and the resolved ``config.yaml`` (before any stage);
+- :func:`write_inputs`: ``inputs.json``, the sha256 of every input file and of the config file;
+- :func:`restore_best`: the best epoch's weights back into the model (``train.restore_best``);
+- :func:`training_summary`: the ``training`` entry of ``metrics.json``;
+- :func:`write_json`: ``metrics.json``, ``data_report.json``, ``model.json`` (UTF-8, Chinese kept as is);
+- :func:`log_done`: the last log line, the headline metrics of each split;
+- :func:`fmt` and :func:`cell`: numbers and texts in the Markdown tables of ``report.md``;
+- for the text tasks (translation, generation): :func:`text_model_meta`, :func:`save_text_model`,
+  :func:`read_run_meta` and :func:`load_run_model` (``model.json``, the weights or ``hf_model/``),
+  :func:`train_text_model` (the loop with greedy validation decoding) and :func:`final_metrics`.
+
+The run directory's layout per task is in ``docs/design.md`` (§5 and §10).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import ragtune
+from ragtune.config import flatten, path_keys, path_list_keys, to_yaml
+from ragtune.data.seq2seq import PairData
+from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer
+from ragtune.errors import RagtuneError
+from ragtune.models.hf_text import HF_DIR, save_hf_text_model
+from ragtune.train.batches import BatchStream
+from ragtune.train.checkpoint import load_weights, save_weights, sha256_file
+from ragtune.train.loop import TrainResult, train_model
+
+log = logging.getLogger("ragtune")
+
+MODEL_META = "model.json"  # what a predictor needs to rebuild the model (every task)
+TOKENIZER_FILE = "tokenizer.json"
+WEIGHTS_FILE = "model.safetensors"
+
+BEST_WEIGHTS = Path("checkpoints") / "best" / "model.safetensors"  # written by ragtune.train.loop
+
+
+def set_up(cfg, run_dir: Path) -> None:
+    """Threads and seeds from ``cfg.train``, a fresh ``run.log`` handler, and ``config.yaml``."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed % (2**32))
+    torch.manual_seed(cfg.train.seed)
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("ragtune")
+    for old in [h for h in root.handlers if getattr(h, "_ragtune_run", False)]:
+        root.removeHandler(old)
+        old.close()
+    handler._ragtune_run = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    log.info("ragtune %s, torch %s, python %s, %d threads", ragtune.__version__, torch.__version__,
+             platform.python_version(), torch.get_num_threads())
+
+
+def _input_record(key: str, path: str) -> dict:
+    """``{"path", "sha256"}`` of an input file; a folder (an index, a corpus folder) gets the sha256 of
+    its ``manifest.json`` when it has one (an index: the manifest holds every file's checksum)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise RagtuneError(f"{key}: file not found: {path}")
+    if folder.is_dir():
+        manifest = folder / "manifest.json"
+        return {"path": path, "manifest_sha256": sha256_file(manifest) if manifest.exists() else None}
+    return {"path": path, "sha256": sha256_file(path)}
+
+
+def write_inputs(cfg, run_dir: Path, config_path, demo_dir: Path | None = None) -> None:
+    """``inputs.json``: sha256 of every input file (and of the files in ``demo_dir``, the generated demo
+    data), so a reader can tell which data produced the run."""
+    files = {}
+    flat = flatten(cfg.model_dump(mode="json"))
+    for key in path_keys():
+        if flat.get(key):
+            files[key] = _input_record(key, flat[key])
+        for side in ("source", "target"):  # task translation: {source: a.en, target: a.de}
+            if isinstance(flat.get(f"{key}.{side}"), str):
+                files[f"{key}.{side}"] = _input_record(f"{key}.{side}", flat[f"{key}.{side}"])
+    for key in path_list_keys():
+        for i, path in enumerate(flat.get(key) or []):
+            files[f"{key}[{i}]"] = _input_record(f"{key}[{i}]", path)
+    for f in sorted(demo_dir.glob("*")) if demo_dir is not None else ():
+        files[f"demo:{f.name}"] = {"path": str(f), "sha256": sha256_file(f)}
+    if config_path is not None:
+        files["config"] = {"path": str(Path(config_path).resolve()), "sha256": sha256_file(config_path)}
+    write_json(run_dir / "inputs.json", files)
+
+
+def restore_best(model: torch.nn.Module, train_cfg, result: TrainResult, run_dir: Path) -> bool:
+    """Load the best epoch's weights into ``model`` when ``train.restore_best`` is on and an epoch was
+    selected; returns whether it did (then the best epoch's validation metrics describe the model)."""
+    if not (train_cfg.restore_best and result.best_epoch is not None):
+        return False
+    load_weights(model, run_dir / BEST_WEIGHTS)
+    return True
+
+
+def training_summary(result: TrainResult) -> dict:
+    """The ``training`` entry of ``metrics.json``."""
+    return {
+        "seconds": round(result.seconds, 2),
+        "optimizer_steps": result.optimizer_steps,
+        "tokens": result.tokens,
+        "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+    }
+
+
+def write_json(path: Path, value, default=None) -> None:
+    """``value`` as indented UTF-8 JSON (Chinese text stays readable)."""
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=default), encoding="utf-8")
+
+
+def log_done(metrics: dict, keys: tuple[str, ...], digits: int = 2) -> None:
+    """The run's last log line: ``keys`` of each evaluated split, rounded to ``digits``."""
+    log.info("done: %s", json.dumps({s: {k: round(v, digits) for k, v in m.items() if k in keys and v is not None}
+                                     for s, m in metrics.items() if s != "training"}))
+
+
+def fmt(value) -> str:
+    """A metric in a report table: ``–`` for none, two decimals for a float."""
+    return "–" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+
+
+def cell(text: str) -> str:
+    """A text in a Markdown table cell (pipes escaped, one line)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# Translation and generation runs: the model's files, the training loop's set-up, the final metrics
+
+def read_run_meta(run_dir: Path, task: str) -> dict:
+    """``model.json`` of a finished ``task`` run (its weights present), else a RagtuneError naming what is missing."""
+    meta_path = run_dir / MODEL_META
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else None
+    weights = run_dir / ((meta or {}).get("weights") or WEIGHTS_FILE)
+    if meta is None or not weights.exists():
+        raise RagtuneError(f"{run_dir} is not a finished ragtune {task} run: missing {MODEL_META} or {weights.name}")
+    if meta.get("task") != task:
+        raise RagtuneError(f"{run_dir} is a task: {meta.get('task')} run, not a {task} run")
+    return meta
+
+
+def load_run_model(run_dir: Path, meta: dict, build):
+    """``(tokenizer, model)`` of a run: its pretrained Hugging Face model (``meta["hf"]``), or ``build()``
+    with the run's safetensors weights and byte-fallback BPE tokenizer. The model is in eval mode."""
+    if meta.get("hf"):
+        from ragtune.models.hf_text import load_hf_text_model
+
+        tokenizer, model, _ = load_hf_text_model(meta["hf"]["name_or_path"], meta["task"], meta["model"]["max_length"],
+                                                 folder=run_dir / meta["hf"]["dir"])
+    else:
+        tokenizer = load_seq2seq_tokenizer(run_dir / meta.get("tokenizer", TOKENIZER_FILE))
+        model = build()
+        load_weights(model, run_dir / WEIGHTS_FILE)
+    model.eval()
+    return tokenizer, model
+
+
+def train_text_model(cfg, task: str, model, stream: BatchStream, batch_loss, score_validation,
+                     run_dir: Path, *, resume: bool, on_epoch_end, progress: bool) -> TrainResult:
+    """The foundation's loop (:func:`ragtune.train.loop.train_model`) for a translation or generation
+    model: each epoch ``score_validation(max_decode_rows=, seed=, strategy="greedy")``; the best
+    epoch's weights are restored (``train.restore_best``) and the model is left in eval mode."""
+    def evaluate() -> dict:
+        metrics = score_validation(max_decode_rows=cfg.eval.max_decode_rows, seed=cfg.train.seed, strategy="greedy")
+        metrics.pop("examples", None)
+        return metrics
+
+    result = train_model(
+        model, stream, task=task, cfg=cfg.train, selection_metric=cfg.selection_metric, evaluate=evaluate,
+        out_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress, batch_loss=batch_loss,
+    )
+    restore_best(model, cfg.train, result, run_dir)
+    model.eval()
+    return result
+
+
+def text_model_meta(cfg, task: str, model_cfg: dict, tokenizer, hf_kind: str | None) -> dict:
+    """The common part of a translation or generation run's ``model.json``: version, task, model
+    settings, files, special token ids and decoding defaults; ``hf_kind`` (``"seq2seq"``,
+    ``"causal"``, ...) for a pretrained Hugging Face model, whose tokenizer and weights live in ``hf_model/``."""
+    meta = {
+        "ragtune_version": ragtune.__version__, "task": task, "model": model_cfg,
+        "tokenizer": TOKENIZER_FILE, "weights": WEIGHTS_FILE,
+        "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
+        "decode": cfg.decode.model_dump(mode="json"), "bleu_tokenize": cfg.eval.bleu_tokenize,
+    }
+    if hf_kind is not None:
+        meta.update(tokenizer=HF_DIR, weights=HF_DIR, hf={"dir": HF_DIR, "kind": hf_kind, "name_or_path": cfg.model.name_or_path})
+    return meta
+
+
+def save_text_model(model, tokenizer, meta: dict, run_dir: Path, hf: bool) -> None:
+    """The trained model in RUN_DIR: ``hf_model/`` (``save_pretrained``) for a pretrained Hugging Face
+    model, else ``model.safetensors``; then ``model.json``."""
+    if hf:
+        save_hf_text_model(tokenizer, model, run_dir / HF_DIR)
+    else:
+        save_weights(model, run_dir / WEIGHTS_FILE)
+    write_json(run_dir / MODEL_META, meta)
+
+
+def final_metrics(cfg, data: PairData, score: Callable[[pd.DataFrame], dict], result: TrainResult,
+                  evaluate_test: bool) -> tuple[dict, dict]:
+    """``(metrics, examples)``: ``score(split frame)`` of validation (and test) with the configured
+    decoding, its ``examples`` moved aside, and a ``training`` summary of ``result``. A test file that
+    is the validation file is scored once."""
+    metrics: dict = {}
+    examples: dict = {}
+    for split in ("validation", "test") if evaluate_test else ("validation",):
+        if split == "test" and cfg.data.test and cfg.data.test == cfg.data.validation:
+            metrics["test"], examples["test"] = dict(metrics["validation"]), examples["validation"]  # the same file
+            continue
+        df = getattr(data, split)
+        log.info("evaluating %s: %d examples, %s decoding", split, len(df), cfg.decode.strategy)
+        metrics[split] = score(df)
+        examples[split] = metrics[split].pop("examples")
+    metrics["training"] = training_summary(result)
+    return metrics, examples

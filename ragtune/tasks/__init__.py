@@ -1,0 +1,164 @@
+"""The four tasks, one folder each, and :data:`TASKS`: the only place that switches on ``task``.
+
+Each folder ``ragtune/tasks/<folder>/`` holds the task's ``recipe.py`` (one top-to-bottom run
+function and the task's file readers), its ``predictor.py`` (the one inference path that ``ragtune
+predict``, ``eval``, ``serve`` and the run's own evaluation share) and, where the task has its own,
+``data.py``. Every recipe offers the same entry points, by name (no base class: they return what
+their task needs)::
+
+    run(cfg, run_dir, *, resume, progress, on_epoch_end, evaluate_test, config_path, reports)
+        -> (metrics, train_result)
+    evaluate_test_split(cfg, run_dir) -> metrics          # a finished run on its test split
+    evaluate_file(cfg, run_dir, path, target) -> metrics  # `ragtune eval RUN --data FILE`
+    train_tokenizer_for(cfg, path, demo_dir) -> path      # `ragtune tune`'s shared tokenizer
+
+========================  ==============  ====================  ==================  ============
+task                      folder          predictor             endpoint            engines
+========================  ==============  ====================  ==================  ============
+classification            classification  Predictor             ``/v1/predict``     torch, onnx
+regression                classification  Predictor             ``/v1/predict``     torch, onnx
+qa                        qa              QAPredictor           ``/v1/answer``      torch
+translation               translation     Seq2SeqPredictor      ``/v1/translate``   torch
+generation                generation      GenerationPredictor   ``/v1/generate``    torch
+========================  ==============  ====================  ==================  ============
+
+A task's modules are imported when the task is first used, so ``ragtune validate`` loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from typing import TYPE_CHECKING
+
+import yaml
+
+from ragtune.config import RunConfig, config_from_dict, flatten
+from ragtune.errors import RagtuneError
+
+if TYPE_CHECKING:
+    from ragtune.train.loop import TrainResult
+
+# Keys a resumed run may change (everything else must match the run's saved config).
+RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.threads", "train.log_every_steps",
+                     "train.checkpoint_every_steps", "name"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: where its code lives and what a finished run of it offers."""
+
+    name: str
+    folder: str  # ragtune/tasks/<folder>/: recipe.py, predictor.py
+    predictor: str  # the predictor class in predictor.py
+    endpoint: str  # what `ragtune serve` answers on for a run of this task
+    engines: tuple[str, ...] = ("torch",)  # "onnx": `ragtune export` folders (and `ragtune explain`)
+
+    def recipe(self) -> ModuleType:
+        return importlib.import_module(f"ragtune.tasks.{self.folder}.recipe")
+
+    def predictor_class(self) -> type:
+        return getattr(importlib.import_module(f"ragtune.tasks.{self.folder}.predictor"), self.predictor)
+
+    def load_predictor(self, run_dir: str | Path, batch_size: int, engine: str = "torch"):
+        """The task's predictor over a finished run (``engine="onnx"``: a ``ragtune export`` folder)."""
+        if engine not in self.engines:
+            raise RagtuneError(f"{run_dir} is a task: {self.name} run; --engine {engine} runs `ragtune export` folders of "
+                               "classification and regression runs")
+        if engine == "torch":
+            return self.predictor_class().from_run_dir(run_dir, batch_size=batch_size)
+        return self.predictor_class().from_run_dir(run_dir, batch_size=batch_size, engine=engine)
+
+
+TASKS: dict[str, Task] = {
+    "classification": Task("classification", "classification", "Predictor", "/v1/predict", ("torch", "onnx")),
+    "regression": Task("regression", "classification", "Predictor", "/v1/predict", ("torch", "onnx")),
+    "qa": Task("qa", "qa", "QAPredictor", "/v1/answer"),
+    "translation": Task("translation", "translation", "Seq2SeqPredictor", "/v1/translate"),
+    "generation": Task("generation", "generation", "GenerationPredictor", "/v1/generate"),
+}
+
+
+def task_of(name: str) -> Task:
+    """The task called ``name`` (a run's ``task`` key or ``model.json``'s ``task``)."""
+    if name not in TASKS:
+        raise RagtuneError(f"unknown task {name!r}; choose one of {list(TASKS)}")
+    return TASKS[name]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    train: TrainResult
+
+
+def run(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], bool] | None = None,
+    evaluate_test: bool = True,
+    config_path: str | Path | None = None,
+    reports: bool = True,
+) -> RunResult:
+    """Run ``cfg`` into ``run_dir`` (which the caller has checked is usable): the set-up every task
+    shares (``config.yaml``, ``run.log``, seeds; the resume check), then the task's recipe.
+
+    ``on_epoch_end(epoch, validation_metrics)`` is called after each epoch (return True to stop: tuning's
+    pruning); ``evaluate_test=False`` leaves the test split alone (a tuning trial); ``reports=False``
+    skips a classification run's data report, plots and ``report.md``.
+    """
+    from ragtune import runs  # torch: imported when a run starts, not by `ragtune validate`
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_resumable(cfg, run_dir)
+    runs.set_up(cfg, run_dir)
+    metrics, train_result = task_of(cfg.task).recipe().run(
+        cfg, run_dir, resume=resume, progress=progress, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test,
+        config_path=config_path, reports=reports)
+    return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
+
+
+def evaluate_test_split(cfg: RunConfig, run_dir: str | Path) -> dict:
+    """Metrics of the finished run in ``run_dir`` on the test split of ``cfg`` (the run's config).
+
+    For a run trained with ``evaluate_test=False`` (a tuning trial): the split is prepared as the run
+    prepared it (same files, fractions and seed), and the saved model is evaluated through the same
+    predictor ``ragtune predict`` uses.
+    """
+    return task_of(cfg.task).recipe().evaluate_test_split(cfg, Path(run_dir))
+
+
+def train_tokenizer_for(cfg: RunConfig, path: str | Path, demo_dir: str | Path | None = None) -> Path:
+    """Train the tokenizer a run of ``cfg`` would train and save it to ``path`` (for ``tokenizer.path``).
+
+    ``ragtune tune`` trains it once per study, so all trials (and ``best.yaml``) share one vocabulary.
+    """
+    return task_of(cfg.task).recipe().train_tokenizer_for(cfg, Path(path), demo_dir)
+
+
+def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+    """A resumed run must use the same config as the run it continues, up to RESUMABLE_CHANGES."""
+    from ragtune.train.checkpoint import checkpoint_exists
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists() or not checkpoint_exists(run_dir / "checkpoints" / "last"):
+        raise RagtuneError(f"cannot resume {run_dir}: it holds no config.yaml and checkpoint of an earlier run")
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
+    old, new = flatten(saved.model_dump(mode="json")), flatten(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise RagtuneError(
+            f"cannot resume {run_dir} with a different config ({details}); "
+            f"only {sorted(RESUMABLE_CHANGES)} may change"
+        )
