@@ -166,9 +166,9 @@ def _forward(model: nn.Module, ids: list[list[int]], pad: int) -> torch.Tensor:
     return model(input_ids, mask).detach().float()
 
 
-def _quantity(out: torch.Tensor, task: str, target: int | None) -> torch.Tensor:
-    """What is explained, per row: the target's logit, or the regression output."""
-    return out[:, target] if task == "classification" else out
+def _quantity(out: torch.Tensor, classes: bool, target: int | None) -> torch.Tensor:
+    """What is explained, per row: the target's logit (a model with classes), or the regression output."""
+    return out[:, target] if classes else out
 
 
 def explain(predictor: Predictor, text: str, target: str | None = None, n_steps: int = 32) -> dict:
@@ -220,9 +220,10 @@ def explain(predictor: Predictor, text: str, target: str | None = None, n_steps:
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise RagtuneError(f"n_steps must be a positive integer (got {n_steps!r})")
     labels = list(predictor.labels)
-    if task == "regression" and target is not None:
+    classes = bool(labels)  # classification; a regression model has one output and no labels
+    if not classes and target is not None:
         raise RagtuneError("target: only classification runs have classes to explain (this run is regression)")
-    if task == "classification" and target is not None and str(target) not in labels:
+    if classes and target is not None and str(target) not in labels:
         raise RagtuneError(f"target: unknown class {target!r}; the model knows {labels}")
 
     from ragtune.tasks.classification.predictor import pad_id
@@ -278,7 +279,7 @@ def explain(predictor: Predictor, text: str, target: str | None = None, n_steps:
             # --- prediction and the class explained ----------------------------------------------
             out = _forward(model, [ids], pad)  # (1, C) or (1,): what Predictor.outputs gives
             result: dict = {"text": text, "task": task}
-            if task == "classification":
+            if classes:
                 probs = torch.softmax(out[0], dim=-1)
                 predicted = int(probs.argmax())
                 target_index = predicted if target is None else labels.index(str(target))
@@ -306,8 +307,8 @@ def explain(predictor: Predictor, text: str, target: str | None = None, n_steps:
                 n_steps=n_steps, internal_batch_size=min(n_steps, INTERNAL_BATCH), return_convergence_delta=True)
             scores = attributions.detach().float().sum(dim=-1)[0]  # (T,): summed over the embedding dimension
             baseline_out = _forward(model, [baseline_ids[0].tolist()], pad)
-            result["output"] = float(_quantity(out, task, target_index)[0])
-            result["baseline_output"] = float(_quantity(baseline_out, task, target_index)[0])
+            result["output"] = float(_quantity(out, classes, target_index)[0])
+            result["baseline_output"] = float(_quantity(baseline_out, classes, target_index)[0])
             result["convergence_delta"] = float(delta.detach().reshape(-1)[0])
             result["n_steps"] = n_steps
             for row, score in zip(token_rows, scores.tolist()):
@@ -339,7 +340,7 @@ def _passages(predictor: Predictor, text: str, rows, passage_texts: list[str], s
     contexts = [sep.join(t for j, t in enumerate(passage_texts) if j != i) for i in range(len(passage_texts))]
     loo_ids = encode_pairs(predictor.tokenizer, [text] * len(contexts), contexts, predictor.max_length)
     loo = _forward(predictor.model, loo_ids, pad)  # (k, C) or (k,)
-    if predictor.task == "classification":
+    if predictor.labels:  # classification
         full = float(torch.softmax(out[0], dim=-1)[target_index])
         without = torch.softmax(loo, dim=-1)[:, target_index].tolist()
     else:

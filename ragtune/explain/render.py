@@ -100,17 +100,22 @@ th{background:#f9fafb} td.num{text-align:right;font-variant-numeric:tabular-nums
 """
 
 
+def _has_classes(e: dict) -> bool:
+    """Whether the explanation is of a classifier's class (it has class scores), not a regression output."""
+    return e.get("task", "classification" if "scores" in e else "regression") != "regression"
+
+
 def to_html(explanation: dict) -> str:
     """One self-contained HTML page (UTF-8) showing ``explanation`` (the dict of :func:`~ragtune.explain.explain`)."""
     e = explanation
     scale = _max_abs(e)
-    task = e.get("task", "classification" if "scores" in e else "regression")
+    classes = _has_classes(e)
     target = e.get("target")
     tokens = e.get("tokens", [])
     text = str(e.get("text", ""))
     out: list[str] = ['<!DOCTYPE html>', '<html lang="en">', '<head>', '<meta charset="utf-8">',
                       '<meta name="viewport" content="width=device-width, initial-scale=1">']
-    if task == "classification":
+    if classes:
         heading = f"Prediction: {e.get('label')}"
         towards = f"towards “{target}”"
     else:
@@ -120,14 +125,14 @@ def to_html(explanation: dict) -> str:
     out.append(f"<h1>{_e(heading)}</h1>")
     output, baseline = float(e.get("output", 0.0)), float(e.get("baseline_output", 0.0))
     shown_baseline = f"({baseline:.4f})" if baseline < 0 else f"{baseline:.4f}"
-    what = f"the logit of “{target}”" if task == "classification" else "the model output (standardised)"
+    what = f"the logit of “{target}”" if classes else "the model output (standardised)"
     out.append(
         f'<p class="meta">Token attributions by integrated gradients ({_e(e.get("n_steps", "?"))} steps) of '
         f"{_e(what)}. They add up to its change from the baseline: {output:.4f} (input) − {shown_baseline} (baseline) = "
         f"{output - baseline:.4f}, up to the convergence delta {float(e.get('convergence_delta', 0.0)):.2e}. "
         "The baseline is the same input with every token replaced by padding.</p>")
 
-    if task == "classification" and isinstance(e.get("scores"), dict):
+    if classes and isinstance(e.get("scores"), dict):
         out.append("<h2>Class scores</h2>")
         out.append('<table><thead><tr><th>class</th><th>probability</th><th></th></tr></thead><tbody>')
         for label, p in sorted(e["scores"].items(), key=lambda kv: -float(kv[1])):
@@ -159,7 +164,7 @@ def to_html(explanation: dict) -> str:
         if not passages:
             out.append('<p class="meta">The retriever found no passage for this text; it was read alone.</p>')
         else:
-            unit = f"p({target})" if task == "classification" else "the prediction"
+            unit = f"p({target})" if classes else "the prediction"
             out.append(f'<p class="meta">Influence: how much {_e(unit)} drops when the passage is left out '
                        "(positive: the passage supports it).</p>")
             out.append('<table><thead><tr><th>#</th><th>passage</th><th>retrieval score</th><th>influence</th>'
@@ -214,7 +219,7 @@ def to_png(explanation: dict, path: str | os.PathLike) -> None:
     values = [float(t["attribution"]) for t in shown]
     names = [_short(_token_text(e, t), 24) for t in shown]
     colours = ["#%02x%02x%02x" % (POSITIVE_RGB if v >= 0 else NEGATIVE_RGB) for v in values]
-    if e.get("task", "classification" if "scores" in e else "regression") == "classification":
+    if _has_classes(e):
         target = e.get("target")
         p = (e.get("scores") or {}).get(target)
         title = f"Token attributions towards “{_short(target)}”"

@@ -63,7 +63,7 @@ Serving
 ``Predictor.from_run_dir(EXPORT_DIR, engine="onnx")`` (and ``ragtune serve EXPORT_DIR --engine onnx``,
 which goes through it) reads the export folder. Tokenization,
 truncation, retrieval, batching and the label/score output are those of the PyTorch engine; only
-the forward pass runs in onnxruntime (:class:`OnnxSequenceModel`: ``CPUExecutionProvider``,
+the forward pass runs in onnxruntime (:class:`ragtune.tasks.classification.onnx_engine.OnnxSequenceModel`: ``CPUExecutionProvider``,
 ``torch.get_num_threads()`` intra-op threads). Other runtimes can feed the graph directly: encode
 each text with ``tokenizer.json`` (it adds ``[CLS]``/``[SEP]``), cut it to ``max_length``, pad
 with ``pad_id`` (``model.json``; 0 when absent) and set ``attention_mask`` to 1 on real tokens.
@@ -132,85 +132,16 @@ import torch
 
 import ragtune
 from ragtune.errors import RagtuneError
+from ragtune.tasks.classification.onnx_engine import INPUT_NAMES, OUTPUT_NAME, OnnxSequenceModel
 
 OPSET = 17
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 EXPORT_META = "export.json"
 QUANTIZE_CHOICES = ("int8",)
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "logits"
 INT8_OP_TYPES = ["MatMul", "Gather"]  # Linear layers and embedding tables (see the module docstring)
 INT8_FUSED_OP_TYPES = ["Attention", "EmbedLayerNormalization"]  # the fused graph's Q/K/V products and embeddings
 CHECK_TOLERANCE = 1e-4  # largest |logit difference| (per unit of the largest |logit|, at least 1) accepted at export
-
-
-# ---------------------------------------------------------------------------------------------- serving
-
-
-class OnnxSequenceModel:
-    """An onnxruntime session with the call signature of ragtune's PyTorch models.
-
-    ``model(input_ids, attention_mask) -> logits``: int64 tensors (B, T) in, a float32 tensor out,
-    (B, C) for classification and (B,) for regression, as the PyTorch model returns them. Only
-    inference: ``eval()`` and ``train(False)`` do nothing, ``train(True)`` is an error.
-
-    Args:
-        path: the ``.onnx`` file (inputs ``input_ids``, ``attention_mask``; output ``logits``).
-        task: ``classification`` or ``regression``.
-        threads: onnxruntime's intra-op threads; default ``torch.get_num_threads()``.
-        pad_id: the padding id, used only when ``attention_mask`` is None.
-    """
-
-    training = False
-
-    def __init__(self, path: str | Path, task: str, threads: int | None = None, pad_id: int = 0):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise RagtuneError(f"ONNX model not found: {path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RagtuneError(f"{path}: cannot load the ONNX model ({reason}); export the run again") from None
-        names = {i.name for i in self.session.get_inputs()}
-        if names != set(INPUT_NAMES):
-            raise RagtuneError(f"{path}: expected the inputs {list(INPUT_NAMES)}, the graph has {sorted(names)}; "
-                               "export the run again with ragtune export")
-        self.path = path
-        self.task = task
-        self.pad_id = pad_id
-
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if attention_mask is None:
-            attention_mask = (input_ids != self.pad_id).long()
-        feeds = {"input_ids": np.ascontiguousarray(input_ids.detach().cpu().numpy(), dtype=np.int64),
-                 "attention_mask": np.ascontiguousarray(attention_mask.detach().cpu().numpy(), dtype=np.int64)}
-        (logits,) = self.session.run([OUTPUT_NAME], feeds)
-        out = torch.from_numpy(np.asarray(logits, dtype=np.float32))
-        if self.task == "regression" and out.dim() == 2:
-            out = out.squeeze(-1)  # (B, 1) -> (B,), as TransformerForRegression and HFSequenceModel return
-        return out
-
-    forward = __call__
-
-    def eval(self) -> OnnxSequenceModel:
-        return self
-
-    def train(self, mode: bool = True) -> OnnxSequenceModel:
-        if mode:
-            raise RagtuneError("an ONNX model serves predictions only; train the PyTorch run instead")
-        return self
-
-    def __repr__(self) -> str:
-        return f"OnnxSequenceModel({str(self.path)!r}, task={self.task!r})"
 
 
 # --------------------------------------------------------------------------------------------- exporting
@@ -529,7 +460,7 @@ def compare_engines(reference, candidate, texts: Sequence[str], labels: Sequence
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     out: dict = {"n": len(texts), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
                  "mean_abs_diff": float(diff.mean()) if diff.size else 0.0}
-    if reference.task == "classification":
+    if reference.labels:  # classification (a regression run has no labels)
         pa, pb = a.argmax(-1), b.argmax(-1)
         out["agreement"] = float((pa == pb).mean()) if len(texts) else 1.0
         if labels is not None:

@@ -18,7 +18,8 @@ from tiny_hf import make_bert, make_rows, make_tokenizer
 from ragtune.config import load_config
 from ragtune.data.tokenizer import encode, load_tokenizer
 from ragtune.errors import RagtuneError
-from ragtune.export.onnx import OnnxSequenceModel, compare_engines, export_onnx
+from ragtune.export.onnx import compare_engines, export_onnx
+from ragtune.tasks.classification.onnx_engine import OnnxSequenceModel
 from ragtune.tasks import run
 from ragtune.tasks.classification.predictor import Predictor, pad_id
 from ragtune.train.batches import pad_batch

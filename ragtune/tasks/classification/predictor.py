@@ -104,7 +104,7 @@ class Predictor:
             ``serve.max_batch_tokens``); short texts still fill ``batch_size``.
         retriever: the ContextRetriever of a retrieval-augmented run, else None.
         engine: what runs the forward pass: ``torch`` (``model`` is a torch module) or ``onnx``
-            (``model`` is a :class:`ragtune.export.onnx.OnnxSequenceModel`).
+            (``model`` is a :class:`ragtune.tasks.classification.onnx_engine.OnnxSequenceModel`).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, meta: dict, batch_size: int = 64, retriever=None,
@@ -184,7 +184,7 @@ class Predictor:
         if missing:
             raise RagtuneError(f"{export_dir} is an incomplete ONNX export: missing {', '.join(missing)}; "
                                "export the run again")
-        from ragtune.export.onnx import OnnxSequenceModel
+        from ragtune.tasks.classification.onnx_engine import OnnxSequenceModel
 
         meta = json.loads((export_dir / MODEL_META).read_text(encoding="utf-8"))
         if meta.get("backbone") == "hf":  # the pretrained tokenizer: its pad id need not be 0

@@ -44,7 +44,7 @@ from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer, save_to
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
 from ragtune.models.transformer import TransformerConfig, build_transformer
-from ragtune.report import write_report
+from ragtune.tasks.classification.report import write_report
 from ragtune.retrieval.augment import neighbour_vote
 from ragtune.tasks.classification.predictor import HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor, pad_id
 from ragtune.train import distributed
