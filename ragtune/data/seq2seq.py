@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from ragtune.data.io import EXTENSIONS, _check_file, _read_text, read_table
+from ragtune.data.squad import iter_squad
 from ragtune.errors import RagtuneError
 
 __all__ = ["read_generation", "read_lines", "read_pairs"]
@@ -192,8 +193,6 @@ def read_generation(
     if max_rows is not None and max_rows <= 0:
         raise RagtuneError(f"max_rows must be positive (got {max_rows})")
     if fmt == "auto" and path.suffix.lower() == ".json":  # SQuAD format: question -> first answer
-        from ragtune.retrieval.corpus import iter_squad
-
         prompts, responses = [], []
         for title, p_index, _, qas in iter_squad(path):
             for q in qas:

@@ -41,6 +41,9 @@ the JSON, e.g. ``dev.json: data[3].paragraphs[2].qas[0] (id '56be...'): missing 
   the fixes; otherwise it is an error that quotes what the context holds at that offset;
 * a question without answers (SQuAD v2's unanswerable questions), unless ``require_answers=False``;
 * a file with no questions at all.
+
+:func:`iter_squad` (corpus files, retrieval questions, generation examples) checks the same up to
+each paragraph's ``context``: a missing ``qas`` is ``[]``, a missing title ``article{index}``.
 """
 
 from __future__ import annotations
@@ -48,14 +51,14 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ragtune.errors import RagtuneError
 
-__all__ = ["QARecord", "answers_by_id", "parse_squad", "read_squad", "split_by_article"]
+__all__ = ["QARecord", "answers_by_id", "iter_squad", "parse_squad", "read_squad", "split_by_article"]
 
 log = logging.getLogger("ragtune")
 
@@ -101,6 +104,20 @@ def read_squad(path: str | Path, *, require_answers: bool = True, max_start_shif
             place in the JSON.
     """
     path = Path(path).expanduser()
+    return parse_squad(_load(path), source=str(path), require_answers=require_answers, max_start_shift=max_start_shift)
+
+
+def iter_squad(path: str | Path) -> Iterator[tuple[str, int, str, list]]:
+    """``(title, paragraph index, context, qas)`` of every paragraph of a SQuAD-format JSON file, its
+    structure checked as by :func:`read_squad`, its questions (the raw ``qas`` list) not."""
+    path = Path(path)
+    for where, _article, title, p, paragraph_obj, context in _paragraphs(_load(path), str(path), any_title=True):
+        qas = _get(paragraph_obj, "qas", list, where, "the paragraph's questions") if paragraph_obj.get("qas") else []
+        yield title, p, context, qas
+
+
+def _load(path: Path) -> Any:
+    """The JSON object of a SQuAD file: it must exist and be UTF-8 (a byte-order mark is accepted) JSON."""
     if not path.is_file():
         hint = " (it is a folder)" if path.is_dir() else ""
         raise RagtuneError(f"SQuAD file not found: {path}{hint}")
@@ -111,10 +128,9 @@ def read_squad(path: str | Path, *, require_answers: bool = True, max_start_shif
             f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
         ) from None
     try:
-        obj = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise RagtuneError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    return parse_squad(obj, source=str(path), require_answers=require_answers, max_start_shift=max_start_shift)
 
 
 _TYPE_NAMES = {str: "string", int: "integer", list: "list", dict: "object"}
@@ -163,6 +179,32 @@ def _find_start(context: str, text: str, start: int, max_shift: int) -> int | No
     return None
 
 
+_SHAPE = 'a SQuAD format file is {"data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [...]}]}]}'
+
+
+def _paragraphs(obj: Any, source: str, any_title: bool = False) -> Iterator[tuple[str, int, str, int, dict, str]]:
+    """``(where, article index, title, paragraph index, paragraph, context)`` of every paragraph, the structure
+    checked; with ``any_title`` a title is not checked but made a string (``article{index}`` when empty)."""
+    try:
+        root = _as_object(obj, f"{source}: the top level")
+        articles = _get(root, "data", list, f"{source}: the top level", "the list of articles")
+    except RagtuneError as exc:
+        raise RagtuneError(f"{exc}; {_SHAPE}") from None
+    for a, article_obj in enumerate(articles):
+        where_a = f"{source}: data[{a}]"
+        article_obj = _as_object(article_obj, where_a)
+        title = article_obj.get("title", "")
+        if any_title:
+            title = str(title or f"article{a}")
+        elif not isinstance(title, str):
+            raise RagtuneError(f"{where_a}.title: must be a string, got {type(title).__name__} {_short(title)}")
+        paragraphs = _get(article_obj, "paragraphs", list, where_a, "the article's paragraphs")
+        for p, paragraph_obj in enumerate(paragraphs):
+            where_p = f"{where_a}.paragraphs[{p}]"
+            paragraph_obj = _as_object(paragraph_obj, where_p)
+            yield where_p, a, title, p, paragraph_obj, _get(paragraph_obj, "context", str, where_p, "the passage text")
+
+
 def parse_squad(obj: Any, source: str = "<SQuAD data>", *, require_answers: bool = True,
                 max_start_shift: int = 5) -> list[QARecord]:
     """The records of an already-loaded SQuAD-format JSON object (what :func:`read_squad` does after reading).
@@ -172,81 +214,69 @@ def parse_squad(obj: Any, source: str = "<SQuAD data>", *, require_answers: bool
     """
     if isinstance(max_start_shift, bool) or not isinstance(max_start_shift, int) or max_start_shift < 0:
         raise RagtuneError(f"max_start_shift must be an integer >= 0, got {max_start_shift!r}")
-    root = _as_object(obj, f"{source}: the top level")
-    articles = _get(root, "data", list, f"{source}: the top level", "the list of articles")
     records: list[QARecord] = []
     seen: dict[str, str] = {}
     fixes: list[str] = []
     n_paragraphs = 0
-    for a, article_obj in enumerate(articles):
-        where_a = f"{source}: data[{a}]"
-        article_obj = _as_object(article_obj, where_a)
-        title = article_obj.get("title", "")
-        if not isinstance(title, str):
-            raise RagtuneError(f"{where_a}.title: must be a string, got {type(title).__name__} {_short(title)}")
-        paragraphs = _get(article_obj, "paragraphs", list, where_a, "the article's paragraphs")
-        for p, paragraph_obj in enumerate(paragraphs):
-            n_paragraphs += 1
-            where_p = f"{where_a}.paragraphs[{p}]"
-            paragraph_obj = _as_object(paragraph_obj, where_p)
-            context = _get(paragraph_obj, "context", str, where_p, "the passage text")
-            if not context.strip():
-                raise RagtuneError(f"{where_p}.context: is empty; every paragraph needs a passage")
-            qas = _get(paragraph_obj, "qas", list, where_p, "the paragraph's questions")
-            for q, qa_obj in enumerate(qas):
-                where_q = f"{where_p}.qas[{q}]"
-                qa_obj = _as_object(qa_obj, where_q)
-                qid = str(_get(qa_obj, "id", (str, int), where_q, "the question id"))
-                note = f" (id {qid!r})"
-                question = _get(qa_obj, "question", str, where_q, "the question text", note)
-                if not question.strip():
-                    raise RagtuneError(f"{where_q}.question{note}: is empty")
-                if qid in seen:
+    for where_p, a, title, p, paragraph_obj, context in _paragraphs(obj, source):
+        n_paragraphs += 1
+        if not context.strip():
+            raise RagtuneError(f"{where_p}.context: is empty; every paragraph needs a passage")
+        qas = _get(paragraph_obj, "qas", list, where_p, "the paragraph's questions")
+        for q, qa_obj in enumerate(qas):
+            where_q = f"{where_p}.qas[{q}]"
+            qa_obj = _as_object(qa_obj, where_q)
+            qid = str(_get(qa_obj, "id", (str, int), where_q, "the question id"))
+            note = f" (id {qid!r})"
+            question = _get(qa_obj, "question", str, where_q, "the question text", note)
+            if not question.strip():
+                raise RagtuneError(f"{where_q}.question{note}: is empty")
+            if qid in seen:
+                raise RagtuneError(
+                    f"{where_q}{note}: question id {qid!r} is already used at {seen[qid]}; ids must be unique"
+                )
+            seen[qid] = where_q.removeprefix(f"{source}: ")
+            answers = _get(qa_obj, "answers", list, where_q, "the list of gold answers", note)
+            if not answers and require_answers:
+                raise RagtuneError(
+                    f"{where_q}.answers{note}: is empty; every question needs at least one answer "
+                    "(SQuAD v2 unanswerable questions are not supported for training; pass "
+                    "require_answers=False to keep such questions for answering only)"
+                )
+            texts: list[str] = []
+            starts: list[int] = []
+            for k, answer_obj in enumerate(answers):
+                where_k = f"{where_q}.answers[{k}]"
+                answer_obj = _as_object(answer_obj, f"{where_k}{note}")
+                answer = _get(answer_obj, "text", str, where_k, "the answer text", note)
+                start = _get(answer_obj, "answer_start", int, where_k,
+                             "the answer's character offset in the context", note)
+                if not answer:
+                    raise RagtuneError(f"{where_k}.text{note}: is empty")
+                if start < 0 or start >= len(context):
                     raise RagtuneError(
-                        f"{where_q}{note}: question id {qid!r} is already used at {seen[qid]}; ids must be unique"
+                        f"{where_k}.answer_start{note}: {start} is outside the context, which has "
+                        f"{len(context)} characters (answer {answer!r})"
                     )
-                seen[qid] = where_q.removeprefix(f"{source}: ")
-                answers = _get(qa_obj, "answers", list, where_q, "the list of gold answers", note)
-                if not answers and require_answers:
+                fixed = _find_start(context, answer, start, max_start_shift)
+                if fixed is None:
+                    elsewhere = [i for i in range(len(context)) if context.startswith(answer, i)][:3]
+                    hint = (f"; the text occurs at character(s) {elsewhere}" if elsewhere
+                            else "; the text does not occur in the context at all")
                     raise RagtuneError(
-                        f"{where_q}.answers{note}: is empty; every question needs at least one answer "
-                        "(SQuAD v2 unanswerable questions are not supported for training; pass "
-                        "require_answers=False to keep such questions for answering only)"
+                        f"{where_k}{note}: answer {answer!r} does not start at answer_start {start}: the "
+                        f"context there reads {context[start:start + len(answer)]!r}, and the answer is not "
+                        f"within {max_start_shift} characters of it either{hint}"
                     )
-                texts: list[str] = []
-                starts: list[int] = []
-                for k, answer_obj in enumerate(answers):
-                    where_k = f"{where_q}.answers[{k}]"
-                    answer_obj = _as_object(answer_obj, f"{where_k}{note}")
-                    answer = _get(answer_obj, "text", str, where_k, "the answer text", note)
-                    start = _get(answer_obj, "answer_start", int, where_k,
-                                 "the answer's character offset in the context", note)
-                    if not answer:
-                        raise RagtuneError(f"{where_k}.text{note}: is empty")
-                    if start < 0 or start >= len(context):
-                        raise RagtuneError(
-                            f"{where_k}.answer_start{note}: {start} is outside the context, which has "
-                            f"{len(context)} characters (answer {answer!r})"
-                        )
-                    fixed = _find_start(context, answer, start, max_start_shift)
-                    if fixed is None:
-                        elsewhere = [i for i in range(len(context)) if context.startswith(answer, i)][:3]
-                        hint = (f"; the text occurs at character(s) {elsewhere}" if elsewhere
-                                else "; the text does not occur in the context at all")
-                        raise RagtuneError(
-                            f"{where_k}{note}: answer {answer!r} does not start at answer_start {start}: the "
-                            f"context there reads {context[start:start + len(answer)]!r}, and the answer is not "
-                            f"within {max_start_shift} characters of it either{hint}"
-                        )
-                    if fixed != start:
-                        fixes.append(f"{where_k}{note}: {start} -> {fixed}")
-                    texts.append(answer)
-                    starts.append(fixed)
-                records.append(QARecord(id=qid, question=question, context=context, title=title, article=a,
-                                        paragraph=p, answers=tuple(texts), answer_starts=tuple(starts)))
+                if fixed != start:
+                    fixes.append(f"{where_k}{note}: {start} -> {fixed}")
+                texts.append(answer)
+                starts.append(fixed)
+            records.append(QARecord(id=qid, question=question, context=context, title=title, article=a,
+                                    paragraph=p, answers=tuple(texts), answer_starts=tuple(starts)))
     if not records:
         raise RagtuneError(
-            f"{source}: holds no questions ({len(articles)} articles, {n_paragraphs} paragraphs, "
+            f"{source}: holds no questions ({len(obj['data'])} articles, {n_paragraphs} paragraphs, "
             "every qas list empty); a SQuAD file needs data[].paragraphs[].qas[] entries"
         )
     if fixes:

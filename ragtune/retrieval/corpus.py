@@ -17,9 +17,9 @@ Formats (picked from the extension; a folder contributes every file with one of 
   columns ``subject``, ``relation``, ``object`` (and no ``text``), each triple becoming the passage
   ``"subject relation object."`` (underscores in the relation become spaces: ``capital_of`` →
   ``capital of``). Column names are matched case-insensitively.
-* ``.json``: SQuAD format (``{"data": [{"title", "paragraphs": [{"context", ...}]}]}``); every
-  paragraph ``context`` is a document with id ``"{title}#p{index}"`` (index within the article,
-  from 0) and the article title as its title.
+* ``.json``: SQuAD format (``{"data": [{"title", "paragraphs": [{"context", ...}]}]}``, read by
+  :func:`ragtune.data.squad.iter_squad`); every paragraph ``context`` is a document with id
+  ``"{title}#p{index}"`` (index within the article, from 0) and the article title as its title.
 * ``.pdf``: one document per file: the text of all pages (pypdf), joined by blank lines.
 
 Every document keeps its ``source`` (the file path) and its text exactly as read, so
@@ -54,6 +54,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragtune.data.squad import iter_squad
 from ragtune.errors import RagtuneError
 
 #: Extension → reader name. A folder given as a corpus path contributes the files with these extensions.
@@ -327,40 +328,6 @@ def _read_delimited(path: Path, sep: str) -> Iterator[Document]:
     )
 
 
-def iter_squad(path: str | Path) -> Iterator[tuple[str, int, str, list]]:
-    """``(title, paragraph index, context, qas)`` for every paragraph of a SQuAD-format JSON file.
-
-    The structure is checked and every problem names the file, the article and the paragraph. Used
-    for corpus files and for the questions of :func:`ragtune.retrieval.evaluation.evaluate_retrieval`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise RagtuneError(f"SQuAD file not found: {path}")
-    try:
-        obj = json.loads(_read_utf8(path))
-    except json.JSONDecodeError as exc:
-        raise RagtuneError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
-        raise RagtuneError(
-            f"{path}: a .json corpus/questions file must be in SQuAD format: "
-            '{"data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [...]}]}]}; '
-            "for one document per line use .jsonl"
-        )
-    for a_index, article in enumerate(obj["data"]):
-        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
-            raise RagtuneError(f"{path}: data[{a_index}] is not a SQuAD article "
-                               "(an object with 'title' and 'paragraphs')")
-        title = str(article.get("title") or f"article{a_index}")
-        for p_index, paragraph in enumerate(article["paragraphs"]):
-            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str):
-                raise RagtuneError(f"{path}: article '{title}' (data[{a_index}]) paragraph {p_index} has no "
-                                   "'context' string")
-            qas = paragraph.get("qas") or []
-            if not isinstance(qas, list):
-                raise RagtuneError(f"{path}: article '{title}' paragraph {p_index}: 'qas' must be a list")
-            yield title, p_index, paragraph["context"], qas
-
-
 def _read_pdf(path: Path) -> str:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
@@ -595,7 +562,7 @@ def open_passages(path: Path, in_memory_bytes: int | None = None) -> Sequence[di
 
 __all__ = [
     "CORPUS_EXTENSIONS", "TOKEN_PATTERN", "Document", "Passage", "PassageResult", "list_corpus_files",
-    "read_documents", "iter_squad", "chunk_text", "check_chunking", "make_passages", "PassageMaker",
+    "read_documents", "chunk_text", "check_chunking", "make_passages", "PassageMaker",
     "search_text",
     "text_sha1", "write_passages", "read_passages", "passage_from_dict", "PassageTable", "open_passages",
 ]

@@ -31,9 +31,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from ragtune.data.squad import iter_squad
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.retrieval_metrics import retrieval_metrics
-from ragtune.retrieval.corpus import iter_squad, text_sha1
+from ragtune.retrieval.corpus import text_sha1
 from ragtune.retrieval.index import Index
 
 log = logging.getLogger("ragtune")

@@ -1,4 +1,5 @@
-"""What a study leaves in its folder, and the one look at the test split.
+"""What a study leaves in its folder and the one look at the test split; also the study's objective,
+its trial counts and :class:`TuneResult` (``study.py`` imports them from here, never the reverse).
 
 ``OUT/`` after ``ragtune tune``:
 
@@ -19,10 +20,13 @@ import json
 import logging
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ragtune.config import RunConfig, config_from_dict, to_yaml
 from ragtune.errors import RagtuneError
+from ragtune.evaluate.metrics import metric_direction
 from ragtune.tune.space import Param
 
 log = logging.getLogger("ragtune.tune")
@@ -31,6 +35,36 @@ PICTURES = {"history.png": "plot_optimization_history", "importance.png": "plot_
             "intermediate.png": "plot_intermediate_values"}
 #: Trials up to which intermediate.png keeps its legend (one entry per trial).
 MAX_LEGEND = 12
+
+
+@dataclass
+class TuneResult:
+    out_dir: Path
+    study_name: str
+    metric: str
+    direction: str
+    counts: dict[str, int]
+    best_trial: int
+    best_value: float
+    best_params: dict[str, Any]
+    test_metrics: dict = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+
+def objective_of(cfg: RunConfig) -> tuple[str, str]:
+    """``(metric, "maximize"|"minimize")`` the study optimises (``tune.metric``/``tune.direction`` or the run's own)."""
+    metric = cfg.tune.metric or cfg.selection_metric
+    direction = cfg.tune.direction or ("maximize" if metric_direction(metric) == "max" else "minimize")
+    return metric, direction
+
+
+def counts_of(study) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {name: states.count(state) for name, state in (
+        ("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL),
+        ("running", TrialState.RUNNING), ("waiting", TrialState.WAITING))}
 
 
 def _pictures(study, out_dir: Path) -> dict[str, str]:
@@ -106,8 +140,6 @@ def _fmt(value) -> str:
 def write_results(study, cfg: RunConfig, params: list[Param], out_dir: Path, wall_seconds: float):
     """Write ``best.yaml``, ``trials.csv``, pictures, ``best_test.json``, ``summary.json`` and ``report.md``."""
     from optuna.trial import TrialState
-
-    from ragtune.tune.study import TuneResult, counts_of, objective_of
 
     metric, direction = objective_of(cfg)
     counts = counts_of(study)

@@ -28,13 +28,11 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ragtune.config import RunConfig, config_from_dict, flatten
 from ragtune.errors import RagtuneError
-from ragtune.evaluate.metrics import metric_direction
+from ragtune.tune.results import TuneResult, counts_of, objective_of, write_results
 from ragtune.tune.space import Param, parse_space, suggest, trial_tree
 
 log = logging.getLogger("ragtune.tune")
@@ -45,27 +43,6 @@ HEARTBEAT_S = 30
 GRACE_PERIOD_S = 90
 # Keys a resumed study may change; any other difference from the study's config is an error.
 RESUMABLE_CHANGES = ("tune.trials", "tune.timeout_s", "train.threads", "name")
-
-
-@dataclass
-class TuneResult:
-    out_dir: Path
-    study_name: str
-    metric: str
-    direction: str
-    counts: dict[str, int]
-    best_trial: int
-    best_value: float
-    best_params: dict[str, Any]
-    test_metrics: dict = field(default_factory=dict)
-    wall_seconds: float = 0.0
-
-
-def objective_of(cfg: RunConfig) -> tuple[str, str]:
-    """``(metric, "maximize"|"minimize")`` the study optimises (``tune.metric``/``tune.direction`` or the run's own)."""
-    metric = cfg.tune.metric or cfg.selection_metric
-    direction = cfg.tune.direction or ("maximize" if metric_direction(metric) == "max" else "minimize")
-    return metric, direction
 
 
 def storage_url(out_dir: Path, storage: str | None) -> str:
@@ -166,15 +143,6 @@ def open_study(cfg: RunConfig, out_dir: Path, storage: str | None, study_name: s
         else:
             study.enqueue_trial(start, user_attrs={"start": "the config's own values"})
     return study
-
-
-def counts_of(study) -> dict[str, int]:
-    from optuna.trial import TrialState
-
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return {name: states.count(state) for name, state in (
-        ("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL),
-        ("running", TrialState.RUNNING), ("waiting", TrialState.WAITING))}
 
 
 def shared_tokenizer(cfg: RunConfig, params: list[Param], out_dir: Path, create: bool = True) -> Path | None:
@@ -350,8 +318,6 @@ def tune(cfg: RunConfig, out_dir: str | Path, *, config_path: str | Path | None 
     ``train.threads`` is set. A ``worker`` only runs trials; the process that started it writes the results.
     """
     import optuna
-
-    from ragtune.tune.results import write_results
 
     started = time.perf_counter()
     out_dir = Path(out_dir)

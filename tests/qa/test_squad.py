@@ -1,4 +1,5 @@
-"""Reading SQuAD-v1.1-format files (ragtune.data.squad): records, every error case, the article split."""
+"""Reading SQuAD-v1.1-format files (ragtune.data.squad): records, every error case, the article split,
+and iter_squad (paragraphs, questions unchecked) with the same structure messages."""
 
 import copy
 import json
@@ -6,7 +7,7 @@ import logging
 
 import pytest
 
-from ragtune.data.squad import QARecord, answers_by_id, parse_squad, read_squad, split_by_article
+from ragtune.data.squad import QARecord, answers_by_id, iter_squad, parse_squad, read_squad, split_by_article
 from ragtune.errors import RagtuneError
 
 CONTEXT = "Super Bowl 50 was an American football game. The Denver Broncos defeated the Carolina Panthers."
@@ -221,3 +222,20 @@ def test_parse_squad_does_not_change_its_input():
     before = copy.deepcopy(obj)
     parse_squad(obj)
     assert obj == before
+
+
+def test_iter_squad_yields_paragraphs_and_leaves_the_questions_unchecked(tmp_path):
+    obj = {"data": [{"paragraphs": [{"context": "no questions"}, {"context": "", "qas": [{"question": "no id"}]}]},
+                    {"title": "T", "paragraphs": [{"context": "c", "qas": None}]}]}
+    assert list(iter_squad(_write(tmp_path, obj))) == [
+        ("article0", 0, "no questions", []), ("article0", 1, "", [{"question": "no id"}]), ("T", 0, "c", [])]
+    obj["data"][1]["paragraphs"][0]["qas"] = "text"
+    with pytest.raises(RagtuneError, match=r"squad.json: data\[1\].paragraphs\[0\].qas: must be a list"):
+        list(iter_squad(_write(tmp_path, obj)))
+    for reader in (iter_squad, read_squad):  # one set of messages for the file and its structure
+        with pytest.raises(RagtuneError, match=r"squad.json: the top level: missing key 'data' .*; a SQuAD format file is"):
+            list(reader(_write(tmp_path, {"rows": []})))
+        with pytest.raises(RagtuneError, match=r"squad.json: data\[0\]: missing key 'paragraphs'"):
+            list(reader(_write(tmp_path, {"data": [{"title": "x"}]})))
+        with pytest.raises(RagtuneError, match="SQuAD file not found"):
+            list(reader(tmp_path / "missing.json"))
