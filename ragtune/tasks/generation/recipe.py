@@ -161,22 +161,20 @@ def run(
 
 def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
     """The finished run on the test examples of ``cfg`` (see :func:`ragtune.tasks.evaluate_test_split`)."""
-    test = prepare_examples(cfg).test
-    metrics = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
-        test.prompt.tolist(), test.response.tolist())
-    metrics.pop("examples", None)
-    return metrics
+    return _score(cfg, run_dir, prepare_examples(cfg).test)
 
 
 def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
     """``ragtune eval RUN --data FILE``: a file read like the run's training data (prompt/response columns, ...)."""
     if target:
         raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: generation run")
-    examples = read_examples(cfg, path)
-    metrics = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
-        examples.prompt.tolist(), examples.response.tolist())
-    metrics.pop("examples", None)
-    return metrics
+    return _score(cfg, run_dir, read_examples(cfg, path))
+
+
+def _score(cfg: RunConfig, run_dir: Path, df: pd.DataFrame) -> dict:
+    """The finished run's metrics on the examples of ``df`` (without the decoded examples)."""
+    predictor = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    return {k: v for k, v in predictor.evaluate(df.prompt.tolist(), df.response.tolist()).items() if k != "examples"}
 
 
 def train_tokenizer_for(cfg: RunConfig, path: Path, demo_dir=None) -> Path:

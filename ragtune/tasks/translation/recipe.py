@@ -175,22 +175,20 @@ def run(
 
 def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
     """The finished run on the test pairs of ``cfg`` (see :func:`ragtune.tasks.evaluate_test_split`)."""
-    test = prepare_pairs(cfg).test
-    metrics = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
-        test.source.tolist(), test.target.tolist())
-    metrics.pop("examples", None)
-    return metrics
+    return _score(cfg, run_dir, prepare_pairs(cfg).test)
 
 
 def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
     """``ragtune eval RUN --data FILE [--target FILE]``: a table with the run's source/target columns, or
     two line-aligned files."""
     spec = {"source": path, "target": target} if target else path
-    pairs = read_pairs(spec, cfg.data.source_column, cfg.data.target_column, fmt=cfg.data.format)
-    metrics = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(
-        pairs.source.tolist(), pairs.target.tolist())
-    metrics.pop("examples", None)
-    return metrics
+    return _score(cfg, run_dir, read_pairs(spec, cfg.data.source_column, cfg.data.target_column, fmt=cfg.data.format))
+
+
+def _score(cfg: RunConfig, run_dir: Path, df: pd.DataFrame) -> dict:
+    """The finished run's metrics on the pairs of ``df`` (without the decoded examples)."""
+    predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    return {k: v for k, v in predictor.evaluate(df.source.tolist(), df.target.tolist()).items() if k != "examples"}
 
 
 def train_tokenizer_for(cfg: RunConfig, path: Path, demo_dir=None) -> Path:
