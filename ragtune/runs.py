@@ -39,6 +39,7 @@ from ragtune.models.hf_text import HF_DIR, save_hf_text_model
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import load_weights, save_weights, sha256_file
 from ragtune.train.loop import TrainResult, train_model
+from ragtune.train.optim import optimizer_and_scheduler
 
 log = logging.getLogger("ragtune")
 
@@ -175,7 +176,7 @@ def load_run_model(run_dir: Path, meta: dict, build):
     return tokenizer, model
 
 
-def train_text_model(cfg, task: str, model, stream: BatchStream, batch_loss, score_validation,
+def train_text_model(cfg, model, stream: BatchStream, batch_loss, score_validation,
                      run_dir: Path, *, resume: bool, on_epoch_end, progress: bool) -> TrainResult:
     """The foundation's loop (:func:`ragtune.train.loop.train_model`) for a translation or generation
     model: each epoch ``score_validation(max_decode_rows=, seed=, strategy="greedy")``; the best
@@ -186,8 +187,9 @@ def train_text_model(cfg, task: str, model, stream: BatchStream, batch_loss, sco
         return metrics
 
     result = train_model(
-        model, stream, task=task, cfg=cfg.train, selection_metric=cfg.selection_metric, evaluate=evaluate,
-        out_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress, batch_loss=batch_loss,
+        model, stream, batch_loss, *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass), cfg=cfg.train,
+        selection_metric=cfg.selection_metric, evaluate=evaluate, out_dir=run_dir, resume=resume,
+        on_epoch_end=on_epoch_end, progress=progress,
     )
     restore_best(model, cfg.train, result, run_dir)
     model.eval()

@@ -57,6 +57,7 @@ class Task:
     predictor: str  # the predictor class in predictor.py
     endpoint: str  # what `ragtune serve` answers on for a run of this task
     engines: tuple[str, ...] = ("torch",)  # "onnx": `ragtune export` folders (and `ragtune explain`)
+    data_parallel: bool = False  # trains under torchrun on several processes (ragtune/train/distributed.py)
 
     def recipe(self) -> ModuleType:
         return importlib.import_module(f"ragtune.tasks.{self.folder}.recipe")
@@ -75,8 +76,8 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "classification": Task("classification", "classification", "Predictor", "/v1/predict", ("torch", "onnx")),
-    "regression": Task("regression", "classification", "Predictor", "/v1/predict", ("torch", "onnx")),
+    "classification": Task("classification", "classification", "Predictor", "/v1/predict", ("torch", "onnx"), True),
+    "regression": Task("regression", "classification", "Predictor", "/v1/predict", ("torch", "onnx"), True),
     "qa": Task("qa", "qa", "QAPredictor", "/v1/answer"),
     "translation": Task("translation", "translation", "Seq2SeqPredictor", "/v1/translate"),
     "generation": Task("generation", "generation", "GenerationPredictor", "/v1/generate"),
@@ -116,7 +117,11 @@ def run(
     skips a classification run's data report, plots and ``report.md``.
     """
     from ragtune import runs  # torch: imported when a run starts, not by `ragtune validate`
+    from ragtune.train import distributed
 
+    if (world_size := distributed.info().world_size) > 1 and not task_of(cfg.task).data_parallel:
+        raise RagtuneError(f"distributed training (torchrun, {world_size} processes) supports tasks "
+                           f"classification and regression; task {cfg.task!r} trains in one process")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:

@@ -21,7 +21,7 @@ there). Then:
   and data give the same numbers) and only rank 0 writes the run directory (the other ranks work
   in a temporary folder that is removed at the end).
 
-Limits: tasks classification and regression (the default batch loss); ``--resume`` needs the run
+Limits: tasks classification and regression (``Task.data_parallel`` in ragtune/tasks); ``--resume`` needs the run
 directory on a file system every node sees.
 """
 

@@ -9,7 +9,7 @@
 
 Schedules (``torch.optim.lr_scheduler.LambdaLR``): a linear warmup over ``warmup_steps`` optimizer
 steps from 0 to the peak ``lr``, then ``constant``, ``linear`` decay to 0 at ``total_steps``, or
-``cosine`` decay to 0 at ``total_steps``.
+``cosine`` decay to 0 at ``total_steps``. :func:`optimizer_and_scheduler` builds both from ``train:``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from ragtune.errors import RagtuneError
+
+from ragtune.config import TrainConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -114,3 +116,24 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, schedule, warmup_steps, total_steps)
     )
+
+
+def steps_per_epoch(cfg: TrainConfig, batches_per_pass: int) -> int:
+    """Optimizer steps per epoch: ``train.steps_per_epoch``, else one pass over the stream's batches."""
+    return cfg.steps_per_epoch or max(1, batches_per_pass // cfg.grad_accum_steps)
+
+
+def optimizer_and_scheduler(model: nn.Module, cfg: TrainConfig, batches_per_pass: int,
+                            layer_groups: list[list[nn.Parameter]] | None = None):
+    """``(optimizer, scheduler)`` of ``cfg`` for ``model`` over ``epochs ×`` :func:`steps_per_epoch` steps.
+    ``layer_groups`` are the model's parameters from the bottom up (embeddings, layers, head; see
+    ``ragtune.models.hf.layer_ordered_parameters``); ``cfg.layer_lr_decay`` needs them."""
+    param_scales = None
+    if cfg.layer_lr_decay is not None:
+        if layer_groups is None:
+            raise RagtuneError(f"train.layer_lr_decay: {cfg.layer_lr_decay} needs a model with encoder layers "
+                               "(model.backbone: hf)")
+        param_scales = layer_decay_scales(layer_groups, cfg.layer_lr_decay)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, param_scales)
+    total_steps = steps_per_epoch(cfg, batches_per_pass) * cfg.epochs
+    return optimizer, build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)

@@ -165,7 +165,9 @@ def _stream(n=32, batch_size=8):
 def test_hf_freezing_keeps_frozen_weights_and_trains_the_rest():
     from ragtune.config import TrainConfig
     from ragtune.models.hf import HFSequenceModel, freeze
+    from ragtune.tasks.classification.recipe import sequence_batch_loss
     from ragtune.train.loop import train_model
+    from ragtune.train.optim import optimizer_and_scheduler
 
     hf = make_bert(dropout=0.1)
     freeze(hf, embeddings=True, layers=1)
@@ -175,8 +177,10 @@ def test_hf_freezing_keeps_frozen_weights_and_trains_the_rest():
     assert frozen and all(".embeddings." in n or ".encoder.layer.0." in n for n in frozen)
     assert any(".embeddings." in n for n in frozen) and not any(".encoder.layer.1." in n for n in frozen)
     cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-2, steps_per_epoch=3)
-    train_model(model, _stream(), task="classification", cfg=cfg, evaluate=lambda: {"accuracy": 0.0},
-                selection_metric="accuracy", progress=False)
+    stream = _stream()
+    train_model(model, stream, sequence_batch_loss(model, stream, "classification", cfg),
+                *optimizer_and_scheduler(model, cfg, stream.batches_per_pass), cfg=cfg,
+                evaluate=lambda: {"accuracy": 0.0}, selection_metric="accuracy", progress=False)
     for name, p in model.named_parameters():
         if name in frozen:
             assert torch.equal(p, before[name]), name
@@ -220,7 +224,7 @@ def test_hf_layer_lr_decay_groups():
 
 def test_hf_gradient_checkpointing_gives_the_same_loss_and_gradients():
     from ragtune.models.hf import HFSequenceModel, enable_gradient_checkpointing, is_gradient_checkpointing
-    from ragtune.train.loop import compute_loss
+    from ragtune.tasks.classification.predictor import compute_loss
 
     ids, mask, targets = _stream().batch(0)
     results = []

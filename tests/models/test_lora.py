@@ -34,8 +34,10 @@ def test_lora_trains_only_adapters_and_head():
     from ragtune.config import TrainConfig
     from ragtune.data.tokenizer import encode
     from ragtune.models.hf import HFSequenceModel, apply_lora
+    from ragtune.tasks.classification.recipe import sequence_batch_loss
     from ragtune.train.batches import BatchStream
     from ragtune.train.loop import train_model
+    from ragtune.train.optim import optimizer_and_scheduler
 
     model = HFSequenceModel(apply_lora(make_bert(), "classification", r=4, alpha=8, dropout=0.0, target_modules=None),
                             "classification")
@@ -49,8 +51,9 @@ def test_lora_trains_only_adapters_and_head():
     rows = make_rows(32)
     ids = encode(make_tokenizer().backend_tokenizer, rows.text.tolist(), 16)
     targets = torch.tensor([list(WORDS).index(label) for label in rows.label])
-    train_model(model, BatchStream(ids, targets, 8, seed=0), task="classification",
-                cfg=TrainConfig(epochs=1, batch_size=8, lr=1e-2, steps_per_epoch=3),
+    stream, cfg = BatchStream(ids, targets, 8, seed=0), TrainConfig(epochs=1, batch_size=8, lr=1e-2, steps_per_epoch=3)
+    train_model(model, stream, sequence_batch_loss(model, stream, "classification", cfg),
+                *optimizer_and_scheduler(model, cfg, stream.batches_per_pass), cfg=cfg,
                 evaluate=lambda: {"accuracy": 0.0}, selection_metric="accuracy", progress=False)
     for name, p in model.named_parameters():
         if name not in trainable:

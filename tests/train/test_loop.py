@@ -11,8 +11,9 @@ from ragtune.errors import RagtuneError
 from ragtune.models.transformer import TransformerConfig, build_transformer
 from ragtune.train.batches import BatchStream, pad_batch
 from ragtune.train.checkpoint import load_checkpoint
-from ragtune.train.loop import train_model
-from ragtune.train.optim import lr_factor
+from ragtune.tasks.classification.recipe import sequence_batch_loss
+from ragtune.train.loop import TrainState, train_model
+from ragtune.train.optim import lr_factor, optimizer_and_scheduler
 
 
 def _toy_data(n=64, seed=0):
@@ -34,6 +35,12 @@ def _model(task="classification", seed=0):
     cfg = TransformerConfig(vocab_size=32, max_length=16, d_model=32, heads=2, head_dim=16, layers=1, ffn_dim=64,
                             dropout=0.1, num_outputs=2 if task == "classification" else 1)
     return build_transformer(cfg, task)
+
+
+def _train(model, stream, task, *, cfg, **kw):
+    """train_model with the classification recipe's batch loss and the optimizer and schedule of ``cfg``."""
+    return train_model(model, stream, sequence_batch_loss(model, stream, task, cfg),
+                       *optimizer_and_scheduler(model, cfg, stream.batches_per_pass), cfg=cfg, **kw)
 
 
 def _evaluator(model, seqs, labels):
@@ -69,7 +76,7 @@ def test_loss_goes_down_and_model_learns(tmp_path):
     seqs, labels = _toy_data()
     model = _model()
     cfg = TrainConfig(optimizer="adamw", lr=3e-3, epochs=6, batch_size=8, seed=0, log_every_steps=1)
-    result = train_model(model, BatchStream(seqs, labels, 8, seed=0), task="classification", cfg=cfg,
+    result = _train(model, BatchStream(seqs, labels, 8, seed=0), "classification", cfg=cfg,
                          evaluate=_evaluator(model, seqs, labels), selection_metric="accuracy",
                          out_dir=tmp_path, progress=False)
     losses = [h["train_loss"] for h in result.history]
@@ -89,7 +96,7 @@ def test_steps_per_epoch_and_grad_accumulation_count_batches(tmp_path):
     seen = []
     original = stream.batch
     stream.batch = lambda k: (seen.append(k), original(k))[1]
-    result = train_model(model, stream, task="classification", cfg=cfg, evaluate=_evaluator(model, seqs, labels),
+    result = _train(model, stream, "classification", cfg=cfg, evaluate=_evaluator(model, seqs, labels),
                          selection_metric="accuracy", progress=False)
     assert result.optimizer_steps == 14
     assert seen == list(range(28))  # one continuous stream across epochs: 14 steps x 2 batches
@@ -107,7 +114,7 @@ def test_regression_loss_goes_down():
             return {"mse": torch.nn.functional.mse_loss(model(ids, mask), targets).item()}
 
     before = evaluate()["mse"]
-    result = train_model(model, BatchStream(seqs, targets, 8, seed=0), task="regression", cfg=cfg,
+    result = _train(model, BatchStream(seqs, targets, 8, seed=0), "regression", cfg=cfg,
                          evaluate=evaluate, selection_metric="mse", progress=False)
     assert result.history[-1]["validation_mse"] < 0.5 * before
 
@@ -117,11 +124,11 @@ def test_early_stopping_and_epoch_hook():
     model = _model()
     calls = []
     cfg = TrainConfig(epochs=10, batch_size=8, early_stopping_patience=2, lr=1e-9, optimizer="sgd")
-    result = train_model(model, BatchStream(seqs, labels, 8, seed=0), task="classification", cfg=cfg,
+    result = _train(model, BatchStream(seqs, labels, 8, seed=0), "classification", cfg=cfg,
                          evaluate=lambda: {"accuracy": 0.5, "loss": 1.0}, selection_metric="accuracy",
                          on_epoch_end=lambda epoch, m: calls.append(epoch) or False, progress=False)
     assert result.stopped_early and len(result.history) == 3 and calls == [1, 2, 3]
-    result = train_model(_model(), BatchStream(seqs, labels, 8, seed=0), task="classification",
+    result = _train(_model(), BatchStream(seqs, labels, 8, seed=0), "classification",
                          cfg=TrainConfig(epochs=10, batch_size=8), evaluate=lambda: {"accuracy": 0.5},
                          selection_metric="accuracy", on_epoch_end=lambda epoch, m: epoch == 2, progress=False)
     assert result.stopped_early and len(result.history) == 2
@@ -131,13 +138,13 @@ def test_a_tie_on_the_metric_goes_to_the_lower_validation_loss():
     seqs, labels = _toy_data(16)
     scores = iter([{"accuracy": 0.5, "loss": 1.0}, {"accuracy": 0.75, "loss": 0.9}, {"accuracy": 0.75, "loss": 0.6},
                    {"accuracy": 0.75, "loss": 0.7}, {"accuracy": 0.5, "loss": 0.1}])
-    result = train_model(_model(), BatchStream(seqs, labels, 8, seed=0), task="classification",
+    result = _train(_model(), BatchStream(seqs, labels, 8, seed=0), "classification",
                          cfg=TrainConfig(epochs=5, batch_size=8), evaluate=lambda: next(scores),
                          selection_metric="accuracy", progress=False)
     assert (result.best_epoch, result.best_metric, result.best_loss) == (3, 0.75, 0.6)
     # selecting on the loss itself: no tie-break needed, the lowest loss wins
     scores = iter([{"accuracy": 0.5, "loss": 1.0}, {"accuracy": 0.75, "loss": 0.4}, {"accuracy": 0.9, "loss": 0.4}])
-    result = train_model(_model(), BatchStream(seqs, labels, 8, seed=0), task="classification",
+    result = _train(_model(), BatchStream(seqs, labels, 8, seed=0), "classification",
                          cfg=TrainConfig(epochs=3, batch_size=8), evaluate=lambda: next(scores),
                          selection_metric="loss", progress=False)
     assert result.best_epoch == 2
@@ -158,7 +165,7 @@ def test_divergence_names_the_step():
     with torch.no_grad():
         model.encoder.token_embedding.weight.fill_(float("nan")) if hasattr(model, "encoder") and hasattr(model.encoder, "token_embedding") else next(model.parameters()).fill_(float("nan"))
     with pytest.raises(RagtuneError, match=r"loss is nan at epoch 1, step 1"):
-        train_model(model, BatchStream(seqs, labels, 8, seed=0), task="classification",
+        _train(model, BatchStream(seqs, labels, 8, seed=0), "classification",
                     cfg=TrainConfig(epochs=1, batch_size=8), evaluate=lambda: {"accuracy": 0.0},
                     selection_metric="accuracy", progress=False)
 
@@ -171,7 +178,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     def go(out, evaluate_factory, resume=False):
         torch.manual_seed(0)
         model = _model(seed=0)
-        result = train_model(model, BatchStream(seqs, labels, 8, seed=3), task="classification", cfg=cfg,
+        result = _train(model, BatchStream(seqs, labels, 8, seed=3), "classification", cfg=cfg,
                              evaluate=evaluate_factory(model), selection_metric="accuracy", out_dir=out,
                              resume=resume, progress=False)
         return model, result
@@ -202,10 +209,24 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     assert [round(h["train_loss"], 10) for h in res_result.history] == [round(h["train_loss"], 10) for h in ref_result.history]
 
 
+def test_train_state_keeps_the_checkpoint_keys_of_earlier_releases():
+    state = TrainState(epoch=2, bad_epochs=1, history=[{"epoch": 1}], best_loss=0.5, tokens=7)
+    saved = state.state_dict()
+    assert set(saved) == {"epoch", "step_in_epoch", "batch_index", "epoch_loss_sum", "epoch_loss_count", "bad_epochs",
+                          "history_json", "best_epoch", "best_metric", "best_loss", "optimizer_steps", "tokens"}
+    again = TrainState()
+    again.load_state_dict(saved)
+    assert again == state
+    older = {k: v for k, v in saved.items() if k != "best_loss"}  # written before best_loss existed
+    again = TrainState()
+    again.load_state_dict(older)
+    assert again.best_loss is None and again.history == [{"epoch": 1}]
+
+
 def test_corrupted_checkpoint_is_detected(tmp_path):
     seqs, labels = _toy_data(16)
     model = _model()
-    train_model(model, BatchStream(seqs, labels, 8, seed=0), task="classification",
+    _train(model, BatchStream(seqs, labels, 8, seed=0), "classification",
                 cfg=TrainConfig(epochs=1, batch_size=8), evaluate=lambda: {"accuracy": 0.5},
                 selection_metric="accuracy", out_dir=tmp_path, progress=False)
     weights = tmp_path / "checkpoints" / "last" / "model.safetensors"
@@ -265,12 +286,12 @@ def test_layer_lr_decay_groups_and_schedule():
     assert [g["lr"] for g in sgd.param_groups] == [0.025, 0.05, 0.1, 0.1]
     with pytest.raises(ValueError, match="leaves out"):
         build_optimizer(layers, "adamw", 0.1, param_scales=scales[:2])
-    # train_model refuses layer_lr_decay for a model that gives no layer groups (the scratch backbone)
+    # the optimizer refuses layer_lr_decay for a model that gives no layer groups (the scratch backbone)
     seqs, labels = _toy_data(8)
     model = _model()
     cfg = TrainConfig(epochs=1, batch_size=4, layer_lr_decay=0.9)
     with pytest.raises(RagtuneError, match="train.layer_lr_decay: 0.9 needs a model with encoder layers"):
-        train_model(model, BatchStream(seqs, labels, 4, 0), task="classification", cfg=cfg,
+        _train(model, BatchStream(seqs, labels, 4, 0), "classification", cfg=cfg,
                     evaluate=_evaluator(model, seqs, labels), selection_metric="accuracy", progress=False)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer
 from ragtune.errors import RagtuneError
@@ -35,7 +36,6 @@ from ragtune.evaluate.metrics import classification_metrics, regression_metrics
 from ragtune.models.transformer import TransformerConfig, build_transformer
 from ragtune.train.batches import pad_batch
 from ragtune.train.checkpoint import load_weights
-from ragtune.train.loop import compute_loss
 
 MODEL_META = "model.json"
 ENGINES = ("torch", "onnx")
@@ -44,6 +44,15 @@ TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
 HF_MODEL_DIR = "hf_model"  # model.backbone: hf — the fine-tuned model in Hugging Face format
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # model.lora.save: adapter — hf_model/ holds the LoRA adapter
+
+
+def compute_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy for classification (``outputs`` are logits (B, C)), MSE for regression ((B,))."""
+    if task == "classification":
+        return F.cross_entropy(outputs.float(), targets, label_smoothing=label_smoothing)
+    if task == "regression":
+        return F.mse_loss(outputs.float(), targets.float())
+    raise RagtuneError(f"task: unknown task {task!r}; choose one of ['classification', 'regression']")
 
 
 def _load_retriever(run_dir: Path, meta: dict):

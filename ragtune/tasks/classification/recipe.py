@@ -37,7 +37,7 @@ import torch
 
 import ragtune
 from ragtune import runs
-from ragtune.config import RunConfig
+from ragtune.config import RunConfig, TrainConfig
 from ragtune.data.prepare import PreparedData, prepare_data
 from ragtune.data.report import data_report, data_report_markdown
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
@@ -46,11 +46,13 @@ from ragtune.evaluate import plots
 from ragtune.models.transformer import TransformerConfig, build_transformer
 from ragtune.tasks.classification.report import write_report
 from ragtune.retrieval.augment import neighbour_vote
-from ragtune.tasks.classification.predictor import HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor, pad_id
+from ragtune.tasks.classification.predictor import (HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor,
+                                                    compute_loss, pad_id)
 from ragtune.train import distributed
-from ragtune.train.batches import BatchStream
+from ragtune.train.batches import BatchStream, pad_batch
 from ragtune.train.checkpoint import save_weights
 from ragtune.train.loop import TrainResult, train_model
+from ragtune.train.optim import optimizer_and_scheduler
 
 log = logging.getLogger("ragtune")
 
@@ -105,9 +107,10 @@ def run(
                          pad_id=pad_id(meta), group_by_length=cfg.train.group_by_length)
     validation = (data.validation.text.tolist(), data.validation.label.tolist())
     train_result = train_model(
-        model, stream, task=cfg.task, cfg=cfg.train, selection_metric=cfg.selection_metric,
-        evaluate=lambda: predictor.evaluate(*validation), out_dir=run_dir, resume=resume,
-        on_epoch_end=on_epoch_end, progress=progress, layer_groups=_layer_groups(cfg, model),
+        model, stream, sequence_batch_loss(model, stream, cfg.task, cfg.train),
+        *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass, _layer_groups(cfg, model)),
+        cfg=cfg.train, selection_metric=cfg.selection_metric, evaluate=lambda: predictor.evaluate(*validation),
+        out_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress,
     )
     runs.restore_best(model, cfg.train, train_result, run_dir)
     if cfg.model.backbone == "hf":
@@ -363,6 +366,28 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
                      model.num_trainable_parameters(), model.num_parameters(non_embedding=False))
         return model
     return build_transformer(TransformerConfig(**meta["model_config"]), cfg.task)
+
+
+def sequence_batch_loss(model: torch.nn.Module, stream: BatchStream, task: str, cfg: TrainConfig):
+    """The loop's ``batch_loss(k)`` for ``task`` classification or regression: ``model(input_ids,
+    attention_mask)`` on ``stream.batch(k)`` with :func:`compute_loss`. Under torchrun, this rank's rows
+    ``rank, rank + W, ...`` of global batch ``k``, through DistributedDataParallel (ragtune/train/distributed.py)."""
+    world = distributed.info()
+    forward = torch.nn.parallel.DistributedDataParallel(model) if world.world_size > 1 else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    def batch_loss(k: int) -> tuple[torch.Tensor, int]:
+        if world.world_size > 1:
+            rows = distributed.shard(stream.indices(k), world.rank, world.world_size).tolist()
+            input_ids, attention_mask = pad_batch([stream.sequences[i] for i in rows], stream.pad_id)
+            targets = stream.targets[rows]
+        else:
+            input_ids, attention_mask, targets = stream.batch(k)
+        with autocast:
+            outputs = forward(input_ids, attention_mask)
+        return compute_loss(task, outputs, targets, cfg.label_smoothing), int(attention_mask.sum())
+
+    return batch_loss
 
 
 def _layer_groups(cfg: RunConfig, model: torch.nn.Module) -> list[list[torch.nn.Parameter]] | None:

@@ -145,7 +145,7 @@ def run(
         return loss, sum(len(ids) for ids, _ in batch)
 
     val = data.validation
-    result = runs.train_text_model(cfg, "generation", model, stream, batch_loss,
+    result = runs.train_text_model(cfg, model, stream, batch_loss,
                               lambda **kw: predictor.evaluate(val.prompt.tolist(), val.response.tolist(), **kw),
                               run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress)
     runs.save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)

@@ -34,6 +34,7 @@ from ragtune.retrieval.augment import INDEX_DIR, open_run_index
 from ragtune.tasks.qa.predictor import MODEL_META, PASSAGE_EMBEDDINGS, QUERY_ENCODER_DIR, READER_DIR, QAPredictor
 from ragtune.train.batches import BatchStream
 from ragtune.train.loop import TrainResult, train_model
+from ragtune.train.optim import optimizer_and_scheduler
 from ragtune.train.qa import make_reader_batch_loss, reader_inputs
 
 log = logging.getLogger("ragtune")
@@ -106,9 +107,10 @@ def run(
         batch_loss = make_reader_batch_loss(reader, tokenizer, inputs, stream.indices, cfg.model.max_length,
                                             cfg.model.doc_stride, autocast)
     result = train_model(
-        model, stream, task="qa", cfg=cfg.train, selection_metric=cfg.selection_metric,
-        evaluate=lambda: predictor.evaluate(data.validation, with_gold=False), out_dir=run_dir, resume=resume,
-        on_epoch_end=on_epoch_end, before_epoch=before_epoch, progress=progress, batch_loss=batch_loss,
+        model, stream, batch_loss, *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass),
+        cfg=cfg.train, selection_metric=cfg.selection_metric, out_dir=run_dir, resume=resume,
+        evaluate=lambda: predictor.evaluate(data.validation, with_gold=False),
+        on_epoch_end=on_epoch_end, before_epoch=before_epoch, progress=progress,
     )
     runs.restore_best(model, cfg.train, result, run_dir)
     if r.train_query_encoder and r.refresh_every_epochs:  # the passage side of the weights kept, not of the last refresh

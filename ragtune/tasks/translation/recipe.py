@@ -159,7 +159,7 @@ def run(
         return loss, int(mask.sum()) + int((labels != pad).sum())
 
     val = data.validation
-    result = runs.train_text_model(cfg, "translation", model, stream, batch_loss,
+    result = runs.train_text_model(cfg, model, stream, batch_loss,
                               lambda **kw: predictor.evaluate(val.source.tolist(), val.target.tolist(), **kw),
                               run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress)
     runs.save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)
