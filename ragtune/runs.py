@@ -24,6 +24,7 @@ import logging
 import platform
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,25 @@ TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
 
 BEST_WEIGHTS = Path("checkpoints") / "best" / "model.safetensors"  # written by ragtune.train.loop
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a recipe's ``run(cfg, run_dir, opts)`` runs (what :func:`ragtune.tasks.run` was asked).
+
+    ``resume``: continue from ``checkpoints/last/``; ``progress``: progress bars; ``on_epoch_end(epoch,
+    validation_metrics) -> bool``: called after each epoch, True stops (tuning's pruning);
+    ``evaluate_test`` false: leave the test split alone (a tuning trial); ``config_path``: the config
+    file, whose sha256 goes into ``inputs.json``; ``reports`` false: no data report, plots or
+    ``report.md`` of a classification run (the text and QA recipes always write theirs).
+    """
+
+    resume: bool = False
+    progress: bool = True
+    on_epoch_end: Callable[[int, dict], bool] | None = None
+    evaluate_test: bool = True
+    config_path: str | Path | None = None
+    reports: bool = True
 
 
 def set_up(cfg, run_dir: Path) -> None:

@@ -6,8 +6,7 @@ predict``, ``eval``, ``serve`` and the run's own evaluation share) and, where th
 ``data.py``. Every recipe offers the same entry points, by name (no base class: they return what
 their task needs)::
 
-    run(cfg, run_dir, *, resume, progress, on_epoch_end, evaluate_test, config_path, reports)
-        -> (metrics, train_result)
+    run(cfg, run_dir, opts: runs.RunOptions) -> (metrics, train_result)
     evaluate_test_split(cfg, run_dir) -> metrics          # a finished run on its test split
     evaluate_file(cfg, run_dir, path, target) -> metrics  # `ragtune eval RUN --data FILE`
     train_tokenizer_for(cfg, path, demo_dir) -> path      # `ragtune tune`'s shared tokenizer
@@ -127,9 +126,9 @@ def run(
     if resume:
         check_resumable(cfg, run_dir)
     runs.set_up(cfg, run_dir)
-    metrics, train_result = task_of(cfg.task).recipe().run(
-        cfg, run_dir, resume=resume, progress=progress, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test,
-        config_path=config_path, reports=reports)
+    opts = runs.RunOptions(resume=resume, progress=progress, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test,
+                           config_path=config_path, reports=reports)
+    metrics, train_result = task_of(cfg.task).recipe().run(cfg, run_dir, opts)
     return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,37 +59,28 @@ log = logging.getLogger("ragtune")
 # pretrained tokenizer (e.g. an English-only model on Chinese text).
 HF_UNK_WARN_RATE = 0.10
 
-def run(
-    cfg: RunConfig,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    on_epoch_end: Callable[[int, dict], bool] | None = None,
-    evaluate_test: bool = True,
-    config_path: str | Path | None = None,
-    reports: bool = True,
-) -> tuple[dict, TrainResult]:
+def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, TrainResult]:
     """Steps 1-4 of a classification or regression run into ``run_dir`` (set up by :func:`ragtune.tasks.run`).
     Returns ``(metrics, train_result)``.
 
-    ``evaluate_test=False`` leaves the test split alone (a tuning trial evaluates on validation only).
-    ``reports=False`` skips the data report, the plots and ``report.md`` (a tuning trial: the study
+    ``opts.evaluate_test`` false leaves the test split alone (a tuning trial evaluates on validation only);
+    ``opts.reports`` false skips the data report, the plots and ``report.md`` (a tuning trial: the study
     writes its own report); the model, ``model.json``, ``metrics.json``, ``history.json`` and the
     checkpoints are written as always.
     """
     started = time.perf_counter()
+
     # 1. data preparation
     data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
-    runs.write_inputs(cfg, run_dir, config_path, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
+    runs.write_inputs(cfg, run_dir, opts.config_path, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
     added_tokens = _added_tokens(cfg, data)
-    tokenizer = _tokenizer(cfg, data, run_dir, resume, added_tokens)
+    tokenizer = _tokenizer(cfg, data, run_dir, opts.resume, added_tokens)
     if distributed.info().world_size > 1:  # torchrun: every rank uses rank 0's tokenizer
         tokenizer = distributed.same_on_every_rank(tokenizer)
         save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
-    report = _data_report(cfg, data, tokenizer, run_dir) if reports else None
+    report = _data_report(cfg, data, tokenizer, run_dir) if opts.reports else None
 
-    retriever, meta_retrieval = _context_retriever(cfg, data, tokenizer, run_dir, progress)
+    retriever, meta_retrieval = _context_retriever(cfg, data, tokenizer, run_dir, opts.progress)
 
     # 2. model building
     torch.manual_seed(cfg.train.seed)
@@ -110,7 +100,7 @@ def run(
         model, stream, sequence_batch_loss(model, stream, cfg.task, cfg.train),
         *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass, _layer_groups(cfg, model)),
         cfg=cfg.train, selection_metric=cfg.selection_metric, evaluate=lambda: predictor.evaluate(*validation),
-        out_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress,
+        out_dir=run_dir, resume=opts.resume, on_epoch_end=opts.on_epoch_end, progress=opts.progress,
     )
     runs.restore_best(model, cfg.train, train_result, run_dir)
     if cfg.model.backbone == "hf":
@@ -123,15 +113,15 @@ def run(
     # the restored best epoch was evaluated on validation during training: the same weights, the same numbers
     restored = cfg.train.restore_best and train_result.best_epoch is not None and train_result.best_metrics is not None
     metrics = {"validation": train_result.best_metrics if restored else predictor.evaluate(*validation)}
-    if evaluate_test:
+    if opts.evaluate_test:
         metrics["test"] = predictor.evaluate(data.test.text.tolist(), data.test.label.tolist())
     if retriever is not None and cfg.retrieval.source == "train":
         metrics["retrieval"] = {split: neighbour_vote(retriever, df.text.tolist(), df.label.tolist())
                                 for split, df in (("validation", data.validation), ("test", data.test))
-                                if split == "validation" or evaluate_test}
+                                if split == "validation" or opts.evaluate_test}
     metrics["training"] = runs.training_summary(train_result)
     runs.write_json(run_dir / "metrics.json", metrics)
-    if reports:
+    if opts.reports:
         pictures = _pictures(cfg, metrics, train_result, run_dir, data.labels)
         write_report(run_dir, cfg, metrics, train_result, report, pictures, model_summary=_model_summary(model),
                      wall_seconds=time.perf_counter() - started)

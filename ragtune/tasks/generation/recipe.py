@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -67,21 +66,11 @@ def prepare_examples(cfg: RunConfig) -> PairData:
     return split_examples(cfg, lambda spec: read_examples(cfg, spec), str, ("prompt", "response"))
 
 
-def run(
-    cfg: RunConfig,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    on_epoch_end: Callable[[int, dict], bool] | None = None,
-    evaluate_test: bool = True,
-    config_path: str | Path | None = None,
-    reports: bool = True,
-) -> tuple[dict, TrainResult]:
+def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, TrainResult]:
     """Run the generation stages for ``cfg`` into ``run_dir`` (set up by :func:`ragtune.tasks.run`).
-    Returns ``(metrics, train_result)``; ``report.md`` is written whatever ``reports`` says."""
+    Returns ``(metrics, train_result)``; ``report.md`` is written whatever ``opts.reports`` says."""
     started = time.perf_counter()
-    runs.write_inputs(cfg, run_dir, config_path)
+    runs.write_inputs(cfg, run_dir, opts.config_path)
 
     # 1. data
     data = prepare_examples(cfg)
@@ -95,7 +84,7 @@ def run(
     if r.top_k:
         from ragtune.retrieval.augment import ContextRetriever, open_run_index
 
-        index, index_ref = open_run_index(r, run_dir, progress)
+        index, index_ref = open_run_index(r, run_dir, opts.progress)
         retriever = ContextRetriever(index, r.top_k, PASSAGE_SEPARATOR)
         retrieval_meta = {"index": index_ref, "top_k": r.top_k, "separator": PASSAGE_SEPARATOR}
         log.info("retrieval: top %d passages of %d (%s index)", r.top_k, len(index), index.kind)
@@ -111,7 +100,7 @@ def run(
     else:
         t = cfg.tokenizer
         given = data.train.prompt.tolist() if prompts else []
-        tokenizer = bpe_tokenizer(cfg, tok_path, resume, lambda: train_seq2seq_tokenizer(
+        tokenizer = bpe_tokenizer(cfg, tok_path, opts.resume, lambda: train_seq2seq_tokenizer(
             add_passages(given, retriever) + data.train.response.tolist(), vocab_size=t.vocab_size,
             min_frequency=t.min_frequency))
     if not tokenizer.joint:
@@ -147,12 +136,12 @@ def run(
     val = data.validation
     result = runs.train_text_model(cfg, model, stream, batch_loss,
                               lambda **kw: predictor.evaluate(val.prompt.tolist(), val.response.tolist(), **kw),
-                              run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress)
+                              run_dir, resume=opts.resume, on_epoch_end=opts.on_epoch_end, progress=opts.progress)
     runs.save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)
 
     # 6. evaluation with the configured decoding, and the report
     metrics, shown = runs.final_metrics(cfg, data, lambda df: predictor.evaluate(df.prompt.tolist(), df.response.tolist(),
-                                                                            progress=progress), result, evaluate_test)
+                                                                            progress=opts.progress), result, opts.evaluate_test)
     runs.write_json(run_dir / "metrics.json", metrics)
     _report(cfg, run_dir, data, metrics, shown, result, model, time.perf_counter() - started)
     runs.log_done(metrics, METRIC_KEYS)

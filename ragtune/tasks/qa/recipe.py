@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,25 +42,15 @@ QA_KEYS = ("exact_match", "f1", "reader_exact_match", "reader_f1", "recall@1", "
            "recall@20", "mrr@10", "ndcg@10", "n")
 
 
-def run(
-    cfg: RunConfig,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    on_epoch_end: Callable[[int, dict], bool] | None = None,
-    evaluate_test: bool = True,
-    config_path: str | Path | None = None,
-    reports: bool = True,
-) -> tuple[dict, TrainResult]:
+def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, TrainResult]:
     """Run the QA stages for ``cfg`` into ``run_dir`` (set up by :func:`ragtune.tasks.run`). Returns
-    ``(metrics, train_result)``; ``report.md`` is written whatever ``reports`` says."""
+    ``(metrics, train_result)``; ``report.md`` is written whatever ``opts.reports`` says."""
     from ragtune.models.hf import use_fast_cpu_kernels
     from ragtune.models.reader import load_reader
 
     started = time.perf_counter()
     r = cfg.retrieval
-    runs.write_inputs(cfg, run_dir, config_path)
+    runs.write_inputs(cfg, run_dir, opts.config_path)
 
     # 1. data
     data = prepare_qa_data(cfg)
@@ -69,7 +58,7 @@ def run(
     log.info("data: %s", ", ".join(f"{k} {v['questions']} questions" for k, v in data.info["splits"].items()))
 
     # 2. retriever
-    index, index_ref = open_run_index(r, run_dir, progress) if r.top_k else (None, None)
+    index, index_ref = open_run_index(r, run_dir, opts.progress) if r.top_k else (None, None)
     if index is not None and r.top_k > len(index):
         raise RagtuneError(f"retrieval.top_k: {r.top_k} is larger than the {len(index)} passages of the index {index.path}")
 
@@ -92,7 +81,7 @@ def run(
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     if r.train_query_encoder:
         model, batch_loss, before_epoch, stream = _rag_training(cfg, data, index, reader, tokenizer, predictor,
-                                                                autocast, meta, resume)
+                                                                autocast, meta, opts.resume)
     else:
         model, before_epoch = reader, None
         distractor_passages = None
@@ -108,9 +97,9 @@ def run(
                                             cfg.model.doc_stride, autocast)
     result = train_model(
         model, stream, batch_loss, *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass),
-        cfg=cfg.train, selection_metric=cfg.selection_metric, out_dir=run_dir, resume=resume,
+        cfg=cfg.train, selection_metric=cfg.selection_metric, out_dir=run_dir, resume=opts.resume,
         evaluate=lambda: predictor.evaluate(data.validation, with_gold=False),
-        on_epoch_end=on_epoch_end, before_epoch=before_epoch, progress=progress,
+        on_epoch_end=opts.on_epoch_end, before_epoch=before_epoch, progress=opts.progress,
     )
     runs.restore_best(model, cfg.train, result, run_dir)
     if r.train_query_encoder and r.refresh_every_epochs:  # the passage side of the weights kept, not of the last refresh
@@ -126,7 +115,7 @@ def run(
 
     # 5. evaluation and report
     metrics = {"validation": predictor.evaluate(data.validation)}
-    if evaluate_test:
+    if opts.evaluate_test:
         metrics["test"] = predictor.evaluate(data.test)
     metrics["training"] = runs.training_summary(result)
     runs.write_json(run_dir / "metrics.json", metrics)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -68,21 +67,11 @@ def prepare_pairs(cfg: RunConfig) -> PairData:
 MEMORY_FILE = "memory.jsonl"  # retrieval.top_k > 0: the training pairs of the translation memory
 
 
-def run(
-    cfg: RunConfig,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    on_epoch_end: Callable[[int, dict], bool] | None = None,
-    evaluate_test: bool = True,
-    config_path: str | Path | None = None,
-    reports: bool = True,
-) -> tuple[dict, TrainResult]:
+def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, TrainResult]:
     """Run the translation stages for ``cfg`` into ``run_dir`` (set up by :func:`ragtune.tasks.run`).
-    Returns ``(metrics, train_result)``; ``report.md`` is written whatever ``reports`` says."""
+    Returns ``(metrics, train_result)``; ``report.md`` is written whatever ``opts.reports`` says."""
     started = time.perf_counter()
-    runs.write_inputs(cfg, run_dir, config_path)
+    runs.write_inputs(cfg, run_dir, opts.config_path)
 
     # 1. data
     data = prepare_pairs(cfg)
@@ -100,7 +89,7 @@ def run(
         check_target_vocabulary(tokenizer, data.train.target.tolist(), m.name_or_path)
     else:
         t = cfg.tokenizer
-        tokenizer = bpe_tokenizer(cfg, tok_path, resume, lambda: train_seq2seq_tokenizer(
+        tokenizer = bpe_tokenizer(cfg, tok_path, opts.resume, lambda: train_seq2seq_tokenizer(
             data.train.source.tolist(), data.train.target.tolist(), vocab_size=t.vocab_size,
             min_frequency=t.min_frequency, joint=t.joint))
     if cfg.model.share_embeddings and not tokenizer.joint:
@@ -129,7 +118,7 @@ def run(
     if cfg.retrieval.top_k:  # a translation memory of the training pairs (ragtune/retrieval/memory.py)
         from ragtune.retrieval.memory import SEPARATOR, TranslationMemory
 
-        memory = TranslationMemory(train_sources, data.train.target.tolist(), progress=progress)
+        memory = TranslationMemory(train_sources, data.train.target.tolist(), progress=opts.progress)
         with open(run_dir / MEMORY_FILE, "w", encoding="utf-8") as f:
             for source, target in zip(memory.sources, memory.targets):
                 f.write(json.dumps({"source": source, "target": target}, ensure_ascii=False) + "\n")
@@ -161,12 +150,12 @@ def run(
     val = data.validation
     result = runs.train_text_model(cfg, model, stream, batch_loss,
                               lambda **kw: predictor.evaluate(val.source.tolist(), val.target.tolist(), **kw),
-                              run_dir, resume=resume, on_epoch_end=on_epoch_end, progress=progress)
+                              run_dir, resume=opts.resume, on_epoch_end=opts.on_epoch_end, progress=opts.progress)
     runs.save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)
 
     # 5. evaluation with the configured decoding, and the report
     metrics, examples = runs.final_metrics(cfg, data, lambda df: predictor.evaluate(df.source.tolist(), df.target.tolist(),
-                                                                               progress=progress), result, evaluate_test)
+                                                                               progress=opts.progress), result, opts.evaluate_test)
     runs.write_json(run_dir / "metrics.json", metrics)
     _report(cfg, run_dir, data, metrics, examples, result, model, time.perf_counter() - started)
     runs.log_done(metrics, METRIC_KEYS)
