@@ -322,42 +322,18 @@ def cmd_run(args) -> int:
     from ragtune.train import distributed
 
     rank = distributed.init_from_env()  # under torchrun: join the process group (ragtune/train/distributed.py)
-    if not rank.is_main:  # only rank 0 writes the run directory; the others work in a temporary folder
-        return _run_other_rank(cfg, args, run_dir, resume)
-    if not resume:
+    if rank.is_main and not resume:
         _prepare_run_dir(run_dir, args.overwrite)
     try:
         result = run(cfg, run_dir, resume=resume, progress=not args.quiet, config_path=args.config)
     finally:
         distributed.shutdown()
+    if not rank.is_main:  # the other ranks trained in a scratch folder; rank 0 reports
+        return 0
     summary = {split: m if split == "retrieval" else {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
                for split, m in result.metrics.items()}  # retrieval: the neighbours' own accuracy per split
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     print(f"run directory: {run_dir}\nreport: {run_dir / 'report.md'}")
-    return 0
-
-
-def _run_other_rank(cfg, args, run_dir: Path, resume: bool) -> int:
-    """``ragtune run`` on a torchrun rank other than 0: the same training, in a temporary folder (with a
-    copy of the run's checkpoints and tokenizer when resuming), removed at the end; nothing printed."""
-    import tempfile
-
-    from ragtune.tasks import run
-    from ragtune.train import distributed
-
-    logging.getLogger("ragtune").setLevel(logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix=f"ragtune-rank{distributed.info().rank}-"))
-    try:
-        if resume:
-            for name in ("config.yaml", "tokenizer.json"):
-                if (run_dir / name).exists():
-                    shutil.copy2(run_dir / name, work / name)
-            for folder in (run_dir / "checkpoints").glob("last*"):
-                shutil.copytree(folder, work / "checkpoints" / folder.name)
-        run(cfg, work, resume=resume, progress=False, config_path=args.config, reports=False)
-    finally:
-        distributed.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

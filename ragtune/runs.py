@@ -19,11 +19,14 @@ The run directory's layout per task is in ``docs/design.md`` (§5 and §10).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
 import random
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,7 @@ from ragtune.data.seq2seq import PairData
 from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.models.hf_text import HF_DIR, save_hf_text_model
+from ragtune.train import distributed
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import load_weights, save_weights, sha256_file
 from ragtune.train.loop import TrainResult, train_model
@@ -89,6 +93,25 @@ def set_up(cfg, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     log.info("ragtune %s, torch %s, python %s, %d threads", ragtune.__version__, torch.__version__,
              platform.python_version(), torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def other_rank_folder(run_dir: Path, resume: bool) -> Iterator[Path]:
+    """A scratch run folder for a torchrun rank other than 0 (only rank 0 writes ``run_dir``): with a
+    copy of ``run_dir``'s config, tokenizer and last checkpoints when resuming; removed at the end.
+    The rank logs warnings only."""
+    logging.getLogger("ragtune").setLevel(logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix=f"ragtune-rank{distributed.info().rank}-"))
+    try:
+        if resume:
+            for name in ("config.yaml", TOKENIZER_FILE):
+                if (run_dir / name).exists():
+                    shutil.copy2(run_dir / name, work / name)
+            for folder in (run_dir / "checkpoints").glob("last*"):
+                shutil.copytree(folder, work / "checkpoints" / folder.name)
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _input_record(key: str, path: str) -> dict:

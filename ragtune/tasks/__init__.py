@@ -26,6 +26,7 @@ A task's modules are imported when the task is first used, so ``ragtune validate
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,13 +122,23 @@ def run(
     if (world_size := distributed.info().world_size) > 1 and not task_of(cfg.task).data_parallel:
         raise RagtuneError(f"distributed training (torchrun, {world_size} processes) supports tasks "
                            f"classification and regression; task {cfg.task!r} trains in one process")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        check_resumable(cfg, run_dir)
-    runs.set_up(cfg, run_dir)
     opts = runs.RunOptions(resume=resume, progress=progress, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test,
                            config_path=config_path, reports=reports)
+    if distributed.info().is_main:
+        return _run(cfg, Path(run_dir), opts)
+    # torchrun: only rank 0 writes run_dir; another rank trains the same steps in a scratch folder (with a
+    # copy of the checkpoints when resuming), removed at the end, and prints nothing
+    with runs.other_rank_folder(Path(run_dir), resume) as work:
+        return _run(cfg, work, dataclasses.replace(opts, progress=False, reports=False))
+
+
+def _run(cfg: RunConfig, run_dir: Path, opts) -> RunResult:
+    from ragtune import runs
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if opts.resume:
+        check_resumable(cfg, run_dir)
+    runs.set_up(cfg, run_dir)
     metrics, train_result = task_of(cfg.task).recipe().run(cfg, run_dir, opts)
     return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
 
