@@ -1,10 +1,12 @@
-"""A decoder-only causal language model (GPT-style), from scratch, built from the blocks of seq2seq.py.
+"""A decoder-only causal language model (GPT-style), from scratch, in one file.
 
-The model is :class:`~ragtune.models.seq2seq.TransformerDecoder` without cross-attention (token +
-learned position embeddings, ``layers`` pre-LN blocks of causal self-attention and feed-forward,
-final LayerNorm) and an output projection to the vocabulary, optionally tied to the token table.
-Read :mod:`ragtune.models.transformer` and :mod:`ragtune.models.seq2seq` for the pieces; this file
-only adds what is specific to a language model: positions and masks for padded batches.
+The model: token + learned position embeddings, ``layers`` pre-LN decoder blocks of causal
+self-attention and feed-forward (:class:`~ragtune.models.layers.DecoderBlock` without
+cross-attention, the decoder layer of :mod:`ragtune.models.seq2seq`), a final LayerNorm and an
+output projection to the vocabulary, optionally tied to the token table. The shared pieces
+(attention, feed-forward, masks, key/value cache, initialisation) live in
+:mod:`ragtune.models.layers`; this file writes the forward pass and what is specific to a
+language model: positions and masks for padded batches.
 
 ``forward(ids (B, T), mask (B, T)) -> logits (B, T, V)``: position t holds the distribution of the
 token at t + 1. Padding may be on the right (training batches) or on the left (prompts of
@@ -13,7 +15,7 @@ real token is at position 0 either way, and padding is masked out as keys. Train
 are the inputs shifted left by one, e.g. ``seq2seq_loss(logits[:, :-1], ids[:, 1:], pad_id)``
 (set a label to ``pad_id`` to leave it out of the loss, e.g. the prompt part).
 
-With a :class:`~ragtune.models.seq2seq.KVCache` (:meth:`TransformerForCausalLM.new_cache`) the ids
+With a :class:`~ragtune.models.layers.KVCache` (:meth:`TransformerForCausalLM.new_cache`) the ids
 of each call are only the new tokens; see :mod:`ragtune.models.decoding` for generation.
 """
 
@@ -24,16 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ragtune.errors import RagtuneError
-from ragtune.models.seq2seq import (
-    KVCache,
-    TransformerDecoder,
-    causal_mask,
-    check_common,
-    check_ids,
-    check_positive_ints,
-    check_token_id,
-)
+from ragtune.models.layers import (DecoderBlock, KVCache, causal_mask, check_config, check_distinct_ids, check_ids,
+                                   check_length, check_token_id, count_parameters, embeddings_and_blocks, output_head,
+                                   real_tokens)
 
 __all__ = ["DecoderConfig", "TransformerForCausalLM", "build_decoder"]
 
@@ -57,24 +52,25 @@ class DecoderConfig:
     activation: str = "gelu"  # "gelu" | "relu"
 
     def __post_init__(self) -> None:
-        check_positive_ints(self, ("vocab_size", "max_length", "d_model", "heads", "head_dim", "layers", "ffn_dim"))
-        check_common(self)
+        check_config(self, ("vocab_size", "max_length", "d_model", "heads", "head_dim", "layers", "ffn_dim"),
+                     flags=("tie_output",))
+        check_distinct_ids(self)
         for name in ("pad_id", "bos_id", "eos_id"):
             check_token_id(name, getattr(self, name), self.vocab_size)
 
 
 class TransformerForCausalLM(nn.Module):
-    """Decoder stack + output projection: ``forward(ids, mask) -> logits (B, T, V)``."""
+    """Decoder stack + output projection: ``forward(ids, mask) -> logits (B, T, V)``.
+
+    ``decoder`` holds ``tok_emb``, ``pos_emb``, ``drop``, ``blocks`` and ``ln_f``; :meth:`forward` runs them.
+    """
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.decoder = TransformerDecoder(config, config.vocab_size, config.layers, cross=False)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_output:
-            self.lm_head.weight = self.decoder.tok_emb.weight  # the same tensor
-        else:
-            nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.02)
+        blocks = (DecoderBlock(config, cross=False) for _ in range(config.layers))
+        self.decoder = embeddings_and_blocks(config, config.vocab_size, blocks, config.layers)
+        self.lm_head = output_head(config.d_model, config.vocab_size, self.decoder.tok_emb, config.tie_output)
 
     def forward(
         self, ids: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None
@@ -84,17 +80,12 @@ class TransformerForCausalLM(nn.Module):
         With a ``cache`` the ids are the tokens after the ``cache.length`` already fed; the cache
         is updated in place.
         """
+        dec = self.decoder
         check_ids(ids, self.config.vocab_size, "ids", "vocab_size")
         B, T = ids.shape
-        if mask is not None and mask.shape != ids.shape:
-            raise RagtuneError(f"mask shape {tuple(mask.shape)} does not match ids shape {tuple(ids.shape)}")
+        real = real_tokens(ids, mask, self.config.pad_id)  # (B, T)
         past = 0 if cache is None else cache.length
-        if past + T > self.config.max_length:
-            raise RagtuneError(
-                f"sequence length {past + T} exceeds the model's max_length={self.config.max_length}; "
-                "use a shorter prompt, generate fewer tokens or build the model with a larger max_length"
-            )
-        real = (ids != self.config.pad_id) if mask is None else mask.bool()  # (B, T)
+        check_length(past + T, self.config.max_length, "sequence", "use a shorter prompt, generate fewer tokens")
         if past and cache.key_real is not None:
             key_real = torch.cat([cache.key_real, real], dim=1)  # (B, P+T)
             start = cache.next_pos  # (B,)
@@ -103,13 +94,15 @@ class TransformerForCausalLM(nn.Module):
             start = torch.zeros(B, dtype=torch.long, device=ids.device)  # (B,)
         # Each row counts its own real tokens: left pads share position 0 with the first real token.
         pos = (start[:, None] + real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
-        attn_mask, is_causal = causal_mask(T, past, key_real, device=ids.device)
-        hidden = self.decoder(ids, pos, attn_mask, is_causal, cache=cache)  # (B, T, d_model)
+        attn_mask, is_causal = causal_mask(T, past, key_real, device=ids.device)  # (B, 1, T, P+T) or None
+        x = dec.drop(dec.tok_emb(ids) + dec.pos_emb(pos))  # (B, T, d_model)
+        for i, block in enumerate(dec.blocks):
+            x = block(x, attn_mask, is_causal, cache=None if cache is None else cache.layers[i])  # (B, T, d_model)
         if cache is not None:
             cache.length += T
             cache.key_real = key_real  # (B, P+T)
             cache.next_pos = start + real.long().sum(dim=1)  # (B,)
-        return self.lm_head(hidden)  # (B, T, V)
+        return self.lm_head(dec.ln_f(x))  # (B, T, d_model) -> (B, T, V)
 
     def new_cache(self) -> KVCache:
         """An empty key/value cache for :meth:`forward`."""
@@ -117,10 +110,7 @@ class TransformerForCausalLM(nn.Module):
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         """Number of parameters (tied tensors once); with ``non_embedding`` the token/position tables are left out."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.decoder.tok_emb.weight.numel() + self.decoder.pos_emb.weight.numel()
-        return n
+        return count_parameters(self, non_embedding, self.decoder.tok_emb, self.decoder.pos_emb)
 
 
 def build_decoder(config: DecoderConfig) -> TransformerForCausalLM:

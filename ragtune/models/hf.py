@@ -403,7 +403,7 @@ def _cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
     faster than this eager path (and returns no attention weights, as transformers' sdpa does). Extra keyword arguments that
     transformers passes to every attention function (e.g. ``is_causal``) are not used by an encoder.
     """
-    from ragtune.models.transformer import dropout_cpu
+    from ragtune.models.layers import dropout_cpu
 
     if scaling is None:
         scaling = query.size(-1) ** -0.5
@@ -428,7 +428,7 @@ def _cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
 def use_fast_cpu_kernels(model: nn.Module) -> bool:
     """Train ``model`` with ragtune's CPU attention and dropout; the weights and the math stay the same.
 
-    Replaces every ``nn.Dropout`` module by :class:`ragtune.models.transformer.Dropout` (same ``p``,
+    Replaces every ``nn.Dropout`` module by :class:`ragtune.models.layers.Dropout` (same ``p``,
     a cheaper random mask) and switches the attention to :func:`_cpu_attention` where the model
     supports transformers' attention interface. Nothing of this is saved: a saved model loads with
     the model's default attention. Returns whether the attention was switched (a model type
@@ -437,7 +437,7 @@ def use_fast_cpu_kernels(model: nn.Module) -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    from ragtune.models.transformer import Dropout
+    from ragtune.models.layers import Dropout
 
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

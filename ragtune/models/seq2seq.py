@@ -1,9 +1,10 @@
 """An encoder-decoder Transformer for sequence-to-sequence tasks (translation), from scratch in one file.
 
-The companion of :mod:`ragtune.models.transformer` (read that file first: this one reuses its
-encoder, feed-forward network, dropout and initialisation by import) and the home of the
-decoder building blocks that :mod:`ragtune.models.decoder` (a decoder-only language model)
-imports. Decoding (greedy, beam search, sampling) lives in :mod:`ragtune.models.decoding`.
+The companion of :mod:`ragtune.models.transformer` (read that file first: its encoder is the
+encoder here) and of :mod:`ragtune.models.decoder` (a decoder-only language model). The blocks all
+three share (attention, feed-forward, dropout, the encoder and decoder layers, the key/value cache,
+the masks, initialisation) live in :mod:`ragtune.models.layers`; this file writes the forward pass.
+Decoding (greedy, beam search, sampling) lives in :mod:`ragtune.models.decoding`.
 
 Architecture
 ------------
@@ -12,8 +13,9 @@ padding, and ``tgt_in_ids`` (B, T), the target shifted right: ``<s> y1 .. y(n-1)
 labels ``y1 .. yn </s>`` (see :func:`teacher_forcing_batch`). Output: logits (B, T, V) over the
 target vocabulary, one distribution per target position for the *next* token.
 
-1. **Encoder.** Exactly :class:`~ragtune.models.transformer.TransformerEncoder` in its pre-LN
-   layout (``encoder_layers`` blocks, learned positions, final LayerNorm). Its output, the
+1. **Encoder.** The encoder of :class:`~ragtune.models.transformer.TransformerEncoder` in its pre-LN
+   layout (token + learned position embeddings, ``encoder_layers`` pre-LN blocks of self-attention
+   and feed-forward, final LayerNorm; source padding masked out as keys). Its output, the
    *memory* (B, S, d_model), is computed once per source and read by every decoder layer.
 
 2. **Decoder embeddings.** Target token table plus a learned position table (``max_length`` x
@@ -33,21 +35,21 @@ target vocabulary, one distribution per target position for the *next* token.
    (teacher forcing) is the same computation as generating it token by token.
    *Cross-attention*: queries from the decoder, keys and values from the memory; source padding
    is masked out as keys (the same ``(B, 1, 1, S)`` mask the encoder uses).
-   All attention goes through ``torch.nn.functional.scaled_dot_product_attention`` (SDPA); like the
-   encoder, no dropout on the attention probabilities.
+   All attention is the encoder's (:class:`~ragtune.models.layers.Attention`): SDPA, or the explicit
+   matmul form when training in bf16 on CPU, and no dropout on the attention probabilities.
 
 4. **Final LayerNorm and output projection** ``Linear(d_model -> target vocab, no bias)``. With
    ``tie_output`` its weight *is* the target token table (Press & Wolf 2017), one tensor.
 
-Incremental decoding: :meth:`TransformerForSeq2Seq.decode` takes an optional :class:`KVCache`.
-With one, the call feeds only the *new* target tokens; each layer appends their keys and values
-to the cache and reads the earlier ones from it, and the cross-attention keys/values of the memory
-are computed on the first call and then reused. Generating n tokens then costs O(n) per step
-instead of O(n^2). :meth:`KVCache.reorder` selects/permutes the batch rows (beam search).
+Incremental decoding: :meth:`TransformerForSeq2Seq.decode` takes an optional
+:class:`~ragtune.models.layers.KVCache`. With one, the call feeds only the *new* target tokens; each
+layer appends their keys and values to the cache and reads the earlier ones from it, and the
+cross-attention keys/values of the memory are computed on the first call and then reused. Generating n tokens then costs O(n) per step
+instead of O(n^2). ``KVCache.reorder`` selects/permutes the batch rows (beam search).
 
-Initialisation: the encoder initialises itself; the decoder uses the same
-:func:`~ragtune.models.transformer.init_weights` (N(0, 0.02), the ``.proj`` layers that write into
-the residual stream scaled by ``1/sqrt(2 * decoder_layers)``).
+Initialisation: :func:`~ragtune.models.layers.init_weights`, for each half (N(0, 0.02), the ``.proj``
+layers that write into the residual stream scaled by ``1/sqrt(2 * encoder_layers)`` or
+``1/sqrt(2 * decoder_layers)``).
 
 Loss: :func:`seq2seq_loss`, padding-aware cross-entropy (mean over real target tokens) with optional
 label smoothing. This module knows nothing about files, the CLI or YAML configs: build a
@@ -64,61 +66,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ragtune.errors import RagtuneError
-from ragtune.models.transformer import (
-    ACTIVATIONS,
-    Dropout,
-    FeedForward,
-    TransformerConfig,
-    TransformerEncoder,
-    init_weights,
-)
+from ragtune.models.layers import (DecoderBlock, EncoderBlock, KVCache, causal_mask, check_config, check_distinct_ids,
+                                   check_ids, check_length, check_token_id, count_parameters, embeddings_and_blocks,
+                                   key_padding_mask, output_head, real_tokens)
 
-__all__ = [
-    "CausalSelfAttention",
-    "CrossAttention",
-    "DecoderBlock",
-    "KVCache",
-    "LayerCache",
-    "Seq2SeqConfig",
-    "TransformerDecoder",
-    "TransformerForSeq2Seq",
-    "build_seq2seq",
-    "causal_mask",
-    "pad_batch",
-    "seq2seq_loss",
-    "teacher_forcing_batch",
-]
-
-
-def check_positive_ints(config: object, names: Sequence[str]) -> None:
-    """Raise a RagtuneError naming the first field of ``config`` in ``names`` that is not a positive int."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise RagtuneError(f"model config: {name} must be a positive integer, got {value!r}")
-
-
-def check_token_id(name: str, value: object, vocab_size: int, vocab_name: str = "vocab_size") -> None:
-    """Raise a RagtuneError unless ``value`` is an int in [0, vocab_size)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
-        raise RagtuneError(
-            f"model config: {name} must be an integer in [0, {vocab_name}={vocab_size}), got {value!r}"
-        )
-
-
-def check_common(config: object) -> None:
-    """Validation shared by :class:`Seq2SeqConfig` and the decoder-only ``DecoderConfig``."""
-    dropout = config.dropout
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise RagtuneError(f"model config: dropout must be a number in [0, 1), got {dropout!r}")
-    if config.activation not in ACTIVATIONS:
-        raise RagtuneError(f"model config: activation must be one of {list(ACTIVATIONS)}, got {config.activation!r}")
-    for name in ("tie_output",) + (("share_embeddings",) if hasattr(config, "share_embeddings") else ()):
-        if not isinstance(getattr(config, name), bool):
-            raise RagtuneError(f"model config: {name} must be true or false, got {getattr(config, name)!r}")
-    ids = {"pad_id": config.pad_id, "bos_id": config.bos_id, "eos_id": config.eos_id}
-    if len(set(ids.values())) != 3:
-        raise RagtuneError(f"model config: pad_id, bos_id and eos_id must be three different ids, got {ids}")
+__all__ = ["KVCache", "Seq2SeqConfig", "TransformerForSeq2Seq", "build_seq2seq", "pad_batch", "seq2seq_loss",
+           "teacher_forcing_batch"]
 
 
 @dataclass
@@ -143,13 +96,10 @@ class Seq2SeqConfig:
     activation: str = "gelu"  # "gelu" | "relu", in the feed-forward networks
 
     def __post_init__(self) -> None:
-        check_positive_ints(
-            self, ("src_vocab_size", "max_length", "d_model", "heads", "head_dim", "encoder_layers",
-                   "decoder_layers", "ffn_dim")
-        )
-        if self.tgt_vocab_size is not None:
-            check_positive_ints(self, ("tgt_vocab_size",))
-        check_common(self)
+        sizes = ("src_vocab_size", "max_length", "d_model", "heads", "head_dim", "encoder_layers", "decoder_layers",
+                 "ffn_dim") + (("tgt_vocab_size",) if self.tgt_vocab_size is not None else ())
+        check_config(self, sizes, flags=("tie_output", "share_embeddings"))
+        check_distinct_ids(self)
         check_token_id("pad_id", self.pad_id, min(self.src_vocab_size, self.target_vocab_size),
                        "min(src_vocab_size, tgt_vocab_size)")
         for name in ("bos_id", "eos_id"):
@@ -168,245 +118,6 @@ class Seq2SeqConfig:
         """Size of the target vocabulary (the source one when shared)."""
         return self.src_vocab_size if self.tgt_vocab_size is None else self.tgt_vocab_size
 
-    def encoder_config(self) -> TransformerConfig:
-        """The :class:`TransformerConfig` of the encoder half (pre-LN)."""
-        return TransformerConfig(
-            vocab_size=self.src_vocab_size, max_length=self.max_length, d_model=self.d_model, heads=self.heads,
-            head_dim=self.head_dim, layers=self.encoder_layers, ffn_dim=self.ffn_dim, dropout=self.dropout,
-            pad_id=self.pad_id, activation=self.activation, norm_first=True,
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# Key/value cache for incremental decoding
-# ----------------------------------------------------------------------------------------------
-
-
-class LayerCache:
-    """Cached keys/values of one decoder layer: self-attention (grows by T each call) and cross-attention (fixed)."""
-
-    def __init__(self) -> None:
-        self.self_k: torch.Tensor | None = None  # (B, H, P, hd)
-        self.self_v: torch.Tensor | None = None  # (B, H, P, hd)
-        self.cross_k: torch.Tensor | None = None  # (B, H, S, hd)
-        self.cross_v: torch.Tensor | None = None  # (B, H, S, hd)
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add the new self-attention keys/values (B, H, T, hd); return all of them (B, H, P+T, hd)."""
-        if self.self_k is not None:
-            k = torch.cat([self.self_k, k], dim=2)  # (B, H, P+T, hd)
-            v = torch.cat([self.self_v, v], dim=2)  # (B, H, P+T, hd)
-        self.self_k, self.self_v = k, v
-        return k, v
-
-    def reorder(self, index: torch.Tensor) -> None:
-        for name in ("self_k", "self_v", "cross_k", "cross_v"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.index_select(0, index))
-
-
-class KVCache:
-    """Per-layer key/value cache of a decoder, for feeding the target a few tokens at a time.
-
-    ``length`` is the number of positions already fed. The decoder-only model also keeps
-    ``key_real`` (B, length), which cached keys are real tokens (prompts are left-padded), and
-    ``next_pos`` (B,), the position of each row's next token.
-    """
-
-    def __init__(self, layers: int) -> None:
-        self.layers = [LayerCache() for _ in range(layers)]
-        self.length = 0
-        self.key_real: torch.Tensor | None = None  # (B, length) bool, decoder-only models
-        self.next_pos: torch.Tensor | None = None  # (B,) long, decoder-only models
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` (N,), in that order (rows may repeat): beam search's bookkeeping."""
-        for layer in self.layers:
-            layer.reorder(index)
-        if self.key_real is not None:
-            self.key_real = self.key_real.index_select(0, index)
-        if self.next_pos is not None:
-            self.next_pos = self.next_pos.index_select(0, index)
-
-
-# ----------------------------------------------------------------------------------------------
-# Decoder building blocks (also used by ragtune.models.decoder)
-# ----------------------------------------------------------------------------------------------
-
-
-def causal_mask(
-    T: int, past: int, key_real: torch.Tensor | None = None, device: torch.device | None = None
-) -> tuple[torch.Tensor | None, bool]:
-    """SDPA's ``(attn_mask, is_causal)`` for T new queries that follow ``past`` cached positions.
-
-    Query ``i`` (absolute position ``past + i``) may attend to keys ``0 .. past + i``. ``key_real``
-    (B, past + T) bool marks real keys; None means every key is real. Without padding and without a
-    cache no mask tensor is built at all (``is_causal=True``), which keeps SDPA on its fastest kernel.
-    With padding, a query whose visible keys are all padding (a left pad) may attend to itself, so no
-    row of the mask is empty (SDPA would return NaN there, and NaN * 0 poisons later layers).
-    """
-    if key_real is not None and bool(key_real.all()):
-        key_real = None
-    if key_real is None:
-        if past == 0:
-            return None, T > 1
-        if T == 1:
-            return None, False  # one new query sees every cached key
-    allowed = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)  # (T, P+T)
-    if key_real is None:
-        return allowed, False
-    mask = allowed[None, None] & key_real[:, None, None, :]  # (B, 1, T, P+T)
-    diagonal = torch.zeros(T, past + T, dtype=torch.bool, device=device)  # (T, P+T)
-    diagonal[torch.arange(T), past + torch.arange(T)] = True
-    return mask | diagonal, False  # (B, 1, T, P+T)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention under a causal mask, with an optional key/value cache.
-
-    ``config`` is any config with ``d_model``, ``heads`` and ``head_dim``.
-    """
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.heads = config.heads
-        self.head_dim = config.head_dim
-        inner = config.heads * config.head_dim
-        self.qkv = nn.Linear(config.d_model, 3 * inner)  # Q, K and V of every head in one matmul
-        self.proj = nn.Linear(inner, config.d_model)  # concatenated heads back to d_model
-
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, cache: LayerCache | None = None
-    ) -> torch.Tensor:
-        B, T, _ = x.shape  # (B, T, d_model)
-        qkv = self.qkv(x).view(B, T, 3, self.heads, self.head_dim)  # (B, T, 3, H, hd)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
-        if cache is not None:
-            k, v = cache.append(k, v)  # 2 x (B, H, P+T, hd): the cached positions, then these
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # (B, T, H*hd)
-        return self.proj(y)  # (B, T, d_model)
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention from the decoder (queries) to the encoder memory (keys and values)."""
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.heads = config.heads
-        self.head_dim = config.head_dim
-        inner = config.heads * config.head_dim
-        self.q = nn.Linear(config.d_model, inner)
-        self.kv = nn.Linear(config.d_model, 2 * inner)  # K and V of the memory in one matmul
-        self.proj = nn.Linear(inner, config.d_model)
-
-    def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None
-    ) -> torch.Tensor:
-        B, T, _ = x.shape  # (B, T, d_model)
-        q = self.q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        if cache is not None and cache.cross_k is not None:
-            k, v = cache.cross_k, cache.cross_v  # 2 x (B, H, S, hd), computed on the first call
-        else:
-            S = memory.shape[1]  # (B, S, d_model)
-            kv = self.kv(memory).view(B, S, 2, self.heads, self.head_dim)  # (B, S, 2, H, hd)
-            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, S, hd)
-            if cache is not None:
-                cache.cross_k, cache.cross_v = k, v
-        # mask: (B, 1, 1, S) bool, True = a real source token; None = no source padding.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # (B, T, H*hd)
-        return self.proj(y)  # (B, T, d_model)
-
-
-class DecoderBlock(nn.Module):
-    """One pre-LN decoder layer: causal self-attention, cross-attention (if ``cross``), feed-forward."""
-
-    def __init__(self, config, cross: bool) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config)
-        self.ln2 = nn.LayerNorm(config.d_model) if cross else None
-        self.cross = CrossAttention(config) if cross else None
-        self.ln3 = nn.LayerNorm(config.d_model)
-        self.ffn = FeedForward(config)
-        self.drop = Dropout(config.dropout)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_causal: bool,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
-    ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask, is_causal, cache))
-        if self.cross is not None:
-            x = x + self.drop(self.cross(self.ln2(x), memory, memory_mask, cache))
-        return x + self.drop(self.ffn(self.ln3(x)))  # (B, T, d_model)
-
-
-class TransformerDecoder(nn.Module):
-    """Token + position embeddings, ``layers`` decoder blocks, final LayerNorm -> hidden states (B, T, d_model).
-
-    The caller supplies the positions and the self-attention mask (see :func:`causal_mask`), so the
-    same stack serves the encoder-decoder model (``cross=True``) and the decoder-only one.
-    """
-
-    def __init__(self, config, vocab_size: int, layers: int, cross: bool) -> None:
-        super().__init__()
-        self.tok_emb = nn.Embedding(vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_length, config.d_model)
-        self.drop = Dropout(config.dropout)
-        self.blocks = nn.ModuleList(DecoderBlock(config, cross) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(config.d_model)
-        init_weights(self, layers)
-
-    def forward(
-        self,
-        ids: torch.Tensor,
-        pos: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_causal: bool,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
-        x = self.drop(self.tok_emb(ids) + self.pos_emb(pos))  # (B, T, d_model); pos (T,) or (B, T)
-        for i, block in enumerate(self.blocks):
-            x = block(x, mask, is_causal, memory, memory_mask, None if cache is None else cache.layers[i])
-        return self.ln_f(x)  # (B, T, d_model)
-
-
-def check_ids(ids: torch.Tensor, vocab_size: int, name: str, vocab_name: str) -> None:
-    """Raise a RagtuneError unless ``ids`` is (B, T) with every id in [0, vocab_size)."""
-    if ids.dim() != 2:
-        raise RagtuneError(f"{name} must have shape (batch, seq_len), got shape {tuple(ids.shape)}")
-    if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
-        raise RagtuneError(
-            f"{name}: token ids must be in [0, {vocab_name}={vocab_size}), got ids from "
-            f"{int(ids.min())} to {int(ids.max())}; does the tokenizer match the model?"
-        )
-
-
-def memory_key_mask(src_mask: torch.Tensor | None, memory: torch.Tensor) -> torch.Tensor | None:
-    """The cross-attention SDPA mask (B, 1, 1, S) from a 0/1 source mask (B, S); None if nothing is padded."""
-    if src_mask is None:
-        return None
-    if src_mask.shape != memory.shape[:2]:
-        raise RagtuneError(
-            f"src_mask shape {tuple(src_mask.shape)} does not match the memory's (batch, src_len) "
-            f"{tuple(memory.shape[:2])}"
-        )
-    real = src_mask.bool()  # (B, S)
-    if bool(real.all()):
-        return None
-    if not bool(real.any(dim=1).all()):
-        raise RagtuneError("a source sequence in the batch has no real tokens (src_mask is all 0)")
-    return real[:, None, None, :]  # (B, 1, 1, S)
-
 
 # ----------------------------------------------------------------------------------------------
 # The encoder-decoder model
@@ -414,54 +125,65 @@ def memory_key_mask(src_mask: torch.Tensor | None, memory: torch.Tensor) -> torc
 
 
 class TransformerForSeq2Seq(nn.Module):
-    """Encoder + decoder + output projection: ``forward(src_ids, src_mask, tgt_in_ids) -> logits (B, T, V)``."""
+    """Encoder + decoder + output projection: ``forward(src_ids, src_mask, tgt_in_ids) -> logits (B, T, V)``.
+
+    ``encoder`` and ``decoder`` hold each side's ``tok_emb``, ``pos_emb``, ``drop``, ``blocks`` and
+    ``ln_f``; :meth:`encode` and :meth:`decode` run them.
+    """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = TransformerEncoder(config.encoder_config())
-        self.decoder = TransformerDecoder(config, config.target_vocab_size, config.decoder_layers, cross=True)
+        encoder_blocks = (EncoderBlock(config) for _ in range(config.encoder_layers))  # pre-LN
+        self.encoder = embeddings_and_blocks(config, config.src_vocab_size, encoder_blocks, config.encoder_layers)
+        decoder_blocks = (DecoderBlock(config, cross=True) for _ in range(config.decoder_layers))
+        self.decoder = embeddings_and_blocks(config, config.target_vocab_size, decoder_blocks, config.decoder_layers)
         if config.share_embeddings:
             self.decoder.tok_emb = self.encoder.tok_emb  # one table, registered under both names
-        self.lm_head = nn.Linear(config.d_model, config.target_vocab_size, bias=False)
-        if config.tie_output:
-            self.lm_head.weight = self.decoder.tok_emb.weight  # the same tensor
-        else:
-            nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.02)
+        self.lm_head = output_head(config.d_model, config.target_vocab_size, self.decoder.tok_emb, config.tie_output)
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The memory (B, S, d_model). Without ``src_mask`` padding is read from ``src_ids == pad_id``."""
-        return self.encoder(src_ids, src_mask)  # (B, S, d_model)
+        enc = self.encoder
+        check_ids(src_ids, self.config.src_vocab_size, "input_ids", tag=False)
+        B, S = src_ids.shape
+        check_length(S, self.config.max_length, "sequence", "truncate the inputs")
+        real = real_tokens(src_ids, src_mask, self.config.pad_id, "input_ids", "attention_mask")  # (B, S)
+        mask = key_padding_mask(real)  # (B, 1, 1, S), True = a real source token; None = no padding
+        x = enc.drop(enc.tok_emb(src_ids) + enc.pos_emb(torch.arange(S, device=src_ids.device)))  # (B, S, d_model)
+        for block in enc.blocks:
+            x = block(x, mask)  # (B, S, d_model)
+        return enc.ln_f(x)  # (B, S, d_model)
 
-    def decode(
-        self,
-        memory: torch.Tensor,
-        src_mask: torch.Tensor | None,
-        tgt_ids: torch.Tensor,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
+    def decode(self, memory: torch.Tensor, src_mask: torch.Tensor | None, tgt_ids: torch.Tensor,
+               cache: KVCache | None = None) -> torch.Tensor:
         """Next-token logits (B, T, V) for the decoder inputs ``tgt_ids`` (B, T) given the memory.
 
         ``src_mask`` (B, S) marks the real source tokens (None: no source padding). With a
         ``cache`` (see :meth:`new_cache`) ``tgt_ids`` are only the tokens not fed before; they take
         positions ``cache.length ..`` and the cache is updated in place.
         """
+        dec = self.decoder
         check_ids(tgt_ids, self.config.target_vocab_size, "tgt_ids", "tgt_vocab_size")
         B, T = tgt_ids.shape
         if memory.shape[0] != B:
             raise RagtuneError(f"memory has batch size {memory.shape[0]} but tgt_ids has {B}")
         past = 0 if cache is None else cache.length
-        if past + T > self.config.max_length:
+        check_length(past + T, self.config.max_length, "target", "generate fewer tokens")
+        if src_mask is not None and src_mask.shape != memory.shape[:2]:
             raise RagtuneError(
-                f"target length {past + T} exceeds the model's max_length={self.config.max_length}; "
-                "generate fewer tokens or build the model with a larger max_length"
+                f"src_mask shape {tuple(src_mask.shape)} does not match the memory's (batch, src_len) "
+                f"{tuple(memory.shape[:2])}"
             )
+        memory_mask = None if src_mask is None else key_padding_mask(src_mask.bool(), "src_mask", "source sequence")
         mask, is_causal = causal_mask(T, past, device=tgt_ids.device)  # targets are right-padded: causal is enough
         pos = torch.arange(past, past + T, device=tgt_ids.device)  # (T,)
-        hidden = self.decoder(tgt_ids, pos, mask, is_causal, memory, memory_key_mask(src_mask, memory), cache)
+        x = dec.drop(dec.tok_emb(tgt_ids) + dec.pos_emb(pos))  # (B, T, d_model)
+        for i, block in enumerate(dec.blocks):
+            x = block(x, mask, is_causal, memory, memory_mask, None if cache is None else cache.layers[i])
         if cache is not None:
             cache.length += T
-        return self.lm_head(hidden)  # (B, T, V)
+        return self.lm_head(dec.ln_f(x))  # (B, T, d_model) -> (B, T, V)
 
     def forward(
         self, src_ids: torch.Tensor, src_mask: torch.Tensor | None, tgt_in_ids: torch.Tensor
@@ -477,12 +199,8 @@ class TransformerForSeq2Seq(nn.Module):
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         """Number of parameters (shared tensors once); with ``non_embedding`` the token/position tables are left out."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            tables = {self.encoder.tok_emb.weight, self.encoder.pos_emb.weight,
-                      self.decoder.tok_emb.weight, self.decoder.pos_emb.weight}
-            n -= sum(t.numel() for t in tables)
-        return n
+        return count_parameters(self, non_embedding, self.encoder.tok_emb, self.encoder.pos_emb,
+                                self.decoder.tok_emb, self.decoder.pos_emb)
 
 
 def build_seq2seq(config: Seq2SeqConfig) -> TransformerForSeq2Seq:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ragtune.errors import RagtuneError
+from ragtune.models.layers import explicit_attention
 from ragtune.models.transformer import (
     Dropout,
     TransformerConfig,
@@ -16,7 +17,6 @@ from ragtune.models.transformer import (
     TransformerForRegression,
     TransformerForSequenceClassification,
     build_transformer,
-    explicit_attention,
 )
 
 VOCAB = 50
