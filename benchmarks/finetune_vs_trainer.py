@@ -227,7 +227,7 @@ def main() -> int:
     import transformers
 
     from ragtune.config import load_config, to_yaml
-    from ragtune.data.prepare import prepare_data
+    from ragtune.tasks.classification.data import prepare_data
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -135,7 +135,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from ragtune.config import config_from_dict, read_yaml
-    from ragtune.data.prepare import prepare_data
+    from ragtune.tasks.classification.data import prepare_data
 
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # the load generator stays off the server's core

@@ -98,7 +98,7 @@ def main() -> int:
     import torch
 
     from ragtune.config import config_from_dict, read_yaml
-    from ragtune.data.prepare import prepare_data
+    from ragtune.tasks.classification.data import prepare_data
 
     torch.set_num_threads(args.threads)
     exports = args.exports or args.run.with_name(args.run.name + ".exports")

@@ -2,7 +2,7 @@
 
     python benchmarks/tfidf_baseline.py configs/bbc3_scratch.yaml configs/thucnews_zh.yaml
 
-The splits come from ``ragtune.data.prepare.prepare_data`` on each config, so the baseline sees the
+The splits come from ``ragtune.tasks.classification.data.prepare_data`` on each config, so the baseline sees the
 same train/validation/test rows as the ragtune run (carved splits included). Word 1-2-grams for
 texts with spaces, character 1-3-grams for Chinese; ``LinearSVC`` with C picked on validation.
 """
@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.svm import LinearSVC
 
 from ragtune.config import load_config
-from ragtune.data.prepare import prepare_data
+from ragtune.tasks.classification.data import prepare_data
 
 
 def is_chinese(texts) -> bool:

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 import torch
 import torch.nn.functional as F
 
-from ragtune.models.transformer import TransformerConfig, build_transformer
+from ragtune.models.transformer import TransformerConfig, TransformerForSequenceClassification
 
 LAYERS, WIDTH, FFN, HEAD_DIM, OUTPUTS, DROPOUT = 12, 256, 1024, 64, 3, 0.1
 
@@ -91,7 +91,7 @@ def ragtune_case(heads: int, args: argparse.Namespace) -> Case:
         vocab_size=args.vocab, max_length=max(512, args.seq), d_model=WIDTH, heads=heads, head_dim=HEAD_DIM,
         layers=LAYERS, ffn_dim=FFN, dropout=DROPOUT, num_outputs=OUTPUTS,
     )
-    model = build_transformer(config, "classification")
+    model = TransformerForSequenceClassification(config)
     return Case(f"ragtune {heads}x{HEAD_DIM}", heads, model, model, model.num_parameters(non_embedding=True))
 
 

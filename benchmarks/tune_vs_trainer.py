@@ -115,7 +115,7 @@ def run_trainer(out: Path, overrides: list[str], budget: float, threads: int | N
     )
 
     from ragtune.config import load_config
-    from ragtune.data.prepare import prepare_data
+    from ragtune.tasks.classification.data import prepare_data
 
     work = out / "trainer"
     storage = f"sqlite:///{work / 'study.db'}"

@@ -632,11 +632,11 @@ def cmd_serve(args) -> int:
 def _check_data(run_dir: Path, cfg, data_file: str | None, labels: list[str]):
     """``(texts, targets, what)`` to check an export on: ``--data``, else the run's test split."""
     if data_file:
-        from ragtune.data.prepare import load_eval_file
+        from ragtune.tasks.classification.data import load_eval_file
 
         df = load_eval_file(data_file, cfg, labels)
         return df.text.tolist(), df.label.tolist(), data_file
-    from ragtune.data.prepare import prepare_data
+    from ragtune.tasks.classification.data import prepare_data
 
     try:
         data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)

@@ -209,7 +209,8 @@ def load_run_model(run_dir: Path, meta: dict, build):
     if meta.get("hf"):
         from ragtune.models.hf_text import load_hf_text_model
 
-        tokenizer, model, _ = load_hf_text_model(meta["hf"]["name_or_path"], meta["task"], meta["model"]["max_length"],
+        family = "causal" if meta["hf"]["kind"] == "causal" else "seq2seq"  # seq2seq, bert2bert: encoder-decoders
+        tokenizer, model, _ = load_hf_text_model(meta["hf"]["name_or_path"], family, meta["model"]["max_length"],
                                                  folder=run_dir / meta["hf"]["dir"])
     else:
         tokenizer = load_seq2seq_tokenizer(run_dir / meta.get("tokenizer", TOKENIZER_FILE))

@@ -4,9 +4,8 @@
 local folder (a ``save_pretrained`` directory) or a Hugging Face Hub id, and
 :class:`HFSequenceModel` wraps it so that it has the call signature of the scratch models::
 
-    model, hf_tokenizer = load_hf_classifier("path/to/bert", num_labels=3, labels=["a", "b", "c"],
-                                             task="classification")
-    wrapped = HFSequenceModel(model, "classification")
+    model, hf_tokenizer = load_hf_classifier("path/to/bert", num_labels=3, labels=["a", "b", "c"])
+    wrapped = HFSequenceModel(model)  # regression=True: one output, (B,)
     wrapped(input_ids, attention_mask)  # logits (B, C); (B,) for regression
 
 The training loop, ``compute_loss`` and the ``Predictor`` use the wrapper unchanged. The tokenizer
@@ -138,7 +137,7 @@ def load_hf_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | None, task: str):
+def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | None, regression: bool = False):
     """Load ``(model, tokenizer)``: an ``AutoModelForSequenceClassification`` with ``num_labels`` outputs.
 
     ``labels`` (classification) become the model's ``id2label``/``label2id``, so a saved model labels
@@ -147,12 +146,10 @@ def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | N
     """
     from transformers import AutoModelForSequenceClassification
 
-    if task not in ("classification", "regression"):
-        raise RagtuneError(f"unknown task {task!r}; valid choices: ['classification', 'regression']")
     source = check_source(name_or_path)
     # float32 weights whatever the checkpoint's dtype: training runs in fp32 (or under bf16 autocast)
     kwargs: dict = {"num_labels": num_labels, "ignore_mismatched_sizes": True, "dtype": torch.float32}
-    if task == "regression":
+    if regression:
         kwargs["problem_type"] = "regression"
     else:
         kwargs["problem_type"] = "single_label_classification"
@@ -259,7 +256,7 @@ def _linear_names(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
 
 
-def apply_lora(model: nn.Module, task: str, r: int, alpha: int, dropout: float,
+def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
                target_modules: list[str] | None) -> nn.Module:
     """Wrap a sequence-classification model with LoRA adapters (``peft.get_peft_model``, task ``SEQ_CLS``).
 
@@ -292,11 +289,11 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def load_lora_classifier(base_name_or_path: str, adapter_folder: str, num_labels: int, labels: list[str] | None,
-                         task: str):
+                         regression: bool = False):
     """Load ``(model, tokenizer)``: the base model ``base_name_or_path`` with the LoRA adapter (and trained
     head) saved in ``adapter_folder`` (``PeftModel.save_pretrained``), ready for inference."""
     peft = _import_peft()
-    base, tokenizer = load_hf_classifier(base_name_or_path, num_labels, labels, task)
+    base, tokenizer = load_hf_classifier(base_name_or_path, num_labels, labels, regression)
     try:
         model = peft.PeftModel.from_pretrained(base, adapter_folder)
     except (OSError, ValueError) as exc:
@@ -460,14 +457,14 @@ class HFSequenceModel(nn.Module):
     regression. The wrapped model is ``self.model`` (its ``save_pretrained`` writes the HF format).
     """
 
-    def __init__(self, model: nn.Module, task: str) -> None:
+    def __init__(self, model: nn.Module, regression: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.task = task
+        self.regression = regression
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, C)
-        return logits.squeeze(-1) if self.task == "regression" else logits
+        return logits.squeeze(-1) if self.regression else logits
 
     def num_trainable_parameters(self) -> int:
         """Number of parameters that train (``requires_grad``)."""

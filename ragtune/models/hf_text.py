@@ -28,7 +28,7 @@ tokenizer cannot give back (German or Chinese targets need a tokenizer trained o
 
 Example::
 
-    tok, model, kind = load_hf_text_model("minilm", task="translation", max_length=64)   # bert2bert
+    tok, model, kind = load_hf_text_model("minilm", family="seq2seq", max_length=64)   # bert2bert
     logits = model(src_ids, src_mask, tgt_in)   # (B, T, V)
 """
 
@@ -150,8 +150,9 @@ def _is_encoder_only(hf_config) -> bool:
                                                                         "distilbert", "mpnet", "deberta-v2")
 
 
-def load_hf_text_model(name_or_path: str, task: str, max_length: int, folder: str | Path | None = None):
-    """``(HFTokenizer, model wrapper, kind)`` for ``task`` (``translation`` or ``generation``).
+def load_hf_text_model(name_or_path: str, family: str, max_length: int, folder: str | Path | None = None):
+    """``(HFTokenizer, model wrapper, kind)``: ``family`` ``seq2seq`` (an encoder-decoder: ``seq2seq`` or
+    ``bert2bert``, for translation) or ``causal`` (a decoder-only language model, for generation).
 
     ``folder``: a run's ``hf_model`` folder (a fine-tuned model); else ``name_or_path`` (alias,
     local folder or Hub id) is loaded as pretrained.
@@ -166,7 +167,7 @@ def load_hf_text_model(name_or_path: str, task: str, max_length: int, folder: st
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
         raise _offline_error(source, "model", exc) from None
-    if task == "translation":
+    if family == "seq2seq":
         if hf_config.model_type == "encoder-decoder":
             model, kind = EncoderDecoderModel.from_pretrained(source), "bert2bert"
         elif hf_config.is_encoder_decoder:
@@ -191,8 +192,8 @@ def load_hf_text_model(name_or_path: str, task: str, max_length: int, folder: st
         tok = HFTokenizer(tokenizer, start, eos)
         wrapper = HFSeq2SeqLM(model, HFTextConfig(tok.pad_id, tok.bos_id, tok.eos_id, max_length, len(tokenizer)))
         return tok, wrapper, kind
-    if task != "generation":
-        raise ValueError(f"task must be translation or generation (got {task!r})")
+    if family != "causal":
+        raise ValueError(f"family must be seq2seq or causal (got {family!r})")
     if hf_config.is_encoder_decoder or _is_encoder_only(hf_config):
         raise RagtuneError(f"model.name_or_path: {name_or_path!r} is a {hf_config.model_type!r} model; task generation "
                            "needs a causal language model (GPT-2, Llama, Qwen, ...)")

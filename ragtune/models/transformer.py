@@ -66,8 +66,8 @@ residual stream does not grow with depth.
 
 The attention, feed-forward, dropout, block and initialisation code is shared with the other two
 models and lives in :mod:`ragtune.models.layers`; this file writes the encoder's forward pass. It
-knows nothing about files, the CLI or YAML configs: build a :class:`TransformerConfig` and call
-:func:`build_transformer`.
+knows nothing about files, the CLI or YAML configs: build a :class:`TransformerConfig` and one of
+the two models (``TransformerForSequenceClassification(config)``, ``TransformerForRegression(config)``).
 """
 
 from __future__ import annotations
@@ -82,10 +82,9 @@ from ragtune.models.layers import (Dropout, EncoderBlock, check_config, check_id
                                    count_parameters, init_weights, key_padding_mask, real_tokens)
 
 __all__ = ["TransformerConfig", "TransformerEncoder", "TransformerForSequenceClassification",
-           "TransformerForRegression", "build_transformer", "TASKS"]
+           "TransformerForRegression"]
 
 POOLINGS = ("mean", "cls")
-TASKS = ("classification", "regression")
 
 
 @dataclass
@@ -203,11 +202,3 @@ class TransformerForRegression(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return task_forward(self, input_ids, attention_mask).squeeze(-1)  # (B, 1) -> (B,)
 
-
-def build_transformer(config: TransformerConfig, task: str) -> nn.Module:
-    """The model for ``task`` ("classification" or "regression") with freshly initialised weights."""
-    if task == "classification":
-        return TransformerForSequenceClassification(config)
-    if task == "regression":
-        return TransformerForRegression(config)
-    raise RagtuneError(f"unknown task {task!r}; valid choices: {list(TASKS)}")

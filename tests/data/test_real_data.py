@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from ragtune.config import load_config
-from ragtune.data.prepare import prepare_data
-from ragtune.data.report import data_report
+from ragtune.tasks.classification.data import prepare_data
+from ragtune.tasks.classification.data_report import data_report
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

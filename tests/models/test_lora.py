@@ -39,8 +39,7 @@ def test_lora_trains_only_adapters_and_head():
     from ragtune.train.loop import train_model
     from ragtune.train.optim import optimizer_and_scheduler
 
-    model = HFSequenceModel(apply_lora(make_bert(), "classification", r=4, alpha=8, dropout=0.0, target_modules=None),
-                            "classification")
+    model = HFSequenceModel(apply_lora(make_bert(), r=4, alpha=8, dropout=0.0, target_modules=None))
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     # query and value of 2 layers: A (4x32) + B (32x4) each; the head (32x3 + 3) as peft's modules_to_save copy
     assert sum(trainable.values()) == 2 * 2 * (4 * 32 + 32 * 4) + 32 * 3 + 3 == model.num_trainable_parameters()
@@ -115,9 +114,8 @@ def test_lora_adapter_run_resumes_and_reloads(tiny_bert, tmp_path, capsys):
     texts = make_rows(12, seed=2).text.tolist() + ["", "unknownword " * 40]
     reloaded = Predictor.from_run_dir(out)
     labels = meta["labels"]
-    base, tokenizer = load_hf_classifier(str(tiny_bert), len(labels), labels, "classification")
-    in_memory = HFSequenceModel(apply_lora(base, "classification", 4, 8, 0.05, ["query", "key", "value"]),
-                                "classification")
+    base, tokenizer = load_hf_classifier(str(tiny_bert), len(labels), labels)
+    in_memory = HFSequenceModel(apply_lora(base, 4, 8, 0.05, ["query", "key", "value"]))
     load_weights(in_memory, out / "checkpoints" / "best" / "model.safetensors")
     expected = Predictor(in_memory, tokenizer.backend_tokenizer, meta).outputs(texts)
     assert torch.allclose(torch.from_numpy(reloaded.outputs(texts)), torch.from_numpy(expected), atol=1e-6)
@@ -149,10 +147,10 @@ def test_lora_config_and_user_errors(tiny_bert, monkeypatch):
     assert "model.lora.target_modules: needs at least one" in message
 
     with pytest.raises(RagtuneError, match=r"model.lora.target_modules: \['qkv'\] matches no linear layer.*'query'"):
-        apply_lora(make_bert(), "classification", 4, 8, 0.0, ["qkv"])
+        apply_lora(make_bert(), 4, 8, 0.0, ["qkv"])
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(RagtuneError, match="pip install peft"):
-        apply_lora(make_bert(), "classification", 4, 8, 0.0, None)
+        apply_lora(make_bert(), 4, 8, 0.0, None)
 
 
 def test_tokenizer_larger_than_model_vocabulary_is_named(tmp_path, capsys):

@@ -16,7 +16,6 @@ from ragtune.models.transformer import (
     TransformerEncoder,
     TransformerForRegression,
     TransformerForSequenceClassification,
-    build_transformer,
 )
 
 VOCAB = 50
@@ -136,14 +135,6 @@ def test_regression_shape_and_loss_goes_down():
     assert losses[-1] < 0.25 * losses[0], losses
 
 
-def test_build_transformer_picks_the_head():
-    config = tiny_config()
-    assert isinstance(build_transformer(config, "classification"), TransformerForSequenceClassification)
-    assert isinstance(build_transformer(config, "regression"), TransformerForRegression)
-    with pytest.raises(RagtuneError, match="classification"):
-        build_transformer(config, "translation")
-
-
 def test_num_parameters():
     config = tiny_config()
     model = TransformerForSequenceClassification(config)
@@ -189,7 +180,7 @@ def test_all_padding_sequence_is_a_clear_error():
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_bf16_autocast_forward_and_backward(task):
-    model = build_transformer(tiny_config(), task)
+    model = (TransformerForSequenceClassification if task == "classification" else TransformerForRegression)(tiny_config())
     ids = random_ids(2, 8)
     mask = torch.ones_like(ids)
     mask[0, 5:] = 0

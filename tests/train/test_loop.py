@@ -8,7 +8,7 @@ import torch
 
 from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
-from ragtune.models.transformer import TransformerConfig, build_transformer
+from ragtune.models.transformer import TransformerConfig, TransformerForRegression, TransformerForSequenceClassification
 from ragtune.train.batches import BatchStream, pad_batch
 from ragtune.train.checkpoint import load_checkpoint
 from ragtune.tasks.classification.recipe import sequence_batch_loss
@@ -34,7 +34,7 @@ def _model(task="classification", seed=0):
     torch.manual_seed(seed)
     cfg = TransformerConfig(vocab_size=32, max_length=16, d_model=32, heads=2, head_dim=16, layers=1, ffn_dim=64,
                             dropout=0.1, num_outputs=2 if task == "classification" else 1)
-    return build_transformer(cfg, task)
+    return (TransformerForSequenceClassification if task == "classification" else TransformerForRegression)(cfg)
 
 
 def _train(model, stream, task, *, cfg, **kw):

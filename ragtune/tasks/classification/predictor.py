@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import classification_metrics, regression_metrics
-from ragtune.models.transformer import TransformerConfig, build_transformer
+from ragtune.models.transformer import TransformerConfig, TransformerForRegression, TransformerForSequenceClassification
 from ragtune.train.batches import pad_batch
 from ragtune.train.checkpoint import load_weights
 
@@ -53,6 +53,11 @@ def compute_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor, label_
     if task == "regression":
         return F.mse_loss(outputs.float(), targets.float())
     raise RagtuneError(f"task: unknown task {task!r}; choose one of ['classification', 'regression']")
+
+
+def scratch_model(config: TransformerConfig, task: str) -> torch.nn.Module:
+    """The from-scratch Transformer of a ``classification`` or ``regression`` run, freshly initialised."""
+    return TransformerForRegression(config) if task == "regression" else TransformerForSequenceClassification(config)
 
 
 def _load_retriever(run_dir: Path, meta: dict):
@@ -162,13 +167,13 @@ class Predictor:
             num_outputs = len(labels) if meta["task"] == "classification" else 1
             if _is_adapter(meta):  # the base model (name_or_path) plus the saved adapter and head
                 hf_model, hf_tokenizer = load_lora_classifier(meta["name_or_path"], folder, num_outputs, labels,
-                                                              meta["task"])
+                                                              meta["task"] == "regression")
             else:
-                hf_model, hf_tokenizer = load_hf_classifier(folder, num_outputs, labels, meta["task"])
-            model = HFSequenceModel(hf_model, meta["task"])
+                hf_model, hf_tokenizer = load_hf_classifier(folder, num_outputs, labels, meta["task"] == "regression")
+            model = HFSequenceModel(hf_model, regression=meta["task"] == "regression")
             model.eval()
             return cls(model, hf_tokenizer.backend_tokenizer, meta, batch_size, _load_retriever(run_dir, meta))
-        model = build_transformer(TransformerConfig(**meta["model_config"]), meta["task"])
+        model = scratch_model(TransformerConfig(**meta["model_config"]), meta["task"])
         load_weights(model, run_dir / WEIGHTS_FILE)
         model.eval()
         return cls(model, load_tokenizer(run_dir / TOKENIZER_FILE), meta, batch_size, _load_retriever(run_dir, meta))

@@ -37,16 +37,16 @@ import torch
 import ragtune
 from ragtune import runs
 from ragtune.config import RunConfig, TrainConfig
-from ragtune.data.prepare import PreparedData, prepare_data
-from ragtune.data.report import data_report, data_report_markdown
+from ragtune.tasks.classification.data import PreparedData, prepare_data
+from ragtune.tasks.classification.data_report import data_report, data_report_markdown
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
-from ragtune.models.transformer import TransformerConfig, build_transformer
+from ragtune.models.transformer import TransformerConfig
 from ragtune.tasks.classification.report import write_report
 from ragtune.retrieval.augment import neighbour_vote
 from ragtune.tasks.classification.predictor import (HF_MODEL_DIR, MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, Predictor,
-                                                    compute_loss, pad_id)
+                                                    compute_loss, pad_id, scratch_model)
 from ragtune.train import distributed
 from ragtune.train.batches import BatchStream, pad_batch
 from ragtune.train.checkpoint import save_weights
@@ -141,7 +141,7 @@ def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
 def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
     """``ragtune eval RUN --data FILE``: a file with the run's text and label columns, read and filtered
     (``keep_labels``, empty texts) exactly as the run read its own splits."""
-    from ragtune.data.prepare import load_eval_file
+    from ragtune.tasks.classification.data import load_eval_file
 
     if target:
         raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: {cfg.task} run")
@@ -332,7 +332,7 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
             use_fast_cpu_kernels,
         )
 
-        hf_model, hf_tokenizer = load_hf_classifier(cfg.model.name_or_path, meta["num_outputs"], meta["labels"], cfg.task)
+        hf_model, hf_tokenizer = load_hf_classifier(cfg.model.name_or_path, meta["num_outputs"], meta["labels"], cfg.task == "regression")
         check_tokenizer_fits(hf_tokenizer, hf_model, cfg.model.name_or_path, cfg.model.name_or_path)
         if meta["added_tokens"]:
             grow_input_embeddings(hf_model, len(extended_tokenizer(cfg.model.name_or_path, meta["added_tokens"])))
@@ -349,13 +349,13 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
             enable_gradient_checkpointing(hf_model)
         lora = cfg.model.lora
         if lora.enabled:
-            hf_model = apply_lora(hf_model, cfg.task, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-        model = HFSequenceModel(hf_model, cfg.task)
+            hf_model = apply_lora(hf_model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        model = HFSequenceModel(hf_model, regression=cfg.task == "regression")
         if lora.enabled:
             log.info("lora: r=%d, alpha=%d, %d of %d parameters train (adapters and head)", lora.r, lora.alpha,
                      model.num_trainable_parameters(), model.num_parameters(non_embedding=False))
         return model
-    return build_transformer(TransformerConfig(**meta["model_config"]), cfg.task)
+    return scratch_model(TransformerConfig(**meta["model_config"]), cfg.task)
 
 
 def sequence_batch_loss(model: torch.nn.Module, stream: BatchStream, task: str, cfg: TrainConfig):

@@ -31,7 +31,7 @@ def write_report(
     wall_seconds: float,
 ) -> Path:
     """Write ``run_dir/report.md`` and return its path."""
-    from ragtune.data.report import data_report_markdown
+    from ragtune.tasks.classification.data_report import data_report_markdown
 
     splits = [s for s in ("validation", "test") if s in metrics]
     keys = _CLASS_KEYS if cfg.task == "classification" else _REG_KEYS

@@ -96,7 +96,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     if m.backbone == "hf":  # a pretrained causal model brings its tokenizer (ragtune/models/hf_text.py)
         from ragtune.models.hf_text import load_hf_text_model
 
-        tokenizer, hf_model, _ = load_hf_text_model(m.name_or_path, "generation", m.max_length)
+        tokenizer, hf_model, _ = load_hf_text_model(m.name_or_path, "causal", m.max_length)
     else:
         t = cfg.tokenizer
         given = data.train.prompt.tolist() if prompts else []

@@ -85,7 +85,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     if m.backbone == "hf":  # a pretrained model brings its tokenizer (ragtune/models/hf_text.py)
         from ragtune.models.hf_text import check_target_vocabulary, load_hf_text_model
 
-        tokenizer, hf_model, hf_kind = load_hf_text_model(m.name_or_path, "translation", m.max_length)
+        tokenizer, hf_model, hf_kind = load_hf_text_model(m.name_or_path, "seq2seq", m.max_length)
         check_target_vocabulary(tokenizer, data.train.target.tolist(), m.name_or_path)
     else:
         t = cfg.tokenizer

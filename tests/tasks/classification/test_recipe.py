@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from ragtune.config import load_config
-from ragtune.data.prepare import prepare_data
+from ragtune.tasks.classification.data import prepare_data
 from ragtune.tasks import run
 from ragtune.tasks.classification.predictor import Predictor
 

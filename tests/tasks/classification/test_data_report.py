@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from ragtune.data.prepare import PreparedData
-from ragtune.data.report import data_report, data_report_markdown
+from ragtune.tasks.classification.data import PreparedData
+from ragtune.tasks.classification.data_report import data_report, data_report_markdown
 from ragtune.data.tokenizer import train_tokenizer
 
 

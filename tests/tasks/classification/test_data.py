@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ragtune.config import config_from_dict
-from ragtune.data.prepare import PreparedData, load_eval_file, prepare_data
+from ragtune.tasks.classification.data import PreparedData, load_eval_file, prepare_data
 from ragtune.errors import RagtuneError
 
 

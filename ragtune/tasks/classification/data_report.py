@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ragtune.data.prepare import SPLITS, PreparedData
+from ragtune.tasks.classification.data import SPLITS, PreparedData
 
 RARE_CLASS_SHARE = 0.05  # warn when a class is under 5% of train
 HEAVY_TRUNCATION_SHARE = 0.10  # warn when over 10% of a split's texts are truncated
