@@ -629,64 +629,17 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _check_data(run_dir: Path, cfg, data_file: str | None, labels: list[str]):
-    """``(texts, targets, what)`` to check an export on: ``--data``, else the run's test split."""
-    if data_file:
-        from ragtune.tasks.classification.data import load_eval_file
-
-        df = load_eval_file(data_file, cfg, labels)
-        return df.text.tolist(), df.label.tolist(), data_file
-    from ragtune.tasks.classification.data import prepare_data
-
-    try:
-        data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
-    except RagtuneError as exc:
-        raise RagtuneError(f"cannot prepare the run's test split to check the export ({exc}); "
-                           "give a labelled file with --data FILE") from exc
-    if not len(data.test):
-        raise RagtuneError(f"{run_dir}: the run has no test split to check the export on; give --data FILE")
-    return data.test.text.tolist(), data.test.label.tolist(), "the run's test split"
-
-
 def cmd_export(args) -> int:
-    from ragtune.export.onnx import compare_engines, export_onnx
-    from ragtune.tasks import task_of
-    from ragtune.tasks.classification.predictor import Predictor
+    from ragtune.export.onnx import export_run
 
     run_dir, out = Path(args.run_dir), Path(args.out)
-    cfg = _run_config(run_dir)
-    if "onnx" not in task_of(cfg.task).engines:
-        raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune export` exports classification and regression runs "
-                           "(the reader is in Hugging Face format in RUN_DIR/reader for other tools)")
-    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
-        raise RagtuneError(f"--out {out} is inside the run directory {run_dir}; export to a folder of its own")
-    if out.exists() and not out.is_dir():
-        raise RagtuneError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise RagtuneError(f"--out {out} exists and is not empty; choose another folder or add --overwrite")
-    torch_predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
-    texts, targets, what = _check_data(run_dir, cfg, args.data, torch_predictor.labels)  # before writing anything
-    staging = out.with_name(out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
-        info = export_onnx(torch_predictor, staging, quantize=args.quantize, source=str(run_dir))
-        shutil.copy2(run_dir / "config.yaml", staging / "config.yaml")  # the serve: settings travel along
-        onnx_predictor = Predictor.from_run_dir(staging, batch_size=cfg.eval.batch_size, engine="onnx")
-        report = compare_engines(torch_predictor, onnx_predictor, texts, targets)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    (staging / "check.json").write_text(json.dumps({"checked_on": what, **report}, indent=2), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    metric = "accuracy" if torch_predictor.labels else "mse"  # classification, else regression
-    before, after = report.get(f"{metric}_reference"), report.get(f"{metric}_candidate")
+    info, check = export_run(_run_config(run_dir), run_dir, out, quantize=args.quantize, data_file=args.data,
+                             overwrite=args.overwrite)
+    metric = "accuracy" if "accuracy_reference" in check else "mse"  # classification, else regression
+    before, after = check.get(f"{metric}_reference"), check.get(f"{metric}_candidate")
     print(f"exported {info['model_file']} ({info.get('quantize') or 'fp32'}) to {out}")
-    print(f"checked on {what} ({report.get('n', len(texts))} texts): max |logit difference| vs PyTorch "
-          f"{report['max_abs_diff']:.3g}" + (f", predictions agree on {report['agreement']:.2%}" if "agreement" in report else ""))
+    print(f"checked on {check['checked_on']} ({check['n']} texts): max |logit difference| vs PyTorch "
+          f"{check['max_abs_diff']:.3g}" + (f", predictions agree on {check['agreement']:.2%}" if "agreement" in check else ""))
     if before is not None:
         print(f"test {metric}: PyTorch {before:.4f} -> ONNX {after:.4f}")
     print(f"serve it: ragtune serve {out} --engine onnx")

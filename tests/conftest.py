@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from qa_fixtures import people_squad, qa_bert, qa_tokenizer, tiny_reader_folder  # noqa: F401  (the QA fixtures)
 from tiny_hf import make_rows
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

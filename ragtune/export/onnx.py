@@ -476,3 +476,64 @@ def compare_engines(reference, candidate, texts: Sequence[str], labels: Sequence
         out["mse_reference"] = float(np.mean((reference._unscale(a) - y) ** 2)) if len(y) else float("nan")
         out["mse_candidate"] = float(np.mean((candidate._unscale(b) - y) ** 2)) if len(y) else float("nan")
     return out
+
+
+# ------------------------------------------------------------------------------------ `ragtune export`
+
+
+def export_run(cfg, run_dir: Path, out: Path, *, quantize: str | None = None, data_file: str | None = None,
+               overwrite: bool = False) -> tuple[dict, dict]:
+    """``ragtune export RUN_DIR --out DIR``: ``(export.json's info, check.json)``.
+
+    The export is written to ``DIR.partial`` and renamed to ``out`` only once it has been checked
+    against PyTorch on ``data_file`` (a labelled file) or the run's test split; a failure removes the
+    partial folder and leaves an older ``out`` as it was. ``cfg`` is the run's config.
+    """
+    from ragtune.tasks import task_of
+    from ragtune.tasks.classification.predictor import Predictor
+
+    if "onnx" not in task_of(cfg.task).engines:
+        raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune export` exports classification and regression runs "
+                           "(the reader is in Hugging Face format in RUN_DIR/reader for other tools)")
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise RagtuneError(f"--out {out} is inside the run directory {run_dir}; export to a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise RagtuneError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise RagtuneError(f"--out {out} exists and is not empty; choose another folder or add --overwrite")
+    torch_predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    texts, targets, what = _check_data(run_dir, cfg, data_file, torch_predictor.labels)  # before writing anything
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        info = export_onnx(torch_predictor, staging, quantize=quantize, source=str(run_dir))
+        shutil.copy2(run_dir / "config.yaml", staging / "config.yaml")  # the serve: settings travel along
+        onnx_predictor = Predictor.from_run_dir(staging, batch_size=cfg.eval.batch_size, engine="onnx")
+        check = {"checked_on": what, **compare_engines(torch_predictor, onnx_predictor, texts, targets)}
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (staging / "check.json").write_text(json.dumps(check, indent=2), encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return info, check
+
+
+def _check_data(run_dir: Path, cfg, data_file: str | None, labels: list[str]):
+    """``(texts, targets, what)`` to check an export on: ``data_file``, else the run's test split."""
+    from ragtune.tasks.classification.data import load_eval_file, prepare_data
+
+    if data_file:
+        df = load_eval_file(data_file, cfg, labels)
+        return df.text.tolist(), df.label.tolist(), data_file
+    try:
+        data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
+    except RagtuneError as exc:
+        raise RagtuneError(f"cannot prepare the run's test split to check the export ({exc}); "
+                           "give a labelled file with --data FILE") from exc
+    if not len(data.test):
+        raise RagtuneError(f"{run_dir}: the run has no test split to check the export on; give --data FILE")
+    return data.test.text.tolist(), data.test.label.tolist(), "the run's test split"

@@ -86,7 +86,7 @@ def index_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory):
     """A tiny task: qa run (a random tiny BERT reader, one epoch, BM25 over its own paragraphs)."""
-    from qa.conftest import make_people_squad, make_qa_bert, make_qa_tokenizer
+    from qa_fixtures import make_people_squad, make_qa_bert, make_qa_tokenizer
 
     root = tmp_path_factory.mktemp("page_qa")
     make_qa_bert().save_pretrained(root / "reader")

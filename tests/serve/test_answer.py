@@ -14,7 +14,7 @@ from ragtune.serve.service import load_service
 
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory, tiny_reader_folder):
-    from qa.conftest import make_people_squad
+    from qa_fixtures import make_people_squad
 
     root = tmp_path_factory.mktemp("qa_serve")
     (root / "squad.json").write_text(json.dumps(make_people_squad()), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Shared fixtures of the question-answering tests: a tiny random BERT reader
+"""Shared fixtures of the question-answering tests (registered by tests/conftest.py): a tiny random BERT reader
 with a word-level WordPiece vocabulary (English words, a few ``##`` pieces, CJK characters)."""
 
 import random
