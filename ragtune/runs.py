@@ -9,7 +9,9 @@ here, so no recipe types it again:
 - :func:`training_summary`: the ``training`` entry of ``metrics.json``;
 - :func:`write_json`: ``metrics.json``, ``data_report.json``, ``model.json`` (UTF-8, Chinese kept as is);
 - :func:`log_done`: the last log line, the headline metrics of each split;
-- :func:`fmt` and :func:`cell`: numbers and texts in the Markdown tables of ``report.md``;
+- :func:`fmt` and :func:`cell`: numbers and texts in the Markdown tables of ``report.md``, and the
+  pieces of the qa and text tasks' reports (:func:`report_title`, :func:`metrics_table`,
+  :func:`training_section`, :func:`examples_section`);
 - for the text tasks (translation, generation): :func:`text_model_meta`, :func:`save_text_model`,
   :func:`read_run_meta` and :func:`load_run_model` (``model.json``, the weights or ``hf_model/``),
   :func:`train_text_model` (the loop with greedy validation decoding) and :func:`final_metrics`.
@@ -39,6 +41,7 @@ from ragtune.config import flatten, path_keys, path_list_keys, to_yaml
 from ragtune.data.seq2seq import PairData
 from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
+from ragtune.evaluate import plots
 from ragtune.models.hf_text import HF_DIR, save_hf_text_model
 from ragtune.train import distributed
 from ragtune.train.batches import BatchStream
@@ -187,6 +190,45 @@ def fmt(value) -> str:
 def cell(text: str) -> str:
     """A text in a Markdown table cell (pipes escaped, one line)."""
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# report.md of the qa, translation and generation runs: the pieces each recipe's _report puts together
+
+
+def report_title(cfg) -> str:
+    return f"# ragtune run report{': ' + cfg.name if cfg.name else ''}"
+
+
+def table(header: list[str], rows) -> list[str]:
+    """A Markdown table: the header, its rule and one line per row (each value through :func:`cell`)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)]
+
+
+def metrics_table(metrics: dict, keys) -> list[str]:
+    """The ``keys`` of each evaluated split (validation, test) as one table."""
+    splits = [s for s in ("validation", "test") if s in metrics]
+    return table(["metric", *splits], ([k, *(fmt(metrics[s].get(k)) for s in splits)] for k in keys))
+
+
+def training_section(metrics: dict, result: TrainResult, run_dir: Path, selection: str, wall: float,
+                     curve_keys: tuple[str, ...]) -> list[str]:
+    """``## Training``: steps, time, the best epoch (by ``selection``) and the learning curves of ``curve_keys``."""
+    t = metrics["training"]
+    lines = ["", "## Training", "", f"{t['optimizer_steps']} optimizer steps in {t['seconds']:.0f} s; best epoch "
+             f"{t['best_epoch']} (by validation {selection}); wall time {wall:.0f} s.", ""]
+    if result.history:
+        shown = [k for k in curve_keys if any(e.get(f"validation_{k}") is not None for e in result.history)]
+        lines += [f"![learning curves]({plots.plot_curves(result.history, run_dir / 'curves.png', metrics=shown or None).name})", ""]
+    return lines
+
+
+def examples_section(title: str, examples: dict, columns: tuple[str, ...]) -> list[str]:
+    """``## title (split)``: the decoded examples of the test split (else validation) as a table."""
+    split = "test" if "test" in examples else "validation"
+    if not examples.get(split):
+        return []
+    return [f"## {title} ({split})", "", *table(list(columns), ([ex[c] for c in columns] for ex in examples[split])), ""]
 
 
 # Translation and generation runs: the model's files, the training loop's set-up, the final metrics

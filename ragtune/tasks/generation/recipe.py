@@ -36,7 +36,6 @@ from ragtune.config import RunConfig
 from ragtune.data.seq2seq import PairData, read_generation, split_examples
 from ragtune.data.seq2seq_tokenizer import bpe_tokenizer, train_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
-from ragtune.evaluate import plots
 from ragtune.tasks.generation.predictor import PASSAGE_SEPARATOR, GenerationPredictor, add_passages
 from ragtune.models.decoder import DecoderConfig, build_decoder
 from ragtune.models.seq2seq import seq2seq_loss
@@ -179,10 +178,9 @@ def train_tokenizer_for(cfg: RunConfig, path: Path, demo_dir=None) -> Path:
 
 def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, shown: dict, result: TrainResult,
             model, wall: float) -> None:
-    splits = [s for s in ("validation", "test") if s in metrics]
     m, r = cfg.model, cfg.retrieval
     retrieval = f"top {r.top_k} passages from `{r.index or 'index'}`" if r.top_k else "off"
-    lines = [f"# ragtune run report{': ' + cfg.name if cfg.name else ''}", "",
+    lines = [runs.report_title(cfg), "",
              "task **generation** · " + (f"pretrained `{m.name_or_path}`, " if m.backbone == "hf" else
                                          f"decoder-only Transformer, {m.layers} layers, d_model {m.d_model}, {m.heads} "
                                          f"heads x {m.head_dim}, ffn {m.ffn_dim}, ")
@@ -191,24 +189,10 @@ def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, shown:
              "ROUGE (Chinese-aware, 0-100) and BLEU of the generated responses"
              + ("" if cfg.generation_prompts else " (each text's second half, written after its first half)")
              + "; loss is the mean cross-entropy per response token, perplexity its exp.", "",
-             "| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
-    for key in (*METRIC_KEYS, "n"):
-        lines.append(f"| {key} | " + " | ".join(runs.fmt(metrics[s].get(key)) for s in splits) + " |")
-    lines += ["", "## Data", "", "| split | examples | source | mean prompt chars | mean response chars |", "|---|---|---|---|---|"]
-    for name, info in data.info["splits"].items():
-        lines.append(f"| {name} | {info['pairs']} | {runs.cell(info['source'])} | {info['prompt_chars_mean']} | "
-                     f"{info['response_chars_mean']} |")
-    training = metrics["training"]
-    lines += ["", "## Training", "", f"{training['optimizer_steps']} optimizer steps in {training['seconds']:.0f} s; "
-              f"best epoch {training['best_epoch']} (by validation {cfg.selection_metric}); wall time {wall:.0f} s.", ""]
-    if result.history:
-        keys = [k for k in ("rougeL", "perplexity") if any(e.get(f"validation_{k}") is not None for e in result.history)]
-        name = plots.plot_curves(result.history, run_dir / "curves.png", metrics=keys or None).name
-        lines += [f"![learning curves]({name})", ""]
-    split = "test" if "test" in shown else "validation"
-    if shown.get(split):
-        lines += [f"## Examples ({split})", "", "| prompt | reference | output |", "|---|---|---|"]
-        for ex in shown[split]:
-            lines.append(f"| {runs.cell(ex['prompt'])} | {runs.cell(ex['reference'])} | {runs.cell(ex['output'])} |")
-        lines.append("")
+             *runs.metrics_table(metrics, (*METRIC_KEYS, "n")),
+             "", "## Data", "", *runs.table(["split", "examples", "source", "mean prompt chars", "mean response chars"], (
+                 [name, i["pairs"], i["source"], i["prompt_chars_mean"], i["response_chars_mean"]]
+                 for name, i in data.info["splits"].items())),
+             *runs.training_section(metrics, result, run_dir, cfg.selection_metric, wall, ("rougeL", "perplexity")),
+             *runs.examples_section("Examples", shown, ("prompt", "reference", "output"))]
     (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")

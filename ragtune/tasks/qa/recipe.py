@@ -28,7 +28,6 @@ from ragtune import runs
 from ragtune.config import RunConfig
 from ragtune.tasks.qa.data import QAData, prepare_qa_data
 from ragtune.errors import RagtuneError
-from ragtune.evaluate import plots
 from ragtune.retrieval.augment import INDEX_DIR, open_run_index
 from ragtune.tasks.qa.predictor import MODEL_META, PASSAGE_EMBEDDINGS, QUERY_ENCODER_DIR, READER_DIR, QAPredictor
 from ragtune.train.batches import BatchStream
@@ -196,24 +195,14 @@ def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predic
 
 
 def _report(cfg: RunConfig, run_dir: Path, data: QAData, metrics: dict, result: TrainResult, wall: float) -> None:
-    splits = [s for s in ("validation", "test") if s in metrics]
-    keys = [k for k in QA_KEYS if any(k in metrics[s] for s in splits)]
-    lines = [f"# ragtune run report{': ' + cfg.name if cfg.name else ''}", "",
+    keys = [k for k in QA_KEYS if any(k in m for s, m in metrics.items() if s in ("validation", "test"))]
+    lines = [runs.report_title(cfg), "",
              f"task **qa** · reader `{cfg.model.name_or_path}` · retrieval "
              + (f"top {cfg.retrieval.top_k} from `{cfg.retrieval.index or INDEX_DIR}`" if cfg.retrieval.top_k else "off (gold paragraph)"),
              "", "## Results", "", "exact match and F1 are SQuAD's (0-100); recall/MRR/nDCG are of the gold paragraph "
              "among the retrieved passages; `reader_*`: the reader given the gold paragraph.", "",
-             "| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
-    for key in keys:
-        lines.append(f"| {key} | " + " | ".join(runs.fmt(metrics[s].get(key)) for s in splits) + " |")
-    lines += ["", "## Data", "", "| split | questions | articles | paragraphs | source |", "|---|---|---|---|---|"]
-    for name, info in data.info["splits"].items():
-        lines.append(f"| {name} | {info['questions']} | {info['articles']} | {info['paragraphs']} | {info['source']} |")
-    training = metrics["training"]
-    lines += ["", "## Training", "", f"{training['optimizer_steps']} optimizer steps in {training['seconds']:.0f} s; "
-              f"best epoch {training['best_epoch']} (by validation {cfg.selection_metric}); wall time {wall:.0f} s.", ""]
-    if result.history:
-        shown = [m for m in ("f1", "exact_match") if any(e.get(f"validation_{m}") is not None for e in result.history)]
-        name = plots.plot_curves(result.history, run_dir / "curves.png", metrics=shown or None).name
-        lines += [f"![learning curves]({name})", ""]
+             *runs.metrics_table(metrics, keys), "", "## Data", "",
+             *runs.table(["split", "questions", "articles", "paragraphs", "source"], (
+                 [name, i["questions"], i["articles"], i["paragraphs"], i["source"]] for name, i in data.info["splits"].items())),
+             *runs.training_section(metrics, result, run_dir, cfg.selection_metric, wall, ("f1", "exact_match"))]
     (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -33,7 +33,6 @@ from ragtune import runs
 from ragtune.data.seq2seq import PairData, read_pairs, split_examples
 from ragtune.data.seq2seq_tokenizer import bpe_tokenizer, train_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
-from ragtune.evaluate import plots
 from ragtune.models.seq2seq import Seq2SeqConfig, build_seq2seq, pad_batch, seq2seq_loss
 from ragtune.runs import TOKENIZER_FILE
 from ragtune.tasks.translation.predictor import Seq2SeqPredictor
@@ -191,37 +190,21 @@ def train_tokenizer_for(cfg: RunConfig, path: Path, demo_dir=None) -> Path:
 
 def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, examples: dict, result: TrainResult,
             model, wall: float) -> None:
-    splits = [s for s in ("validation", "test") if s in metrics]
     m, dec = cfg.model, cfg.decode
     decoding = {"greedy": "greedy", "beam": f"beam search (beam {dec.beam_size}, length penalty {dec.length_penalty})",
                 "sample": f"sampling (top_k {dec.top_k}, top_p {dec.top_p}, temperature {dec.temperature}, seed {dec.seed})"}
-    lines = [f"# ragtune run report{': ' + cfg.name if cfg.name else ''}", "",
+    lines = [runs.report_title(cfg), "",
              "task **translation** · " + (f"pretrained `{m.name_or_path}`, " if m.backbone == "hf" else
                                           f"encoder-decoder Transformer {m.layers}+{m.layers} layers, d_model {m.d_model}, "
                                           f"{m.heads} heads x {m.head_dim}, ffn {m.ffn_dim}, ")
              + f"{model.num_parameters(non_embedding=False) / 1e6:.2f}M parameters · decoding: {decoding[dec.strategy]}",
              "", "## Results", "",
              "BLEU and chrF (sacrebleu, 0-100) of the decoded outputs; loss is the mean cross-entropy per target "
-             "token (no label smoothing), perplexity its exp.", "",
-             "| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
-    for key in (*METRIC_KEYS, "n", "bleu_tokenize"):
-        lines.append(f"| {key} | " + " | ".join(runs.fmt(metrics[s].get(key)) for s in splits) + " |")
-    lines += ["", "## Data", "", "| split | pairs | source | mean source chars | mean target chars |", "|---|---|---|---|---|"]
-    for name, info in data.info["splits"].items():
-        lines.append(f"| {name} | {info['pairs']} | {runs.cell(info['source'])} | {info['source_chars_mean']} | "
-                     f"{info['target_chars_mean']} |")
-    training = metrics["training"]
-    lines += ["", "## Training", "", f"{training['optimizer_steps']} optimizer steps in {training['seconds']:.0f} s; "
-              f"best epoch {training['best_epoch']} (by validation {cfg.selection_metric}, greedy decoding of at most "
-              f"{cfg.eval.max_decode_rows} pairs); wall time {wall:.0f} s.", ""]
-    if result.history:
-        shown = [k for k in ("bleu", "chrf") if any(e.get(f"validation_{k}") is not None for e in result.history)]
-        name = plots.plot_curves(result.history, run_dir / "curves.png", metrics=shown or None).name
-        lines += [f"![learning curves]({name})", ""]
-    split = "test" if "test" in examples else "validation"
-    if examples.get(split):
-        lines += [f"## Example translations ({split})", "", "| source | reference | output |", "|---|---|---|"]
-        for ex in examples[split]:
-            lines.append(f"| {runs.cell(ex['source'])} | {runs.cell(ex['reference'])} | {runs.cell(ex['output'])} |")
-        lines.append("")
+             "token (no label smoothing), perplexity its exp.", "", *runs.metrics_table(metrics, (*METRIC_KEYS, "n", "bleu_tokenize")),
+             "", "## Data", "", *runs.table(["split", "pairs", "source", "mean source chars", "mean target chars"], (
+                 [name, i["pairs"], i["source"], i["source_chars_mean"], i["target_chars_mean"]]
+                 for name, i in data.info["splits"].items())),
+             *runs.training_section(metrics, result, run_dir, f"{cfg.selection_metric}, greedy decoding of at most "
+                                    f"{cfg.eval.max_decode_rows} pairs", wall, ("bleu", "chrf")),
+             *runs.examples_section("Example translations", examples, ("source", "reference", "output"))]
     (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
