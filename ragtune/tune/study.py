@@ -6,7 +6,7 @@
     result = tune(cfg, "tunes/seed", config_path="configs/seed_tune.yaml")
     result.best_value, result.best_params, result.test_metrics
 
-Each trial is a ragtune run (``pipeline.run``) in ``OUT/trials/trial_NNNN`` on the config with the
+Each trial is a ragtune run (``ragtune.tasks.run``) in ``OUT/trials/trial_NNNN`` on the config with the
 trial's values written in (:mod:`ragtune.tune.space`); it trains, reports the validation ``metric``
 to Optuna after every epoch (the pruner may stop it there) and never sees the test split. The
 study lives in Optuna storage: ``sqlite:///OUT/study.db`` unless ``storage`` names another RDB URL

@@ -1,6 +1,6 @@
 """Inference for a ``task: generation`` run: load RUN_DIR, write responses, score examples.
 
-The one path shared by the pipeline (validation each epoch, the final metrics), ``ragtune predict``,
+The one path shared by the recipe (validation each epoch, the final metrics), ``ragtune predict``,
 ``ragtune eval`` and ``POST /v1/generate``::
 
     p = GenerationPredictor.from_run_dir("runs/squad_gen")

@@ -1,4 +1,4 @@
-"""The ``task: generation`` pipeline: prompt → response (or texts to continue) with a decoder-only model.
+"""The ``task: generation`` recipe: prompt → response (or texts to continue) with a decoder-only model.
 
 ::
 

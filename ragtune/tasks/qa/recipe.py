@@ -1,4 +1,4 @@
-"""The ``task: qa`` pipeline: question answering over a document corpus, as a stage diagram.
+"""The ``task: qa`` recipe: question answering over a document corpus, as a stage diagram.
 
 ::
 

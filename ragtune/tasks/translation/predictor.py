@@ -1,6 +1,6 @@
 """Inference for a ``task: translation`` run: load RUN_DIR, translate texts, score pairs.
 
-The one path shared by the pipeline (validation each epoch, the final metrics), ``ragtune predict``
+The one path shared by the recipe (validation each epoch, the final metrics), ``ragtune predict``
 and ``ragtune eval``::
 
     p = Seq2SeqPredictor.from_run_dir("runs/multi30k")

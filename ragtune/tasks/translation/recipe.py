@@ -1,4 +1,4 @@
-"""The ``task: translation`` pipeline: source text → target text with an encoder-decoder, as a stage diagram.
+"""The ``task: translation`` recipe: source text → target text with an encoder-decoder, as a stage diagram.
 
 ::
 
