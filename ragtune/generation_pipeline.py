@@ -29,11 +29,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
-from ragtune.config import RunConfig
 from ragtune.data.seq2seq import read_generation
 from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
@@ -54,6 +54,9 @@ from ragtune.seq2seq_pipeline import (
 from ragtune.seq2seq_predictor import TOKENIZER_FILE
 from ragtune.train.batches import BatchStream
 from ragtune.train.loop import TrainResult
+
+if TYPE_CHECKING:
+    from ragtune.tasks.generation.config import GenerationConfig as RunConfig
 
 log = logging.getLogger("ragtune")
 

@@ -35,13 +35,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import yaml
 
 import ragtune
-from ragtune.config import RunConfig, config_from_dict, flatten, path_keys, path_list_keys, to_yaml
+from ragtune.config import flatten, path_keys, path_list_keys, to_yaml
 from ragtune.data.prepare import PreparedData, prepare_data
 from ragtune.data.report import data_report, data_report_markdown
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
@@ -55,6 +56,9 @@ from ragtune.train import distributed
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import checkpoint_exists, load_weights, save_weights, sha256_file
 from ragtune.train.loop import TrainResult, train_model
+
+if TYPE_CHECKING:
+    from ragtune.tasks import RunConfig
 
 log = logging.getLogger("ragtune")
 
@@ -258,7 +262,9 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists() or not checkpoint_exists(run_dir / "checkpoints" / "last"):
         raise RagtuneError(f"cannot resume {run_dir}: it holds no config.yaml and checkpoint of an earlier run")
-    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
+    from ragtune.tasks import config_from_dict
+
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path), saved=True)
     old, new = flatten(saved.model_dump(mode="json")), flatten(cfg.model_dump(mode="json"))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
@@ -285,16 +291,16 @@ def _write_inputs(cfg: RunConfig, data: PreparedData | None, run_dir: Path, conf
     """sha256 of every input file, so a reader can tell which data produced the run."""
     files = {}
     flat = flatten(cfg.model_dump(mode="json"))
-    for key in path_keys():
+    for key in path_keys(type(cfg)):
         if flat.get(key):
             files[key] = _input_record(key, flat[key])
         for side in ("source", "target"):  # task translation: {source: a.en, target: a.de}
             if isinstance(flat.get(f"{key}.{side}"), str):
                 files[f"{key}.{side}"] = _input_record(f"{key}.{side}", flat[f"{key}.{side}"])
-    for key in path_list_keys():
+    for key in path_list_keys(type(cfg)):
         for i, path in enumerate(flat.get(key) or []):
             files[f"{key}[{i}]"] = _input_record(f"{key}[{i}]", path)
-    if cfg.data.demo:
+    if data is not None and cfg.data.demo:  # classification and regression only
         for f in sorted((run_dir / "demo_data").glob("*")):
             files[f"demo:{f.name}"] = {"path": str(f), "sha256": sha256_file(f)}
     if config_path is not None:

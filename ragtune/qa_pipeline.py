@@ -21,12 +21,12 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 import ragtune
-from ragtune.config import RunConfig
 from ragtune.data.qa import QAData, prepare_qa_data
 from ragtune.errors import RagtuneError
 from ragtune.evaluate import plots
@@ -36,6 +36,9 @@ from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import load_weights
 from ragtune.train.loop import TrainResult, train_model
 from ragtune.train.qa import make_reader_batch_loss, reader_inputs
+
+if TYPE_CHECKING:
+    from ragtune.tasks.qa.config import QAConfig as RunConfig
 
 log = logging.getLogger("ragtune")
 

@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 import ragtune
-from ragtune.config import RunConfig
 from ragtune.data.seq2seq import read_pairs
 from ragtune.data.seq2seq_tokenizer import (
     load_seq2seq_tokenizer,
@@ -51,6 +51,9 @@ from ragtune.seq2seq_predictor import (
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import load_weights, save_weights
 from ragtune.train.loop import TrainResult, train_model
+
+if TYPE_CHECKING:
+    from ragtune.tasks import RunConfig
 
 log = logging.getLogger("ragtune")
 
@@ -151,7 +154,7 @@ def run_translation(
         tokenizer = bpe_tokenizer(cfg, tok_path, resume, lambda: train_seq2seq_tokenizer(
             data.train.source.tolist(), data.train.target.tolist(), vocab_size=t.vocab_size,
             min_frequency=t.min_frequency, joint=t.joint))
-    if cfg.model.share_embeddings and not tokenizer.joint:
+    if hf_model is None and m.share_embeddings and not tokenizer.joint:
         raise RagtuneError("model.share_embeddings: the tokenizer has one vocabulary per side; "
                            "set model.share_embeddings: false or use a joint tokenizer")
     if hf_model is None:

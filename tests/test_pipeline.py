@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.data.prepare import prepare_data
 from ragtune.pipeline import run
 from ragtune.predictor import Predictor

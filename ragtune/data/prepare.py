@@ -22,14 +22,16 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ragtune.config import RunConfig
 from ragtune.data.io import read_table, require_columns
 from ragtune.errors import RagtuneError
+
+if TYPE_CHECKING:
+    from ragtune.tasks.classification.config import ClassificationConfig as RunConfig
 
 SPLITS = ("train", "validation", "test")
 _SHOW_ROWS = 5  # row numbers quoted in a message

@@ -16,10 +16,13 @@ training file **by article** (:func:`ragtune.data.squad.split_by_article`, seede
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ragtune.config import RunConfig
 from ragtune.data.squad import QARecord, read_squad, split_by_article
 from ragtune.errors import RagtuneError
+
+if TYPE_CHECKING:
+    from ragtune.tasks.qa.config import QAConfig as RunConfig
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.data.prepare import prepare_data
 from ragtune.data.report import data_report
 
