@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("validate", help="check a config and report every error at once",
-                       description="Validate CONFIG with overrides; --show prints the resolved config as YAML.")
+                       description="Validate CONFIG with overrides and check that every input file it names exists; "
+                                   "--show prints the resolved config as YAML.")
     p.add_argument("config", nargs="?", help="YAML config file (omit with --reference)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
@@ -307,10 +308,12 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> None:
 
 
 def cmd_run(args) -> int:
+    from ragtune.config import check_inputs
     from ragtune.pipeline import run
     from ragtune.tasks import load_config
 
     cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg, args.config)  # before anything is written: a failed start leaves no run directory
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise RagtuneError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")
@@ -369,10 +372,12 @@ class _TuneConsole(logging.Filter):
 
 
 def cmd_tune(args) -> int:
+    from ragtune.config import check_inputs
     from ragtune.tasks import load_config
     from ragtune.tune import tune
 
     cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg, args.config)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise RagtuneError(f"--out {out} is a file, not a folder")
@@ -403,7 +408,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from ragtune.config import to_yaml
+    from ragtune.config import check_inputs, to_yaml
     from ragtune.tasks import config_reference, load_config
 
     if args.reference:
@@ -412,6 +417,7 @@ def cmd_validate(args) -> int:
     if not args.config:
         raise RagtuneError("validate needs a CONFIG file (or --reference)")
     cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg, args.config)
     if cfg.tune.space:  # a tuning config: its space is checked too
         from ragtune.tune import parse_space
 

@@ -540,6 +540,27 @@ def validate(schema: Any, tree: Any, source: str = "<config>", saved: bool = Fal
     return cfg
 
 
+def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
+    """Every input file and folder ``cfg`` names must exist: the path keys (``data.*`` with their
+    ``{source, target}`` mappings, ``tokenizer.path``, ``retrieval.index``), each ``retrieval.corpus``
+    entry and a local ``model.name_or_path`` (one resolved to an absolute path). Checked without
+    reading anything, so ``ragtune validate`` and ``ragtune run`` (before it creates the run
+    directory) name every missing one at once."""
+    schema = type(cfg)
+    paths, lists = set(path_keys(schema)), set(path_list_keys(schema))
+    named = []
+    for key, value in flatten(cfg.model_dump(mode="json")).items():
+        if key in paths or key.rpartition(".")[0] in paths or (key in MODEL_PATH_KEYS and isinstance(value, str) and os.path.isabs(value)):
+            named.append((key, value))
+        elif key in lists:
+            named += [(f"{key}[{i}]", v) for i, v in enumerate(value or [])]
+    missing = [f"{key}: {'folder' if key in ('retrieval.index', *MODEL_PATH_KEYS) else 'file'} not found: {value}"
+               for key, value in named if isinstance(value, str) and not os.path.exists(value)]
+    if missing:
+        lines = "\n".join(f"  - {e}" for e in missing)
+        raise RagtuneError(f"{source}: {len(missing)} missing {'input' if len(missing) == 1 else 'inputs'}:\n{lines}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading, overrides, paths
 # ---------------------------------------------------------------------------------------------
