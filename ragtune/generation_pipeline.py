@@ -66,8 +66,6 @@ METRIC_KEYS = ("rougeL", "rouge1", "rouge2", "bleu", "loss", "perplexity")
 def read_examples(cfg: RunConfig, spec) -> pd.DataFrame:
     """One generation file of ``cfg`` as a DataFrame with ``prompt`` and ``response``."""
     d = cfg.data
-    if isinstance(spec, dict):
-        raise RagtuneError(f"data: task generation reads one file per split (got a mapping {spec})")
     if d.prompt_column is None:
         return read_generation(spec, text_column=d.text_column, fmt=d.format, max_rows=d.max_rows)
     return read_generation(spec, d.prompt_column, d.response_column, fmt=d.format, max_rows=d.max_rows)
@@ -75,8 +73,6 @@ def read_examples(cfg: RunConfig, spec) -> pd.DataFrame:
 
 def prepare_examples(cfg: RunConfig) -> PairData:
     """The three splits (``prompt``, ``response``); missing ones carved from train by a seeded split."""
-    if not cfg.data.train:
-        raise RagtuneError("data.train: required for task generation")
     return split_examples(cfg, lambda spec: read_examples(cfg, spec), str, ("prompt", "response"))
 
 

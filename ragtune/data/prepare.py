@@ -332,8 +332,6 @@ def prepare_data(cfg: RunConfig, demo_dir: str | Path | None = None) -> Prepared
             prepared = _prepare(cfg, write_demo_dataset(Path(demo_dir)), "text", "label", "csv", demo=True)
         prepared.info["demo_description"] = DEMO_DESCRIPTION
         return prepared
-    if not d.train:
-        raise RagtuneError("data.train: required (a CSV/TSV/JSONL/Parquet file), unless data.demo is true")
     paths: dict[str, Path | None] = {
         "train": Path(d.train),
         "validation": Path(d.validation) if d.validation else None,
