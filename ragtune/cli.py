@@ -80,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("validate", help="check a config and report every error at once",
-                       description="Validate CONFIG with overrides and check that every input file it names exists; "
-                                   "--show prints the resolved config as YAML.")
+                       description="Validate CONFIG with overrides and check every input file it names; --show prints it resolved.")
     p.add_argument("config", nargs="?", help="YAML config file (omit with --reference)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
