@@ -82,7 +82,7 @@ def _sample_file(src: str, dest: Path, cfg, n: int) -> str:
 
 def build_overrides(name: str, args, out: Path) -> list[str]:
     """Overrides shared by every seed and system (paths absolute, so the cwd does not matter)."""
-    from ragtune.config import load_config
+    from ragtune.tasks import load_config
 
     base = load_config(DATASETS[name])
     overrides: list[str] = []
@@ -226,7 +226,8 @@ def main() -> int:
     import torch
     import transformers
 
-    from ragtune.config import load_config, to_yaml
+    from ragtune.config import to_yaml
+    from ragtune.tasks import load_config
     from ragtune.tasks.classification.data import prepare_data
 
     if args.threads:

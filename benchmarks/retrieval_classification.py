@@ -74,7 +74,8 @@ def main() -> int:
     ap.add_argument("--json", help="summary file (default: benchmarks/results/retrieval_classification_<stem>.json)")
     args = ap.parse_args()
 
-    from ragtune.config import load_config, to_yaml
+    from ragtune.config import to_yaml
+    from ragtune.tasks import load_config
 
     stem = Path(args.config).stem
     out = Path(args.out or ROOT / "bench_out" / "rac" / stem).resolve()

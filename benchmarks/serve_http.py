@@ -134,12 +134,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_http.json")
     args = ap.parse_args()
 
-    from ragtune.config import config_from_dict, read_yaml
+    from ragtune.config import read_yaml
+    from ragtune.tasks import config_from_dict
     from ragtune.tasks.classification.data import prepare_data
 
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # the load generator stays off the server's core
-    cfg = config_from_dict(read_yaml(args.run / "config.yaml"), str(args.run / "config.yaml"))
+    cfg = config_from_dict(read_yaml(args.run / "config.yaml"), str(args.run / "config.yaml"), saved=True)
     test = prepare_data(cfg).test
     texts, gold = test.text.tolist(), test.label.tolist()
     export_dir = args.run.with_name(args.run.name + ".exports") / "onnx-int8"

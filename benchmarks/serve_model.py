@@ -97,12 +97,13 @@ def main() -> int:
 
     import torch
 
-    from ragtune.config import config_from_dict, read_yaml
+    from ragtune.config import read_yaml
+    from ragtune.tasks import config_from_dict
     from ragtune.tasks.classification.data import prepare_data
 
     torch.set_num_threads(args.threads)
     exports = args.exports or args.run.with_name(args.run.name + ".exports")
-    cfg = config_from_dict(read_yaml(args.run / "config.yaml"), str(args.run / "config.yaml"))
+    cfg = config_from_dict(read_yaml(args.run / "config.yaml"), str(args.run / "config.yaml"), saved=True)
     test = prepare_data(cfg).test
     texts, labels = test.text.tolist(), test.label.tolist()
     print(f"{args.run}: {len(texts)} test texts, {args.threads} thread(s)", flush=True)

@@ -18,7 +18,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.svm import LinearSVC
 
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.tasks.classification.data import prepare_data
 
 

@@ -89,11 +89,11 @@ def run_ragtune(out: Path, overrides: list[str], threads: int | None) -> dict:
 def seed_config_result(storage: str) -> dict:
     """Trial 0 runs the config's own values (``tune.start_from_config``): the seed's configuration under the
     same budget. Its validation accuracy, and its test accuracy (evaluated here, after the study)."""
-    from ragtune.config import config_from_dict
+    from ragtune.tasks import config_from_dict
     from ragtune.tasks import evaluate_test_split
 
     first = load_only_study(storage).get_trials(deepcopy=False)[0]
-    cfg = config_from_dict(first.user_attrs["config"], "trial 0")
+    cfg = config_from_dict(first.user_attrs["config"], "trial 0", saved=True)
     test = evaluate_test_split(cfg, first.user_attrs["run_dir"])
     return {"params": first.params, "state": first.state.name, "validation_accuracy": first.value,
             "test_accuracy": test["accuracy"],
@@ -114,7 +114,7 @@ def run_trainer(out: Path, overrides: list[str], budget: float, threads: int | N
         TrainingArguments,
     )
 
-    from ragtune.config import load_config
+    from ragtune.tasks import load_config
     from ragtune.tasks.classification.data import prepare_data
 
     work = out / "trainer"

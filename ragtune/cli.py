@@ -80,11 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("validate", help="check a config and report every error at once",
-                       description="Validate CONFIG with overrides; --show prints the resolved config as YAML.")
+                       description="Validate CONFIG with overrides and check every input file it names; --show prints it resolved.")
     p.add_argument("config", nargs="?", help="YAML config file (omit with --reference)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
-    p.add_argument("--reference", action="store_true", help="print every config key with its type, default and description (Markdown)")
+    p.add_argument("--reference", action="store_true", help="print every config key of each task with its type, default and description (Markdown)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("tune", help="tune hyperparameters: an Optuna study whose trials are runs (steps 5-6)",
@@ -307,10 +307,11 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> None:
 
 
 def cmd_run(args) -> int:
-    from ragtune.config import load_config
-    from ragtune.tasks import run
+    from ragtune.config import check_inputs
+    from ragtune.tasks import load_config, run
 
     cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg, args.config)  # before anything is written: a failed start leaves no run directory
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise RagtuneError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")
@@ -345,10 +346,12 @@ class _TuneConsole(logging.Filter):
 
 
 def cmd_tune(args) -> int:
-    from ragtune.config import load_config
+    from ragtune.config import check_inputs
+    from ragtune.tasks import load_config
     from ragtune.tune import tune
 
     cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg, args.config)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise RagtuneError(f"--out {out} is a file, not a folder")
@@ -379,7 +382,8 @@ def cmd_tune(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from ragtune.config import config_reference, load_config, to_yaml
+    from ragtune.config import check_inputs, to_yaml
+    from ragtune.tasks import config_reference, load_config
 
     if args.reference:
         print(config_reference())
@@ -387,10 +391,11 @@ def cmd_validate(args) -> int:
     if not args.config:
         raise RagtuneError("validate needs a CONFIG file (or --reference)")
     cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg, args.config)
     if cfg.tune.space:  # a tuning config: its space is checked too
         from ragtune.tune import parse_space
 
-        parse_space(cfg.model_dump(mode="json"), cfg.tune.space, cfg.tune.sampler)
+        parse_space(cfg, cfg.tune.space, cfg.tune.sampler)
     if args.show:
         print(to_yaml(cfg), end="")
     else:
@@ -399,12 +404,13 @@ def cmd_validate(args) -> int:
 
 
 def _run_config(run_dir: Path):
-    from ragtune.config import config_from_dict, read_yaml
+    from ragtune.config import read_yaml
+    from ragtune.tasks import config_from_dict
 
     path = run_dir / "config.yaml"
     if not path.exists():
         raise RagtuneError(f"{run_dir} is not a ragtune run directory (no config.yaml)")
-    return config_from_dict(read_yaml(path), str(path))
+    return config_from_dict(read_yaml(path), str(path), saved=True)
 
 
 def cmd_eval(args) -> int:

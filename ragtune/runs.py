@@ -134,13 +134,13 @@ def write_inputs(cfg, run_dir: Path, config_path, demo_dir: Path | None = None) 
     data), so a reader can tell which data produced the run."""
     files = {}
     flat = flatten(cfg.model_dump(mode="json"))
-    for key in path_keys():
+    for key in path_keys(type(cfg)):
         if flat.get(key):
             files[key] = _input_record(key, flat[key])
         for side in ("source", "target"):  # task translation: {source: a.en, target: a.de}
             if isinstance(flat.get(f"{key}.{side}"), str):
                 files[f"{key}.{side}"] = _input_record(f"{key}.{side}", flat[f"{key}.{side}"])
-    for key in path_list_keys():
+    for key in path_list_keys(type(cfg)):
         for i, path in enumerate(flat.get(key) or []):
             files[f"{key}[{i}]"] = _input_record(f"{key}[{i}]", path)
     for f in sorted(demo_dir.glob("*")) if demo_dir is not None else ():

@@ -212,6 +212,27 @@ def test_bad_config(case, tmp_path, capsys):
     expect_user_error(capsys, ["validate", str(config)], str(config.name), *needles)
 
 
+def test_missing_inputs_are_named_before_anything_is_written(tmp_path, capsys):
+    """validate and run check every file and folder the config names (without reading them); a failed
+    run leaves no run directory behind."""
+    good_rows().to_csv(tmp_path / "train.csv", index=False)
+    config = write_config(tmp_path, data={"test": "gone/test.csv"}, tokenizer={"path": "no_tokenizer.json"},
+                          retrieval={"top_k": 2, "corpus": ["train.csv", "docs"]})
+    err = expect_user_error(capsys, ["validate", str(config)], "3 missing inputs", f"data.test: file not found: {tmp_path / 'gone' / 'test.csv'}",
+                            f"tokenizer.path: file not found: {tmp_path / 'no_tokenizer.json'}",
+                            f"retrieval.corpus[1]: file not found: {tmp_path / 'docs'}")
+    assert "retrieval.corpus[0]" not in err
+    hf = tmp_path / "hf.yaml"  # a local model folder (a path: ./x) must exist; a hub id is not checked
+    hf.write_text(yaml.safe_dump({"data": {"train": "train.csv"}, "model": {"backbone": "hf", "name_or_path": "./no_model"}}))
+    expect_user_error(capsys, ["validate", str(hf)], f"model.name_or_path: folder not found: {tmp_path / 'no_model'}")
+    assert main(["validate", str(hf), "model.name_or_path=some/hub-id"]) == 0
+    out = tmp_path / "runs" / "new"
+    expect_user_error(capsys, ["run", str(config), "--out", str(out), "--quiet"], "data.test: file not found")
+    assert not out.exists() and not (tmp_path / "runs").exists()
+    expect_user_error(capsys, ["run", str(config), "data.train=nowhere.csv", "--quiet"], "data.train: file not found")
+    assert not (Path.cwd() / "runs").exists() or not any((Path.cwd() / "runs").glob("cfg-*"))
+
+
 def test_config_file_problems(tmp_path, capsys):
     expect_user_error(capsys, ["validate", str(tmp_path / "missing.yaml")], "missing.yaml")
     listed = tmp_path / "list.yaml"

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ragtune.config import RunConfig, config_from_dict, config_reference, load_config, to_yaml, valid_keys
+from ragtune.config import TaskConfig, TrainConfig, to_yaml
+from ragtune.tasks import config_from_dict, config_reference, load_config, valid_keys
 from ragtune.errors import RagtuneError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -14,13 +15,13 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_example_config_loads(path):
     cfg = load_config(path)
-    assert isinstance(cfg, RunConfig)
+    assert isinstance(cfg, TaskConfig)
     # round trip: the resolved YAML validates to the same config
     assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
     if cfg.tune.space:  # a tuning config: its search space is valid too
         from ragtune.tune import parse_space
 
-        assert parse_space(cfg.model_dump(mode="json"), cfg.tune.space, cfg.tune.sampler)
+        assert parse_space(cfg, cfg.tune.space, cfg.tune.sampler)
 
 
 def test_seed_config_is_the_articles_example():
@@ -50,7 +51,7 @@ def test_null_override_unsets_to_default(tmp_path):
     cfg = load_config(path, ["train.steps_per_epoch=null", "train.epochs=null", "train.clip_grad_norm=null"])
     assert cfg.train.steps_per_epoch is None
     assert cfg.train.clip_grad_norm is None  # nullable: null disables clipping
-    assert cfg.train.epochs == RunConfig().train.epochs  # not nullable: back to the default
+    assert cfg.train.epochs == TrainConfig().epochs  # not nullable: back to the default
 
 
 def test_relative_paths_resolve_against_config_folder_and_cwd(tmp_path):
@@ -76,7 +77,8 @@ def test_all_errors_reported_at_once_with_suggestions(tmp_path):
     assert "model.heads" in msg and "greater than 0" in msg
     assert "train.optimizer: must be one of 'sgd' or 'adamw' (got 'adam')" in msg
     assert "train.lr" in msg
-    assert "5 config errors" in msg
+    assert "data.train: required" in msg  # the misspelt key leaves it unset: every error at once
+    assert "6 config errors" in msg
 
 
 def test_unknown_top_level_key_and_wrong_section_key(tmp_path):
@@ -124,3 +126,100 @@ def test_readme_config_reference_is_current():
     assert start in readme and end in readme
     documented = readme.split(start, 1)[1].split(end, 1)[0].strip()
     assert documented == config_reference().strip(), "regenerate with `ragtune validate --reference`"
+
+
+# the per-task schemas (ragtune/tasks/<task>/config.py) and their union
+
+MINIMAL = {
+    "classification": {"data": {"demo": True}},
+    "regression": {"task": "regression", "data": {"train": "x.csv"}},
+    "qa": {"task": "qa", "data": {"train": "x.json"}, "model": {"name_or_path": "some/reader"}},
+    "translation": {"task": "translation", "data": {"train": {"source": "a.en", "target": "a.de"}}},
+    "generation": {"task": "generation", "data": {"train": "x.csv"}},
+}
+
+
+@pytest.mark.parametrize("task", list(MINIMAL))
+def test_every_task_selects_on_its_own_metrics(task):
+    cfg = config_from_dict(MINIMAL[task])
+    metrics = type(cfg).METRICS[task]
+    assert cfg.selection_metric == metrics[0]
+    for metric in metrics:  # each one selects
+        assert config_from_dict({**MINIMAL[task], "eval": {"metric": metric}, "tune": {"metric": metric}}).selection_metric == metric
+    with pytest.raises(RagtuneError) as info:
+        config_from_dict({**MINIMAL[task], "eval": {"metric": "nope"}})
+    assert f"eval.metric: 'nope' is not a {task} metric; choose one of {list(metrics)}" in str(info.value)
+
+
+def test_generation_metric_validates(tmp_path, capsys):
+    """`ragtune validate configs/squad_generate.yaml eval.metric=rougeL` died with KeyError: 'generation'."""
+    from ragtune.cli import main
+
+    squad = tmp_path / "squad.json"
+    squad.write_text("{}", encoding="utf-8")
+    config = CONFIGS[0].parent / "squad_generate.yaml"
+    paths = [f"data.train={squad}", f"retrieval.corpus=[{squad}]"]
+    assert main(["validate", str(config), "eval.metric=rougeL", *paths]) == 0
+    assert main(["validate", str(config), "eval.metric=accuracy", *paths]) == 2
+    assert "eval.metric: 'accuracy' is not a generation metric; choose one of ['rougeL'" in capsys.readouterr().err
+
+
+def test_three_mistakes_report_three_errors():
+    """A type error, an enum error and a cross-field rule: the rules run on the config without the bad keys."""
+    with pytest.raises(RagtuneError) as info:
+        config_from_dict({"data": {"demo": True}, "train": {"lr": "fast"}, "model": {"activation": "tanh"},
+                          "retrieval": {"chunk_overlap": 200}})
+    msg = str(info.value)
+    assert "3 config errors" in msg
+    assert "train.lr: Input should be a valid number" in msg
+    assert "model.activation: must be one of 'gelu' or 'relu' (got 'tanh')" in msg
+    assert "retrieval.chunk_overlap: must be smaller than retrieval.chunk_tokens (128) (got 200)" in msg
+
+
+def test_keys_of_another_task_or_backbone_are_unknown_and_say_where_they_belong():
+    with pytest.raises(RagtuneError) as info:
+        config_from_dict({"data": {"demo": True, "source_column": "en"}, "model": {"doc_stride": 64, "lora": {"r": 4},
+                          "d_modle": 64}, "decode": {"beam_size": 2}})
+    msg = str(info.value)
+    assert "data.source_column: unknown key (only applies to task: translation)" in msg
+    assert "model.doc_stride: unknown key (only applies to task: qa)" in msg
+    assert "model.lora: unknown key (only applies to model.backbone: hf)" in msg
+    assert "model.d_modle: unknown key (did you mean 'model.d_model'?)" in msg
+    assert "decode: unknown key (only applies to task: translation or generation)" in msg
+    with pytest.raises(RagtuneError) as info:  # no union tag in an error's key
+        config_from_dict({"data": {"demo": True}, "model": {"backbone": "hf", "name_or_path": "m", "lora": {"enabled": "maybe"}}})
+    assert "  - model.lora.enabled: Input should be a valid boolean" in str(info.value)
+    with pytest.raises(RagtuneError, match=r"model.backbone: must be one of 'scratch' or 'hf' \(got 'bert'\)"):
+        config_from_dict({"task": "generation", "data": {"train": "x.csv"}, "model": {"backbone": "bert"}})
+    with pytest.raises(RagtuneError, match=r"model.heads: unknown key \(only applies to model.backbone: scratch\)"):
+        config_from_dict({"data": {"demo": True}, "model": {"backbone": "hf", "name_or_path": "m", "heads": 2}})
+
+
+@pytest.mark.parametrize("task", list(MINIMAL))
+def test_to_yaml_writes_the_tasks_keys_and_reads_back(task):
+    cfg = config_from_dict(MINIMAL[task])
+    tree = yaml.safe_load(to_yaml(cfg))
+    assert set(tree) == set(type(cfg).model_fields) and ("decode" in tree) == (task in ("translation", "generation"))
+    assert config_from_dict(tree) == cfg
+
+
+@pytest.mark.parametrize("name", ["saved_classification_0.1.yaml", "saved_translation_0.1.yaml"])
+def test_a_saved_run_config_of_every_key_still_reads(name):
+    """RUN_DIR/config.yaml written before the per-task schema holds every key of every task (at its default):
+    ``saved=True`` (--resume, predict, eval, tune results) drops the keys of other tasks and backbones."""
+    tree = yaml.safe_load((Path(__file__).parent / "fixtures" / name).read_text(encoding="utf-8"))
+    with pytest.raises(RagtuneError, match="unknown key"):
+        config_from_dict(tree)
+    cfg = config_from_dict(tree, saved=True)
+    assert cfg.task == tree["task"] and cfg.train.epochs == tree["train"]["epochs"]
+    own = {k: v for k, v in tree.items() if k in type(cfg).model_fields}
+    assert yaml.safe_load(to_yaml(cfg)).keys() == own.keys()
+    with pytest.raises(RagtuneError, match="model.no_such_key: unknown key"):  # a key no task has is still an error
+        config_from_dict({**tree, "model": {**tree["model"], "no_such_key": 1}}, saved=True)
+
+
+def test_reference_has_a_table_per_task():
+    ref = config_reference()
+    for title in ("### `task: classification / regression`", "### `task: qa`", "### `task: translation`", "### `task: generation`"):
+        assert title in ref
+    assert "| `model.lora.r` |" in ref and "*`model.backbone: hf` only.*" in ref

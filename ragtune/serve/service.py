@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ragtune.config import ServeConfig, config_from_dict, read_yaml
+from ragtune.config import ServeConfig, read_yaml, validate
 from ragtune.errors import RagtuneError
 from ragtune.tasks import task_of
 
@@ -59,10 +59,11 @@ class Service:
 
 
 def _serve_settings(folder: Path) -> ServeConfig:
-    """The ``serve:`` section of the folder's ``config.yaml`` (a run, or an export that copied it), else defaults."""
+    """The ``serve:`` section of the folder's ``config.yaml`` (a run, or an export that copied it), else defaults;
+    the other sections are the task's business (``ragtune predict`` reads them)."""
     path = folder / "config.yaml"
     if path.exists():
-        return config_from_dict(read_yaml(path), str(path)).serve
+        return validate(ServeConfig, read_yaml(path).get("serve") or {}, f"{path}: serve")
     return ServeConfig()
 
 

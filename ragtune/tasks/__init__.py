@@ -1,6 +1,7 @@
 """The four tasks, one folder each, and :data:`TASKS`: the only place that switches on ``task``.
 
-Each folder ``ragtune/tasks/<folder>/`` holds the task's ``recipe.py`` (one top-to-bottom run
+Each folder ``ragtune/tasks/<folder>/`` holds the task's ``config.py`` (its typed sections: the config
+schema is a union of the tasks' schemas, picked by ``task``), ``recipe.py`` (one top-to-bottom run
 function and the task's file readers), its ``predictor.py`` (the one inference path that ``ragtune
 predict``, ``eval``, ``serve`` and the run's own evaluation share) and, where the task has its own,
 ``data.py``. Every recipe offers the same entry points, by name (no base class: they return what
@@ -32,13 +33,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-
 from typing import TYPE_CHECKING
 
 import yaml
 
-from ragtune.config import RunConfig, config_from_dict, flatten
+from ragtune import config as _config
+from ragtune.config import flatten
 from ragtune.errors import RagtuneError
+from ragtune.tasks.classification.config import ClassificationConfig
+from ragtune.tasks.generation.config import GenerationConfig
+from ragtune.tasks.qa.config import QAConfig
+from ragtune.tasks.translation.config import TranslationConfig
 
 if TYPE_CHECKING:
     from ragtune.train.loop import TrainResult
@@ -53,7 +58,8 @@ class Task:
     """One task: where its code lives and what a finished run of it offers."""
 
     name: str
-    folder: str  # ragtune/tasks/<folder>/: recipe.py, predictor.py
+    folder: str  # ragtune/tasks/<folder>/: config.py, recipe.py, predictor.py
+    config: type  # the task's config schema (its tasks/<folder>/config.py)
     predictor: str  # the predictor class in predictor.py
     endpoint: str  # what `ragtune serve` answers on for a run of this task
     engines: tuple[str, ...] = ("torch",)  # "onnx": `ragtune export` folders (and `ragtune explain`)
@@ -76,12 +82,37 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "classification": Task("classification", "classification", "Predictor", "/v1/predict", ("torch", "onnx"), True),
-    "regression": Task("regression", "classification", "Predictor", "/v1/predict", ("torch", "onnx"), True),
-    "qa": Task("qa", "qa", "QAPredictor", "/v1/answer"),
-    "translation": Task("translation", "translation", "Seq2SeqPredictor", "/v1/translate"),
-    "generation": Task("generation", "generation", "GenerationPredictor", "/v1/generate"),
+    "classification": Task("classification", "classification", ClassificationConfig, "Predictor", "/v1/predict",
+                           ("torch", "onnx"), True),
+    "regression": Task("regression", "classification", ClassificationConfig, "Predictor", "/v1/predict",
+                       ("torch", "onnx"), True),
+    "qa": Task("qa", "qa", QAConfig, "QAPredictor", "/v1/answer"),
+    "translation": Task("translation", "translation", TranslationConfig, "Seq2SeqPredictor", "/v1/translate"),
+    "generation": Task("generation", "generation", GenerationConfig, "GenerationPredictor", "/v1/generate"),
 }
+
+# A config of any task: `task` picks the schema (classification and regression share one).
+RunConfig = _config.tagged_union("task", "classification", {name: task.config for name, task in TASKS.items()})
+
+
+def config_from_dict(tree: dict, source: str = "<config>", saved: bool = False) -> _config.TaskConfig:
+    """Validate a raw config tree, reporting every problem at once (``saved=True``: a run's own config.yaml)."""
+    return _config.validate(RunConfig, tree, source, saved)
+
+
+def load_config(path, overrides: list[str] | None = None, cwd=None) -> _config.TaskConfig:
+    """Load ``path`` (or start from defaults when None), apply overrides, resolve paths, validate."""
+    return _config.load(RunConfig, path, overrides, cwd)
+
+
+def config_reference() -> str:
+    """The Markdown reference of every task's keys (``ragtune validate --reference``, the README)."""
+    return _config.reference(RunConfig)
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a config of some task may set."""
+    return _config.valid_keys(RunConfig)
 
 
 def task_of(name: str) -> Task:
@@ -168,7 +199,7 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists() or not checkpoint_exists(run_dir / "checkpoints" / "last"):
         raise RagtuneError(f"cannot resume {run_dir}: it holds no config.yaml and checkpoint of an earlier run")
-    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path), saved=True)
     old, new = flatten(saved.model_dump(mode="json")), flatten(cfg.model_dump(mode="json"))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:

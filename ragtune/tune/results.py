@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.config import RunConfig, config_from_dict, to_yaml
+from ragtune.config import to_yaml
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import metric_direction
+from ragtune.tasks import RunConfig, config_from_dict
 from ragtune.tune.space import Param
 
 log = logging.getLogger("ragtune.tune")
@@ -118,7 +119,7 @@ def _test_metrics(best, out_dir: Path) -> dict:
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("trial") == best.number:
             return cached["metrics"]
-    cfg = config_from_dict(best.user_attrs["config"], f"trial {best.number}")
+    cfg = config_from_dict(best.user_attrs["config"], f"trial {best.number}", saved=True)
     metrics = evaluate_test_split(cfg, best.user_attrs["run_dir"])
     path.write_text(json.dumps({"trial": best.number, "metrics": metrics}, indent=2, ensure_ascii=False), encoding="utf-8")
     return metrics
@@ -151,7 +152,7 @@ def write_results(study, cfg: RunConfig, params: list[Param], out_dir: Path, wal
         hint = f"; the last error:\n{errors[-1]}" if errors else "; see the trials' run.log files"
         raise RagtuneError(f"no trial of the study completed ({counts}){hint}")
     best = study.best_trial
-    best_cfg = config_from_dict(best.user_attrs["config"], f"trial {best.number}")
+    best_cfg = config_from_dict(best.user_attrs["config"], f"trial {best.number}", saved=True)
     header = (f"# The best trial ({best.number}) of the ragtune study {study.study_name!r}: validation {metric} "
               f"{best.value:.4f}.\n# Retrain it with: ragtune run best.yaml (the same seed gives the same validation result)\n")
     tree = best_cfg.model_dump(mode="json")

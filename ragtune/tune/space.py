@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ragtune.config import _suggest, config_from_dict, valid_keys
+from ragtune.config import TaskConfig, key_hint, valid_keys, validate
 from ragtune.errors import RagtuneError
 
 KINDS = ("log_uniform", "uniform", "int", "log_int", "choice")
@@ -152,8 +152,8 @@ def trial_tree(base: dict, values: dict[str, Any]) -> dict:
     return tree
 
 
-def parse_space(base: dict, space: dict | None, sampler: str = "tpe") -> list[Param]:
-    """Parse and check ``space`` (``tune.space``) against the config tree ``base``.
+def parse_space(cfg: TaskConfig, space: dict | None, sampler: str = "tpe") -> list[Param]:
+    """Parse and check ``space`` (``tune.space``) against the config ``cfg`` (its task's schema and values).
 
     Returns the parameters in the order given. Raises :class:`RagtuneError` listing every problem
     (see the module docstring), so a study never starts on a space it cannot run.
@@ -164,11 +164,12 @@ def parse_space(base: dict, space: dict | None, sampler: str = "tpe") -> list[Pa
     if not isinstance(space, dict):
         raise RagtuneError(f"tune.space must be a mapping of dotted config keys to ranges, got {type(space).__name__}")
     errors: list[str] = []
-    keys = set(valid_keys())
+    schema, base = type(cfg), cfg.model_dump(mode="json")
+    keys = set(valid_keys(schema))
     params = []
     for key, spec in space.items():
         if not isinstance(key, str) or key not in keys:
-            errors.append(f"tune.space.{key}: not a config key{_suggest(str(key))}")
+            errors.append(f"tune.space.{key}: not a config key{key_hint(schema, str(key))}")
             continue
         if key.startswith(FIXED_PREFIXES):
             errors.append(f"tune.space.{key}: cannot be searched (the study's own settings and the task stay fixed)")
@@ -185,7 +186,7 @@ def parse_space(base: dict, space: dict | None, sampler: str = "tpe") -> list[Pa
             continue
         for value in _probe_values(param):
             try:
-                config_from_dict(trial_tree(base, {key: value}), f"tune.space.{key}")
+                validate(schema, trial_tree(base, {key: value}), f"tune.space.{key}")
             except RagtuneError as exc:
                 reasons = [line.strip()[2:] for line in str(exc).splitlines()[1:] if line.strip().startswith("- ")]
                 errors.append(f"tune.space.{key}: the value {value!r} is rejected by the config: "

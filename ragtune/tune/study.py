@@ -30,8 +30,9 @@ import time
 import warnings
 from pathlib import Path
 
-from ragtune.config import RunConfig, config_from_dict, flatten
+from ragtune.config import flatten
 from ragtune.errors import RagtuneError
+from ragtune.tasks import RunConfig, config_from_dict
 from ragtune.tune.results import TuneResult, counts_of, objective_of, write_results
 from ragtune.tune.space import Param, parse_space, suggest, trial_tree
 
@@ -118,7 +119,8 @@ def open_study(cfg: RunConfig, out_dir: Path, storage: str | None, study_name: s
         saved = study.user_attrs.get("ragtune_config")
         if saved is not None:
             old, new = flatten(saved), flatten(base)
-            diffs = [f"{k}: {old.get(k)!r} in the study, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+            # over the config's own keys: a study saved before the per-task schema holds every task's keys
+            diffs = [f"{k}: {old.get(k)!r} in the study, {new.get(k)!r} now" for k in sorted(new)
                      if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
             if diffs:
                 shown = "\n".join(f"  - {d}" for d in diffs[:20])
@@ -325,7 +327,7 @@ def tune(cfg: RunConfig, out_dir: str | Path, *, config_path: str | Path | None 
     if workers < 1:
         raise RagtuneError(f"--workers must be at least 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    params = parse_space(cfg.model_dump(mode="json"), cfg.tune.space, cfg.tune.sampler)
+    params = parse_space(cfg, cfg.tune.space, cfg.tune.sampler)
     trials = trials or cfg.tune.trials
     timeout_s = timeout_s if timeout_s is not None else cfg.tune.timeout_s
     study = open_study(cfg, out_dir, storage, study_name, params, create=not worker)

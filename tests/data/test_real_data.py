@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.tasks.classification.data import prepare_data
 from ragtune.tasks.classification.data_report import data_report
 

@@ -15,7 +15,7 @@ from conftest import TINY_MODEL, _news_rows
 from PIL import Image
 from tiny_hf import make_bert, make_tokenizer
 
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.data.tokenizer import encode, encode_pairs, train_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.explain import embedding_layer, explain, to_html, to_png

@@ -15,7 +15,7 @@ import yaml
 from conftest import TINY_MODEL, _news_rows
 from tiny_hf import make_bert, make_rows, make_tokenizer
 
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.data.tokenizer import encode, load_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.export.onnx import compare_engines, export_onnx

@@ -9,7 +9,7 @@ import yaml
 from tiny_hf import WORDS, make_bert, make_rows, make_tokenizer
 
 from ragtune.cli import main
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.errors import RagtuneError
 
 pytest.importorskip("peft")
@@ -131,7 +131,7 @@ def test_lora_adapter_run_resumes_and_reloads(tiny_bert, tmp_path, capsys):
 def test_lora_config_and_user_errors(tiny_bert, monkeypatch):
     from ragtune.models.hf import apply_lora
 
-    with pytest.raises(RagtuneError, match="model.lora.enabled: only applies to model.backbone: hf"):
+    with pytest.raises(RagtuneError, match=r"model.lora: unknown key \(only applies to model.backbone: hf\)"):
         load_config(None, ["data.demo=true", "model.lora.enabled=true"])
     with pytest.raises(RagtuneError) as info:
         load_config(None, ["data.demo=true", "model.backbone=hf", f"model.name_or_path={tiny_bert}",

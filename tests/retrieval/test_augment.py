@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ragtune.cli import main
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.data.tokenizer import encode_pairs, train_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.tasks.classification.predictor import Predictor

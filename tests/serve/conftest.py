@@ -4,7 +4,7 @@ import pytest
 import yaml
 from conftest import TINY_MODEL, _news_rows
 
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.tasks import run
 from ragtune.serve.service import load_service
 

@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from serve.live import live_server
 
-from ragtune.config import ServeConfig, load_config
+from ragtune.config import ServeConfig
+from ragtune.tasks import load_config
 from ragtune.tasks.classification.predictor import Predictor
 from ragtune.serve.app import create_app
 

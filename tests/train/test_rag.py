@@ -29,7 +29,7 @@ def _rag_setup(tmp_path, tiny_reader_folder, qa_tokenizer, squad):
 
 def test_rag_loss_gives_the_query_encoder_gradients(tmp_path, tiny_reader_folder, qa_tokenizer, people_squad):
     """One batch of the marginal loss: reader and query encoder both get gradients through p(z|x) p(y|x,z)."""
-    from ragtune.config import load_config
+    from ragtune.tasks import load_config
     from ragtune.tasks.qa.data import prepare_qa_data
     from ragtune.models.reader import load_reader
     from ragtune.retrieval.corpus import text_sha1

@@ -3,15 +3,15 @@
 import optuna
 import pytest
 
-from ragtune.config import RunConfig
+from ragtune.tasks import config_from_dict
 from ragtune.errors import RagtuneError
 from ragtune.tune.space import Param, parse_space, suggest, trial_tree
 
-BASE = RunConfig.model_validate({"data": {"demo": True}, "retrieval": {"source": "train"}}).model_dump(mode="json")
+CFG = config_from_dict({"data": {"demo": True}, "retrieval": {"source": "train"}})
 
 
 def test_every_form_parses():
-    params = parse_space(BASE, {
+    params = parse_space(CFG, {
         "train.lr": {"log_uniform": [1e-5, 1e-2]},
         "model.dropout": {"uniform": [0.0, 0.3], "step": 0.1},
         "model.layers": {"int": [1, 4]},
@@ -38,7 +38,7 @@ def test_all_errors_reported_at_once():
         "train.epochs": {"int": [1.5, 3]},                    # int bounds not whole
     }
     with pytest.raises(RagtuneError) as err:
-        parse_space(BASE, space)
+        parse_space(CFG, space)
     msg = str(err.value)
     assert "9 errors" in msg
     for expected in ("tune.space.train.lrr: not a config key (did you mean 'train.lr'?)",
@@ -55,10 +55,10 @@ def test_all_errors_reported_at_once():
 
 def test_empty_space_and_grid_rules():
     with pytest.raises(RagtuneError, match="tune.space is empty"):
-        parse_space(BASE, {})
+        parse_space(CFG, {})
     with pytest.raises(RagtuneError, match="grid walks only choice and int"):
-        parse_space(BASE, {"train.lr": {"uniform": [0.001, 0.01]}}, sampler="grid")
-    params = parse_space(BASE, {"model.layers": {"int": [1, 5], "step": 2}, "train.optimizer": {"choice": ["sgd", "adamw"]}},
+        parse_space(CFG, {"train.lr": {"uniform": [0.001, 0.01]}}, sampler="grid")
+    params = parse_space(CFG, {"model.layers": {"int": [1, 5], "step": 2}, "train.optimizer": {"choice": ["sgd", "adamw"]}},
                          sampler="grid")
     assert params[0].grid_values() == [1, 3, 5]
     assert params[1].grid_values() == ["sgd", "adamw"]
@@ -69,13 +69,14 @@ def test_contains_and_trial_tree():
     assert p.contains(4) and not p.contains(5) and not p.contains(10) and not p.contains(True)
     c = Param("train.optimizer", "choice", choices=("sgd", "adamw"))
     assert c.contains("sgd") and not c.contains("adam")
-    tree = trial_tree(BASE, {"train.lr": 0.5, "model.layers": 3})
+    base = CFG.model_dump(mode="json")
+    tree = trial_tree(base, {"train.lr": 0.5, "model.layers": 3})
     assert tree["train"]["lr"] == 0.5 and tree["model"]["layers"] == 3
-    assert BASE["train"]["lr"] != 0.5  # the base tree is not touched
+    assert base["train"]["lr"] != 0.5  # the base tree is not touched
 
 
 def test_suggest_draws_inside_the_space():
-    params = parse_space(BASE, {"train.lr": {"log_uniform": [1e-4, 1e-2]}, "model.layers": {"int": [1, 3]},
+    params = parse_space(CFG, {"train.lr": {"log_uniform": [1e-4, 1e-2]}, "model.layers": {"int": [1, 3]},
                                 "train.optimizer": {"choice": ["sgd", "adamw"]}})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = []
@@ -90,7 +91,7 @@ def test_suggest_draws_inside_the_space():
 
 
 def test_a_value_needing_other_settings_is_rejected_with_the_configs_reason():
-    base = RunConfig.model_validate({"data": {"demo": True}}).model_dump(mode="json")  # no index, no source: train
+    base = config_from_dict({"data": {"demo": True}})  # no index, no source: train
     with pytest.raises(RagtuneError, match=r"tune.space.retrieval.top_k: the value 3 is rejected by the config: "
                                            r"retrieval.top_k: 3 needs an index"):
         parse_space(base, {"retrieval.top_k": {"choice": [0, 3]}})

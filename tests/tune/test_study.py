@@ -8,7 +8,7 @@ import yaml
 
 import ragtune.tasks
 from ragtune.cli import main
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.errors import RagtuneError
 from ragtune.tune import tune
 

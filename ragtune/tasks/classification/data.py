@@ -22,14 +22,16 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ragtune.config import RunConfig
 from ragtune.data.io import read_table, require_columns
 from ragtune.errors import RagtuneError
+
+if TYPE_CHECKING:
+    from ragtune.tasks.classification.config import ClassificationConfig as RunConfig
 
 SPLITS = ("train", "validation", "test")
 _SHOW_ROWS = 5  # row numbers quoted in a message
@@ -330,8 +332,6 @@ def prepare_data(cfg: RunConfig, demo_dir: str | Path | None = None) -> Prepared
             prepared = _prepare(cfg, write_demo_dataset(Path(demo_dir)), "text", "label", "csv", demo=True)
         prepared.info["demo_description"] = DEMO_DESCRIPTION
         return prepared
-    if not d.train:
-        raise RagtuneError("data.train: required (a CSV/TSV/JSONL/Parquet file), unless data.demo is true")
     paths: dict[str, Path | None] = {
         "train": Path(d.train),
         "validation": Path(d.validation) if d.validation else None,

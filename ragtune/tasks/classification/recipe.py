@@ -31,12 +31,13 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 import ragtune
 from ragtune import runs
-from ragtune.config import RunConfig, TrainConfig
+from ragtune.config import TrainConfig
 from ragtune.tasks.classification.data import PreparedData, prepare_data
 from ragtune.tasks.classification.data_report import data_report, data_report_markdown
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer, save_tokenizer, token_lengths, train_tokenizer
@@ -52,6 +53,9 @@ from ragtune.train.batches import BatchStream, pad_batch
 from ragtune.train.checkpoint import save_weights
 from ragtune.train.loop import TrainResult, train_model
 from ragtune.train.optim import optimizer_and_scheduler
+
+if TYPE_CHECKING:
+    from ragtune.tasks.classification.config import ClassificationConfig as RunConfig
 
 log = logging.getLogger("ragtune")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ragtune.config import RunConfig
 from ragtune.train.loop import TrainResult
+
+if TYPE_CHECKING:
+    from ragtune.tasks.classification.config import ClassificationConfig as RunConfig
 
 _CLASS_KEYS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "n")
 _REG_KEYS = ("mse", "mae", "rmse", "r2", "pearson", "loss", "n")
@@ -89,8 +92,9 @@ def write_report(
     lines += [
         "## Model",
         "",
-        f"{model_summary['class']}: {m.layers} layers, {m.heads} heads × head_dim {m.head_dim}, d_model {m.d_model}, "
-        f"ffn_dim {m.ffn_dim}, max_length {m.max_length}, dropout {m.dropout}; "
+        f"{model_summary['class']}: " + (f"pretrained `{m.name_or_path}`, " if m.backbone == "hf" else
+                                         f"{m.layers} layers, {m.heads} heads × head_dim {m.head_dim}, d_model {m.d_model}, "
+                                         f"ffn_dim {m.ffn_dim}, dropout {m.dropout}, ") + f"max_length {m.max_length}; "
         f"{model_summary['parameters']:,} parameters ({model_summary['non_embedding_parameters']:,} non-embedding).",
         f"Optimizer {cfg.train.optimizer} lr {cfg.train.lr}"
         + (f" momentum {cfg.train.momentum}" if cfg.train.optimizer == "sgd" else "")

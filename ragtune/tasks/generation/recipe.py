@@ -27,12 +27,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
 from ragtune import runs
-from ragtune.config import RunConfig
 from ragtune.data.seq2seq import PairData, read_generation, split_examples
 from ragtune.data.seq2seq_tokenizer import bpe_tokenizer, train_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
@@ -43,6 +43,9 @@ from ragtune.runs import TOKENIZER_FILE
 from ragtune.train.batches import BatchStream
 from ragtune.train.loop import TrainResult
 
+if TYPE_CHECKING:
+    from ragtune.tasks.generation.config import GenerationConfig as RunConfig
+
 log = logging.getLogger("ragtune")
 
 METRIC_KEYS = ("rougeL", "rouge1", "rouge2", "bleu", "loss", "perplexity")
@@ -51,8 +54,6 @@ METRIC_KEYS = ("rougeL", "rouge1", "rouge2", "bleu", "loss", "perplexity")
 def read_examples(cfg: RunConfig, spec) -> pd.DataFrame:
     """One generation file of ``cfg`` as a DataFrame with ``prompt`` and ``response``."""
     d = cfg.data
-    if isinstance(spec, dict):
-        raise RagtuneError(f"data: task generation reads one file per split (got a mapping {spec})")
     if d.prompt_column is None:
         return read_generation(spec, text_column=d.text_column, fmt=d.format, max_rows=d.max_rows)
     return read_generation(spec, d.prompt_column, d.response_column, fmt=d.format, max_rows=d.max_rows)
@@ -60,8 +61,6 @@ def read_examples(cfg: RunConfig, spec) -> pd.DataFrame:
 
 def prepare_examples(cfg: RunConfig) -> PairData:
     """The three splits (``prompt``, ``response``); missing ones carved from train by a seeded split."""
-    if not cfg.data.train:
-        raise RagtuneError("data.train: required for task generation")
     return split_examples(cfg, lambda spec: read_examples(cfg, spec), str, ("prompt", "response"))
 
 

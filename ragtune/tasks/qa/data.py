@@ -16,10 +16,12 @@ training file **by article** (:func:`ragtune.data.squad.split_by_article`, seede
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ragtune.config import RunConfig
 from ragtune.data.squad import QARecord, read_squad, split_by_article
-from ragtune.errors import RagtuneError
+
+if TYPE_CHECKING:
+    from ragtune.tasks.qa.config import QAConfig as RunConfig
 
 
 @dataclass
@@ -46,8 +48,6 @@ def _summary(records: list[QARecord], source: str) -> dict:
 
 def prepare_qa_data(cfg: RunConfig) -> QAData:
     """Read and split the SQuAD-format files of ``cfg.data`` (see the module docstring)."""
-    if not cfg.data.train:
-        raise RagtuneError("data.train: task qa needs a SQuAD-format JSON file")
     seed = cfg.train.seed
     records = read_squad(cfg.data.train)
     if cfg.data.max_rows:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 import ragtune
 from ragtune import runs
-from ragtune.config import RunConfig
 from ragtune.tasks.qa.data import QAData, prepare_qa_data
 from ragtune.errors import RagtuneError
 from ragtune.retrieval.augment import INDEX_DIR, open_run_index
@@ -34,6 +34,9 @@ from ragtune.train.batches import BatchStream
 from ragtune.train.loop import TrainResult, train_model
 from ragtune.train.optim import optimizer_and_scheduler
 from ragtune.train.qa import make_reader_batch_loss, reader_inputs
+
+if TYPE_CHECKING:
+    from ragtune.tasks.qa.config import QAConfig as RunConfig
 
 log = logging.getLogger("ragtune")
 

@@ -24,11 +24,11 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
-from ragtune.config import RunConfig
 from ragtune import runs
 from ragtune.data.seq2seq import PairData, read_pairs, split_examples
 from ragtune.data.seq2seq_tokenizer import bpe_tokenizer, train_seq2seq_tokenizer
@@ -38,6 +38,9 @@ from ragtune.runs import TOKENIZER_FILE
 from ragtune.tasks.translation.predictor import Seq2SeqPredictor
 from ragtune.train.batches import BatchStream
 from ragtune.train.loop import TrainResult
+
+if TYPE_CHECKING:
+    from ragtune.tasks.translation.config import TranslationConfig as RunConfig
 
 log = logging.getLogger("ragtune")
 
@@ -57,9 +60,6 @@ def _read(cfg: RunConfig, spec) -> pd.DataFrame:
 def prepare_pairs(cfg: RunConfig) -> PairData:
     """The three splits as DataFrames with ``source`` and ``target``; missing validation/test splits
     are carved from train by a seeded random permutation (``train.seed``)."""
-    d = cfg.data
-    if not d.train:
-        raise RagtuneError("data.train: required for task translation")
     return split_examples(cfg, lambda spec: _read(cfg, spec), _describe, ("source", "target"))
 
 
@@ -91,7 +91,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         tokenizer = bpe_tokenizer(cfg, tok_path, opts.resume, lambda: train_seq2seq_tokenizer(
             data.train.source.tolist(), data.train.target.tolist(), vocab_size=t.vocab_size,
             min_frequency=t.min_frequency, joint=t.joint))
-    if cfg.model.share_embeddings and not tokenizer.joint:
+    if hf_model is None and m.share_embeddings and not tokenizer.joint:
         raise RagtuneError("model.share_embeddings: the tokenizer has one vocabulary per side; "
                            "set model.share_embeddings: false or use a joint tokenizer")
     if hf_model is None:

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from ragtune.config import config_from_dict
+from ragtune.tasks import config_from_dict
 from ragtune.tasks.classification.data import PreparedData, load_eval_file, prepare_data
 from ragtune.errors import RagtuneError
 

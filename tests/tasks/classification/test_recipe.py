@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.tasks.classification.data import prepare_data
 from ragtune.tasks import run
 from ragtune.tasks.classification.predictor import Predictor

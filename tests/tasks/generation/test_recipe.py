@@ -17,7 +17,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from ragtune.cli import main
-from ragtune.config import load_config
+from ragtune.tasks import load_config
 from ragtune.errors import RagtuneError
 from ragtune.tasks.generation.predictor import GenerationPredictor, split_for_continuation
 from ragtune.serve.app import create_app
@@ -218,5 +218,5 @@ def test_bad_input_and_config_errors(tmp_path, capsys):
         assert key in msg, key
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({"data": {"train": "x.csv", "prompt_column": "q"}}))
-    with pytest.raises(RagtuneError, match="data.prompt_column: only applies to task generation"):
+    with pytest.raises(RagtuneError, match="data.prompt_column: unknown key .only applies to task: generation"):
         load_config(other)
