@@ -616,19 +616,9 @@ def cmd_serve(args) -> int:
         raise RagtuneError(f"--threads must be at least 1 (got {args.threads})")
     if not 0 <= args.port <= 65535:
         raise RagtuneError(f"--port must be 0-65535 (got {args.port})")
-    overrides = {}
-    if args.max_batch_size is not None:
-        if args.max_batch_size < 1:
-            raise RagtuneError(f"--max-batch-size must be at least 1 (got {args.max_batch_size})")
-        overrides["max_batch_size"] = args.max_batch_size
-    if args.max_batch_tokens is not None:
-        if args.max_batch_tokens < 0:
-            raise RagtuneError(f"--max-batch-tokens must be 0 (no cap) or more (got {args.max_batch_tokens})")
-        overrides["max_batch_tokens"] = args.max_batch_tokens or None
-    if args.max_wait_ms is not None:
-        if args.max_wait_ms < 0:
-            raise RagtuneError(f"--max-wait-ms must be 0 or more (got {args.max_wait_ms})")
-        overrides["max_wait_ms"] = args.max_wait_ms
+    overrides = {k: v for k in ("max_batch_size", "max_batch_tokens", "max_wait_ms") if (v := getattr(args, k)) is not None}
+    if overrides.get("max_batch_tokens") == 0:
+        overrides["max_batch_tokens"] = None  # --max-batch-tokens 0: no cap (checked by the serve: schema)
     api_key = args.api_key or os.environ.get("RAGTUNE_API_KEY") or None
     run_server(args.path, host=args.host, port=args.port, engine=args.engine, api_key=api_key,
                workers=args.workers, threads=args.threads, overrides=overrides, log_level=args.log_level)

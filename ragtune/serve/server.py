@@ -18,7 +18,10 @@ import os
 import shutil
 import tempfile
 
+from pydantic import ValidationError
+
 from ragtune.config import ServeConfig
+from ragtune.errors import RagtuneError
 
 ENV_PATH = "RAGTUNE_SERVE_PATH"
 ENV_ENGINE = "RAGTUNE_SERVE_ENGINE"
@@ -60,9 +63,13 @@ def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str
     from ragtune.serve.service import load_service
 
     _set_threads(threads)
+    try:  # the flags' values are checked by the serve: schema before the model loads
+        ServeConfig.model_validate({**ServeConfig().model_dump(), **(overrides or {})})
+    except ValidationError as exc:
+        raise RagtuneError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'][0].lower()}{e['msg'][1:]} "
+                                     f"(got {e['input']!r})" for e in exc.errors())) from None
     service = load_service(path, engine)  # also checks the folder before any worker starts
     settings = service.settings.model_copy(update=overrides or {})
-    ServeConfig.model_validate(settings.model_dump())  # overrides are checked like the config
     shown = f"[{host}]" if ":" in host else host
     print(f"ragtune serve: {path} ({service.kind}, engine {engine}) on http://{shown}:{port}/ "
           f"with {workers} worker{'s' if workers > 1 else ''}; Ctrl-C stops it", flush=True)
