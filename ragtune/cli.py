@@ -68,8 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ragtune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)  # --debug may also come after the command
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("run", help="prepare data, build, train, evaluate and report (steps 1-4)",
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = command("run", help="prepare data, build, train, evaluate and report (steps 1-4)",
                        description="Run the pipeline for CONFIG; KEY=VALUE pairs override config keys (key=null unsets).")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=3")
@@ -77,17 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow --out to be an existing non-empty folder (its contents are replaced)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("validate", help="check a config and report every error at once",
+    p = command("validate", help="check a config and report every error at once",
                        description="Validate CONFIG with overrides and check every input file it names; --show prints it resolved.")
     p.add_argument("config", nargs="?", help="YAML config file (omit with --reference)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
     p.add_argument("--reference", action="store_true", help="print every config key of each task with its type, default and description (Markdown)")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("tune", help="tune hyperparameters: an Optuna study whose trials are runs (steps 5-6)",
+    p = command("tune", help="tune hyperparameters: an Optuna study whose trials are runs (steps 5-6)",
                        description="Search CONFIG's tune.space with Optuna: each trial is a ragtune run in "
                                    "OUT/trials/ that trains and reports its validation metric each epoch (bad "
                                    "trials are pruned). The study is kept in OUT/study.db (or --storage), so the "
@@ -113,16 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, metavar="K", help="trial processes on this machine (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("eval", help="score a labelled file with a trained run; prints metrics as JSON")
+    p = command("eval", help="score a labelled file with a trained run; prints metrics as JSON")
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet file with the run's text and label columns "
                                                  "(translation: its source and target columns, or the source text file with --target)")
     p.add_argument("--target", metavar="FILE", help="translation: the reference text file, line-aligned with --data (a text file of sources)")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("predict", help="predict texts with a trained run; one JSON line per text",
+    p = command("predict", help="predict texts with a trained run; one JSON line per text",
                        description="Predict the given texts, or every row of --input into --output.")
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("texts", nargs="*", help="texts to predict")
@@ -143,9 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, metavar="P", help="sample: nucleus sampling")
     g.add_argument("--temperature", type=float, metavar="T", help="sample: softmax temperature")
     g.add_argument("--seed", type=int, help="sample: random seed")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("index", help="index corpus files for retrieval (BM25, dense or hybrid)",
+    p = command("index", help="index corpus files for retrieval (BM25, dense or hybrid)",
                        description="Read CORPUS files/folders (txt, md, jsonl, csv/tsv incl. subject/relation/object "
                                    "triples, SQuAD json, pdf), cut them into overlapping passages and build a "
                                    "search index in --out; prints a one-line summary.")
@@ -167,9 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add CORPUS to the existing index INDEX_DIR (its kind, encoder and chunking are kept)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty INDEX_DIR (once the new index is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("retrieve", help="search an index; one JSON line per hit",
+    p = command("retrieve", help="search an index; one JSON line per hit",
                        description="Search INDEX_DIR for each query; prints one JSON line per hit, best first: "
                                    "query, rank, id, doc_id, score, title, text, source (and retrieval_score "
                                    "with --rerank).")
@@ -177,9 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
     p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")
     _add_rerank_options(p)
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("eval-retrieval", help="score an index on SQuAD-format questions; prints metrics as JSON",
+    p = command("eval-retrieval", help="score an index on SQuAD-format questions; prints metrics as JSON",
                        description="Retrieve for every answerable question of --questions and score the ranks of "
                                    "its paragraph: recall@k for each -k, mrr@10, ndcg@10, n_questions.")
     p.add_argument("index_dir", metavar="INDEX_DIR", help="a folder written by `ragtune index`")
@@ -189,9 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ranks for recall@k (default: 1 5 10 20)")
     _add_rerank_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("train-reranker", help="train a cross-encoder reranker on SQuAD-format questions",
+    p = command("train-reranker", help="train a cross-encoder reranker on SQuAD-format questions",
                        description="Train a cross-encoder (initialised from --base) to score (question, passage) "
                                    "pairs: the question's gold passages in INDEX_DIR are positives, the index's "
                                    "top non-gold hits are hard negatives. Writes the model and reranker.json to "
@@ -211,9 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the new head, shuffling, random negatives (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty RERANKER_DIR (once the new reranker is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("serve", help="serve a run, an ONNX export or an index over HTTP (FastAPI + uvicorn)",
+    p = command("serve", help="serve a run, an ONNX export or an index over HTTP (FastAPI + uvicorn)",
                        description="Serve PATH (a run directory, a `ragtune export` folder with --engine onnx, or "
                                    "an index folder): POST /v1/predict, /v1/answer or /v1/retrieve (what fits), "
                                    "GET /healthz, /metrics (Prometheus), /docs, /openapi.json, and a web page at /. "
@@ -240,9 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token slots per forward pass, 0 for no cap (default: serve.max_batch_tokens, 1024)")
     p.add_argument("--max-wait-ms", type=float, metavar="MS", help="how long a text waits for a batch to fill (default: serve.max_wait_ms, 5)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("export", help="export a run to ONNX (optionally int8-quantised) and check it against PyTorch",
+    p = command("export", help="export a run to ONNX (optionally int8-quantised) and check it against PyTorch",
                        description="Export a classification or regression run to ONNX with dynamic batch and "
                                    "sequence axes, optionally quantise it to int8 (ONNX Runtime dynamic "
                                    "quantisation), then run both engines on real inputs (the run's test split, or "
@@ -258,9 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="the export folder (new or empty; see --overwrite)")
     p.add_argument("--data", metavar="FILE", help="labelled file to check on (default: the run's test split)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("explain", help="which tokens made the prediction: integrated gradients (Captum)",
+    p = command("explain", help="which tokens made the prediction: integrated gradients (Captum)",
                        description="Attribute the prediction for TEXT to its tokens with layer integrated "
                                    "gradients on the embeddings (Captum). Prints the explanation as JSON; with "
                                    "--out also writes it as highlighted HTML and a PNG chart beside it. For "
@@ -276,7 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=32, metavar="N", help="integration steps (default: 32; more is slower and more exact)")
     p.add_argument("--out", metavar="FILE.html", help="write the highlighted text as HTML here, and a PNG chart beside it")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out files")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
