@@ -34,14 +34,12 @@ from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import classification_metrics, regression_metrics
 from ragtune.models.transformer import TransformerConfig, TransformerForRegression, TransformerForSequenceClassification
+from ragtune.runs import MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE
 from ragtune.train.batches import pad_batch
 from ragtune.train.checkpoint import load_weights
 
-MODEL_META = "model.json"
 ENGINES = ("torch", "onnx")
 EXPORT_META = "export.json"  # in a folder written by ragtune.export.onnx.export_onnx
-TOKENIZER_FILE = "tokenizer.json"
-WEIGHTS_FILE = "model.safetensors"
 HF_MODEL_DIR = "hf_model"  # model.backbone: hf — the fine-tuned model in Hugging Face format
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # model.lora.save: adapter — hf_model/ holds the LoRA adapter
 

@@ -63,6 +63,7 @@ log = logging.getLogger("ragtune")
 # pretrained tokenizer (e.g. an English-only model on Chinese text).
 HF_UNK_WARN_RATE = 0.10
 
+
 def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, TrainResult]:
     """Steps 1-4 of a classification or regression run into ``run_dir`` (set up by :func:`ragtune.tasks.run`).
     Returns ``(metrics, train_result)``.
@@ -75,8 +76,9 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     started = time.perf_counter()
 
     # 1. data preparation
-    data = prepare_data(cfg, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
-    runs.write_inputs(cfg, run_dir, opts.config_path, demo_dir=run_dir / "demo_data" if cfg.data.demo else None)
+    demo_dir = run_dir / "demo_data" if cfg.data.demo else None  # data.demo: the generated data is written here
+    data = prepare_data(cfg, demo_dir=demo_dir)
+    runs.write_inputs(cfg, run_dir, opts.config_path, demo_dir=demo_dir)
     added_tokens = _added_tokens(cfg, data)
     tokenizer = _tokenizer(cfg, data, run_dir, opts.resume, added_tokens)
     if distributed.info().world_size > 1:  # torchrun: every rank uses rank 0's tokenizer
@@ -111,7 +113,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         _save_hf(model, cfg, meta, run_dir / meta["hf_model"])
     else:
         save_weights(model, run_dir / WEIGHTS_FILE)
-    (run_dir / MODEL_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    runs.write_json(run_dir / MODEL_META, meta)
 
     # 4. evaluation and report
     # the restored best epoch was evaluated on validation during training: the same weights, the same numbers
@@ -268,7 +270,7 @@ def _data_report(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path) -
             "(its vocabulary does not cover these texts, e.g. another language or script); "
             "a model whose vocabulary covers them will do better"
         )
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    runs.write_json(run_dir / "data_report.json", report, default=str)
     (run_dir / "data_report.md").write_text(data_report_markdown(report), encoding="utf-8")
     splits = {"train": data.train, "validation": data.validation, "test": data.test}
     if cfg.task == "classification":

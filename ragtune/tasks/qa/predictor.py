@@ -37,8 +37,8 @@ from ragtune.evaluate.retrieval_metrics import retrieval_metrics
 from ragtune.models.reader import ExtractiveReader, answer, load_reader
 from ragtune.retrieval.augment import index_folder
 from ragtune.retrieval.corpus import text_sha1
+from ragtune.runs import MODEL_META
 
-MODEL_META = "model.json"
 READER_DIR = "reader"
 QUERY_ENCODER_DIR = "query_encoder"  # RAG training: the trained query encoder (sentence-transformers)
 PASSAGE_EMBEDDINGS = "passage_embeddings.npy"  # RAG training: the passage side the encoder was trained with
