@@ -578,15 +578,6 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _get(tree: dict, dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _resolved(schema: Any, key: str, value: Any, base: Path) -> Any:
     """``value`` of ``key`` with its relative paths made absolute against ``base``."""
     def absolute(v: Any) -> Any:
@@ -602,8 +593,8 @@ def _resolved(schema: Any, key: str, value: Any, base: Path) -> Any:
 def _resolve_paths(tree: dict, base: Path, schema: Any) -> None:
     """Make every relative path field in ``tree`` absolute against ``base`` (in place)."""
     for key in (*path_keys(schema), *path_list_keys(schema), *MODEL_PATH_KEYS):
-        parent_key, _, leaf = key.rpartition(".")
-        parent = _get(tree, parent_key) if parent_key else tree
+        *path, leaf = key.split(".")
+        parent = functools.reduce(lambda node, part: node.get(part) if isinstance(node, dict) else None, path, tree)
         if isinstance(parent, dict) and leaf in parent:
             parent[leaf] = _resolved(schema, key, parent[leaf], base)
 
