@@ -381,19 +381,15 @@ def valid_keys(schema: Any) -> list[str]:
 
 
 @functools.cache
-def _marked_keys(schema: Any, mark: str) -> tuple[str, ...]:
+def path_keys(schema: Any, mark: str = "path") -> tuple[str, ...]:
+    """Dotted keys that hold file paths (or the fields marked ``mark``)."""
     return tuple(dict.fromkeys(key for key, info, _ in _walk(schema)
                                if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get(mark)))
 
 
-def path_keys(schema: Any) -> tuple[str, ...]:
-    """Dotted keys that hold file paths."""
-    return _marked_keys(schema, "path")
-
-
 def path_list_keys(schema: Any) -> tuple[str, ...]:
     """Dotted keys that hold lists of file paths (e.g. ``retrieval.corpus``)."""
-    return _marked_keys(schema, "path_list")
+    return path_keys(schema, "path_list")
 
 
 # Keys holding a local folder *or* a hub id: resolved like paths only when the value is clearly a path.
@@ -582,15 +578,6 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _get(tree: dict, dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _resolved(schema: Any, key: str, value: Any, base: Path) -> Any:
     """``value`` of ``key`` with its relative paths made absolute against ``base``."""
     def absolute(v: Any) -> Any:
@@ -606,19 +593,17 @@ def _resolved(schema: Any, key: str, value: Any, base: Path) -> Any:
 def _resolve_paths(tree: dict, base: Path, schema: Any) -> None:
     """Make every relative path field in ``tree`` absolute against ``base`` (in place)."""
     for key in (*path_keys(schema), *path_list_keys(schema), *MODEL_PATH_KEYS):
-        parent_key, _, leaf = key.rpartition(".")
-        parent = _get(tree, parent_key) if parent_key else tree
+        *path, leaf = key.split(".")
+        parent = functools.reduce(lambda node, part: node.get(part) if isinstance(node, dict) else None, path, tree)
         if isinstance(parent, dict) and leaf in parent:
             parent[leaf] = _resolved(schema, key, parent[leaf], base)
 
 
 def _resolve_model_path(value: str, base: Path) -> str:
     """``./x``, ``../x``, ``~/x`` or an existing folder relative to ``base`` become absolute; hub ids stay."""
-    if os.path.isabs(value):
-        return value
     expanded = os.path.expanduser(value)
     if value.startswith(("./", "../", "~", ".\\", "..\\")) or value in (".", "..") or os.path.isdir(os.path.join(base, expanded)):
-        return expanded if os.path.isabs(expanded) else os.path.normpath(os.path.join(base, expanded))
+        return _absolute(value, base)
     return value
 
 
@@ -716,14 +701,9 @@ def _type_name(annotation: Any) -> str:
     if origin is Literal:
         return " \\| ".join(str(a) for a in get_args(annotation))
     args = get_args(annotation)
-    if args:
-        inner = [_type_name(a) for a in args if a is not type(None)]
-        name = " \\| ".join(inner)
-        if type(None) in args:
-            name += " \\| null"
-        if origin in (list,):
-            return f"list[{name}]"
-        return name
+    if args:  # `X | None`: null comes last
+        name = " \\| ".join("null" if a is type(None) else _type_name(a) for a in args)
+        return f"list[{name}]" if origin is list else name
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -739,14 +719,12 @@ def reference(schema: Any) -> str:
         metrics = "; ".join(f"{task}: " + ", ".join(f"`{m}`" for m in cls.METRICS[task]) for task in tags)
         rows = [f"### `task: {' / '.join(tags)}`", "", f"Metrics (`eval.metric`, `tune.metric`): {metrics}.", "",
                 "| key | type | default | description |", "|---|---|---|---|"]
-        walked = list(_walk(cls))
-        every = {}  # tag key -> every tag
-        for _, _, ctx in walked:
+        every: dict[str, list] = {}  # tag key -> every tag
+        keys: dict[str, tuple] = {}
+        for key, info, ctx in _walk(cls):
+            keys.setdefault(key, (info, []))[1].extend(ctx)
             for tag_key, tag in ctx:
                 every.setdefault(tag_key, []).append(tag)
-        keys: dict[str, tuple] = {}
-        for key, info, ctx in walked:
-            keys.setdefault(key, (info, []))[1].extend(ctx)
         marks: dict[str, str] = {}
         for key, (info, ctx) in keys.items():
             marks[key] = "".join(f"*`{tag_key}: {_or(list(dict.fromkeys(t for k, t in ctx if k == tag_key)))}` only.* "

@@ -12,13 +12,6 @@ from pydantic import Field, field_validator
 from ragtune.config import (FAST_CPU_KERNELS, HFModel, LoraConfig, RetrievalConfig, ScratchModel, TableData, TaskConfig,
                             TokenizerConfig, _path_field, _Section, section, tagged_union)
 
-# The validation metrics each task can select on; the first is the default.
-METRICS = {
-    "classification": ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "log_loss"),
-    "regression": ("mse", "mae", "rmse", "r2", "pearson", "loss"),
-}
-
-
 class ClassificationData(TableData):
     """A table of texts and their labels (class names, or numbers for regression), or the built-in demo data."""
 
@@ -120,7 +113,10 @@ class ClassificationConfig(TaskConfig):
     decode: ClassVar[None] = None  # outputs are labels or numbers
     retrieval: ClassificationRetrieval = section(ClassificationRetrieval, "Retrieval (RAG).")
 
-    METRICS = METRICS
+    METRICS = {
+        "classification": ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "log_loss"),
+        "regression": ("mse", "mae", "rmse", "r2", "pearson", "loss"),
+    }
 
     def problems(self) -> list[str]:
         errors = super().problems()

@@ -12,11 +12,6 @@ from pydantic import Field
 
 from ragtune.config import HFModel, ScratchDecoder, TableData, TextTaskConfig, _path_field, section, tagged_union
 
-# The validation metrics a generation run can select on; the first is the default with prompts
-# (texts to continue select on perplexity).
-METRICS = {"generation": ("rougeL", "rouge1", "rouge2", "bleu", "loss", "perplexity")}
-
-
 class GenerationData(TableData):
     """Prompt → response pairs, or texts to continue."""
 
@@ -42,7 +37,7 @@ class GenerationConfig(TextTaskConfig):
     data: GenerationData = section(GenerationData, "Data preparation.")
     model: GenerationModel = section(ScratchDecoder, "Model building.")
 
-    METRICS = METRICS
+    METRICS = {"generation": ("rougeL", "rouge1", "rouge2", "bleu", "loss", "perplexity")}
 
     @property
     def generation_prompts(self) -> bool:

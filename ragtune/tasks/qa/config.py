@@ -10,10 +10,6 @@ from pydantic import Field
 
 from ragtune.config import FAST_CPU_KERNELS, DataConfig, HFModel, RetrievalConfig, TaskConfig, _path_field, section
 
-# The validation metrics a qa run can select on; the first is the default.
-METRICS = {"qa": ("f1", "exact_match")}
-
-
 class QAData(DataConfig):
     """SQuAD-v1.1-format JSON files; a split without its own file is carved from train by whole articles."""
 
@@ -61,7 +57,7 @@ class QAConfig(TaskConfig):
     decode: ClassVar[None] = None  # answers are spans of the passages
     retrieval: QARetrieval = section(QARetrieval, "Retrieval (RAG).")
 
-    METRICS = METRICS
+    METRICS = {"qa": ("f1", "exact_match")}
 
     def problems(self) -> list[str]:
         return super().problems() + [

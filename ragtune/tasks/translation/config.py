@@ -10,13 +10,6 @@ from pydantic import Field
 
 from ragtune.config import HFModel, ScratchDecoder, TableData, TextTaskConfig, TokenizerConfig, _path_field, _Section, section, tagged_union
 
-# The validation metrics a translation run can select on; the first is the default.
-METRICS = {"translation": ("bleu", "chrf", "loss", "perplexity")}
-
-# Data files: a table path, or this mapping of two line-aligned text files.
-PAIR_FILE_KEYS = ("source", "target")
-
-
 class TranslationData(TableData):
     """Sentence pairs: a table with a source and a target column, or two line-aligned text files."""
 
@@ -30,7 +23,7 @@ class TranslationData(TableData):
         errors = super().problems()
         for key in ("train", "validation", "test"):
             value = getattr(self, key)
-            if isinstance(value, dict) and sorted(value) != sorted(PAIR_FILE_KEYS):
+            if isinstance(value, dict) and set(value) != {"source", "target"}:
                 errors.append(f"data.{key}: two-file translation data needs exactly the keys 'source' and 'target' "
                               f"(e.g. {{source: train.en, target: train.de}}); got keys: {', '.join(map(str, value)) or 'none'}")
         if self.source_column == self.target_column:
@@ -76,7 +69,7 @@ class TranslationConfig(TextTaskConfig):
     model: TranslationModel = section(ScratchTranslator, "Model building.")
     retrieval: TranslationMemory = section(TranslationMemory, "Retrieval: the translation memory.")
 
-    METRICS = METRICS
+    METRICS = {"translation": ("bleu", "chrf", "loss", "perplexity")}
 
     def problems(self) -> list[str]:
         errors = super().problems()
