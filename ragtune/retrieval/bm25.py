@@ -269,7 +269,5 @@ def search_bm25(retriever, queries: Sequence[str], k: int) -> list[list[tuple[in
         return []
     tokens = [tokenize(q) for q in queries]
     rows, scores = retriever.retrieve(tokens, k=k, show_progress=False)
-    out = []
-    for row_list, score_list in zip(np.asarray(rows), np.asarray(scores)):
-        out.append([(int(r), float(s)) for r, s in zip(row_list, score_list) if s > 0])
-    return out
+    return [[(int(r), float(s)) for r, s in zip(row_list, score_list) if s > 0]
+            for row_list, score_list in zip(np.asarray(rows), np.asarray(scores))]
