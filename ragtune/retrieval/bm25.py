@@ -96,22 +96,16 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
-def tokenize_many(texts: Sequence[str], progress: bool = False) -> list[list[str]]:
-    """:func:`tokenize` of each text (with a tqdm bar when ``progress``)."""
-    from tqdm.auto import tqdm
-
-    return [tokenize(t) for t in tqdm(texts, desc="BM25 tokenize", unit="passage", disable=not progress,
-                                      mininterval=1.0)]
-
-
 def build_bm25(texts: Sequence[str], progress: bool = False):
     """A ``bm25s.BM25`` index over ``texts`` (row i of the index is ``texts[i]``)."""
     import bm25s
+    from tqdm.auto import tqdm
 
     if not texts:
         raise RagtuneError("cannot build a BM25 index without passages")
     retriever = bm25s.BM25(method=PARAMS["method"], k1=PARAMS["k1"], b=PARAMS["b"])
-    retriever.index(tokenize_many(texts, progress), show_progress=progress)
+    bar = tqdm(texts, desc="BM25 tokenize", unit="passage", disable=not progress, mininterval=1.0)
+    retriever.index([tokenize(t) for t in bar], show_progress=progress)
     return retriever
 
 

@@ -120,21 +120,19 @@ def _quiet_loading(progress: bool) -> Iterator[None]:
     """
     from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
+    from ragtune.retrieval.dense import _hf_progress
+
     verbosity = hf_logging.get_verbosity()
     st_logger = logging.getLogger("sentence_transformers")
     st_level = st_logger.level
-    if not progress:
-        hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     st_logger.setLevel(logging.ERROR)
     try:
-        yield
+        with _hf_progress(progress):
+            yield
     finally:
         hf_logging.set_verbosity(verbosity)
         st_logger.setLevel(st_level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
