@@ -96,22 +96,16 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
-def tokenize_many(texts: Sequence[str], progress: bool = False) -> list[list[str]]:
-    """:func:`tokenize` of each text (with a tqdm bar when ``progress``)."""
-    from tqdm.auto import tqdm
-
-    return [tokenize(t) for t in tqdm(texts, desc="BM25 tokenize", unit="passage", disable=not progress,
-                                      mininterval=1.0)]
-
-
 def build_bm25(texts: Sequence[str], progress: bool = False):
     """A ``bm25s.BM25`` index over ``texts`` (row i of the index is ``texts[i]``)."""
     import bm25s
+    from tqdm.auto import tqdm
 
     if not texts:
         raise RagtuneError("cannot build a BM25 index without passages")
     retriever = bm25s.BM25(method=PARAMS["method"], k1=PARAMS["k1"], b=PARAMS["b"])
-    retriever.index(tokenize_many(texts, progress), show_progress=progress)
+    bar = tqdm(texts, desc="BM25 tokenize", unit="passage", disable=not progress, mininterval=1.0)
+    retriever.index([tokenize(t) for t in bar], show_progress=progress)
     return retriever
 
 
@@ -269,7 +263,5 @@ def search_bm25(retriever, queries: Sequence[str], k: int) -> list[list[tuple[in
         return []
     tokens = [tokenize(q) for q in queries]
     rows, scores = retriever.retrieve(tokens, k=k, show_progress=False)
-    out = []
-    for row_list, score_list in zip(np.asarray(rows), np.asarray(scores)):
-        out.append([(int(r), float(s)) for r, s in zip(row_list, score_list) if s > 0])
-    return out
+    return [[(int(r), float(s)) for r, s in zip(row_list, score_list) if s > 0]
+            for row_list, score_list in zip(np.asarray(rows), np.asarray(scores))]

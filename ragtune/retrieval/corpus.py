@@ -469,23 +469,6 @@ def make_passages(
                          doc_ids={p.doc_id for p in passages})
 
 
-def passage_from_dict(record: dict) -> Passage:
-    """A :class:`Passage` from a ``passages.jsonl`` record."""
-    return Passage(id=record["id"], doc_id=record["doc_id"], text=record["text"], source=record["source"],
-                   title=record.get("title"), doc_sha1=record["doc_sha1"])
-
-
-def write_passages(path: Path, passages: Iterable[Passage | dict]) -> int:
-    """Write passages as JSON lines (UTF-8); returns how many were written."""
-    count = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for p in passages:
-            record = p.to_dict() if isinstance(p, Passage) else p
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
 def read_passages(path: Path) -> list[dict]:
     """The records of a ``passages.jsonl`` file (id, doc_id, title, text, source, doc_sha1)."""
     records = []
@@ -564,5 +547,5 @@ __all__ = [
     "CORPUS_EXTENSIONS", "TOKEN_PATTERN", "Document", "Passage", "PassageResult", "list_corpus_files",
     "read_documents", "chunk_text", "check_chunking", "make_passages", "PassageMaker",
     "search_text",
-    "text_sha1", "write_passages", "read_passages", "passage_from_dict", "PassageTable", "open_passages",
+    "text_sha1", "read_passages", "PassageTable", "open_passages",
 ]

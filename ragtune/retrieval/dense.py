@@ -139,39 +139,14 @@ def write_embeddings(
 
     The file holds ``len(previous) + len(texts)`` rows: the rows of ``previous`` (an existing
     embeddings array, e.g. memory-mapped, copied block by block; used to add passages to an index)
-    followed by the new embeddings. It is created with ``numpy.lib.format.open_memmap``, so memory
-    stays bounded whatever the corpus size. A tqdm bar counts the passages when ``progress``.
+    followed by the new embeddings. It is written by :func:`encode_to_file`, so memory stays
+    bounded whatever the corpus size. A tqdm bar counts the passages when ``progress``.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise RagtuneError(f"batch_size must be at least 1 (got {batch_size})")
     if not texts:
         raise RagtuneError("no passages to encode")
-    block = batch_size * 8
-    n_old = 0 if previous is None else len(previous)
-    bar = tqdm(total=len(texts), desc="encode passages", unit="passage", disable=not progress)
-    try:
-        first = _encode(model, texts[:block], batch_size, query=False)
-        bar.update(len(first))
-        dim = first.shape[1]
-        if previous is not None and previous.shape[1] != dim:
-            raise RagtuneError(f"the encoder gives {dim}-dimensional embeddings but the index holds "
-                               f"{previous.shape[1]}-dimensional ones; rebuild the index")
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_old + len(texts), dim))
-        for start in range(0, n_old, FAISS_ADD_BLOCK):
-            stop = min(start + FAISS_ADD_BLOCK, n_old)
-            out[start:stop] = previous[start:stop]
-        out[n_old:n_old + len(first)] = first
-        for start in range(block, len(texts), block):
-            vectors = _encode(model, texts[start:start + block], batch_size, query=False)
-            out[n_old + start:n_old + start + len(vectors)] = vectors
-            bar.update(len(vectors))
-        out.flush()
-        del out
-    finally:
-        bar.close()
-    return int(dim)
+    return encode_to_file(path, model, [texts], len(texts), batch_size, progress, previous=previous)
 
 
 def load_embeddings(path: Path) -> np.ndarray:
@@ -273,7 +248,7 @@ class EmbeddingsWriter:
 
 
 def encode_to_file(path: Path, model, text_blocks, n: int, batch_size: int = 64, progress: bool = False,
-                   previous: NpyRows | None = None) -> int:
+                   previous: NpyRows | np.ndarray | None = None) -> int:
     """Encode the passages of ``text_blocks`` (lists of texts, ``n`` in all) into ``path``; returns the dimension.
 
     With ``previous`` (an index's existing embeddings) its rows come first, copied block by block,
@@ -354,11 +329,6 @@ def ivfpq_params(n: int, dim: int) -> dict:
     return {"nlist": nlist, "m": m, "nbits": IVFPQ_NBITS, "nprobe": min(nlist, 16)}
 
 
-def _add_blocks(index, embeddings: np.ndarray, start: int = 0) -> None:
-    for s in range(start, len(embeddings), FAISS_ADD_BLOCK):
-        index.add(np.ascontiguousarray(embeddings[s:s + FAISS_ADD_BLOCK], dtype=np.float32))
-
-
 def build_faiss(embeddings: np.ndarray, kind: str = "flat", seed: int = 0):
     """``(faiss index, params)`` over all rows of ``embeddings`` (may be memory-mapped)."""
     import faiss
@@ -388,13 +358,14 @@ def build_faiss(embeddings: np.ndarray, kind: str = "flat", seed: int = 0):
             rows = np.sort(np.random.default_rng(seed).choice(n, IVFPQ_MAX_TRAIN, replace=False))
         index.train(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
         index.nprobe = params["nprobe"]
-    _add_blocks(index, embeddings)
+    add_to_faiss(index, embeddings)
     return index, params
 
 
-def add_to_faiss(index, embeddings: np.ndarray, start: int) -> None:
-    """Add rows ``start:`` of ``embeddings`` to an existing (trained) index."""
-    _add_blocks(index, embeddings, start)
+def add_to_faiss(index, embeddings: np.ndarray, start: int = 0) -> None:
+    """Add rows ``start:`` of ``embeddings`` to a (trained) index, block by block."""
+    for s in range(start, len(embeddings), FAISS_ADD_BLOCK):
+        index.add(np.ascontiguousarray(embeddings[s:s + FAISS_ADD_BLOCK], dtype=np.float32))
 
 
 def save_faiss(index, path: Path) -> None:

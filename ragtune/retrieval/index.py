@@ -53,6 +53,7 @@ file against the manifest's checksums; an index built with another encoder than
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -153,12 +154,20 @@ def _check_out_dir(out_dir: Path, overwrite: bool, files: list[Path]) -> None:
                                "would delete; move the corpus or choose another index folder")
 
 
-def _temp_dir(out_dir: Path) -> Path:
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A new temporary sibling folder to write ``out_dir``'s new contents into: moved into place
+    (:func:`_swap_into_place`) when the block finishes, removed when it fails."""
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    return tmp
+    try:
+        yield tmp
+        _swap_into_place(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
@@ -220,9 +229,34 @@ def _stream_passages(files: list[Path], maker: PassageMaker, fh, vectors,
     return n, inputs, (None if kept is None else np.frombuffer(kept, dtype=np.int64))
 
 
-def _totals(maker: PassageMaker) -> dict:
-    return {"documents": maker.documents, "duplicates_removed": maker.duplicates_removed,
-            "empty_documents": maker.empty_documents, "duplicate_documents": maker.duplicate_documents}
+def _write_passages(tmp: Path, files: list[Path], chunking: dict, vectors, progress: bool,
+                    old: Path | None = None) -> tuple[int, int, list[dict], np.ndarray | None, dict]:
+    """Write ``tmp/passages.jsonl``: the lines of ``old`` (an index's ``passages.jsonl``) as they
+    were, then the passages of ``files`` (duplicate checks in ``tmp/.scratch``).
+
+    Returns ``(old passages, new passages, manifest inputs, kept vector rows, totals)``; see
+    :func:`_stream_passages`.
+    """
+    from ragtune.retrieval.diskset import SeenStore
+
+    (tmp / SCRATCH).mkdir()
+    n_old = 0
+    with SeenStore(tmp / SCRATCH / "seen.sqlite") as store, \
+            open(tmp / PASSAGES, "w", encoding="utf-8", newline="\n") as fh:
+        if old is not None:
+            with open(old, encoding="utf-8") as lines:  # the old passages come first, as they were
+                for line in lines:
+                    record = json.loads(line)
+                    store.texts.add(hashlib.sha1(record["text"].encode("utf-8")).digest())
+                    store.ids[record["doc_id"]] = record["source"]
+                    fh.write(line)
+                    n_old += 1
+        maker = PassageMaker(chunking["chunk_tokens"], chunking["chunk_overlap"], seen_texts=store.texts,
+                             taken_ids=store.ids, explicit_sha=store.explicit)
+        n, inputs, kept = _stream_passages(files, maker, fh, vectors, progress)
+    totals = {"documents": maker.documents, "duplicates_removed": maker.duplicates_removed,
+              "empty_documents": maker.empty_documents, "duplicate_documents": maker.duplicate_documents}
+    return n_old, n, inputs, kept, totals
 
 
 def _passage_text_blocks(path: Path, start: int = 0, block: int = STREAM_BLOCK) -> Iterator[list[str]]:
@@ -307,23 +341,14 @@ def build_index(
         from ragtune.retrieval.dense import resolve_encoder
 
         encoder_path = resolve_encoder(encoder)  # fail on a bad encoder before reading the corpus
-    tmp = _temp_dir(out_dir)
-    scratch = tmp / SCRATCH
-    scratch.mkdir()
-    try:
-        from ragtune.retrieval.diskset import SeenStore
-
-        with SeenStore(scratch / "seen.sqlite") as store, \
-                open(tmp / PASSAGES, "w", encoding="utf-8", newline="\n") as fh:
-            maker = PassageMaker(chunk_tokens, chunk_overlap, seen_texts=store.texts, taken_ids=store.ids,
-                                 explicit_sha=store.explicit)
-            n, inputs, kept = _stream_passages(files, maker, fh, rows, progress)
-        totals = _totals(maker)
+    chunking = {"chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "token_pattern": TOKEN_PATTERN}
+    with _staging(out_dir) as tmp:
+        _, n, inputs, kept, totals = _write_passages(tmp, files, chunking, rows, progress)
         if n == 0:
             shown = ", ".join(str(p) for p in paths)
             raise RagtuneError(f"the corpus is empty: {shown} hold no text to index "
                                f"({totals['empty_documents']} empty documents)")
-        bm25_info = _write_bm25(tmp, scratch, n, progress) if kind in ("bm25", "hybrid") else None
+        bm25_info = _write_bm25(tmp, tmp / SCRATCH, n, progress) if kind in ("bm25", "hybrid") else None
         dim, faiss_params = None, None
         if dense_kind:
             from ragtune.retrieval import dense
@@ -337,7 +362,7 @@ def build_index(
             faiss_index_obj, faiss_params = dense.build_faiss(dense.NpyRows(tmp / EMBEDDINGS), faiss_index)
             dense.save_faiss(faiss_index_obj, tmp / FAISS_FILE)
             del faiss_index_obj
-        shutil.rmtree(scratch)
+        shutil.rmtree(tmp / SCRATCH)
         created = mf.now()
         manifest = {
             "format": mf.FORMAT,
@@ -346,7 +371,7 @@ def build_index(
             "updated": created,
             "corpus_sha256": mf.corpus_sha256([i["sha256"] for i in inputs]),
             "inputs": inputs,
-            "chunking": {"chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "token_pattern": TOKEN_PATTERN},
+            "chunking": chunking,
             "documents": totals["documents"],
             "passages": n,
             "bm25": bm25_info,
@@ -358,19 +383,14 @@ def build_index(
             "faiss_params": faiss_params,
             "vectors": None if rows is None else {"path": str(rows.path.resolve()), "rows": len(rows),
                                                   "sha256": mf.sha256_file(rows.path)},
-            "versions": mf.library_versions(),
+            "versions": {**mf.library_versions(), "ragtune": __version__},
             "files": mf.checksum_folder(tmp),
             "history": [{"action": "build", "time": created, "files": len(files), "documents": totals["documents"],
                          "passages_added": n, "duplicates_removed": totals["duplicates_removed"],
                          "empty_documents": totals["empty_documents"],
                          "seconds": round(time.perf_counter() - start, 3)}],
         }
-        manifest["versions"]["ragtune"] = __version__
         mf.write_manifest(tmp, manifest)
-        _swap_into_place(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -405,34 +425,16 @@ def add_to_index(
     for f in files:
         if root in f.resolve().parents:
             raise RagtuneError(f"corpus file {f} is inside the index folder {index_dir}; move it out first")
-    chunking = manifest["chunking"]
     kind = manifest["kind"]
-    tmp = _temp_dir(index_dir)
-    scratch = tmp / SCRATCH
-    scratch.mkdir()
-    try:
-        from ragtune.retrieval.diskset import SeenStore
-
-        with SeenStore(scratch / "seen.sqlite") as store, \
-                open(tmp / PASSAGES, "w", encoding="utf-8", newline="\n") as fh:
-            n_old = 0
-            with open(index_dir / PASSAGES, encoding="utf-8") as old:  # the old passages come first, as they were
-                for line in old:
-                    record = json.loads(line)
-                    store.texts.add(hashlib.sha1(record["text"].encode("utf-8")).digest())
-                    store.ids[record["doc_id"]] = record["source"]
-                    fh.write(line)
-                    n_old += 1
-            maker = PassageMaker(chunking["chunk_tokens"], chunking["chunk_overlap"], seen_texts=store.texts,
-                                 taken_ids=store.ids, explicit_sha=store.explicit)
-            n_new, inputs, _ = _stream_passages(files, maker, fh, None, progress)
-        totals = _totals(maker)
+    with _staging(index_dir) as tmp:
+        n_old, n_new, inputs, _, totals = _write_passages(tmp, files, manifest["chunking"], None, progress,
+                                                          old=index_dir / PASSAGES)
         if not n_new and totals["duplicates_removed"] == 0 and totals["duplicate_documents"] == 0:
             shown = ", ".join(str(p) for p in paths)
             raise RagtuneError(f"nothing to add: {shown} hold no text ({totals['empty_documents']} empty documents)")
         n_total = n_old + n_new
         if manifest.get("bm25"):
-            manifest["bm25"] = _write_bm25(tmp, scratch, n_total, progress)
+            manifest["bm25"] = _write_bm25(tmp, tmp / SCRATCH, n_total, progress)
         if kind in ("dense", "hybrid"):
             if n_new:
                 from ragtune.retrieval import dense
@@ -453,7 +455,7 @@ def add_to_index(
             else:
                 shutil.copy2(index_dir / EMBEDDINGS, tmp / EMBEDDINGS)
                 shutil.copy2(index_dir / FAISS_FILE, tmp / FAISS_FILE)
-        shutil.rmtree(scratch)
+        shutil.rmtree(tmp / SCRATCH)
         stamp = mf.now()
         manifest["inputs"] = list(manifest.get("inputs", [])) + inputs
         manifest["corpus_sha256"] = mf.corpus_sha256([i["sha256"] for i in manifest["inputs"]])
@@ -467,10 +469,6 @@ def add_to_index(
              "passages_added": n_new, "duplicates_removed": totals["duplicates_removed"],
              "empty_documents": totals["empty_documents"], "seconds": round(time.perf_counter() - start, 3)})
         mf.write_manifest(tmp, manifest)
-        _swap_into_place(tmp, index_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return index_dir
 
 
@@ -522,10 +520,7 @@ class Index:
             return self._dense(queries, k)
         depth = min(len(self.passages), max(k, HYBRID_DEPTH))
         lexical, dense = self._bm25(queries, depth), self._dense(queries, depth)
-        fused = []
-        for b, d in zip(lexical, dense):
-            fused.append(reciprocal_rank_fusion([[r for r, _ in b], [r for r, _ in d]], top=k))
-        return fused
+        return [reciprocal_rank_fusion([[r for r, _ in b], [r for r, _ in d]], top=k) for b, d in zip(lexical, dense)]
 
     def _bm25(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         from ragtune.retrieval.bm25 import search_bm25

@@ -89,10 +89,10 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def checksum_folder(folder: Path) -> dict[str, str]:
-    """``{relative posix path: sha256}`` of every file under ``folder`` except the manifest."""
+def checksum_folder(folder: Path, skip: str = MANIFEST) -> dict[str, str]:
+    """``{relative posix path: sha256}`` of every file under ``folder`` except those named ``skip`` (the manifest)."""
     return {p.relative_to(folder).as_posix(): sha256_file(p)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != skip}
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

@@ -78,7 +78,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -88,7 +87,7 @@ from ragtune import __version__
 from ragtune.errors import RagtuneError
 from ragtune.retrieval import manifest as mf
 from ragtune.retrieval.corpus import search_text, text_sha1
-from ragtune.retrieval.index import Hit, Index, _swap_into_place, _temp_dir, load_index
+from ragtune.retrieval.index import Hit, Index, _staging, load_index
 
 log = logging.getLogger("ragtune")
 
@@ -121,21 +120,19 @@ def _quiet_loading(progress: bool) -> Iterator[None]:
     """
     from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
+    from ragtune.retrieval.dense import _hf_progress
+
     verbosity = hf_logging.get_verbosity()
     st_logger = logging.getLogger("sentence_transformers")
     st_level = st_logger.level
-    if not progress:
-        hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     st_logger.setLevel(logging.ERROR)
     try:
-        yield
+        with _hf_progress(progress):
+            yield
     finally:
         hf_logging.set_verbosity(verbosity)
         st_logger.setLevel(st_level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -173,11 +170,6 @@ def _load_cross_encoder(source: str, what: str, progress: bool, max_length: int 
 
 def _passage_text(record: dict) -> str:
     return search_text(record.get("title"), record["text"])
-
-
-def _folder_checksums(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): mf.sha256_file(p)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RERANKER_FILE}
 
 
 # ------------------------------------------------------------------------------------ training data
@@ -390,8 +382,7 @@ def train_reranker(
         bar.close()
     model.eval()
 
-    tmp = _temp_dir(out_dir)
-    try:
+    with _staging(out_dir) as tmp:
         with _quiet_loading(progress):
             model.save(str(tmp))
         info = {
@@ -414,13 +405,9 @@ def train_reranker(
             "loss": {"first_epoch": round(epoch_losses[0], 6), "last_epoch": round(epoch_losses[-1], 6)},
             "seconds": round(time.perf_counter() - start_time, 3),
             "versions": {**mf.library_versions(), "ragtune": __version__},
-            "files": _folder_checksums(tmp),
+            "files": mf.checksum_folder(tmp, skip=RERANKER_FILE),
         }
         (tmp / RERANKER_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _swap_into_place(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.debug("reranker: %d questions, %d pairs (%d positive, %d hard + %d random negative), %d steps, "
              "loss %.4f -> %.4f", pairs.questions, n_pairs, pairs.positives, pairs.hard_negatives,
              pairs.random_negatives, total_steps, epoch_losses[0], epoch_losses[-1])
