@@ -26,8 +26,10 @@ import argparse
 import datetime as _dt
 import json
 import logging
+import os
 import shutil
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -427,14 +429,12 @@ def cmd_predict(args) -> int:
     predictor = task.load_predictor(run_dir, cfg.eval.batch_size, engine=args.engine)
     if task.endpoint == "/v1/answer":
         return _predict_qa(args, predictor)
-    if task.endpoint in ("/v1/translate", "/v1/generate"):
-        if task.endpoint == "/v1/translate":
-            return _predict_text(args, predictor, cfg.data.source_column, "translations")
+    if task.endpoint == "/v1/translate":
+        return _predict_text(args, predictor, cfg.data.source_column, "translations")
+    if task.endpoint == "/v1/generate":
         return _predict_text(args, predictor, cfg.data.prompt_column or cfg.data.text_column, "outputs")
     if args.texts:
-        for prediction in predictor.predict(args.texts):
-            print(json.dumps(prediction, ensure_ascii=False))
-        return 0
+        return _print_json_lines(predictor.predict(args.texts))
     df, texts = _read_input_texts(args, args.text_column or cfg.data.text_column)
     predictions = predictor.predict(texts)
     if predictor.labels:  # classification (a regression run has no labels)
@@ -445,9 +445,7 @@ def cmd_predict(args) -> int:
             df["passage_ids"] = [" ".join(h["id"] for h in p["passages"]) for p in predictions]
     else:
         df["predicted_value"] = [p["value"] for p in predictions]
-    _write_csv(df, Path(args.output))
-    print(f"wrote {len(df)} predictions to {args.output}")
-    return 0
+    return _write_predictions(df, args.output, "predictions")
 
 
 def _read_input_texts(args, column: str):
@@ -463,12 +461,26 @@ def _read_input_texts(args, column: str):
     return df, df[column].fillna("").astype(str).tolist()
 
 
-def _write_csv(df, output: Path) -> None:
-    """Write ``df`` to ``output`` through a temporary file, so a failure leaves no half-written CSV."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(output)
+def _write_atomically(path: Path, write) -> None:
+    """``write(tmp)``, then move the temporary file onto ``path``, so a failure leaves no half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def _write_predictions(df, output: str, noun: str) -> int:
+    """Write ``df`` to the CSV ``output`` (through a temporary file) and say how many ``noun`` it holds."""
+    _write_atomically(Path(output), lambda tmp: df.to_csv(tmp, index=False))
+    print(f"wrote {len(df)} {noun} to {output}")
+    return 0
+
+
+def _print_json_lines(rows) -> int:
+    """Print each row as one line of JSON."""
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
 
 
 def _predict_text(args, predictor, own_column: str, noun: str) -> int:
@@ -476,9 +488,7 @@ def _predict_text(args, predictor, own_column: str, noun: str) -> int:
     overrides = {k: getattr(args, k) for k in ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k",
                                                "top_p", "temperature", "seed")}
     if args.texts:
-        for result in predictor.generate(args.texts, **overrides):
-            print(json.dumps(result, ensure_ascii=False))
-        return 0
+        return _print_json_lines(predictor.generate(args.texts, **overrides))
     column = args.text_column
     if column is None and args.input and args.output and Path(args.input).is_file():
         from ragtune.data.io import read_table
@@ -487,30 +497,22 @@ def _predict_text(args, predictor, own_column: str, noun: str) -> int:
         column = own_column if own_column in columns or "text" not in columns else "text"
     df, texts = _read_input_texts(args, column or own_column)
     df["output"] = [r["output"] for r in predictor.generate(texts, progress=True, **overrides)]
-    _write_csv(df, Path(args.output))
-    print(f"wrote {len(df)} {noun} to {args.output}")
-    return 0
+    return _write_predictions(df, args.output, noun)
 
 
 def _predict_qa(args, predictor) -> int:
     """``ragtune predict`` on a QA run: the texts are questions; each gets its answer and the passages read."""
     if args.texts:
-        for result in predictor.answer(args.texts):
-            print(json.dumps(result, ensure_ascii=False))
-        return 0
+        return _print_json_lines(predictor.answer(args.texts))
     df, questions = _read_input_texts(args, args.text_column or "question")
     results = predictor.answer(questions)
     df["answer"] = [r["answer"] for r in results]
     df["answer_score"] = [r["score"] for r in results]
     df["answer_passage_id"] = [(r.get("passage") or {}).get("id") for r in results]
-    _write_csv(df, Path(args.output))
-    print(f"wrote {len(df)} answers to {args.output}")
-    return 0
+    return _write_predictions(df, args.output, "answers")
 
 
 def cmd_index(args) -> int:
-    import time
-
     from ragtune.retrieval import add_to_index, build_index
     from ragtune.retrieval import index as defaults
     from ragtune.retrieval.manifest import read_manifest
@@ -561,10 +563,9 @@ def cmd_retrieve(args) -> int:
     from ragtune.retrieval import load_index
 
     index = _maybe_reranked(args, load_index(args.index_dir))
-    for query, hits in zip(args.queries, index.search_batch(args.queries, args.k)):
-        for rank, hit in enumerate(hits, start=1):
-            print(json.dumps({"query": query, "rank": rank, **hit.to_dict()}, ensure_ascii=False))
-    return 0
+    return _print_json_lines({"query": query, "rank": rank, **hit.to_dict()}
+                             for query, hits in zip(args.queries, index.search_batch(args.queries, args.k))
+                             for rank, hit in enumerate(hits, start=1))
 
 
 def cmd_eval_retrieval(args) -> int:
@@ -577,8 +578,6 @@ def cmd_eval_retrieval(args) -> int:
 
 
 def cmd_train_reranker(args) -> int:
-    import time
-
     from ragtune.retrieval import load_index
     from ragtune.retrieval.rerank import read_reranker_info, train_reranker
 
@@ -596,11 +595,7 @@ def cmd_train_reranker(args) -> int:
     return 0
 
 
-
-
 def cmd_serve(args) -> int:
-    import os
-
     from ragtune.serve.server import run_server
 
     if args.workers < 1:
@@ -658,14 +653,10 @@ def cmd_explain(args) -> int:
     predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     result = explain(predictor, args.text, target=args.target, n_steps=args.steps)
     if html_path is not None:
-        html_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = html_path.with_name(html_path.name + ".tmp")
-        tmp.write_text(to_html(result), encoding="utf-8")
-        tmp.replace(html_path)
+        _write_atomically(html_path, lambda tmp: tmp.write_text(to_html(result), encoding="utf-8"))
         to_png(result, png_path)
         print(f"wrote {html_path} and {png_path}", file=sys.stderr)
-    print(json.dumps(result, ensure_ascii=False))
-    return 0
+    return _print_json_lines([result])
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,

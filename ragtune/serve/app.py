@@ -63,7 +63,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragtune import __version__
@@ -101,6 +101,12 @@ class Passage(BaseModel):
     source: str | None = Field(None, description="The corpus file the passage came from (file name only).")
     label: str | None = Field(None, description="Labelled neighbours: the neighbour's label.")
     influence: float | None = None
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _file_name_only(cls, source):
+        """Every passage the API returns reports its source file by name only."""
+        return os.path.basename(str(source)) if source else source
 
 
 class Prediction(BaseModel):
@@ -295,14 +301,6 @@ def _page() -> str:
     return resources.files("ragtune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def _public_passage(p: dict) -> dict:
-    """A hit or passage dict as the API returns it: the source file by name only."""
-    out = {k: v for k, v in p.items() if k in Passage.model_fields}
-    if out.get("source"):
-        out["source"] = os.path.basename(str(out["source"]))
-    return out
-
-
 def create_app(service: Service, api_key: str | None = None, settings: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``service`` (see the module docs). ``settings`` default to ``service.settings``."""
     settings = settings or service.settings
@@ -399,11 +397,6 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
             return await batcher.call(lambda: model.generate(texts, **overrides))
         return await batcher.submit(texts)
 
-    def unavailable(endpoint: str) -> HTTPException:
-        return HTTPException(404, f"{endpoint} is not served for a {service.kind} "
-                                  f"{'folder' if service.kind == 'index' else 'run'}; this server offers "
-                                  f"{', '.join(service.endpoints) or 'no model endpoint'}")
-
     # -- endpoints ---------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -433,16 +426,11 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                 raise HTTPException(413, f"explain: {len(body.texts)} texts in one request; explanations are limited "
                                          f"to {settings.max_explain_texts} (serve.max_explain_texts)")
             metrics.items.labels("/v1/predict").inc(len(body.texts))
-            predictions = await batcher.submit(body.texts)
-            out = []
-            for text, p in zip(body.texts, predictions):
-                row = dict(p)
-                if "passages" in row:
-                    row["passages"] = [_public_passage(h) for h in row["passages"]]
-                if body.explain:
+            predictions = [dict(p) for p in await batcher.submit(body.texts)]  # the response model picks the fields
+            if body.explain:
+                for text, row in zip(body.texts, predictions):
                     row["explanation"] = await batcher.call(_explain, service.predictor, text)
-                out.append(row)
-            return {"predictions": out}
+            return {"predictions": predictions}
 
     if "/v1/answer" in endpoints:
         @app.post("/v1/answer", response_model=AnswerResponse, response_model_exclude_none=True,
@@ -458,15 +446,8 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                 results = await batcher.call(service.predictor.answer, body.questions, body.contexts)
             else:
                 results = await batcher.submit(body.questions)
-            out = []
-            for r in results:
-                row = {"answer": r["answer"], "score": r["score"] if r["score"] != float("-inf") else None}
-                if r.get("passage"):
-                    row["passage"] = _public_passage(r["passage"])
-                if r.get("passages") is not None:
-                    row["passages"] = [_public_passage(p) for p in r["passages"]]
-                out.append(row)
-            return {"answers": out}
+            return {"answers": [{**r, "score": r["score"] if r["score"] != float("-inf") else None,
+                                 "passage": r.get("passage") or None} for r in results]}
 
     if "/v1/translate" in endpoints:
         @app.post("/v1/translate", response_model=TranslateResponse, dependencies=protected, responses=_ERRORS,
@@ -478,14 +459,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         @app.post("/v1/generate", response_model=GenerateResponse, response_model_exclude_none=True,
                   dependencies=protected, responses=_ERRORS, summary="Generate responses (generation runs)")
         async def generate(body: GenerateRequest):
-            results = await decode("/v1/generate", "prompts", body.prompts, body, service.predictor, 2)
-            out = []
-            for r in results:
-                row = {"output": r["output"]}
-                if r.get("passages") is not None:
-                    row["passages"] = [_public_passage(p) for p in r["passages"]]
-                out.append(row)
-            return {"outputs": out}
+            return {"outputs": await decode("/v1/generate", "prompts", body.prompts, body, service.predictor, 2)}
 
     if service.index is not None:
         @app.post("/v1/retrieve", response_model=RetrieveResponse, response_model_exclude_none=True,
@@ -498,27 +472,21 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
                                          "number of passages in the index)")
             metrics.items.labels("/v1/retrieve").inc(len(body.queries))
             hits = await batcher.call(service.index.search_batch, body.queries, body.k)
-            return {"results": [[_public_passage(h.to_dict()) for h in per_query] for per_query in hits]}
+            return {"results": [[h.to_dict() for h in per_query] for per_query in hits]}
+
+    async def not_served(request: Request):
+        raise HTTPException(404, f"{request.scope['route'].path} is not served for a {service.kind} "
+                                 f"{'folder' if service.kind == 'index' else 'run'}; this server offers "
+                                 f"{', '.join(service.endpoints) or 'no model endpoint'}")
 
     for path in ("/v1/predict", "/v1/answer", "/v1/translate", "/v1/generate", "/v1/retrieve"):
         if path not in endpoints:
-            _add_unavailable(app, path, unavailable)
+            app.add_api_route(path, not_served, methods=["POST"], include_in_schema=False)
 
-    return _wrap(app, metrics, settings)
-
-
-def _wrap(app: FastAPI, metrics: ServerMetrics, settings: ServeConfig) -> FastAPI:
-    """Add the plain-ASGI middleware (metrics outside, so a 413 from the body limit is counted too)."""
+    # the plain-ASGI middleware (metrics outside, so a 413 from the body limit is counted too)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(_Metrics, metrics=metrics)
     return app
-
-
-def _add_unavailable(app: FastAPI, path: str, unavailable) -> None:
-    async def not_served():
-        raise unavailable(path)
-
-    app.add_api_route(path, not_served, methods=["POST"], include_in_schema=False)
 
 
 def _explain(predictor, text: str) -> dict:

@@ -102,16 +102,15 @@ class MicroBatcher:
                     except TimeoutError:
                         break
                 if size + len(nxt[0]) > self.max_batch_size:  # keep it for the next batch
-                    batch_overflow = nxt
-                    await self._run(loop, batch, size)
-                    batch, size = [batch_overflow], len(batch_overflow[0])
+                    await self._run(loop, batch)
+                    batch, size = [nxt], len(nxt[0])
                     deadline = loop.time() + self.max_wait_s
                     continue
                 batch.append(nxt)
                 size += len(nxt[0])
-            await self._run(loop, batch, size)
+            await self._run(loop, batch)
 
-    async def _run(self, loop, batch: list, size: int) -> None:
+    async def _run(self, loop, batch: list) -> None:
         batch = [(items, future) for items, future in batch if not future.cancelled()]  # clients gone
         if not batch:
             return
