@@ -98,10 +98,7 @@ def find_cjk_font() -> str | None:
     """
     def known() -> str | None:
         names = {f.name for f in font_manager.fontManager.ttflist}
-        for candidate in CJK_FONT_CANDIDATES:
-            if candidate in names:
-                return candidate
-        return None
+        return next((candidate for candidate in CJK_FONT_CANDIDATES if candidate in names), None)
 
     found = known()
     if found is not None:
@@ -127,17 +124,15 @@ def _font_rc() -> dict[str, Any]:
     family = matplotlib.rcParams["font.family"]
     family = [family] if isinstance(family, str) else list(family)
     cjk = find_cjk_font()
-    if cjk is None:
-        if not _CJK_WARNED:
-            _CJK_WARNED = True
-            warnings.warn(
-                "ragtune plots: no CJK font found, so Chinese/Japanese/Korean label text will show "
-                "as empty boxes. Install one, e.g. the Debian/Ubuntu package fonts-noto-cjk "
-                "(apt-get install fonts-noto-cjk).",
-                stacklevel=3,
-            )
-        return {"font.family": family}
-    if cjk not in family:
+    if cjk is None and not _CJK_WARNED:
+        _CJK_WARNED = True
+        warnings.warn(
+            "ragtune plots: no CJK font found, so Chinese/Japanese/Korean label text will show "
+            "as empty boxes. Install one, e.g. the Debian/Ubuntu package fonts-noto-cjk "
+            "(apt-get install fonts-noto-cjk).",
+            stacklevel=3,
+        )
+    elif cjk is not None and cjk not in family:
         family.append(cjk)
     return {"font.family": family}
 
@@ -224,9 +219,7 @@ def plot_confusion_matrix(
         tick_size = 10 if k <= 12 else max(5, int(10 - (k - 12) / 4))
         ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_size)
         ax.set_yticks(ticks, names, fontsize=tick_size)
-        ax.set_xlabel("Predicted label")
-        ax.set_ylabel("True label")
-        ax.set_title(title)
+        ax.set(xlabel="Predicted label", ylabel="True label", title=title)
 
         if k <= 40:
             cell_size = 11 if k <= 6 else max(5, int(11 - (k - 6) / 4))
@@ -287,11 +280,7 @@ def plot_curves(
     """
     if not history:
         raise RagtuneError("history is empty; there are no epochs to plot")
-    keys: list[str] = []
-    for row in history:
-        for key in row:
-            if key not in keys:
-                keys.append(key)
+    keys = list(dict.fromkeys(key for row in history for key in row))  # in order of first appearance
     numeric = [k for k in keys if any(_finite(row.get(k)) for row in history)]
     loss_keys = [k for k in numeric if k.endswith("loss") and not k.endswith("log_loss")]
 
@@ -322,8 +311,7 @@ def plot_curves(
             for key in keys_:
                 xs, ys = _series(history, key)
                 ax.plot(xs, ys, marker="o", markersize=4 if len(xs) > 1 else 7, label=key)
-            ax.set_title(title)
-            ax.set_xlabel("epoch")
+            ax.set(title=title, xlabel="epoch")
             ax.grid(True, alpha=0.3)
             if keys_:
                 ax.legend(fontsize=9)
@@ -390,9 +378,7 @@ def plot_step_loss(
         if x.size > 1 and window > 1:
             ax.plot(x, _moving_average(y, window), color="tab:blue", linewidth=2,
                     label=f"smoothed (moving average of {window})")
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.set_title("Training loss per step")
+        ax.set(xlabel="step", ylabel="training loss", title="Training loss per step")
         ax.grid(True, alpha=0.3)
         ax.legend()
     return out
@@ -417,16 +403,12 @@ def plot_class_balance(counts: dict[str, dict[str, int]], path: str | os.PathLik
     if not counts:
         raise RagtuneError("counts is empty; expected {split: {label: count}}")
     splits = list(counts)
-    labels: list[str] = []
     for split in splits:
-        per_label = counts[split]
-        if not isinstance(per_label, Mapping):
+        if not isinstance(counts[split], Mapping):
             raise RagtuneError(
-                f"counts[{split!r}] must be a {{label: count}} mapping, got {type(per_label).__name__}"
+                f"counts[{split!r}] must be a {{label: count}} mapping, got {type(counts[split]).__name__}"
             )
-        for label in per_label:
-            if label not in labels:
-                labels.append(label)
+    labels = list(dict.fromkeys(label for split in splits for label in counts[split]))
     if not labels:
         raise RagtuneError("counts has no labels; expected {split: {label: count}}")
 
@@ -445,8 +427,7 @@ def plot_class_balance(counts: dict[str, dict[str, int]], path: str | os.PathLik
         ax.set_xticks(centers, [_short(label) for label in labels],
                       rotation=45 if n_labels > 4 or max(len(str(lb)) for lb in labels) > 10 else 0,
                       ha="right" if n_labels > 4 else "center", rotation_mode="anchor")
-        ax.set_ylabel("examples")
-        ax.set_title("Examples per label and split")
+        ax.set(ylabel="examples", title="Examples per label and split")
         ax.grid(True, axis="y", alpha=0.3)
         ax.margins(y=0.1)
         ax.legend()
@@ -502,9 +483,7 @@ def plot_length_histogram(
                 alpha=0.4, linewidth=1.2,
                 label=f"{split} (n={arr.size}, median {round(median, 1):g}, p95 {round(p95, 1):g})",
             )
-        ax.set_xlabel(f"length ({unit})")
-        ax.set_ylabel("fraction of examples")
-        ax.set_title(f"Length distribution ({unit})")
+        ax.set(xlabel=f"length ({unit})", ylabel="fraction of examples", title=f"Length distribution ({unit})")
         ax.grid(True, alpha=0.3)
         ax.legend()
     return out

@@ -166,11 +166,6 @@ def _forward(model: nn.Module, ids: list[list[int]], pad: int) -> torch.Tensor:
     return model(input_ids, mask).detach().float()
 
 
-def _quantity(out: torch.Tensor, classes: bool, target: int | None) -> torch.Tensor:
-    """What is explained, per row: the target's logit (a model with classes), or the regression output."""
-    return out[:, target] if classes else out
-
-
 def explain(predictor: Predictor, text: str, target: str | None = None, n_steps: int = 32) -> dict:
     """Token attributions (integrated gradients) of one ``text``, and passage influence with retrieval.
 
@@ -297,18 +292,15 @@ def explain(predictor: Predictor, text: str, target: str | None = None, n_steps:
             keep = torch.tensor([[r["segment"] == "special" for r in token_rows]])  # (1, T)
             baseline_ids = torch.where(keep, input_ids, torch.full_like(input_ids, pad))  # (1, T)
             mask = torch.ones_like(input_ids)  # (1, T): the baseline's pads are read, not masked
-
-            def forward(batch_ids: torch.Tensor, batch_mask: torch.Tensor) -> torch.Tensor:
-                return model(batch_ids, batch_mask)
-
-            lig = LayerIntegratedGradients(forward, embedding_layer(model))
+            lig = LayerIntegratedGradients(model, embedding_layer(model))  # model(input_ids, mask)
             attributions, delta = lig.attribute(
                 input_ids, baselines=baseline_ids, target=target_index, additional_forward_args=(mask,),
                 n_steps=n_steps, internal_batch_size=min(n_steps, INTERNAL_BATCH), return_convergence_delta=True)
             scores = attributions.detach().float().sum(dim=-1)[0]  # (T,): summed over the embedding dimension
             baseline_out = _forward(model, [baseline_ids[0].tolist()], pad)
-            result["output"] = float(_quantity(out, classes, target_index)[0])
-            result["baseline_output"] = float(_quantity(baseline_out, classes, target_index)[0])
+            # what is explained: the target's logit (a model with classes), or the regression output
+            result["output"] = float(out[0, target_index] if classes else out[0])
+            result["baseline_output"] = float(baseline_out[0, target_index] if classes else baseline_out[0])
             result["convergence_delta"] = float(delta.detach().reshape(-1)[0])
             result["n_steps"] = n_steps
             for row, score in zip(token_rows, scores.tolist()):

@@ -136,11 +136,7 @@ def to_html(explanation: dict) -> str:
         out.append("<h2>Class scores</h2>")
         out.append('<table><thead><tr><th>class</th><th>probability</th><th></th></tr></thead><tbody>')
         for label, p in sorted(e["scores"].items(), key=lambda kv: -float(kv[1])):
-            marks = []
-            if label == e.get("label"):
-                marks.append("predicted")
-            if label == target:
-                marks.append("explained")
+            marks = [mark for mark, hit in (("predicted", label == e.get("label")), ("explained", label == target)) if hit]
             width = max(0.0, min(1.0, float(p))) * 12
             out.append(f'<tr><td>{_e(label)}{" <em>(" + _e(", ".join(marks)) + ")</em>" if marks else ""}</td>'
                        f'<td class="num">{float(p):.4f}</td>'

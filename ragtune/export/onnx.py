@@ -160,7 +160,7 @@ def export_onnx(predictor, out_dir: Path, quantize: str | None = None, source: s
     Returns the content of ``export.json``. The files are described in the module docstring.
     """
     from ragtune.data.tokenizer import save_tokenizer
-    from ragtune.tasks.classification.predictor import MODEL_META, TOKENIZER_FILE, Predictor
+    from ragtune.tasks.classification.predictor import MODEL_META, TOKENIZER_FILE, Predictor, pad_id
 
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise RagtuneError(f"quantize: unknown choice {quantize!r}; valid choices: {list(QUANTIZE_CHOICES)} "
@@ -180,7 +180,7 @@ def export_onnx(predictor, out_dir: Path, quantize: str | None = None, source: s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _exportable(predictor.model)
-    pad = _pad_id(predictor)
+    pad = pad_id(predictor.meta)
     vocab = _vocab_size(predictor)
     was_training = model.training
     model.eval()
@@ -323,12 +323,6 @@ def _fuse_transformer_ops(model: torch.nn.Module, path: Path) -> dict:
     return stats
 
 
-def _pad_id(predictor) -> int:
-    from ragtune.tasks.classification.predictor import pad_id
-
-    return pad_id(predictor.meta)
-
-
 def _vocab_size(predictor) -> int:
     """How many token ids the check batches may use: the tokenizer's vocabulary, at most the model's embedding rows."""
     n = int(predictor.tokenizer.get_vocab_size(with_added_tokens=True))
@@ -360,7 +354,7 @@ def _example_batch(max_length: int, vocab: int, pad: int) -> tuple[torch.Tensor,
 
 
 def _trace_to_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> None:
-    axes = {"batch": 0, "sequence": 1}
+    axes = {0: "batch", 1: "sequence"}
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns about the model's Python-level input checks, which the graph leaves out;
         # the TorchScript exporter itself is marked deprecated (see the module docstring for why it is used)
@@ -371,9 +365,7 @@ def _trace_to_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Te
         torch.onnx.export(
             model, example, str(path), dynamo=False, export_params=True, opset_version=OPSET,
             do_constant_folding=True, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-            dynamic_axes={"input_ids": {v: k for k, v in axes.items()},
-                          "attention_mask": {v: k for k, v in axes.items()},
-                          OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={"input_ids": axes, "attention_mask": dict(axes), OUTPUT_NAME: {0: "batch"}},
         )
 
 
