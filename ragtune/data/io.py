@@ -200,6 +200,15 @@ def read_table(path: str | Path, fmt: str = "auto", max_rows: int | None = None)
     return _read_parquet(path, max_rows)
 
 
+def did_you_mean(column: str, existing: list[str]) -> str:
+    """`` (did you mean 'Text'?)`` naming the column of ``existing`` that ``column`` most likely meant
+    (the same name up to case and surrounding spaces, else a close spelling), or '' when none is close."""
+    lowered = {c.lower().strip(): c for c in existing}
+    key = column.lower().strip()
+    close = [lowered[key]] if key in lowered else difflib.get_close_matches(column, existing, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def require_columns(df: pd.DataFrame, path: str | Path, columns: list[str]) -> None:
     """Raise a :class:`RagtuneError` naming every column of ``columns`` that ``df`` lacks.
 
@@ -209,14 +218,7 @@ def require_columns(df: pd.DataFrame, path: str | Path, columns: list[str]) -> N
     missing = [c for c in columns if c not in existing]
     if not missing:
         return
-    parts = []
-    for col in missing:
-        lowered = {c.lower().strip(): c for c in existing}
-        close = [lowered[col.lower().strip()]] if col.lower().strip() in lowered else difflib.get_close_matches(
-            col, existing, n=1, cutoff=0.6
-        )
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        parts.append(f"'{col}'{hint}")
+    parts = [f"'{col}'{did_you_mean(col, existing)}" for col in missing]
     noun = "column" if len(missing) == 1 else "columns"
     shown = ", ".join(f"'{c}'" for c in existing)
     raise RagtuneError(

@@ -35,7 +35,6 @@ Rules (every problem is a :class:`~ragtune.errors.RagtuneError` naming the file)
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ragtune.data.io import EXTENSIONS, _check_file, _read_text, read_table
+from ragtune.data.io import EXTENSIONS, _check_file, _read_text, did_you_mean, read_table
 from ragtune.data.squad import iter_squad
 from ragtune.errors import RagtuneError
 
@@ -75,16 +74,9 @@ def read_lines(path: str | Path) -> list[str]:
 
 
 def _column_error(path, role: str, column: str, existing: list[str], hint: str) -> RagtuneError:
-    lowered = {c.lower().strip(): c for c in existing}
-    close = (
-        [lowered[column.lower().strip()]]
-        if column.lower().strip() in lowered
-        else difflib.get_close_matches(column, existing, n=1, cutoff=0.6)
-    )
-    maybe = f" (did you mean '{close[0]}'?)" if close else ""
     shown = ", ".join(f"'{c}'" for c in existing)
     return RagtuneError(
-        f"{path}: no {role} column '{column}'{maybe}; the file has columns: {shown} ({hint})"
+        f"{path}: no {role} column '{column}'{did_you_mean(column, existing)}; the file has columns: {shown} ({hint})"
     )
 
 
@@ -107,10 +99,7 @@ def _read_columns(
 
 
 def _first_empty(values: list[str]) -> int | None:
-    for i, value in enumerate(values):
-        if not value:
-            return i
-    return None
+    return next((i for i, value in enumerate(values) if not value), None)
 
 
 def read_pairs(

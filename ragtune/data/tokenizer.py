@@ -48,7 +48,7 @@ class _Counted:
     def __iter__(self) -> Iterator[str]:
         for text in self.texts:
             self.count += 1
-            yield "" if text is None else str(text)
+            yield _text(text)
 
 
 def train_tokenizer(
@@ -65,22 +65,15 @@ def train_tokenizer(
         raise RagtuneError(f"tokenizer.vocab_size: must be larger than {len(SPECIAL_TOKENS)} (got {vocab_size})")
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##", max_input_chars_per_word=100))
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=SPECIAL_TOKENS,
-            continuing_subword_prefix="##",
-            show_progress=False,
-        )
     else:
         tok = Tokenizer(models.BPE(unk_token=UNK, continuing_subword_prefix="##", fuse_unk=True))
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=SPECIAL_TOKENS,
-            continuing_subword_prefix="##",
-            show_progress=False,
-        )
+    trainer = (trainers.WordPieceTrainer if kind == "wordpiece" else trainers.BpeTrainer)(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
     tok.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase
     )
@@ -121,12 +114,27 @@ def _canonical_ids(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
 
 
-def _encode_batch(tokenizer: Tokenizer, texts: list[str], add_special_tokens: bool = True):
-    texts = ["" if t is None else str(t) for t in texts]
-    fast = getattr(tokenizer, "encode_batch_fast", None)  # tokenizers >= 0.21: no offsets, faster
-    if fast is not None:
-        return fast(texts, add_special_tokens=add_special_tokens)
-    return tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+def _encode_batch(tokenizer: Tokenizer, texts: list, add_special_tokens: bool = True, **truncation):
+    """Encode texts (or ``(text, context)`` pairs; None counts as '') without padding, truncated as
+    ``truncation`` says (not at all when empty); the tokenizer's own settings are restored after."""
+    texts = [tuple(_text(t) for t in x) if isinstance(x, tuple) else _text(x) for x in texts]
+    saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
+    tokenizer.no_padding()
+    if truncation:
+        tokenizer.enable_truncation(**truncation)
+    else:
+        tokenizer.no_truncation()
+    try:
+        fast = getattr(tokenizer, "encode_batch_fast", None)  # tokenizers >= 0.21: no offsets, faster
+        if fast is not None:
+            return fast(texts, add_special_tokens=add_special_tokens)
+        return tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+    finally:
+        _restore(tokenizer, saved_truncation, saved_padding)
+
+
+def _text(text) -> str:
+    return "" if text is None else str(text)
 
 
 TRUNCATIONS = ("head", "tail", "head_tail")
@@ -160,16 +168,7 @@ def encode(
         raise RagtuneError(f"model.truncation: unknown strategy {truncation!r}; choose one of {list(TRUNCATIONS)}")
     if head_tokens is not None and head_tokens < 0:
         raise RagtuneError(f"model.head_tokens: must be 0 or more (got {head_tokens})")
-    saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
-    tokenizer.no_padding()
-    if truncation == "head":
-        tokenizer.enable_truncation(max_length=max_length)
-    else:
-        tokenizer.no_truncation()
-    try:
-        encodings = _encode_batch(tokenizer, list(texts))
-    finally:
-        _restore(tokenizer, saved_truncation, saved_padding)
+    encodings = _encode_batch(tokenizer, list(texts), **({"max_length": max_length} if truncation == "head" else {}))
     if truncation == "head":
         return [enc.ids for enc in encodings]
     head = default_head_tokens(max_length) if head_tokens is None else head_tokens
@@ -187,15 +186,7 @@ def encode_pairs(tokenizer: Tokenizer, texts: list[str], contexts: list[str], ma
         raise RagtuneError(f"max_length must be at least 1 (got {max_length})")
     if len(texts) != len(contexts):
         raise ValueError(f"texts and contexts differ in length: {len(texts)} vs {len(contexts)}")
-    saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
-    pairs = [("" if t is None else str(t), "" if c is None else str(c)) for t, c in zip(texts, contexts)]
-    try:
-        fast = getattr(tokenizer, "encode_batch_fast", None)
-        encodings = fast(pairs) if fast is not None else tokenizer.encode_batch(pairs)
-    finally:
-        _restore(tokenizer, saved_truncation, saved_padding)
+    encodings = _encode_batch(tokenizer, list(zip(texts, contexts)), max_length=max_length, strategy="longest_first")
     return [enc.ids for enc in encodings]
 
 
@@ -223,13 +214,7 @@ def _truncate(ids: list[int], special: list[int], max_length: int, truncation: s
 
 def token_lengths(tokenizer: Tokenizer, texts: list[str]) -> list[int]:
     """Untruncated number of tokens of each text, ``[CLS]`` included (what ``max_length`` is compared with)."""
-    saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    try:
-        return [len(enc.ids) for enc in _encode_batch(tokenizer, list(texts))]
-    finally:
-        _restore(tokenizer, saved_truncation, saved_padding)
+    return [len(enc.ids) for enc in _encode_batch(tokenizer, list(texts))]
 
 
 def _restore(tokenizer: Tokenizer, truncation: dict | None, padding: dict | None) -> None:
@@ -245,17 +230,11 @@ def _restore(tokenizer: Tokenizer, truncation: dict | None, padding: dict | None
 
 def unk_rate(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
     """Share of the tokens produced for ``texts`` (special tokens excluded, no truncation) that are [UNK]."""
-    saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
     unk_id = _unk_id(tokenizer)
     total = unknown = 0
-    try:
-        for enc in _encode_batch(tokenizer, list(texts), add_special_tokens=False):
-            total += len(enc.ids)
-            unknown += sum(1 for i in enc.ids if i == unk_id)
-    finally:
-        _restore(tokenizer, saved_truncation, saved_padding)
+    for enc in _encode_batch(tokenizer, list(texts), add_special_tokens=False):
+        total += len(enc.ids)
+        unknown += sum(1 for i in enc.ids if i == unk_id)
     return unknown / total if total else 0.0
 
 

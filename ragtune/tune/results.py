@@ -102,8 +102,7 @@ def _pictures(study, out_dir: Path) -> dict[str, str]:
 
 def _trials_csv(study, out_dir: Path) -> None:
     df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
-    drop = [c for c in df.columns if c in ("user_attrs_config",)]
-    df = df.drop(columns=drop)
+    df = df.drop(columns=["user_attrs_config"], errors="ignore")
     if "duration" in df:
         df["duration"] = df["duration"].dt.total_seconds().round(1)
         df = df.rename(columns={"duration": "seconds"})

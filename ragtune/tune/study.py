@@ -186,13 +186,6 @@ def make_objective(cfg: RunConfig, params: list[Param], out_dir: Path, config_pa
         run_dir = out_dir / TRIALS_DIR / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("config", tree)
-        try:
-            trial_cfg = config_from_dict(tree, f"trial {trial.number}")
-        except RagtuneError as exc:  # a combination the config rejects (each value alone was checked)
-            trial.set_user_attr("error", str(exc))
-            raise
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
         pruned_at: list[int] = []
 
         def report(epoch: int, metrics: dict) -> bool:
@@ -205,7 +198,10 @@ def make_objective(cfg: RunConfig, params: list[Param], out_dir: Path, config_pa
                 return True
             return False
 
-        try:
+        try:  # a combination the config rejects (each value alone was checked), or a failed run
+            trial_cfg = config_from_dict(tree, f"trial {trial.number}")
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
             result = run(trial_cfg, run_dir, progress=False, on_epoch_end=report, evaluate_test=False,
                          config_path=config_path, reports=False)
         except RagtuneError as exc:
@@ -331,13 +327,12 @@ def tune(cfg: RunConfig, out_dir: str | Path, *, config_path: str | Path | None 
     trials = trials or cfg.tune.trials
     timeout_s = timeout_s if timeout_s is not None else cfg.tune.timeout_s
     study = open_study(cfg, out_dir, storage, study_name, params, create=not worker)
-    if not worker:
-        shared_tokenizer(cfg, params, out_dir)
     if worker:
         if int(os.environ.get(WORKER_INDEX_ENV, "0")) > 0:
             _wait_for_queued_trials(study)
         optimize(study, cfg, params, out_dir, config_path, trials, timeout_s, progress=False)
         return None
+    shared_tokenizer(cfg, params, out_dir)
     if workers > 1:
         threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)
         args = [*(worker_args or []), "--storage", storage_url(out_dir, storage), "--trials", str(trials)]
