@@ -14,7 +14,8 @@ here, so no recipe types it again:
   :func:`training_section`, :func:`examples_section`);
 - for the text tasks (translation, generation): :func:`text_model_meta`, :func:`save_text_model`,
   :func:`read_run_meta` and :func:`load_run_model` (``model.json``, the weights or ``hf_model/``),
-  :func:`train_text_model` (the loop with greedy validation decoding) and :func:`final_metrics`.
+  :func:`train_text_model` (the loop with greedy validation decoding), :func:`decode_rows` and
+  :func:`final_metrics`.
 
 The run directory's layout per task is in ``docs/design.md`` (§5 and §10).
 """
@@ -182,14 +183,14 @@ def log_done(metrics: dict, keys: tuple[str, ...], digits: int = 2) -> None:
                                      for s, m in metrics.items() if s != "training"}))
 
 
-def fmt(value) -> str:
-    """A metric in a report table: ``–`` for none, two decimals for a float."""
-    return "–" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+def fmt(value, digits: int = 2) -> str:
+    """A metric in a report table: ``–`` for none, ``digits`` decimals for a float."""
+    return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
 def cell(text: str) -> str:
-    """A text in a Markdown table cell (pipes escaped, one line)."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A text in a Markdown table cell (pipes escaped, one line; none is empty)."""
+    return ("" if text is None else str(text)).replace("|", "\\|").replace("\n", " ")
 
 
 # report.md of the qa, translation and generation runs: the pieces each recipe's _report puts together
@@ -201,7 +202,7 @@ def report_title(cfg) -> str:
 
 def table(header: list[str], rows) -> list[str]:
     """A Markdown table: the header, its rule and one line per row (each value through :func:`cell`)."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+    return ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)]
 
 
@@ -260,6 +261,13 @@ def load_run_model(run_dir: Path, meta: dict, build):
         load_weights(model, run_dir / WEIGHTS_FILE)
     model.eval()
     return tokenizer, model
+
+
+def decode_rows(n: int, max_rows: int | None, seed: int) -> list[int]:
+    """The rows a text predictor's ``evaluate`` decodes: all ``n``, or a seeded random sample of ``max_rows``, in order."""
+    if max_rows is None or n <= max_rows:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_rows].tolist())
 
 
 def train_text_model(cfg, model, stream: BatchStream, batch_loss, score_validation,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ragtune.runs import table
 from ragtune.tasks.classification.data import SPLITS, PreparedData
 
 RARE_CLASS_SHARE = 0.05  # warn when a class is under 5% of train
@@ -196,17 +197,6 @@ def data_report(prepared: PreparedData, tokenizer=None, max_length: int | None =
 # ---------------------------------------------------------------------------------------------
 
 
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return lines
-
-
 def _num(x: float) -> str:
     return f"{x:g}" if float(x).is_integer() else f"{x:.1f}"
 
@@ -221,7 +211,7 @@ def data_report_markdown(report: dict[str, Any]) -> str:
         out += [f"Labels kept (`data.keep_labels`): {', '.join(f'`{x}`' for x in report['keep_labels'])}", ""]
 
     out += ["### Splits", ""]
-    out += _table(
+    out += table(
         ["split", "source", "rows read", "dropped by keep_labels", "empty texts skipped", "rows used", "duplicate rows"],
         [
             [
@@ -248,11 +238,11 @@ def data_report_markdown(report: dict[str, Any]) -> str:
                 share = n / max(splits[name]["rows"], 1)
                 row.append(f"{n} ({share:.1%})")
             rows.append(row)
-        out += _table(["label", *SPLITS], rows)
+        out += table(["label", *SPLITS], rows)
         out.append("")
     else:
         out += ["### Regression target", ""]
-        out += _table(
+        out += table(
             ["split", "min", "median", "mean", "std", "p95", "max"],
             [
                 [name, *(f"{splits[name]['target'][k]:.4g}" for k in ("min", "median", "mean", "std", "p95", "max"))]
@@ -277,11 +267,11 @@ def data_report_markdown(report: dict[str, Any]) -> str:
             )
             row += [*(_num(t[k]) for k in ("min", "median", "mean", "p95", "max")), truncated, f"{t['unk_rate']:.2%}"]
         rows.append(row)
-    out += _table(header, rows)
+    out += table(header, rows)
     out.append("")
 
     out += ["### Duplicates and leakage", ""]
-    out += _table(
+    out += table(
         ["where", "rows", "distinct texts", "examples"],
         [
             [

@@ -6,6 +6,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ragtune.runs import fmt, report_title, table
 from ragtune.train.loop import TrainResult
 
 if TYPE_CHECKING:
@@ -13,14 +14,6 @@ if TYPE_CHECKING:
 
 _CLASS_KEYS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "loss", "n")
 _REG_KEYS = ("mse", "mae", "rmse", "r2", "pearson", "loss", "n")
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
 
 
 def write_report(
@@ -40,17 +33,14 @@ def write_report(
     keys = _CLASS_KEYS if cfg.task == "classification" else _REG_KEYS
     m = cfg.model
     lines = [
-        f"# ragtune run report{': ' + cfg.name if cfg.name else ''}",
+        report_title(cfg),
         "",
         f"*{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}* · task **{cfg.task}** · run directory `{run_dir}`",
         "",
         "## Results",
         "",
-        "| metric | " + " | ".join(splits) + " |",
-        "|---|" + "---|" * len(splits),
+        *table(["metric", *splits], ([key, *(fmt(metrics[s].get(key), 4) for s in splits)] for key in keys)),
     ]
-    for key in keys:
-        lines.append(f"| {key} | " + " | ".join(_fmt(metrics[s].get(key)) for s in splits) + " |")
     training = metrics.get("training", {})
     lines += [
         "",
@@ -85,10 +75,7 @@ def write_report(
         wanted = ["epoch", "step", "train_loss", "lr", "validation_loss", f"validation_{cfg.selection_metric}",
                   "validation_accuracy", "validation_macro_f1", "validation_mse", "validation_r2", "seconds"]
         cols = [k for k in dict.fromkeys(wanted) if k in result.history[0]]
-        lines += ["## Epochs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for entry in result.history:
-            lines.append("| " + " | ".join(_fmt(entry.get(c)) for c in cols) + " |")
-        lines.append("")
+        lines += ["## Epochs", "", *table(cols, ([fmt(entry.get(c), 4) for c in cols] for entry in result.history)), ""]
     lines += [
         "## Model",
         "",

@@ -39,7 +39,7 @@ from ragtune.evaluate.text_metrics import bleu, perplexity, rouge
 from ragtune.models.decoder import DecoderConfig, TransformerForCausalLM, build_decoder
 from ragtune.models.decoding import DEFAULT_DECODE, CausalLMStepper, decode_batches, decode_settings, mean_token_nll
 from ragtune.models.seq2seq import pad_batch
-from ragtune.runs import load_run_model, read_run_meta
+from ragtune.runs import decode_rows, load_run_model, read_run_meta
 
 PASSAGE_SEPARATOR = "<p>"  # between the prompt and each retrieved passage
 DEFAULT_NEW_TOKENS = 64  # decode.max_new_tokens null: at most this many (and what fits in model.max_length)
@@ -146,19 +146,15 @@ class GenerationPredictor:
             out.append([self.model.config.bos_id] + ids)
         return out
 
-    def generate_ids(self, inputs: Sequence[Sequence[int]], progress: bool = False, **overrides) -> list[list[int]]:
-        """Generated ids (without ``</s>``) after each input id list (``<s> ...``), in input order."""
-        return decode_batches(self.model, inputs, self.batch_size, self._settings(overrides),
-                              lambda rows: CausalLMStepper(self.model, rows), progress, "generating")
-
     def complete(self, prompts: Sequence[str], progress: bool = False, **overrides) -> list[str]:
         """The generated text for each prompt (or the continuation of each beginning)."""
         prompts = ["" if p is None else str(p) for p in prompts]
         if not prompts:
             return []
         s = self._settings(overrides)
-        inputs = self._decoder_inputs(prompts, s["max_new_tokens"])
-        return self.tokenizer.decode_batch(self.generate_ids(inputs, progress=progress, **overrides))
+        ids = decode_batches(self.model, self._decoder_inputs(prompts, s["max_new_tokens"]), self.batch_size, s,
+                             lambda rows: CausalLMStepper(self.model, rows), progress, "generating")
+        return self.tokenizer.decode_batch(ids)  # generated ids without </s>, in input order
 
     def generate(self, prompts: Sequence[str], progress: bool = False, **overrides) -> list[dict]:
         """``[{"output": text[, "passages": [...]]}, ...]``, one per prompt; ``overrides`` are keys of
@@ -208,10 +204,7 @@ class GenerationPredictor:
             raise RagtuneError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             raise RagtuneError("nothing to evaluate: no examples")
-        rows = list(range(len(prompts)))
-        if max_decode_rows is not None and len(rows) > max_decode_rows:
-            g = torch.Generator().manual_seed(seed)
-            rows = sorted(torch.randperm(len(rows), generator=g)[:max_decode_rows].tolist())
+        rows = decode_rows(len(prompts), max_decode_rows, seed)
         if self.prompts:
             given, refs = [prompts[i] for i in rows], [responses[i] for i in rows]
         else:  # continue the first half of each text; compare with the second half

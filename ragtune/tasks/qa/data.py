@@ -33,9 +33,6 @@ class QAData:
     test: list[QARecord]
     info: dict = field(default_factory=dict)
 
-    def split(self, name: str) -> list[QARecord]:
-        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
-
 
 def _summary(records: list[QARecord], source: str) -> dict:
     return {
@@ -70,9 +67,9 @@ def prepare_qa_data(cfg: RunConfig) -> QAData:
         )
     sources["train"] = str(cfg.data.train)
     data = QAData(train=records, validation=validation, test=test)
-    data.info = {"splits": {name: _summary(data.split(name), sources[name]) for name in ("train", "validation", "test")},
+    data.info = {"splits": {name: _summary(getattr(data, name), sources[name]) for name in ("train", "validation", "test")},
                  "seed": seed}
     train_contexts = {r.context for r in data.train}
-    leaked = {name: sum(r.context in train_contexts for r in data.split(name)) for name in ("validation", "test")}
+    leaked = {name: sum(r.context in train_contexts for r in getattr(data, name)) for name in ("validation", "test")}
     data.info["paragraphs_shared_with_train"] = leaked  # 0 when carved by article
     return data

@@ -27,18 +27,8 @@ from ragtune.data.seq2seq_tokenizer import Seq2SeqTokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.text_metrics import bleu, chrf, perplexity
 from ragtune.models.decoding import DEFAULT_DECODE, Seq2SeqStepper, decode_batches, decode_settings, mean_token_nll
-from ragtune.models.seq2seq import (
-    Seq2SeqConfig,
-    TransformerForSeq2Seq,
-    build_seq2seq,
-    pad_batch,
-)
-from ragtune.runs import load_run_model, read_run_meta
-
-
-def model_config(meta: dict) -> Seq2SeqConfig:
-    """The :class:`Seq2SeqConfig` recorded in ``model.json`` (``meta["model"]``)."""
-    return Seq2SeqConfig(**meta["model"])
+from ragtune.models.seq2seq import Seq2SeqConfig, TransformerForSeq2Seq, build_seq2seq, pad_batch
+from ragtune.runs import decode_rows, load_run_model, read_run_meta
 
 
 class Seq2SeqPredictor:
@@ -75,7 +65,7 @@ class Seq2SeqPredictor:
         """Load a finished translation run."""
         run_dir = Path(run_dir)
         meta = read_run_meta(run_dir, "translation")
-        tokenizer, model = load_run_model(run_dir, meta, lambda: build_seq2seq(model_config(meta)))
+        tokenizer, model = load_run_model(run_dir, meta, lambda: build_seq2seq(Seq2SeqConfig(**meta["model"])))
         predictor = cls(model, tokenizer, meta, batch_size)
         if meta.get("memory"):  # trained with a translation memory: rebuild it from the saved training pairs
             from ragtune.retrieval.memory import TranslationMemory
@@ -89,19 +79,16 @@ class Seq2SeqPredictor:
     def _settings(self, overrides: dict) -> dict:
         return decode_settings(self.decode_defaults, overrides, self.max_length - 1, self.max_length - 1)
 
-    def translate_ids(self, src_ids: Sequence[Sequence[int]], progress: bool = False, **overrides) -> list[list[int]]:
-        """Generated target ids (no ``<s>``/``</s>``) for each source id list, in input order."""
-        pad = self.model.config.pad_id
-        return decode_batches(self.model, src_ids, self.batch_size, self._settings(overrides),
-                              lambda rows: Seq2SeqStepper(self.model, *pad_batch(rows, pad)), progress, "decoding")
-
     def translate(self, texts: Sequence[str], progress: bool = False, **overrides) -> list[str]:
         """The output text of each source text."""
         texts = ["" if t is None else str(t) for t in texts]
         if not texts:
             return []
         src = self.tokenizer.encode_source_batch(self._sources(texts), self.max_length)
-        return self.tokenizer.decode_batch(self.translate_ids(src, progress=progress, **overrides))
+        pad = self.model.config.pad_id
+        ids = decode_batches(self.model, src, self.batch_size, self._settings(overrides),
+                             lambda rows: Seq2SeqStepper(self.model, *pad_batch(rows, pad)), progress, "decoding")
+        return self.tokenizer.decode_batch(ids)  # target ids without <s>/</s>, in input order
 
     def generate(self, texts: Sequence[str], progress: bool = False, **overrides) -> list[dict]:
         """``[{"output": text}, ...]``, one per input text; ``overrides`` are keys of the ``decode:`` section."""
@@ -135,10 +122,7 @@ class Seq2SeqPredictor:
             raise RagtuneError(f"{len(sources)} sources but {len(targets)} targets")
         if not sources:
             raise RagtuneError("nothing to evaluate: no source/target pairs")
-        rows = list(range(len(sources)))
-        if max_decode_rows is not None and len(rows) > max_decode_rows:
-            g = torch.Generator().manual_seed(seed)
-            rows = sorted(torch.randperm(len(rows), generator=g)[:max_decode_rows].tolist())
+        rows = decode_rows(len(sources), max_decode_rows, seed)
         hyps = self.translate([sources[i] for i in rows], progress=progress, **overrides)
         refs = [targets[i] for i in rows]
         b = bleu(hyps, refs, tokenize=self.bleu_tokenize)
