@@ -226,12 +226,11 @@ def _run(
 ) -> list[list[int]]:
     """One token per row per step, chosen by ``choose(log_probs (B, V)) -> (B,)``; finished rows get padding."""
     limit = _limits(step, max_new_tokens, min_new_tokens)
-    pad = step.pad_id
     generated = torch.empty((step.batch_size, 0), dtype=torch.long, device=step.device)  # (B, 0)
     done = torch.zeros(step.batch_size, dtype=torch.bool, device=step.device)  # (B,)
     for t in range(limit):
         nxt = choose(_log_probs(step, generated, t, min_new_tokens))  # (B,)
-        nxt = nxt.masked_fill(done, pad)
+        nxt = nxt.masked_fill(done, step.pad_id)
         generated = torch.cat([generated, nxt[:, None]], dim=1)  # (B, t+1)
         done |= nxt == step.eos_id
         if bool(done.all()):
@@ -308,7 +307,6 @@ def beam_search(
         raise RagtuneError(f"length_penalty must be a number >= 0, got {length_penalty!r}")
     limit = _limits(step, max_new_tokens, min_new_tokens)
     B, K, dev = step.batch_size, beam_size, step.device
-    pad = step.pad_id
     step.reorder(torch.arange(B, device=dev).repeat_interleave(K))  # row b*K + k = beam k of input b
     scores = torch.full((B, K), float("-inf"), device=dev)  # total log-prob of each beam
     scores[:, 0] = 0.0  # all beams start equal: keep only one, or the first step fills K copies of it
@@ -319,7 +317,7 @@ def beam_search(
         logp = _log_probs(step, generated, t, min_new_tokens)  # (B*K, V)
         V = logp.shape[-1]
         logp[done] = float("-inf")  # a finished beam continues only with padding, at no cost
-        logp[done, pad] = 0.0
+        logp[done, step.pad_id] = 0.0
         candidates = (scores.view(B * K, 1) + logp).view(B, K * V)  # (B, K*V)
         scores, flat = candidates.topk(K, dim=-1)  # 2 x (B, K)
         rows = (torch.arange(B, device=dev)[:, None] * K + flat // V).view(-1)  # (B*K,) beam each came from
@@ -351,13 +349,12 @@ def score_sequences(
         raise RagtuneError(f"score_sequences: {len(sequences)} sequences for {step.batch_size} inputs")
     flags = [eos] * len(sequences) if isinstance(eos, bool) else list(eos)
     full = [list(s) + ([step.eos_id] if e else []) for s, e in zip(sequences, flags)]
-    pad = step.pad_id
     T = max(len(s) for s in full)
     step.reset()
     total = torch.zeros(step.batch_size, device=step.device)
     if T == 0:
         return total
-    ids, mask = pad_batch(full, pad, device=step.device)  # (B, T), right-padded
+    ids, mask = pad_batch(full, step.pad_id, device=step.device)  # (B, T), right-padded
     for t in range(T):
         logp = F.log_softmax(step(ids[:, :t]), dim=-1)  # (B, V)
         total += logp.gather(1, ids[:, t : t + 1]).squeeze(1) * mask[:, t]
@@ -366,7 +363,6 @@ def score_sequences(
 
 # The decoding settings and loop of a text run's predictor (translation, generation)
 
-DECODE_KEYS = ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k", "top_p", "temperature", "seed")
 DEFAULT_DECODE = {"strategy": "beam", "beam_size": 4, "length_penalty": 0.6, "max_new_tokens": None, "top_k": None,
                   "top_p": None, "temperature": 1.0, "seed": 0}
 
@@ -374,9 +370,9 @@ DEFAULT_DECODE = {"strategy": "beam", "beam_size": 4, "length_penalty": 0.6, "ma
 def decode_settings(defaults: dict, overrides: dict, default_max_new: int, most_new: int) -> dict:
     """The decoding settings of one call: ``defaults`` (the run's ``decode:``) updated by the non-null
     ``overrides``; ``max_new_tokens`` null becomes ``default_max_new`` and may not exceed ``most_new``."""
-    unknown = sorted(set(overrides) - set(DECODE_KEYS))
+    unknown = sorted(set(overrides) - set(DEFAULT_DECODE))
     if unknown:
-        raise RagtuneError(f"unknown decoding option(s) {unknown}; choose from {list(DECODE_KEYS)}")
+        raise RagtuneError(f"unknown decoding option(s) {unknown}; choose from {list(DEFAULT_DECODE)}")
     settings = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     if settings["strategy"] not in ("greedy", "beam", "sample"):
         raise RagtuneError(f"strategy must be one of greedy, beam, sample (got {settings['strategy']!r})")

@@ -103,13 +103,15 @@ def model_source(name_or_path: str, what: str, saved_by: str) -> str:
     return name_or_path
 
 
-def _offline_error(source: str, what: str, exc: Exception) -> RagtuneError:
+def _offline_error(source: str, what: str, exc: Exception, key: str = "model.name_or_path",
+                   auto: str = "AutoModelForSequenceClassification",
+                   then: str = "set model.name_or_path to that local folder") -> RagtuneError:
+    """The error for a model or tokenizer that did not load: ``{key}: cannot load {what}{source!r}``, and how to fix it."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return RagtuneError(
-        f"model.name_or_path: cannot load the {what} of {source!r} ({reason}). Either the id was not found on "
+        f"{key}: cannot load {what}{source!r} ({reason}). Either the id was not found on "
         "the Hugging Face Hub, or this machine looks offline. Download it on a machine with internet access "
-        "(AutoModelForSequenceClassification/AutoTokenizer .from_pretrained(id) then .save_pretrained(folder)) "
-        "and set model.name_or_path to that local folder."
+        f"({auto}/AutoTokenizer .from_pretrained(id) then .save_pretrained(folder)) and {then}."
     )
 
 
@@ -125,7 +127,7 @@ def load_hf_tokenizer(name_or_path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
-        raise _offline_error(source, "tokenizer", exc) from None
+        raise _offline_error(source, "the tokenizer of ", exc) from None
     except ValueError as exc:
         raise RagtuneError(f"model.name_or_path: cannot load a tokenizer from {source!r}: {exc}") from None
     if getattr(tokenizer, "backend_tokenizer", None) is None:
@@ -161,7 +163,7 @@ def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | N
     except OSError as exc:
         if Path(source).is_dir():
             raise RagtuneError(f"model.name_or_path: cannot load a model from {source}: {exc}") from None
-        raise _offline_error(source, "model", exc) from None
+        raise _offline_error(source, "the model of ", exc) from None
     except ValueError as exc:
         raise RagtuneError(
             f"model.name_or_path: {source!r} is a {model_type(source)!r} model, which has no sequence-classification "
@@ -251,11 +253,6 @@ def _import_peft():
     return peft
 
 
-def _linear_names(model: nn.Module) -> list[str]:
-    """The last name component of every linear layer (the names ``target_modules`` may use)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
-
-
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
                target_modules: list[str] | None) -> nn.Module:
     """Wrap a sequence-classification model with LoRA adapters (``peft.get_peft_model``, task ``SEQ_CLS``).
@@ -271,7 +268,8 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
     try:
         return peft.get_peft_model(model, config)
     except ValueError as exc:
-        choices = _linear_names(model)
+        # the last name component of every linear layer: the names target_modules may use
+        choices = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
         if target_modules is None:
             raise RagtuneError(
                 f"model.lora.target_modules: peft has no default for this {model_type!r} model; "
@@ -372,14 +370,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-
-
-def is_gradient_checkpointing(model: nn.Module) -> bool:
-    """Whether :func:`enable_gradient_checkpointing` is in effect for ``model``."""
-    flag = getattr(model, "is_activation_checkpointing", None)
-    if flag is None:
-        flag = getattr(model, "is_gradient_checkpointing", False)
-    return bool(flag)
 
 
 # --- faster CPU training: same math as the model's own attention and dropout, cheaper kernels ---------------

@@ -269,13 +269,13 @@ class FeedForward(nn.Module):
         return self.proj(self.act(self.fc(x)))  # (B, T, d_model) -> (B, T, ffn_dim) -> (B, T, d_model)
 
 
-def dropout_cpu(x: torch.Tensor, p: float, threshold: int | None = None, scale: float | None = None) -> torch.Tensor:
-    """The training-mode forward of :class:`Dropout` as a function (``threshold``/``scale`` derive from ``p``)."""
+def dropout_cpu(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The training-mode forward of :class:`Dropout` as a function."""
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
-    if threshold is None or scale is None:
-        dropped = round(p * 65536)
-        threshold, scale = dropped - 32768, 65536 / (65536 - dropped)
+    dropped = round(p * 65536)  # how many of the 65536 16-bit patterns drop an element
+    threshold = dropped - 32768  # int16 values >= threshold survive
+    scale = 65536 / (65536 - dropped)  # 1 / (1 - rounded p)
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)  # 64 random bits each
     bits = words.view(torch.int16)[:n].view(x.shape)  # 16 random bits per element
@@ -299,14 +299,11 @@ class Dropout(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
-        dropped = round(p * 65536)  # how many of the 65536 16-bit patterns drop an element
-        self.threshold = dropped - 32768  # int16 values >= threshold survive
-        self.scale = 65536 / (65536 - dropped)  # 1 / (1 - rounded p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        return dropout_cpu(x, self.p, self.threshold, self.scale)
+        return dropout_cpu(x, self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ragtune.errors import RagtuneError
-from ragtune.models.hf import check_source, check_tokenizer_fits, load_hf_tokenizer, model_type
+from ragtune.models.hf import _offline_error, check_source, check_tokenizer_fits, load_hf_tokenizer, model_type
 
 __all__ = [
     "ExtractiveReader",
@@ -84,13 +84,8 @@ def _load_qa_model(source: str) -> nn.Module:
     except OSError as exc:
         if Path(source).is_dir():
             raise RagtuneError(f"reader model: cannot load a model from {source}: {exc}") from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RagtuneError(
-            f"reader model: cannot load {source!r} ({reason}). Either the id was not found on the Hugging Face "
-            "Hub, or this machine looks offline. Download it on a machine with internet access "
-            "(AutoModelForQuestionAnswering/AutoTokenizer .from_pretrained(id) then .save_pretrained(folder)) "
-            "and pass that local folder."
-        ) from None
+        raise _offline_error(source, "", exc, "reader model", "AutoModelForQuestionAnswering",
+                             "pass that local folder") from None
     except ValueError as exc:
         raise RagtuneError(
             f"reader model: {source!r} is a {model_type(source)!r} model, which has no question-answering "
@@ -190,14 +185,6 @@ class QAFeatures:
         return len(self.input_ids)
 
 
-def _check_tokenizer(tokenizer) -> None:
-    if not getattr(tokenizer, "is_fast", False):
-        raise RagtuneError(
-            f"the reader needs a fast tokenizer (character offsets), got {type(tokenizer).__name__}; "
-            "load it with AutoTokenizer.from_pretrained(..., use_fast=True) from a folder with tokenizer.json"
-        )
-
-
 def prepare_features(tokenizer, questions: Sequence[str], contexts: Sequence[str], max_length: int = 384,
                      doc_stride: int = 128, answers: Sequence[tuple[str, int] | None] | None = None) -> QAFeatures:
     """Tokenize ``(question, context)`` pairs into features, cutting long contexts into windows.
@@ -231,7 +218,11 @@ def prepare_features(tokenizer, questions: Sequence[str], contexts: Sequence[str
             that leaves no room for context (or less than ``doc_stride``), a context that gives no
             tokens, an answer that is not at its offset in the context.
     """
-    _check_tokenizer(tokenizer)
+    if not getattr(tokenizer, "is_fast", False):
+        raise RagtuneError(
+            f"the reader needs a fast tokenizer (character offsets), got {type(tokenizer).__name__}; "
+            "load it with AutoTokenizer.from_pretrained(..., use_fast=True) from a folder with tokenizer.json"
+        )
     questions, contexts = list(questions), list(contexts)
     if len(questions) != len(contexts):
         raise RagtuneError(f"questions has {len(questions)} items but contexts has {len(contexts)}; they must match")
@@ -352,10 +343,8 @@ def feature_batch(features: QAFeatures, indices: Sequence[int], pad_id: int) -> 
     if features.token_type_ids is not None:
         batch["token_type_ids"] = pad(features.token_type_ids, 0)  # (B, T)
     if features.start_positions is not None and features.end_positions is not None:
-        starts = [features.start_positions[i] for i in indices]
-        ends = [features.end_positions[i] for i in indices]
-        batch["start_positions"] = torch.tensor(starts, dtype=torch.long)  # (B,)
-        batch["end_positions"] = torch.tensor(ends, dtype=torch.long)  # (B,)
+        batch["start_positions"] = torch.tensor([features.start_positions[i] for i in indices], dtype=torch.long)  # (B,)
+        batch["end_positions"] = torch.tensor([features.end_positions[i] for i in indices], dtype=torch.long)  # (B,)
     return batch
 
 
