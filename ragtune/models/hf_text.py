@@ -96,23 +96,13 @@ class HFTokenizer:
         self.hf.save_pretrained(str(folder))
 
 
-class _HFWrapper(nn.Module):
-    """A transformers model ``hf`` with the ``config`` that ragtune reads, and no key/value cache."""
+class HFSeq2SeqLM(nn.Module):
+    """An encoder-decoder of transformers with ``TransformerForSeq2Seq``'s interface."""
 
     def __init__(self, model: nn.Module, config: HFTextConfig):
         super().__init__()
         self.hf = model
         self.config = config
-
-    def new_cache(self):
-        return None  # no cache: each decoding step re-reads the prefix
-
-    def num_parameters(self, non_embedding: bool = True) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-
-class HFSeq2SeqLM(_HFWrapper):
-    """An encoder-decoder of transformers with ``TransformerForSeq2Seq``'s interface."""
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.hf.get_encoder()(input_ids=src_ids, attention_mask=src_mask).last_hidden_state  # (B, S, d)
@@ -127,15 +117,32 @@ class HFSeq2SeqLM(_HFWrapper):
     def forward(self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=src_ids, attention_mask=src_mask, decoder_input_ids=tgt_ids, use_cache=False).logits
 
+    def new_cache(self):
+        return None  # no cache: each decoding step re-reads the prefix
 
-class HFCausalLM(_HFWrapper):
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class HFCausalLM(nn.Module):
     """A causal language model of transformers with ``TransformerForCausalLM``'s interface:
     left or right padding, each row's positions counting its real tokens only."""
+
+    def __init__(self, model: nn.Module, config: HFTextConfig):
+        super().__init__()
+        self.hf = model
+        self.config = config
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
         mask = (ids != self.config.pad_id).long() if mask is None else mask.long()  # (B, T)
         pos = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         return self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (B, T, V)
+
+    def new_cache(self):
+        return None
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
 
 
 def _is_encoder_only(hf_config) -> bool:
