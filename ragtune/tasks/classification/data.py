@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from ragtune.tasks.classification.config import ClassificationConfig as RunConfig
 
 SPLITS = ("train", "validation", "test")
+# A whole number written with a zero fraction, as JSON writes it ("1.0", "-3.00"): CSV/TSV cells
+# are strings, so without this a CSV's "1" and "1.0" would be two classes while JSONL merges them.
+_WHOLE_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)\.0+")
 _SHOW_ROWS = 5  # row numbers quoted in a message
 
 
@@ -78,7 +82,7 @@ def _to_text(value: Any) -> str:
 
 
 def _to_label(value: Any) -> str:
-    """A class label as a string: ``1``/``1.0`` → ``"1"``, ``" sport "`` → ``"sport"``, missing → ``""``."""
+    """A class label as a string: ``1``/``1.0`` (numbers or CSV text) → ``"1"``, ``" sport "`` → ``"sport"``, missing → ``""``."""
     if _is_missing(value):
         return ""
     if isinstance(value, (bool, np.bool_)):
@@ -87,7 +91,10 @@ def _to_label(value: Any) -> str:
         return str(int(value))
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return str(value).strip()
+    text = str(value).strip()
+    if _WHOLE_DECIMAL.fullmatch(text):
+        return str(int(text.split(".")[0]))
+    return text
 
 
 def _to_target(value: Any) -> float | None:

@@ -346,3 +346,16 @@ def test_load_eval_file_regression(tmp_path):
     path.write_text('{"text": "a", "label": 2.5}\n{"text": "b", "label": "x"}\n', encoding="utf-8")
     with pytest.raises(RagtuneError, match=r"eval\.jsonl: row 2: .*got 'x'"):
         load_eval_file(path, cfg, [])
+
+
+def test_csv_labels_1_and_1_0_are_one_class(tmp_path):
+    """CSV `1` and `1.0` were two classes; JSONL merges them, and so must CSV/TSV."""
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\n" + "".join(f"t{i},{lab}\n" for i, lab in enumerate(["1", "1.0", "0", "0.0"] * 5)),
+                     encoding="utf-8")
+    prepared = prepare_data(_cfg(train=str(train)))
+    assert prepared.labels == ["0", "1"]
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("text\tlabel\n" + "".join(f"t{i}\t{lab}\n" for i, lab in enumerate(["2", "2.00", "-3", "-3.0"] * 5)),
+                   encoding="utf-8")
+    assert prepare_data(_cfg(train=str(tsv))).labels == ["-3", "2"]
