@@ -223,3 +223,10 @@ def test_reference_has_a_table_per_task():
     for title in ("### `task: classification / regression`", "### `task: qa`", "### `task: translation`", "### `task: generation`"):
         assert title in ref
     assert "| `model.lora.r` |" in ref and "*`model.backbone: hf` only.*" in ref
+
+
+def test_label_column_must_differ_from_text_column():
+    """label_column == text_column was accepted and gave classes without training rows."""
+    with pytest.raises(RagtuneError, match=r"data.label_column: must differ from data.text_column \(both 'x'\)"):
+        config_from_dict({"task": "classification", "data": {"train": "t.csv", "text_column": "x", "label_column": "x"}})
+    config_from_dict({"task": "classification", "data": {"train": "t.csv", "text_column": "x", "label_column": "y"}})

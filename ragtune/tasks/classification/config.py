@@ -30,6 +30,12 @@ class ClassificationData(TableData):
             return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
         return value
 
+    def problems(self) -> list[str]:
+        errors = super().problems()
+        if self.label_column == self.text_column:
+            errors.append(f"data.label_column: must differ from data.text_column (both {self.text_column!r})")
+        return errors
+
 
 class ClassificationTokenizer(TokenizerConfig):
     """The subword tokenizer trained on the training texts with Hugging Face `tokenizers`."""
