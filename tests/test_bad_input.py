@@ -156,6 +156,13 @@ def _translation_pair_counts_differ(folder):
             ("a.en", "a.de", "3 lines", "2 lines"))
 
 
+def _list_text_cell(folder):
+    lines = [json.dumps({"text": t, "label": lab}) for t, lab in good_rows().itertuples(index=False)]
+    lines.insert(2, '{"text": ["a", "b"], "label": "x"}')
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"data": {"train": "train.jsonl"}}, ("train.jsonl", "row 3", "'text'", "list")
+
+
 DATA_CASES = {
     "header only": _header_only,
     "empty file": _empty_file,
@@ -168,6 +175,7 @@ DATA_CASES = {
     "train file missing": _train_missing,
     "unknown file extension": _unknown_extension,
     "broken JSONL line": _broken_jsonl_line,
+    "list as a JSONL text cell": _list_text_cell,
     "one class only": _one_class_only,
     "keep_labels match nothing": _keep_labels_match_nothing,
     "every text empty": _all_texts_empty,

@@ -27,6 +27,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ragtune.errors import RagtuneError
@@ -225,3 +226,34 @@ def require_columns(df: pd.DataFrame, path: str | Path, columns: list[str]) -> N
         f"{path}: missing {noun} {', '.join(parts)}; the file has columns: {shown} "
         "(set data.text_column / data.label_column to use other names)"
     )
+
+
+def _cell_kind(value: object) -> str | None:
+    """'a list' / 'a dict' / 'bytes' for a cell that is not a scalar (JSONL arrays and objects,
+    Parquet list, struct and binary columns), else None."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes"
+    if isinstance(value, dict):
+        return "a dict"
+    if isinstance(value, (list, tuple, set, np.ndarray)):
+        return "a list"
+    return None
+
+
+def require_scalar_cells(df: pd.DataFrame, path: str | Path, columns: list[str]) -> None:
+    """Raise a :class:`RagtuneError` for the first list, dict or bytes cell in ``columns`` of ``df``,
+    naming the file, the row (1-based data row) and the column: such a cell would otherwise become
+    its Python repr and be used as a text or a label."""
+    for column in columns:
+        if column not in df.columns or df[column].dtype != object:
+            continue
+        for row, value in enumerate(df[column].tolist(), start=1):
+            kind = _cell_kind(value)
+            if kind is None:
+                continue
+            shown = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise RagtuneError(
+                f"{path}: row {row}: column '{column}' holds {kind} ({shown}); text and label cells must be a "
+                "string or a number"
+            )

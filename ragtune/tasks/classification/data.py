@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ragtune.data.io import read_table, require_columns
+from ragtune.data.io import read_table, require_columns, require_scalar_cells
 from ragtune.errors import RagtuneError
 
 if TYPE_CHECKING:
@@ -148,6 +148,7 @@ def _read_split(
     raw = read_table(path, fmt, max_rows)
     require_columns(raw, path, [text_column, label_column] if require_label else [text_column])
     has_label = label_column in raw.columns
+    require_scalar_cells(raw, path, [text_column, label_column] if has_label else [text_column])
     n_read = len(raw)
     df = pd.DataFrame(
         {

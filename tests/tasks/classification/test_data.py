@@ -359,3 +359,24 @@ def test_csv_labels_1_and_1_0_are_one_class(tmp_path):
     tsv.write_text("text\tlabel\n" + "".join(f"t{i}\t{lab}\n" for i, lab in enumerate(["2", "2.00", "-3", "-3.0"] * 5)),
                    encoding="utf-8")
     assert prepare_data(_cfg(train=str(tsv))).labels == ["-3", "2"]
+
+
+@pytest.mark.parametrize("cell, kind", [('["a", "b"]', "list"), ('{"a": 1}', "dict")])
+def test_list_or_dict_text_cell_is_an_error(tmp_path, cell, kind):
+    """A list/dict cell became its Python repr and was used as text."""
+    train = tmp_path / "train.jsonl"
+    lines = [json.dumps({"text": f"t {i}", "label": "xy"[i % 2]}) for i in range(10)]
+    lines.insert(3, '{"text": %s, "label": "x"}' % cell)
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(RagtuneError, match=rf"train\.jsonl: row 4: column 'text' holds a {kind}"):
+        prepare_data(_cfg(train=str(train)))
+
+
+def test_list_label_and_bytes_text_in_parquet_are_errors(tmp_path):
+    train = tmp_path / "train.parquet"
+    pd.DataFrame({"text": [f"t {i}" for i in range(10)], "label": [["xy"[i % 2]] for i in range(10)]}).to_parquet(train)
+    with pytest.raises(RagtuneError, match=r"train\.parquet: row 1: column 'label' holds a list"):
+        prepare_data(_cfg(train=str(train)))
+    pd.DataFrame({"text": [f"t {i}".encode() for i in range(10)], "label": ["xy"[i % 2] for i in range(10)]}).to_parquet(train)
+    with pytest.raises(RagtuneError, match=r"train\.parquet: row 1: column 'text' holds bytes"):
+        prepare_data(_cfg(train=str(train)))
