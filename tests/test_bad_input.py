@@ -163,6 +163,12 @@ def _list_text_cell(folder):
     return {"data": {"train": "train.jsonl"}}, ("train.jsonl", "row 3", "'text'", "list")
 
 
+def _header_names_a_column_twice(folder):
+    rows = "".join(f"{t},{lab},other {i}\n" for i, (t, lab) in enumerate(good_rows().itertuples(index=False)))
+    (folder / "train.csv").write_text("text,label,text\n" + rows, encoding="utf-8")
+    return {}, ("train.csv", "'text' twice")
+
+
 DATA_CASES = {
     "header only": _header_only,
     "empty file": _empty_file,
@@ -176,6 +182,7 @@ DATA_CASES = {
     "unknown file extension": _unknown_extension,
     "broken JSONL line": _broken_jsonl_line,
     "list as a JSONL text cell": _list_text_cell,
+    "header names a column twice": _header_names_a_column_twice,
     "one class only": _one_class_only,
     "keep_labels match nothing": _keep_labels_match_nothing,
     "every text empty": _all_texts_empty,

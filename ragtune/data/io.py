@@ -14,6 +14,7 @@ Rules:
   otherwise turn them into missing values). Empty cells become ``""``. TSV follows the same
   quoting rules as CSV (as pandas, Excel and Python's ``csv`` write it): a field that starts with
   a double quote is a quoted field.
+* A CSV/TSV header that names a column twice is an error naming the column.
 * JSONL holds one JSON object per line; blank lines are skipped; anything else names the line.
 * An empty file, or a file with a header but no data rows, is an error.
 """
@@ -104,6 +105,20 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
+def _check_unique_header(path: Path, header: list[str]) -> None:
+    """A header naming a column twice is an error (reading would silently use one of them)."""
+    first: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if not name:  # unnamed columns (e.g. a written index) are kept apart as before
+            continue
+        if name in first:
+            raise RagtuneError(
+                f"{path}: the header names column '{name}' twice (columns {first[name]} and {number}); "
+                "rename or remove one of them"
+            )
+        first[name] = number
+
+
 def _read_delimited(path: Path, sep: str, max_rows: int | None) -> pd.DataFrame:
     text = _read_text(path)
     kind = "TSV" if sep == "\t" else "CSV"
@@ -131,6 +146,7 @@ def _read_delimited(path: Path, sep: str, max_rows: int | None) -> pd.DataFrame:
     if len(table) == 0:
         raise RagtuneError(f"{path}: the file is empty")
     header = [str(h).strip() for h in table.iloc[0].tolist()]
+    _check_unique_header(path, header)
     df = table.iloc[1:].reset_index(drop=True)
     df.columns = _unique_names(header)
     if len(df) == 0:

@@ -183,3 +183,12 @@ def test_require_columns_lists_existing_and_close_match(tmp_path):
 
 def test_require_columns_passes():
     require_columns(pd.DataFrame({"text": ["a"], "label": ["b"]}), "x.csv", ["text", "label"])
+
+
+@pytest.mark.parametrize("name, sep", [("dup.csv", ","), ("dup.tsv", "\t")])
+def test_header_with_a_column_twice(tmp_path, name, sep):
+    """`text,label,text` silently used the first `text` column."""
+    path = tmp_path / name
+    path.write_text(sep.join(["text", "label", "text"]) + "\n" + sep.join(["a", "x", "b"]) + "\n", encoding="utf-8")
+    with pytest.raises(RagtuneError, match=r"dup\.[ct]sv: the header names column 'text' twice \(columns 1 and 3\)"):
+        read_table(path)
