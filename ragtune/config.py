@@ -649,6 +649,34 @@ def apply_overrides(tree: dict, overrides: list[str], schema: Any, cwd: Path | N
     return errors
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one).
+    Keys brought in by a merge (``<<: *anchor``) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeConstructor reports it
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise _DuplicateKey(key, line, first)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; file problems become :class:`RagtuneError`."""
     path = Path(path)
@@ -657,7 +685,12 @@ def read_yaml(path: str | Path) -> dict:
     if path.is_dir():
         raise RagtuneError(f"config path is a directory, not a YAML file: {path}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as exc:
+        raise RagtuneError(
+            f"{path}: line {exc.line}: key {exc.key!r} appears twice in one mapping (first on line {exc.first}); "
+            "remove one of them (YAML would silently keep the last)"
+        ) from None
     except UnicodeDecodeError as exc:
         raise RagtuneError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
     except yaml.YAMLError as exc:

@@ -230,3 +230,24 @@ def test_label_column_must_differ_from_text_column():
     with pytest.raises(RagtuneError, match=r"data.label_column: must differ from data.text_column \(both 'x'\)"):
         config_from_dict({"task": "classification", "data": {"train": "t.csv", "text_column": "x", "label_column": "x"}})
     config_from_dict({"task": "classification", "data": {"train": "t.csv", "text_column": "x", "label_column": "y"}})
+
+
+@pytest.mark.parametrize("text, key, line, first", [
+    ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n", "lr", 4, 2),  # duplicate key
+    ("data:\n  train: a.csv\ntrain:\n  lr: 0.1\ndata:\n  train: b.csv\n", "data", 5, 1),  # duplicate section
+])
+def test_duplicate_yaml_keys_are_errors(tmp_path, text, key, line, first):
+    """Duplicate keys and sections were accepted, the last one winning."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RagtuneError, match=rf"dup\.yaml: line {line}: key '{key}' appears twice in one mapping "
+                                           rf"\(first on line {first}\)"):
+        load_config(path)
+
+
+def test_yaml_merge_keys_still_override(tmp_path):
+    from ragtune.config import read_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("x: &b {lr: 0.1, epochs: 2}\ny:\n  <<: *b\n  lr: 0.5\n", encoding="utf-8")
+    assert read_yaml(path)["y"] == {"lr": 0.5, "epochs": 2}
