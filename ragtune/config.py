@@ -693,6 +693,11 @@ def read_yaml(path: str | Path) -> dict:
         ) from None
     except UnicodeDecodeError as exc:
         raise RagtuneError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    except RecursionError:
+        raise RagtuneError(
+            f"{path}: nested too deeply to read (mappings or lists inside each other beyond Python's recursion "
+            "limit); a config is a few levels deep: task, sections, keys"
+        ) from None
     except yaml.YAMLError as exc:
         raise RagtuneError(f"{path}: not valid YAML: {exc}") from None
     if tree is None:

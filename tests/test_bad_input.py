@@ -169,6 +169,13 @@ def _header_names_a_column_twice(folder):
     return {}, ("train.csv", "'text' twice")
 
 
+def _deeply_nested_jsonl_line(folder):
+    lines = [json.dumps({"text": t, "label": lab}) for t, lab in good_rows().itertuples(index=False)]
+    lines.insert(1, '{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": "x"}')
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"data": {"train": "train.jsonl"}}, ("train.jsonl", "line 2", "nested too deeply")
+
+
 DATA_CASES = {
     "header only": _header_only,
     "empty file": _empty_file,
@@ -183,6 +190,7 @@ DATA_CASES = {
     "broken JSONL line": _broken_jsonl_line,
     "list as a JSONL text cell": _list_text_cell,
     "header names a column twice": _header_names_a_column_twice,
+    "JSONL line nested 100,000 deep": _deeply_nested_jsonl_line,
     "one class only": _one_class_only,
     "keep_labels match nothing": _keep_labels_match_nothing,
     "every text empty": _all_texts_empty,

@@ -251,3 +251,11 @@ def test_yaml_merge_keys_still_override(tmp_path):
     path = tmp_path / "merge.yaml"
     path.write_text("x: &b {lr: 0.1, epochs: 2}\ny:\n  <<: *b\n  lr: 0.5\n", encoding="utf-8")
     assert read_yaml(path)["y"] == {"lr": 0.5, "epochs": 2}
+
+
+def test_deeply_nested_yaml_is_one_clear_error(tmp_path):
+    """A config nested 10,000 deep ended in RecursionError."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("data: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n", encoding="utf-8")
+    with pytest.raises(RagtuneError, match=r"deep\.yaml: nested too deeply"):
+        load_config(path)

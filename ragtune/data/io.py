@@ -164,6 +164,11 @@ def _read_jsonl(path: Path, max_rows: int | None) -> pd.DataFrame:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RagtuneError(f"{path}: line {number} is not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise RagtuneError(
+                f"{path}: line {number} is nested too deeply to read (JSON arrays or objects inside each other beyond "
+                'Python\'s recursion limit); each line should be a flat object, e.g. {"text": "...", "label": "..."}'
+            ) from None
         if not isinstance(obj, dict):
             raise RagtuneError(
                 f"{path}: line {number} holds a JSON {type(obj).__name__}, but JSONL data needs one JSON object "

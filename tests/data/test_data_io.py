@@ -192,3 +192,12 @@ def test_header_with_a_column_twice(tmp_path, name, sep):
     path.write_text(sep.join(["text", "label", "text"]) + "\n" + sep.join(["a", "x", "b"]) + "\n", encoding="utf-8")
     with pytest.raises(RagtuneError, match=r"dup\.[ct]sv: the header names column 'text' twice \(columns 1 and 3\)"):
         read_table(path)
+
+
+def test_deeply_nested_jsonl_line_is_one_clear_error(tmp_path):
+    """A JSONL line nested 100,000 deep ended in RecursionError."""
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": "y"}\n',
+                    encoding="utf-8")
+    with pytest.raises(RagtuneError, match=r"deep\.jsonl: line 2 is nested too deeply"):
+        read_table(path)
