@@ -17,7 +17,8 @@
     ragtune export RUN_DIR --format onnx [--quantize int8] --out DIR [--data FILE] [--overwrite]
     ragtune explain RUN_DIR "text" [--target LABEL] [--out explanation.html] [--steps 32]
 
-User errors print one message and exit with code 2 (``--debug`` shows the traceback).
+User errors print one message and exit with code 2 (``--debug`` shows the traceback); Ctrl-C prints one
+line (how to resume, where there is something to resume) and exits with code 130.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ragtune import __version__
 from ragtune.errors import RagtuneError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 EPILOG = """examples:
   ragtune run configs/demo.yaml                       # the built-in demo, a few minutes on 2 cores
@@ -320,6 +322,7 @@ def cmd_run(args) -> int:
     rank = distributed.init_from_env()  # under torchrun: join the process group (ragtune/train/distributed.py)
     if rank.is_main and not resume:
         _prepare_run_dir(run_dir, args.overwrite)
+    args.resume_hint = f"the run can be resumed with ragtune run {args.config} --resume {run_dir}"
     try:
         result = run(cfg, run_dir, resume=resume, progress=not args.quiet, config_path=args.config)
     finally:
@@ -358,6 +361,7 @@ def cmd_tune(args) -> int:
     for h in console:
         h.addFilter(_TuneConsole())
     worker_args = [str(Path(args.config).resolve()), *args.overrides, "--out", str(out.resolve()), "--quiet"]
+    args.resume_hint = "run the same command again to resume the study"
     if args.study_name:
         worker_args += ["--study-name", args.study_name]
     if args.timeout is not None:
@@ -679,6 +683,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ragtune").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        hint = getattr(args, "resume_hint", None)  # set once there is a run directory / study to resume
+        print(f"interrupted: {hint}" if hint else "interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `ragtune eval ... | head`
         sys.stderr.close()
         return 0
