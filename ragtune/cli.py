@@ -422,10 +422,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _check_utf8(texts: list[str], noun: str, numbered: bool = True) -> None:
+    """Refuse command-line texts holding bytes that are not UTF-8 (argv decodes them to lone surrogates)."""
+    for i, text in enumerate(texts, start=1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogateescape")
+            shown = raw.decode("utf-8", "backslashreplace")
+            where = f"{noun} {i}" if numbered else noun
+            raise RagtuneError(f"{where} ('{shown}') is not valid UTF-8; give the text in UTF-8 "
+                               "(or set a UTF-8 locale in the terminal)") from None
+
+
 def cmd_predict(args) -> int:
     from ragtune.tasks import task_of
 
     run_dir = Path(args.run_dir)
+    _check_utf8(args.texts, "text")
     if bool(args.texts) == bool(args.input):
         raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
     cfg = _run_config(run_dir)
@@ -566,6 +580,7 @@ def _maybe_reranked(args, index):
 def cmd_retrieve(args) -> int:
     from ragtune.retrieval import load_index
 
+    _check_utf8(args.queries, "QUERY")
     index = _maybe_reranked(args, load_index(args.index_dir))
     return _print_json_lines({"query": query, "rank": rank, **hit.to_dict()}
                              for query, hits in zip(args.queries, index.search_batch(args.queries, args.k))
@@ -640,6 +655,7 @@ def cmd_explain(args) -> int:
     from ragtune.tasks.classification.predictor import Predictor
 
     run_dir = Path(args.run_dir)
+    _check_utf8([args.text], "text", numbered=False)
     cfg = _run_config(run_dir)
     if "onnx" not in task_of(cfg.task).engines:  # the tasks with one output vector per text
         raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune explain` explains classification and regression runs")
