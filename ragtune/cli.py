@@ -347,7 +347,15 @@ def cmd_tune(args) -> int:
     from ragtune.config import check_inputs
     from ragtune.tasks import load_config
     from ragtune.tune import tune
+    from ragtune.tune.study import check_storage_url
 
+    for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
+        if value is not None and value < 1:
+            raise RagtuneError(f"{flag} must be at least 1 (got {value})")
+    if args.timeout is not None and not args.timeout > 0:
+        raise RagtuneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
+    if args.storage is not None:
+        check_storage_url(args.storage)
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg, args.config)
     out = Path(args.out)
