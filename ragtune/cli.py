@@ -17,7 +17,8 @@
     ragtune export RUN_DIR --format onnx [--quantize int8] --out DIR [--data FILE] [--overwrite]
     ragtune explain RUN_DIR "text" [--target LABEL] [--out explanation.html] [--steps 32]
 
-User errors print one message and exit with code 2 (``--debug`` shows the traceback).
+User errors print one message and exit with code 2 (``--debug`` shows the traceback); Ctrl-C prints one
+line (how to resume, where there is something to resume) and exits with code 130.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ragtune import __version__
 from ragtune.errors import RagtuneError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 EPILOG = """examples:
   ragtune run configs/demo.yaml                       # the built-in demo, a few minutes on 2 cores
@@ -320,6 +322,7 @@ def cmd_run(args) -> int:
     rank = distributed.init_from_env()  # under torchrun: join the process group (ragtune/train/distributed.py)
     if rank.is_main and not resume:
         _prepare_run_dir(run_dir, args.overwrite)
+    args.resume_hint = f"the run can be resumed with ragtune run {args.config} --resume {run_dir}"
     try:
         result = run(cfg, run_dir, resume=resume, progress=not args.quiet, config_path=args.config)
     finally:
@@ -344,7 +347,15 @@ def cmd_tune(args) -> int:
     from ragtune.config import check_inputs
     from ragtune.tasks import load_config
     from ragtune.tune import tune
+    from ragtune.tune.study import check_storage_url
 
+    for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
+        if value is not None and value < 1:
+            raise RagtuneError(f"{flag} must be at least 1 (got {value})")
+    if args.timeout is not None and not args.timeout > 0:
+        raise RagtuneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
+    if args.storage is not None:
+        check_storage_url(args.storage)
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg, args.config)
     out = Path(args.out)
@@ -358,6 +369,7 @@ def cmd_tune(args) -> int:
     for h in console:
         h.addFilter(_TuneConsole())
     worker_args = [str(Path(args.config).resolve()), *args.overrides, "--out", str(out.resolve()), "--quiet"]
+    args.resume_hint = "run the same command again to resume the study"
     if args.study_name:
         worker_args += ["--study-name", args.study_name]
     if args.timeout is not None:
@@ -418,10 +430,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _check_utf8(texts: list[str], noun: str, numbered: bool = True) -> None:
+    """Refuse command-line texts holding bytes that are not UTF-8 (argv decodes them to lone surrogates)."""
+    for i, text in enumerate(texts, start=1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogateescape")
+            shown = raw.decode("utf-8", "backslashreplace")
+            where = f"{noun} {i}" if numbered else noun
+            raise RagtuneError(f"{where} ('{shown}') is not valid UTF-8; give the text in UTF-8 "
+                               "(or set a UTF-8 locale in the terminal)") from None
+
+
 def cmd_predict(args) -> int:
     from ragtune.tasks import task_of
 
     run_dir = Path(args.run_dir)
+    _check_utf8(args.texts, "text")
     if bool(args.texts) == bool(args.input):
         raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
     cfg = _run_config(run_dir)
@@ -562,6 +588,7 @@ def _maybe_reranked(args, index):
 def cmd_retrieve(args) -> int:
     from ragtune.retrieval import load_index
 
+    _check_utf8(args.queries, "QUERY")
     index = _maybe_reranked(args, load_index(args.index_dir))
     return _print_json_lines({"query": query, "rank": rank, **hit.to_dict()}
                              for query, hits in zip(args.queries, index.search_batch(args.queries, args.k))
@@ -636,6 +663,7 @@ def cmd_explain(args) -> int:
     from ragtune.tasks.classification.predictor import Predictor
 
     run_dir = Path(args.run_dir)
+    _check_utf8([args.text], "text", numbered=False)
     cfg = _run_config(run_dir)
     if "onnx" not in task_of(cfg.task).engines:  # the tasks with one output vector per text
         raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune explain` explains classification and regression runs")
@@ -679,6 +707,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ragtune").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        hint = getattr(args, "resume_hint", None)  # set once there is a run directory / study to resume
+        print(f"interrupted: {hint}" if hint else "interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `ragtune eval ... | head`
         sys.stderr.close()
         return 0

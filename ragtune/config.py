@@ -190,7 +190,7 @@ class TrainConfig(_Section):
     clip_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null disables.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="`bf16` runs forward/backward under CPU bf16 autocast.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing (classification, translation, generation).")
-    seed: int = Field(0, description="Seed for initialisation, data order, splits and dropout.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed for initialisation, data order, splits and dropout.")
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; null keeps torch's default.")
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop after this many epochs without improvement of `eval.metric`; null disables.")
     restore_best: bool = Field(True, description="Evaluate the test set with the weights of the best validation epoch (by `eval.metric`).")
@@ -224,7 +224,7 @@ class DecodeConfig(_Section):
     top_k: int | None = Field(None, gt=0, description="`sample`: draw only from the k most probable tokens; null: no limit.")
     top_p: float | None = Field(None, gt=0, le=1, description="`sample`: nucleus sampling, the smallest set of tokens whose probability reaches p; null: off.")
     temperature: float = Field(1.0, gt=0, description="`sample`: logits are divided by this before the softmax.")
-    seed: int = Field(0, description="`sample`: seed of the random draws (same seed, same outputs).")
+    seed: int = Field(0, ge=0, lt=2**32, description="`sample`: seed of the random draws (same seed, same outputs).")
 
     def problems(self) -> list[str]:
         if self.strategy == "sample":
@@ -271,7 +271,7 @@ class TuneConfig(_Section):
     pruner_startup_trials: int = Field(2, ge=0, description="`median`: trials that finish before any trial is pruned.")
     pruner_warmup_epochs: int = Field(1, ge=0, description="`median`: epochs every trial runs before it can be pruned.")
     start_from_config: bool = Field(True, description="Run the config's own values of the searched keys as the first trial (when they lie in the space), so the study starts from the baseline and its best is never worse on validation.")
-    seed: int = Field(0, description="Sampler seed (each trial's own training seed stays `train.seed`).")
+    seed: int = Field(0, ge=0, lt=2**32, description="Sampler seed (each trial's own training seed stays `train.seed`).")
     space: dict[str, dict[str, Any]] = Field(default_factory=dict, description="The search space, keyed by dotted config keys: `{log_uniform: [low, high]}`, `{uniform: [low, high]}`, `{int: [low, high]}` (optional `step`), `{log_int: [low, high]}` or `{choice: [a, b, ...]}`, e.g. `train.lr: {log_uniform: [1.0e-5, 1.0e-2]}`. Checked before any trial runs.")
 
 

@@ -223,6 +223,9 @@ CONFIG_CASES = {
     "unknown task": ({"task": "summarise"}, ("task", "classification", "generation")),
     "every error at once": ({"train": {"lr": -1, "batch_size": 0}, "model": {"heads": 0}},
                             ("train.lr", "train.batch_size", "model.heads")),
+    "negative seed": ({"train": {"seed": -1}}, ("train.seed",)),
+    "seed past 2**32": ({"train": {"seed": 2**32}}, ("train.seed", "4294967296")),
+    "negative tune seed": ({"tune": {"seed": -5}}, ("tune.seed",)),
     "decode section on a classifier": ({"decode": {"beam_size": 2}}, ("decode", "translation or generation")),
 }
 
@@ -406,3 +409,20 @@ def test_a_10_mb_text_is_read_and_truncated(tmp_path, capsys):
     out = pd.read_csv(tmp_path / "out.csv")
     assert len(out) == 2 and len(out.text[0]) == len(huge)
     assert set(out.predicted_label) <= {"sport", "economy", "culture"}
+
+
+@pytest.mark.parametrize("flag, value, needles", [
+    ("--trials", "0", ("--trials", "at least 1", "got 0")),
+    ("--trials", "-3", ("--trials", "at least 1", "got -3")),
+    ("--workers", "0", ("--workers", "at least 1", "got 0")),
+    ("--timeout", "-1", ("--timeout", "positive", "got -1")),
+    ("--timeout", "0", ("--timeout", "positive", "got 0")),
+    ("--storage", "notaurl", ("--storage", "notaurl", "sqlite:///", "postgresql://")),
+    ("--storage", "nosuchdb://host/x", ("--storage", "nosuchdb", "sqlite:///", "postgresql://")),
+])
+def test_bad_tune_options_are_refused_before_anything_is_written(flag, value, needles, tmp_path, capsys):
+    good_rows().to_csv(tmp_path / "train.csv", index=False)
+    config = write_config(tmp_path, tune={"trials": 2, "space": {"train.lr": {"log_uniform": [1e-4, 1e-2]}}})
+    out = tmp_path / "study"
+    expect_user_error(capsys, ["tune", str(config), "--out", str(out), flag, value, "--quiet"], *needles)
+    assert not out.exists()

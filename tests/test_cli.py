@@ -167,3 +167,54 @@ def test_chinese_end_to_end(tmp_path, capsys):
     assert main(["predict", str(out), "球队比赛冠军进球"]) == 0
     prediction = json.loads(capsys.readouterr().out)
     assert prediction["label"] == "体育"
+
+
+def test_ctrl_c_during_run_prints_one_line_and_exits_130(tiny_config, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("ragtune")
+    proc = subprocess.Popen([str(exe), "run", str(tiny_config), "train.epochs=200", "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "checkpoints").exists() and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("interrupted")] == [lines[-1]], err
+    assert lines[-1] == f"interrupted: the run can be resumed with ragtune run {tiny_config} --resume {out}", err
+
+
+def test_ctrl_c_before_a_run_directory_exists(monkeypatch, capsys):
+    import ragtune.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", interrupted)
+    assert main(["validate", "whatever.yaml"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("argv", [["predict", "RUN", "fine", b"bad \xff text"],
+                                  ["retrieve", "INDEX", "fine", b"bad \xff text"],
+                                  ["explain", "RUN", b"bad \xff text"]])
+def test_texts_that_are_not_utf8_are_refused(argv, tmp_path):
+    exe = Path(sys.executable).with_name("ragtune")
+    argv = [str(tmp_path / a) if a in ("RUN", "INDEX") else a for a in argv]
+    proc = subprocess.run([str(exe), *argv], capture_output=True, timeout=120)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "not valid UTF-8" in err and "bad \\xff text" in err, err
+    position = "text 2" if argv[0] == "predict" else "QUERY 2" if argv[0] == "retrieve" else "text"
+    assert position in err, err

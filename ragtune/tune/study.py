@@ -53,12 +53,30 @@ def storage_url(out_dir: Path, storage: str | None) -> str:
 SCHEMA_RETRIES = 5  # attempts to open a storage whose tables another worker may be creating
 
 
+STORAGE_FORMS = ("give e.g. sqlite:///study.db or postgresql://user:password@host/dbname "
+                 "(any SQLAlchemy URL Optuna's RDBStorage accepts)")
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse a ``--storage`` that is not a database URL of a known SQLAlchemy dialect (before anything runs)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    if "://" not in url:
+        raise RagtuneError(f"--storage {url!r} is not a database URL; {STORAGE_FORMS}")
+    try:
+        make_url(url).get_dialect()
+    except NoSuchModuleError:
+        scheme = url.split("://", 1)[0]
+        raise RagtuneError(f"--storage {url!r}: unknown database kind {scheme!r}; {STORAGE_FORMS}") from None
+    except (ArgumentError, ValueError) as exc:
+        raise RagtuneError(f"--storage {url!r} is not a database URL ({exc}); {STORAGE_FORMS}") from None
+
+
 def _storage(url: str):
     import optuna
 
-    if "://" not in url:
-        raise RagtuneError(f"--storage {url!r} is not a database URL; give e.g. sqlite:///study.db or "
-                           "postgresql://user:password@host/dbname (any SQLAlchemy URL Optuna's RDBStorage accepts)")
+    check_storage_url(url)
     from sqlalchemy.exc import DBAPIError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
