@@ -37,7 +37,9 @@ forward pass (:class:`ragtune.serve.batcher.MicroBatcher`; ``serve.max_batch_siz
 **Limits.** More than ``serve.max_texts_per_request`` texts, a text longer than
 ``serve.max_chars_per_text`` characters, or a body over ``serve.max_body_bytes`` bytes get 413 with a
 message naming the limit and its config key; an empty list, a wrong type or malformed JSON get 422; a
-missing or wrong API key 401. Every error body is ``{"detail": "one clear sentence"}``.
+missing or wrong API key 401. A text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) gets
+422 naming its field and index, before it reaches the model; should the model still fail on one request
+of a batch, only that request gets the error (the batch's requests are retried one by one). Every error body is ``{"detail": "one clear sentence"}``.
 
 **API key.** With ``api_key`` set (``ragtune serve --api-key KEY`` or ``RAGTUNE_API_KEY``) every
 ``/v1/*`` call must send ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``/``, ``/healthz``,
@@ -378,6 +380,10 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
             raise HTTPException(413, f"{field}: {len(texts)} in one request; the limit is "
                                      f"{settings.max_texts_per_request} (serve.max_texts_per_request)")
         for i, text in enumerate(texts):
+            try:  # legal JSON ("\\ud800") but no tokenizer can take it: refuse it before it joins a batch
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPException(422, f"{field}[{i}]: not valid Unicode text (a lone surrogate)") from None
             if len(text) > settings.max_chars_per_text:
                 raise HTTPException(413, f"{field}[{i}]: {len(text)} characters; the limit is "
                                          f"{settings.max_chars_per_text} (serve.max_chars_per_text)")
