@@ -305,6 +305,8 @@ def _page() -> str:
 
 def create_app(service: Service, api_key: str | None = None, settings: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``service`` (see the module docs). ``settings`` default to ``service.settings``."""
+    if api_key is not None and not api_key.strip():  # "" would otherwise turn authentication off
+        raise ValueError("api_key is empty; give a non-empty key, or None to serve without one")
     settings = settings or service.settings
     metrics = ServerMetrics()
     model_fn = None
