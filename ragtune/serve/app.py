@@ -24,7 +24,7 @@ Endpoints (those that fit what is served; ``GET /healthz`` lists them):
                        "passages": [...]}, ...]}`` (generation runs; ``passages`` when the run retrieves)
 ``POST /v1/retrieve``  ``{"queries": [...], "k": 5}`` → ``{"results": [[{"id", "doc_id", "score", "text",
                        "title", "source"}, ...], ...]}`` (index folders, QA and retrieval runs)
-``GET /healthz``       model loaded, ragtune version, task, engine, labels, endpoints
+``GET /healthz``       (and ``HEAD``, as for ``/``) model loaded, ragtune version, task, engine, labels, endpoints
 ``GET /metrics``       Prometheus text format (:mod:`ragtune.serve.metrics`)
 ``GET /``              a web page: paste text, see the label and a bar chart of the class scores, or the
                        answer and its passages (English and Chinese)
@@ -406,12 +406,13 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         return await batcher.submit(texts)
 
     # -- endpoints ---------------------------------------------------------------------------------
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(_page(), headers={"Content-Security-Policy": "default-src 'self'; style-src 'self' "
                                               "'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
 
-    @app.get("/healthz", response_model=Health, summary="Liveness and what is served")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health,
+                   summary="Liveness and what is served (HEAD: the status alone)")
     async def healthz():
         return Health(status="ok", model_loaded=True, version=__version__, task=service.kind,
                       engine=service.engine, name=service.name, labels=service.labels,
