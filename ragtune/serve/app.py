@@ -271,7 +271,8 @@ async def _send_json(send, status: int, body: dict) -> None:
 
 
 class _Metrics:
-    """Count every response by route template and status, and time it."""
+    """Count every response by route template and status, and time it. A request whose client hung up
+    before any answer was sent (e.g. mid-upload) counts as 499 ("client closed request", as nginx)."""
 
     def __init__(self, app, metrics: ServerMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -280,17 +281,26 @@ class _Metrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = 500
+        status, started, gone = 500, False, False
+
+        async def receive_and_note():
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+            return message
 
         async def send_and_note(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive_and_note, send_and_note)
         finally:
+            if gone and not started:  # the client hung up before any answer (mid-body): nginx's 499
+                status = 499
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "other"
             self.metrics.observe_request(endpoint, scope.get("method", ""), status, time.perf_counter() - start)
