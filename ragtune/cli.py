@@ -634,7 +634,13 @@ def cmd_serve(args) -> int:
     overrides = {k: v for k in ("max_batch_size", "max_batch_tokens", "max_wait_ms") if (v := getattr(args, k)) is not None}
     if overrides.get("max_batch_tokens") == 0:
         overrides["max_batch_tokens"] = None  # --max-batch-tokens 0: no cap (checked by the serve: schema)
-    api_key = args.api_key or os.environ.get("RAGTUNE_API_KEY") or None
+    if args.api_key is not None:
+        api_key, source = args.api_key, "--api-key"
+    else:
+        api_key, source = os.environ.get("RAGTUNE_API_KEY"), "RAGTUNE_API_KEY"
+    if api_key is not None and not api_key.strip():  # an empty key would turn authentication off
+        raise RagtuneError(f"{source} is empty; give a non-empty key (--api-key KEY or RAGTUNE_API_KEY), "
+                           "or leave both unset to serve without one")
     run_server(args.path, host=args.host, port=args.port, engine=args.engine, api_key=api_key,
                workers=args.workers, threads=args.threads, overrides=overrides, log_level=args.log_level)
     return 0

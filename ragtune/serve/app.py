@@ -24,7 +24,7 @@ Endpoints (those that fit what is served; ``GET /healthz`` lists them):
                        "passages": [...]}, ...]}`` (generation runs; ``passages`` when the run retrieves)
 ``POST /v1/retrieve``  ``{"queries": [...], "k": 5}`` → ``{"results": [[{"id", "doc_id", "score", "text",
                        "title", "source"}, ...], ...]}`` (index folders, QA and retrieval runs)
-``GET /healthz``       model loaded, ragtune version, task, engine, labels, endpoints
+``GET /healthz``       (and ``HEAD``, as for ``/``) model loaded, ragtune version, task, engine, labels, endpoints
 ``GET /metrics``       Prometheus text format (:mod:`ragtune.serve.metrics`)
 ``GET /``              a web page: paste text, see the label and a bar chart of the class scores, or the
                        answer and its passages (English and Chinese)
@@ -37,7 +37,9 @@ forward pass (:class:`ragtune.serve.batcher.MicroBatcher`; ``serve.max_batch_siz
 **Limits.** More than ``serve.max_texts_per_request`` texts, a text longer than
 ``serve.max_chars_per_text`` characters, or a body over ``serve.max_body_bytes`` bytes get 413 with a
 message naming the limit and its config key; an empty list, a wrong type or malformed JSON get 422; a
-missing or wrong API key 401. Every error body is ``{"detail": "one clear sentence"}``.
+missing or wrong API key 401. A text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) gets
+422 naming its field and index, before it reaches the model; should the model still fail on one request
+of a batch, only that request gets the error (the batch's requests are retried one by one). Every error body is ``{"detail": "one clear sentence"}``.
 
 **API key.** With ``api_key`` set (``ragtune serve --api-key KEY`` or ``RAGTUNE_API_KEY``) every
 ``/v1/*`` call must send ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``/``, ``/healthz``,
@@ -269,7 +271,8 @@ async def _send_json(send, status: int, body: dict) -> None:
 
 
 class _Metrics:
-    """Count every response by route template and status, and time it."""
+    """Count every response by route template and status, and time it. A request whose client hung up
+    before any answer was sent (e.g. mid-upload) counts as 499 ("client closed request", as nginx)."""
 
     def __init__(self, app, metrics: ServerMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -278,17 +281,26 @@ class _Metrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = 500
+        status, started, gone = 500, False, False
+
+        async def receive_and_note():
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+            return message
 
         async def send_and_note(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive_and_note, send_and_note)
         finally:
+            if gone and not started:  # the client hung up before any answer (mid-body): nginx's 499
+                status = 499
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "other"
             self.metrics.observe_request(endpoint, scope.get("method", ""), status, time.perf_counter() - start)
@@ -303,6 +315,8 @@ def _page() -> str:
 
 def create_app(service: Service, api_key: str | None = None, settings: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``service`` (see the module docs). ``settings`` default to ``service.settings``."""
+    if api_key is not None and not api_key.strip():  # "" would otherwise turn authentication off
+        raise ValueError("api_key is empty; give a non-empty key, or None to serve without one")
     settings = settings or service.settings
     metrics = ServerMetrics()
     model_fn = None
@@ -378,6 +392,10 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
             raise HTTPException(413, f"{field}: {len(texts)} in one request; the limit is "
                                      f"{settings.max_texts_per_request} (serve.max_texts_per_request)")
         for i, text in enumerate(texts):
+            try:  # legal JSON ("\\ud800") but no tokenizer can take it: refuse it before it joins a batch
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPException(422, f"{field}[{i}]: not valid Unicode text (a lone surrogate)") from None
             if len(text) > settings.max_chars_per_text:
                 raise HTTPException(413, f"{field}[{i}]: {len(text)} characters; the limit is "
                                          f"{settings.max_chars_per_text} (serve.max_chars_per_text)")
@@ -398,12 +416,13 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         return await batcher.submit(texts)
 
     # -- endpoints ---------------------------------------------------------------------------------
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(_page(), headers={"Content-Security-Policy": "default-src 'self'; style-src 'self' "
                                               "'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
 
-    @app.get("/healthz", response_model=Health, summary="Liveness and what is served")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health,
+                   summary="Liveness and what is served (HEAD: the status alone)")
     async def healthz():
         return Health(status="ok", model_loaded=True, version=__version__, task=service.kind,
                       engine=service.engine, name=service.name, labels=service.labels,

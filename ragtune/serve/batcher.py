@@ -8,7 +8,10 @@ model thread, and hands each request its own slice of the results. A request is 
 with more texts than ``max_batch_size`` runs alone (the model function batches inside).
 
 Under load the wait hardly matters: while the model is busy, requests pile up in the queue and the
-next batch takes them all at once. ``max_wait_s`` only delays a request that arrives at an idle
+next batch takes them all at once.
+
+If ``fn`` raises on a batch of several requests, each request is run again alone, so only the
+request(s) that make it fail get the error and the others get their results. ``max_wait_s`` only delays a request that arrives at an idle
 server, by at most that long, in the hope that company arrives.
 
 All model work (batched or not, see :meth:`MicroBatcher.call`) runs in one thread, so the model and
@@ -119,10 +122,13 @@ class MicroBatcher:
             self.on_batch(len(flat))
         try:
             results = await loop.run_in_executor(self.executor, self.fn, flat)
-        except Exception as exc:  # every request of the batch gets the error (the app maps it to a status)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+        except Exception as exc:
+            if len(batch) == 1:  # the request alone failed: it gets the error (the app maps it to a status)
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
+                return
+            for request in batch:  # one request's failure never reaches another: retry each alone
+                await self._run(loop, [request])
             return
         start = 0
         for items, future in batch:

@@ -46,7 +46,7 @@ def app_from_env():
     _set_threads(int(threads) if threads else None)
     service = load_service(os.environ[ENV_PATH], os.environ.get(ENV_ENGINE, "torch"))
     settings = ServeConfig(**json.loads(os.environ[ENV_SETTINGS])) if os.environ.get(ENV_SETTINGS) else None
-    return create_app(service, api_key=os.environ.get(ENV_API_KEY) or None, settings=settings)
+    return create_app(service, api_key=os.environ.get(ENV_API_KEY), settings=settings)
 
 
 def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "torch",
@@ -62,6 +62,9 @@ def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str
     from ragtune.serve.app import create_app
     from ragtune.serve.service import load_service
 
+    if api_key is not None and not api_key.strip():
+        raise RagtuneError("--api-key is empty; give a non-empty key (--api-key KEY or RAGTUNE_API_KEY), "
+                           "or none to serve without one")
     _set_threads(threads)
     try:  # the flags' values are checked by the serve: schema before the model loads
         ServeConfig.model_validate({**ServeConfig().model_dump(), **(overrides or {})})

@@ -48,6 +48,9 @@ def test_answer_is_the_qa_predictor(qa_run):
         assert read.status_code == 200 and "passages" not in read.json()["answers"][0]
         bad = c.post("/v1/answer", json={"questions": ["a", "b"], "contexts": ["only one"]})
         assert bad.status_code == 422 and "give one context per question" in bad.json()["detail"]
+        raw = b'{"questions": ["who ?"], "contexts": ["\\ud800 lives here"]}'  # a lone surrogate: legal JSON
+        lone = c.post("/v1/answer", content=raw, headers={"Content-Type": "application/json"})
+        assert lone.status_code == 422 and lone.json()["detail"] == "contexts[0]: not valid Unicode text (a lone surrogate)"
         # retrieval from the run's index
         hits = c.post("/v1/retrieve", json={"queries": ["who lives in paris ?"], "k": 3}).json()["results"]
         assert len(hits) == 1 and len(hits[0]) == 3

@@ -36,6 +36,8 @@ def test_translate_is_the_predictor(translation_run):
         assert len(one.json()["translations"][0]["output"].split()) <= 2
         # limits and bad options
         assert c.post("/v1/translate", json={"texts": ["a"] * 4}).status_code == 413  # serve.max_texts_per_request: 3
+        lone = c.post("/v1/translate", content=b'{"texts": ["a", "\\udc00"]}', headers={"Content-Type": "application/json"})
+        assert lone.status_code == 422 and lone.json()["detail"] == "texts[1]: not valid Unicode text (a lone surrogate)"
         bad = c.post("/v1/translate", json={"texts": ["a"], "strategy": "nucleus"})
         assert bad.status_code == 422 and "strategy" in bad.json()["detail"]
         over = c.post("/v1/translate", json={"texts": ["a"], "max_new_tokens": 500})
