@@ -35,7 +35,7 @@ import traceback
 from pathlib import Path
 
 from ragtune import __version__
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, check_regular_file
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -425,6 +425,8 @@ def cmd_eval(args) -> int:
 
     run_dir = Path(args.run_dir)
     cfg = _run_config(run_dir)
+    if args.data is not None:
+        check_regular_file(args.data, "--data")
     metrics = task_of(cfg.task).recipe().evaluate_file(cfg, run_dir, args.data, args.target)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0
@@ -482,6 +484,7 @@ def _read_input_texts(args, column: str):
         raise RagtuneError("--input needs --output FILE (a CSV to write the predictions to)")
     if Path(args.output).exists() and not args.overwrite:
         raise RagtuneError(f"--output {args.output} exists; add --overwrite to replace it")
+    check_regular_file(args.input, "--input")
     df = read_table(args.input)
     require_columns(df, args.input, [column])
     return df, df[column].fillna("").astype(str).tolist()
@@ -650,6 +653,8 @@ def cmd_export(args) -> int:
     from ragtune.export.onnx import export_run
 
     run_dir, out = Path(args.run_dir), Path(args.out)
+    if args.data is not None:
+        check_regular_file(args.data, "--data")
     info, check = export_run(_run_config(run_dir), run_dir, out, quantize=args.quantize, data_file=args.data,
                              overwrite=args.overwrite)
     metric = "accuracy" if "accuracy_reference" in check else "mse"  # classification, else regression

@@ -35,7 +35,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, check_regular_file, special_file_kind
 
 
 def _path_field(default: Any = None, description: str = "") -> Any:
@@ -552,6 +552,9 @@ def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
             named += [(f"{key}[{i}]", v) for i, v in enumerate(value or [])]
     missing = [f"{key}: {'folder' if key in ('retrieval.index', *MODEL_PATH_KEYS) else 'file'} not found: {value}"
                for key, value in named if isinstance(value, str) and not os.path.exists(value)]
+    # a named pipe would block the run's first open(), a device such as /dev/zero reads without end
+    missing += [f"{key}: {value} is a {kind}, not a regular file" for key, value in named
+                if isinstance(value, str) and (kind := special_file_kind(value)) is not None]
     if missing:
         lines = "\n".join(f"  - {e}" for e in missing)
         raise RagtuneError(f"{source}: {len(missing)} missing {'input' if len(missing) == 1 else 'inputs'}:\n{lines}")
@@ -684,6 +687,7 @@ def read_yaml(path: str | Path) -> dict:
         raise RagtuneError(f"config file not found: {path}")
     if path.is_dir():
         raise RagtuneError(f"config path is a directory, not a YAML file: {path}")
+    check_regular_file(path, "config file")
     try:
         tree = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except _DuplicateKey as exc:

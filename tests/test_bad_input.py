@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -113,6 +116,15 @@ def _train_is_a_directory(folder):
     return {}, ("train.csv",)
 
 
+def _train_is_a_named_pipe(folder):
+    os.mkfifo(folder / "train.csv")  # open() would block forever waiting for a writer
+    return {}, ("data.train", "train.csv is a named pipe (FIFO), not a regular file")
+
+
+def _train_is_dev_zero(folder):
+    return {"data": {"train": "/dev/zero"}}, ("data.train: /dev/zero is a character device, not a regular file",)
+
+
 def _train_missing(folder):
     return {"data": {"train": "nowhere.csv"}}, ("nowhere.csv",)
 
@@ -186,6 +198,8 @@ DATA_CASES = {
     "text in a regression target": _regression_text_target,
     "train path is a directory": _train_is_a_directory,
     "train file missing": _train_missing,
+    "train is a named pipe": _train_is_a_named_pipe,
+    "train is /dev/zero": _train_is_dev_zero,
     "unknown file extension": _unknown_extension,
     "broken JSONL line": _broken_jsonl_line,
     "list as a JSONL text cell": _list_text_cell,
@@ -426,3 +440,59 @@ def test_bad_tune_options_are_refused_before_anything_is_written(flag, value, ne
     out = tmp_path / "study"
     expect_user_error(capsys, ["tune", str(config), "--out", str(out), flag, value, "--quiet"], *needles)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# special files (named pipes, devices): refused by os.stat before anything opens them
+# ------------------------------------------------------------------------------------------------
+
+def test_special_files_named_by_validate_and_as_a_config(tmp_path, capsys):
+    os.mkfifo(tmp_path / "train.csv")
+    config = write_config(tmp_path)
+    expect_user_error(capsys, ["validate", str(config)], f"data.train: {tmp_path / 'train.csv'} is a named pipe (FIFO)")
+    expect_user_error(capsys, ["validate", str(config), "data.train=/dev/zero"], "data.train: /dev/zero is a character device")
+    expect_user_error(capsys, ["validate", "/dev/zero"], "config file: /dev/zero is a character device, not a regular file")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    expect_user_error(capsys, ["validate", str(tmp_path / "fifo.yaml")], "fifo.yaml is a named pipe (FIFO)")
+
+
+def test_run_on_a_named_pipe_exits_fast(tmp_path):
+    """In a subprocess: were the FIFO opened, the run would hang until the timeout."""
+    os.mkfifo(tmp_path / "train.csv")
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "ragtune", "run", str(config), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "data.train" in proc.stderr and "named pipe (FIFO), not a regular file" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
+def test_special_files_for_predict_and_eval(finished_run, tmp_path, capsys):
+    run_dir = finished_run / "run"
+    expect_user_error(capsys, ["predict", str(run_dir), "--input", "/dev/zero", "--output", str(tmp_path / "p.csv")],
+                      "--input: /dev/zero is a character device, not a regular file")
+    assert not (tmp_path / "p.csv").exists()
+    os.mkfifo(tmp_path / "in.csv")
+    expect_user_error(capsys, ["predict", str(run_dir), "--input", str(tmp_path / "in.csv"), "--output",
+                               str(tmp_path / "p.csv")], "--input", "named pipe (FIFO)")
+    expect_user_error(capsys, ["eval", str(run_dir), "--data", str(tmp_path / "in.csv")], "--data", "named pipe (FIFO)")
+
+
+def test_special_files_in_a_corpus(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Rivers flow to the sea.", encoding="utf-8")
+    os.mkfifo(docs / "pipe.txt")
+    with pytest.warns(UserWarning, match="skipping .*pipe.txt, a named pipe"):
+        assert main(["index", str(docs), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    passages = (tmp_path / "idx" / "passages.jsonl").read_text(encoding="utf-8")
+    assert "Rivers" in passages
+    expect_user_error(capsys, ["index", str(docs / "pipe.txt"), "--out", str(tmp_path / "idx2"), "--quiet"],
+                      f"corpus file: {docs / 'pipe.txt'} is a named pipe (FIFO), not a regular file")
+    assert not (tmp_path / "idx2").exists()
+    os.mkfifo(tmp_path / "vec.npy")
+    expect_user_error(capsys, ["index", str(docs / "a.txt"), "--out", str(tmp_path / "idx3"), "--kind", "dense",
+                               "--vectors", str(tmp_path / "vec.npy"), "--quiet"], "--vectors", "named pipe (FIFO)")

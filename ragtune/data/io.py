@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, check_regular_file
 
 #: File extension → format name, for ``fmt="auto"``.
 EXTENSIONS: dict[str, str] = {
@@ -67,6 +67,7 @@ def _check_file(path: Path) -> None:
         raise RagtuneError(f"data file not found: {path}")
     if path.is_dir():
         raise RagtuneError(f"data path is a directory, not a file: {path}")
+    check_regular_file(path, "data file")  # before any open(): a FIFO would block, /dev/zero never ends
 
 
 def _read_text(path: Path) -> str:

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, check_regular_file
 
 __all__ = ["QARecord", "answers_by_id", "iter_squad", "parse_squad", "read_squad", "split_by_article"]
 
@@ -118,6 +118,7 @@ def iter_squad(path: str | Path) -> Iterator[tuple[str, int, str, list]]:
 
 def _load(path: Path) -> Any:
     """The JSON object of a SQuAD file: it must exist and be UTF-8 (a byte-order mark is accepted) JSON."""
+    check_regular_file(path, "SQuAD file")
     if not path.is_file():
         hint = " (it is a folder)" if path.is_dir() else ""
         raise RagtuneError(f"SQuAD file not found: {path}{hint}")

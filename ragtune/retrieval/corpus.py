@@ -50,12 +50,13 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragtune.data.squad import iter_squad
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, check_regular_file, special_file_kind
 
 #: Extension → reader name. A folder given as a corpus path contributes the files with these extensions.
 CORPUS_EXTENSIONS: dict[str, str] = {
@@ -166,16 +167,22 @@ def list_corpus_files(paths: Sequence[str | Path]) -> list[Path]:
         if path.is_dir():
             # ragtune index folders inside the corpus folder (manifest.json + passages.jsonl) are not corpus
             indexes = {m.parent for m in path.rglob("manifest.json") if (m.parent / "passages.jsonl").is_file()}
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in CORPUS_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and not indexes.intersection(p.parents)
-            )
+            found = []
+            for p in sorted(path.rglob("*")):
+                if (p.suffix.lower() not in CORPUS_EXTENSIONS
+                        or any(part.startswith(".") for part in p.relative_to(path).parts)
+                        or indexes.intersection(p.parents)):
+                    continue
+                kind = special_file_kind(p)  # a named pipe would block the read, a device never end
+                if kind is not None:
+                    warnings.warn(f"corpus folder {path}: skipping {p}, a {kind}, not a regular file", stacklevel=2)
+                elif p.is_file():
+                    found.append(p)
             if not found:
                 raise RagtuneError(f"corpus folder {path} holds no corpus files (extensions {known})")
             files.extend(found)
         elif path.suffix.lower() in CORPUS_EXTENSIONS:
+            check_regular_file(path, "corpus file")
             files.append(path)
         else:
             shown = f"extension '{path.suffix}'" if path.suffix else "no extension"

@@ -68,7 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from ragtune import __version__
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, check_regular_file
 from ragtune.retrieval import manifest as mf
 from ragtune.retrieval.corpus import (
     TOKEN_PATTERN,
@@ -334,6 +334,7 @@ def build_index(
                                f"(not {kind})")
         from ragtune.retrieval.dense import NpyRows
 
+        check_regular_file(vectors, "--vectors")
         if not Path(vectors).is_file():
             raise RagtuneError(f"vectors file {vectors} does not exist (or is not a file)")
         rows = NpyRows(vectors)
