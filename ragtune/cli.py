@@ -24,6 +24,7 @@ line (how to resume, where there is something to resume) and exits with code 130
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from ragtune import __version__
 from ragtune.errors import RagtuneError, check_regular_file
+from ragtune.locks import folder_lock
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -320,13 +322,15 @@ def cmd_run(args) -> int:
     from ragtune.train import distributed
 
     rank = distributed.init_from_env()  # under torchrun: join the process group (ragtune/train/distributed.py)
-    if rank.is_main and not resume:
-        _prepare_run_dir(run_dir, args.overwrite)
-    args.resume_hint = f"the run can be resumed with ragtune run {args.config} --resume {run_dir}"
-    try:
-        result = run(cfg, run_dir, resume=resume, progress=not args.quiet, config_path=args.config)
-    finally:
-        distributed.shutdown()
+    # One writer per run directory (ragtune/locks.py); under torchrun only rank 0 writes it, so only it locks.
+    with folder_lock(run_dir) if rank.is_main else contextlib.nullcontext():
+        if rank.is_main and not resume:
+            _prepare_run_dir(run_dir, args.overwrite)
+        args.resume_hint = f"the run can be resumed with ragtune run {args.config} --resume {run_dir}"
+        try:
+            result = run(cfg, run_dir, resume=resume, progress=not args.quiet, config_path=args.config)
+        finally:
+            distributed.shutdown()
     if not rank.is_main:  # the other ranks trained in a scratch folder; rank 0 reports
         return 0
     summary = {split: m if split == "retrieval" else {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
@@ -346,7 +350,6 @@ class _TuneConsole(logging.Filter):
 def cmd_tune(args) -> int:
     from ragtune.config import check_inputs
     from ragtune.tasks import load_config
-    from ragtune.tune import tune
     from ragtune.tune.study import check_storage_url
 
     for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
@@ -359,6 +362,14 @@ def cmd_tune(args) -> int:
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg, args.config)
     out = Path(args.out)
+    # The study folder has one parent process; its --worker children share the parent's lock.
+    with contextlib.nullcontext() if args.worker else folder_lock(out):
+        return _tune(args, cfg, out)
+
+
+def _tune(args, cfg, out: Path) -> int:
+    from ragtune.tune import tune
+
     if out.exists() and not out.is_dir():
         raise RagtuneError(f"--out {out} is a file, not a folder")
     if (out.is_dir() and any(out.iterdir()) and not (out / "study.db").exists() and not (out / "trials").exists()
@@ -557,14 +568,16 @@ def cmd_index(args) -> int:
         if given:
             raise RagtuneError(f"--add keeps the settings the index was built with; leave out {', '.join(given)} "
                                "(or rebuild the index with --overwrite)")
-        add_to_index(out, args.corpus, batch_size=args.batch_size, progress=not args.quiet)
+        with folder_lock(out):
+            add_to_index(out, args.corpus, batch_size=args.batch_size, progress=not args.quiet)
     else:
-        build_index(args.corpus, out, kind=args.kind or defaults.DEFAULT_KIND,
-                    encoder=args.encoder or defaults.DEFAULT_ENCODER, faiss_index=args.faiss or defaults.DEFAULT_FAISS,
-                    chunk_tokens=defaults.DEFAULT_CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens,
-                    chunk_overlap=defaults.DEFAULT_CHUNK_OVERLAP if args.chunk_overlap is None else args.chunk_overlap,
-                    batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
-                    vectors=args.vectors)
+        with folder_lock(out):
+            build_index(args.corpus, out, kind=args.kind or defaults.DEFAULT_KIND,
+                        encoder=args.encoder or defaults.DEFAULT_ENCODER, faiss_index=args.faiss or defaults.DEFAULT_FAISS,
+                        chunk_tokens=defaults.DEFAULT_CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens,
+                        chunk_overlap=defaults.DEFAULT_CHUNK_OVERLAP if args.chunk_overlap is None else args.chunk_overlap,
+                        batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
+                        vectors=args.vectors)
     manifest = read_manifest(out)
     last = manifest["history"][-1]
     verb = "added" if args.add else "indexed"
@@ -655,8 +668,10 @@ def cmd_export(args) -> int:
     run_dir, out = Path(args.run_dir), Path(args.out)
     if args.data is not None:
         check_regular_file(args.data, "--data")
-    info, check = export_run(_run_config(run_dir), run_dir, out, quantize=args.quantize, data_file=args.data,
-                             overwrite=args.overwrite)
+    cfg = _run_config(run_dir)
+    with folder_lock(out):
+        info, check = export_run(cfg, run_dir, out, quantize=args.quantize, data_file=args.data,
+                                 overwrite=args.overwrite)
     metric = "accuracy" if "accuracy_reference" in check else "mse"  # classification, else regression
     before, after = check.get(f"{metric}_reference"), check.get(f"{metric}_candidate")
     print(f"exported {info['model_file']} ({info.get('quantize') or 'fp32'}) to {out}")
