@@ -76,7 +76,10 @@ def _describe(info: dict | None) -> str:
 def folder_lock(folder: Path, command: str | None = None) -> Iterator[Path]:
     """Hold ``FOLDER.lock`` while the block writes ``folder``; yields the lock file's path."""
     path = lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, or not writable
+        raise RagtuneError(f"{folder}: cannot create its parent folder {path.parent} ({exc.strerror or exc})") from None
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "command": command if command is not None else " ".join(["ragtune", *sys.argv[1:]]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": uuid.uuid4().hex}

@@ -76,3 +76,17 @@ def test_the_lock_is_gone_after_ctrl_c(tmp_path):
             assert json.loads(path.read_text())["pid"] == os.getpid()
             raise KeyboardInterrupt
     assert not lock_path(out).exists()
+
+
+def test_an_out_folder_under_a_file_is_one_clear_error(tmp_path):
+    """--out whose parent is a file: exit 2 naming the folder, no traceback (the lock's parent folder cannot exist)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    for argv in (["run", "configs/demo.yaml", "--out", str(tmp_path / "afile" / "run"), "--quiet"],
+                 ["index", "README.md", "--out", str(tmp_path / "afile" / "idx")]):
+        proc = subprocess.run([sys.executable, "-m", "ragtune", *argv], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1], timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "cannot create its parent folder" in proc.stderr and "Traceback" not in proc.stderr
