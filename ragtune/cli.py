@@ -29,7 +29,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -38,6 +37,7 @@ from pathlib import Path
 from ragtune import __version__
 from ragtune.errors import RagtuneError, check_regular_file
 from ragtune.locks import folder_lock
+from ragtune.staging import staged
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -294,15 +294,35 @@ def _default_run_dir(config_path: str, name: str | None) -> Path:
     return Path("runs") / f"{name or Path(config_path).stem}-{stamp}"
 
 
-def _prepare_run_dir(out: Path, overwrite: bool) -> None:
+def _replaces_run_dir(out: Path, overwrite: bool, cfg, config_path: str) -> bool:
+    """Whether a new run into ``out`` replaces an earlier run there (``--overwrite``; then it is
+    written beside ``out`` and swapped in at the end, ragtune/staging.py). Refuses, before anything is
+    written: a file, a non-empty folder without ``--overwrite``, a folder that is not a run directory,
+    the current folder, and a folder that holds an input of the run (the config, a data file)."""
+    from ragtune.config import input_paths
+    from ragtune.staging import inputs_inside
+
     if out.exists() and not out.is_dir():
         raise RagtuneError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise RagtuneError(f"run directory {out} exists and is not empty; choose another --out, "
-                               "add --overwrite to replace it, or --resume it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    if not overwrite:
+        raise RagtuneError(f"run directory {out} exists and is not empty; choose another --out, "
+                           "add --overwrite to replace it, or --resume it")
+    if not (out / "config.yaml").is_file():
+        raise RagtuneError(f"--out {out} is not a ragtune run directory (it holds no config.yaml), and --overwrite "
+                           "replaces only run directories; choose another --out, or empty the folder yourself")
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise RagtuneError(f"--out {out} is the current folder or holds it; --overwrite will not replace it: "
+                           "choose another --out")
+    inside = inputs_inside(out, [("the config file", config_path),
+                                 *((key, value) for key, value in input_paths(cfg) if isinstance(value, str))])
+    if inside:
+        what, path = inside[0]
+        raise RagtuneError(f"--overwrite would delete {what} {path}: it is an input of this run and lies inside "
+                           f"--out {out}; move it out of the run directory or choose another --out")
+    return True
 
 
 def cmd_run(args) -> int:
@@ -324,11 +344,20 @@ def cmd_run(args) -> int:
     rank = distributed.init_from_env()  # under torchrun: join the process group (ragtune/train/distributed.py)
     # One writer per run directory (ragtune/locks.py); under torchrun only rank 0 writes it, so only it locks.
     with folder_lock(run_dir) if rank.is_main else contextlib.nullcontext():
-        if rank.is_main and not resume:
-            _prepare_run_dir(run_dir, args.overwrite)
-        args.resume_hint = f"the run can be resumed with ragtune run {args.config} --resume {run_dir}"
+        replace = rank.is_main and not resume and _replaces_run_dir(run_dir, args.overwrite, cfg, args.config)
+        if replace:  # the earlier run stays as it is until the new one has finished (ragtune/staging.py)
+            args.resume_hint = (f"the earlier run in {run_dir} is unchanged (--overwrite replaces it only once "
+                                "the new run has finished); the new run's partial results were removed")
+        else:
+            args.resume_hint = f"the run can be resumed with ragtune run {args.config} --resume {run_dir}"
         try:
-            result = run(cfg, run_dir, resume=resume, progress=not args.quiet, config_path=args.config)
+            with staged(run_dir) if replace else contextlib.nullcontext(run_dir) as work:
+                try:
+                    result = run(cfg, work, resume=resume, progress=not args.quiet, config_path=args.config)
+                except RagtuneError as exc:
+                    if replace:
+                        raise RagtuneError(f"{exc}\n(the earlier run in {run_dir} is unchanged)") from None
+                    raise
         finally:
             distributed.shutdown()
     if not rank.is_main:  # the other ranks trained in a scratch folder; rank 0 reports
@@ -627,9 +656,10 @@ def cmd_train_reranker(args) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     index = load_index(args.index_dir, progress=not args.quiet)
-    train_reranker(index, args.questions, out, base=args.base, negatives=args.negatives, epochs=args.epochs,
-                   batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
-                   progress=not args.quiet, overwrite=args.overwrite)
+    with folder_lock(out):
+        train_reranker(index, args.questions, out, base=args.base, negatives=args.negatives, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
+                       progress=not args.quiet, overwrite=args.overwrite)
     info = read_reranker_info(out)
     counts, loss = info["counts"], info["loss"]
     print(f"trained a reranker on {counts['questions']} questions ({counts['positives']} positive, "

@@ -536,12 +536,10 @@ def validate(schema: Any, tree: Any, source: str = "<config>", saved: bool = Fal
     return cfg
 
 
-def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
-    """Every input file and folder ``cfg`` names must exist: the path keys (``data.*`` with their
-    ``{source, target}`` mappings, ``tokenizer.path``, ``retrieval.index``), each ``retrieval.corpus``
-    entry and a local ``model.name_or_path`` (one resolved to an absolute path). Checked without
-    reading anything, so ``ragtune validate`` and ``ragtune run`` (before it creates the run
-    directory) name every missing one at once."""
+def input_paths(cfg: BaseModel) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every input file or folder ``cfg`` names: the path keys (with the
+    ``{source, target}`` mappings), each entry of a path list and a local ``model.name_or_path``.
+    Values may be null (an unused optional path)."""
     schema = type(cfg)
     paths, lists = set(path_keys(schema)), set(path_list_keys(schema))
     named = []
@@ -550,6 +548,16 @@ def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
             named.append((key, value))
         elif key in lists:
             named += [(f"{key}[{i}]", v) for i, v in enumerate(value or [])]
+    return named
+
+
+def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
+    """Every input file and folder ``cfg`` names must exist: the path keys (``data.*`` with their
+    ``{source, target}`` mappings, ``tokenizer.path``, ``retrieval.index``), each ``retrieval.corpus``
+    entry and a local ``model.name_or_path`` (one resolved to an absolute path). Checked without
+    reading anything, so ``ragtune validate`` and ``ragtune run`` (before it creates the run
+    directory) name every missing one at once."""
+    named = input_paths(cfg)
     missing = [f"{key}: {'folder' if key in ('retrieval.index', *MODEL_PATH_KEYS) else 'file'} not found: {value}"
                for key, value in named if isinstance(value, str) and not os.path.exists(value)]
     # a named pipe would block the run's first open(), a device such as /dev/zero reads without end

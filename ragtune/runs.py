@@ -118,7 +118,7 @@ def other_rank_folder(run_dir: Path, resume: bool) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _input_record(key: str, path: str) -> dict:
+def input_record(key: str, path: str) -> dict:
     """``{"path", "sha256"}`` of an input file; a folder (an index, a corpus folder) gets the sha256 of
     its ``manifest.json`` when it has one (an index: the manifest holds every file's checksum)."""
     folder = Path(path)
@@ -137,13 +137,13 @@ def write_inputs(cfg, run_dir: Path, config_path, demo_dir: Path | None = None) 
     flat = flatten(cfg.model_dump(mode="json"))
     for key in path_keys(type(cfg)):
         if flat.get(key):
-            files[key] = _input_record(key, flat[key])
+            files[key] = input_record(key, flat[key])
         for side in ("source", "target"):  # task translation: {source: a.en, target: a.de}
             if isinstance(flat.get(f"{key}.{side}"), str):
-                files[f"{key}.{side}"] = _input_record(f"{key}.{side}", flat[f"{key}.{side}"])
+                files[f"{key}.{side}"] = input_record(f"{key}.{side}", flat[f"{key}.{side}"])
     for key in path_list_keys(type(cfg)):
         for i, path in enumerate(flat.get(key) or []):
-            files[f"{key}[{i}]"] = _input_record(f"{key}[{i}]", path)
+            files[f"{key}[{i}]"] = input_record(f"{key}[{i}]", path)
     for f in sorted(demo_dir.glob("*")) if demo_dir is not None else ():
         files[f"demo:{f.name}"] = {"path": str(f), "sha256": sha256_file(f)}
     if config_path is not None:

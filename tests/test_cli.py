@@ -85,6 +85,15 @@ def test_resume_continues_a_run(tiny_config, tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(tiny_config), "model.layers=2", "--resume", str(out), "--quiet"]) == 2
     assert "model.layers: 1 -> 2" in capsys.readouterr().err
+    # the data changed since the run started: refused (inputs.json keeps the hash the run was trained on)
+    train = tmp_path / "data" / "train.csv"
+    inputs = (out / "inputs.json").read_text()
+    train.write_text(train.read_text(encoding="utf-8") + "one more row,politics\n", encoding="utf-8")
+    assert main(["run", str(tiny_config), "train.epochs=3", "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "data changed" in err and "data.train" in err and str(train) in err and "Traceback" not in err
+    assert (out / "inputs.json").read_text() == inputs
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
 
 
 def test_user_errors_exit_2_without_traceback(tiny_config, tmp_path):

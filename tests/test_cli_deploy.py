@@ -45,6 +45,19 @@ def test_export_int8_then_serve_it(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert (out / "model.int8.onnx").stat().st_mtime_ns == before
+    # --overwrite replaces only an earlier export, and never deletes the --data it checks on
+    (out / "check.csv").write_text("text,label\nvote,politics\n", encoding="utf-8")
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out), "--overwrite",
+                 "--data", str(out / "check.csv")]) == 2
+    assert "would delete --data" in capsys.readouterr().err and (out / "check.csv").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep", encoding="utf-8")
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(mine), "--overwrite"]) == 2
+    assert "not a ragtune export" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep"
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "model.int8.onnx").exists() and (out / "model.onnx").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".export.", "export.partial"))]
 
 
 def test_export_errors(run_dir, tmp_path, capsys):

@@ -132,6 +132,7 @@ import torch
 
 import ragtune
 from ragtune.errors import RagtuneError
+from ragtune.staging import inputs_inside, swap_into_place
 from ragtune.tasks.classification.onnx_engine import INPUT_NAMES, OUTPUT_NAME, OnnxSequenceModel
 
 OPSET = 17
@@ -493,6 +494,13 @@ def export_run(cfg, run_dir: Path, out: Path, *, quantize: str | None = None, da
         raise RagtuneError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise RagtuneError(f"--out {out} exists and is not empty; choose another folder or add --overwrite")
+    if out.is_dir() and any(out.iterdir()):  # --overwrite: only an earlier export, and never an input of this one
+        if not (out / EXPORT_META).is_file():
+            raise RagtuneError(f"--out {out} is not a ragtune export (it holds no {EXPORT_META}), and --overwrite "
+                               "replaces only exports; choose another folder, or empty it yourself")
+        if data_file is not None and inputs_inside(out, [("--data", data_file)]):
+            raise RagtuneError(f"--overwrite would delete --data {data_file}, which lies inside --out {out}; "
+                               "move it or choose another folder")
     torch_predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     texts, targets, what = _check_data(run_dir, cfg, data_file, torch_predictor.labels)  # before writing anything
     staging = out.with_name(out.name + ".partial")
@@ -508,9 +516,7 @@ def export_run(cfg, run_dir: Path, out: Path, *, quantize: str | None = None, da
         shutil.rmtree(staging, ignore_errors=True)
         raise
     (staging / "check.json").write_text(json.dumps(check, indent=2), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    swap_into_place(staging, out)
     return info, check
 
 

@@ -53,12 +53,10 @@ file against the manifest's checksums; an index built with another encoder than
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -81,6 +79,7 @@ from ragtune.retrieval.corpus import (
     search_text,
 )
 from ragtune.retrieval.fusion import reciprocal_rank_fusion
+from ragtune.staging import staged
 
 log = logging.getLogger("ragtune")
 
@@ -152,38 +151,6 @@ def _check_out_dir(out_dir: Path, overwrite: bool, files: list[Path]) -> None:
         if inside:
             raise RagtuneError(f"corpus file {inside[0]} is inside the index folder {out_dir}, which --overwrite "
                                "would delete; move the corpus or choose another index folder")
-
-
-@contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A new temporary sibling folder to write ``out_dir``'s new contents into: moved into place
-    (:func:`_swap_into_place`) when the block finishes, removed when it fails."""
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        _swap_into_place(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir``, replacing what is there only at the very end."""
-    old = None
-    if out_dir.is_dir():
-        if any(out_dir.iterdir()):
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            if old.exists():
-                shutil.rmtree(old)
-            out_dir.rename(old)
-        else:
-            out_dir.rmdir()
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _stream_passages(files: list[Path], maker: PassageMaker, fh, vectors,
@@ -343,7 +310,7 @@ def build_index(
 
         encoder_path = resolve_encoder(encoder)  # fail on a bad encoder before reading the corpus
     chunking = {"chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "token_pattern": TOKEN_PATTERN}
-    with _staging(out_dir) as tmp:
+    with staged(out_dir) as tmp:
         _, n, inputs, kept, totals = _write_passages(tmp, files, chunking, rows, progress)
         if n == 0:
             shown = ", ".join(str(p) for p in paths)
@@ -427,7 +394,7 @@ def add_to_index(
         if root in f.resolve().parents:
             raise RagtuneError(f"corpus file {f} is inside the index folder {index_dir}; move it out first")
     kind = manifest["kind"]
-    with _staging(index_dir) as tmp:
+    with staged(index_dir) as tmp:
         n_old, n_new, inputs, _, totals = _write_passages(tmp, files, manifest["chunking"], None, progress,
                                                           old=index_dir / PASSAGES)
         if not n_new and totals["duplicates_removed"] == 0 and totals["duplicate_documents"] == 0:

@@ -87,7 +87,8 @@ from ragtune import __version__
 from ragtune.errors import RagtuneError
 from ragtune.retrieval import manifest as mf
 from ragtune.retrieval.corpus import search_text, text_sha1
-from ragtune.retrieval.index import Hit, Index, _staging, load_index
+from ragtune.retrieval.index import Hit, Index, load_index
+from ragtune.staging import staged
 
 log = logging.getLogger("ragtune")
 
@@ -382,7 +383,7 @@ def train_reranker(
         bar.close()
     model.eval()
 
-    with _staging(out_dir) as tmp:
+    with staged(out_dir) as tmp:
         with _quiet_loading(progress):
             model.save(str(tmp))
         info = {

@@ -208,3 +208,37 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
             f"cannot resume {run_dir} with a different config ({details}); "
             f"only {sorted(RESUMABLE_CHANGES)} may change"
         )
+    _check_inputs_unchanged(run_dir)
+
+
+def _check_inputs_unchanged(run_dir: Path) -> None:
+    """A resumed run must read the same data as the run it continues: every input file recorded in
+    ``inputs.json`` (not the config file, whose allowed changes :func:`check_resumable` checks) must
+    still have its sha256. Refused, not warned about: the checkpoint's position in the deterministic
+    batch order, its tokenizer and its label set all describe the old rows, so a resumed run over
+    new rows would be neither the old run nor a new one, and ``inputs.json`` could describe only one."""
+    import json
+
+    from ragtune import runs
+
+    path = run_dir / "inputs.json"
+    if not path.is_file():  # a run stopped before it read its data: nothing to compare
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    changed = []
+    for key, old in recorded.items():
+        if key == "config" or key.startswith("demo:") or not isinstance(old, dict) or "path" not in old:
+            continue
+        if not Path(old["path"]).exists():
+            changed.append(f"{key}: {old['path']} is gone")
+            continue
+        new = runs.input_record(key, old["path"])
+        for field in ("sha256", "manifest_sha256"):
+            if field in old and old[field] != new.get(field):
+                changed.append(f"{key}: {old['path']} changed since the run started "
+                               f"({field} {str(old[field])[:12]}... -> {str(new.get(field))[:12]}...)")
+    if changed:
+        lines = "\n".join(f"  - {c}" for c in changed)
+        raise RagtuneError(f"cannot resume {run_dir}: its data changed, and a resumed run would continue the old "
+                           f"run's batch order over different rows:\n{lines}\nrestore the files, or start a new "
+                           "run (--out NEW_DIR)")
