@@ -7,7 +7,9 @@ folder holds (an index's manifest, an export's checksums) and survives ``--overw
 the folder. It holds JSON: the PID, the host name, the command and when it started. A second
 process finds it and stops with a :class:`RagtuneError` (exit 2) naming the folder and the PID;
 a lock whose PID is no longer alive on this host (a process that was killed) is taken over with a
-warning. A lock from another host is never taken over (its PID cannot be checked from here).
+warning; processes that find the same stale lock take it over one at a time (an ``flock`` on the
+parent folder), so exactly one of them gets it. A lock from another host is never taken over (its
+PID cannot be checked from here).
 """
 
 from __future__ import annotations
@@ -73,6 +75,26 @@ def _describe(info: dict | None) -> str:
 
 
 @contextlib.contextmanager
+def _takeover_guard(parent: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the lock's parent folder while a stale lock is re-read and removed.
+
+    Without it two processes that both found the same stale lock could both remove "it", the second
+    removing the first one's fresh lock, and both would write the folder. Where ``fcntl`` is missing
+    (Windows) the takeover is unguarded."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+@contextlib.contextmanager
 def folder_lock(folder: Path, command: str | None = None) -> Iterator[Path]:
     """Hold ``FOLDER.lock`` while the block writes ``folder``; yields the lock file's path."""
     path = lock_path(folder)
@@ -92,9 +114,12 @@ def folder_lock(folder: Path, command: str | None = None) -> Iterator[Path]:
                 raise RagtuneError(
                     f"{Path(folder)} is being written by {_describe(info)}; wait for it to finish or choose "
                     f"another folder (if no such process is running, delete the lock file {path})") from None
-            log.warning("taking over the stale lock %s of %s, which is no longer running", path, _describe(info))
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            with _takeover_guard(path.parent):  # one process at a time re-checks and removes a stale lock
+                if _read(path) != info or not _stale(path, info):
+                    continue  # another process took it over first: try again (and find its live lock)
+                log.warning("taking over the stale lock %s of %s, which is no longer running", path, _describe(info))
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(mine, f)

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,43 @@ def test_an_out_folder_under_a_file_is_one_clear_error(tmp_path):
                               cwd=Path(__file__).resolve().parents[1], timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert "cannot create its parent folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+RACER = """
+import json, os, sys, time
+from pathlib import Path
+from ragtune.errors import RagtuneError
+import ragtune.locks
+from ragtune.locks import folder_lock
+check = ragtune.locks._stale
+def slow_check(path, info):  # widen the window between finding a lock stale and removing it (a slow disk)
+    stale = check(path, info)
+    time.sleep(0.3)
+    return stale
+ragtune.locks._stale = slow_check
+out, start = Path(sys.argv[1]), float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    with folder_lock(out):
+        (out.parent / f"held-{os.getpid()}").write_text(json.dumps([time.time(), time.time() + 1.0]))
+        time.sleep(1.0)
+except RagtuneError:
+    sys.exit(2)
+"""
+
+
+def test_many_processes_taking_over_one_stale_lock_get_it_once(tmp_path):
+    out = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for attempt in range(3):  # three races, each from a fresh stale lock
+        lock_path(out).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "command": "x"}))
+        start = time.time() + 2.0
+        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(out), str(start)], env=env,
+                                  stderr=subprocess.DEVNULL) for _ in range(6)]
+        codes = sorted(p.wait(timeout=60) for p in procs)
+        held = sorted(tmp_path.glob("held-*"))
+        assert codes == [0, 2, 2, 2, 2, 2] and len(held) == 1, (attempt, codes, held)
+        for h in held:
+            h.unlink()
+        assert not lock_path(out).exists()
