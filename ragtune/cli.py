@@ -478,8 +478,10 @@ def _check_utf8(texts: list[str], noun: str, numbered: bool = True) -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raw = text.encode("utf-8", "surrogateescape")
-            shown = raw.decode("utf-8", "backslashreplace")
+            try:  # bytes that were not UTF-8 (argv's surrogateescape): show them as \\xNN
+                shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:  # another lone surrogate (a text passed to main() from Python)
+                shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
             where = f"{noun} {i}" if numbered else noun
             raise RagtuneError(f"{where} ('{shown}') is not valid UTF-8; give the text in UTF-8 "
                                "(or set a UTF-8 locale in the terminal)") from None
