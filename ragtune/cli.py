@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -37,10 +38,13 @@ from pathlib import Path
 from ragtune import __version__
 from ragtune.errors import RagtuneError, check_regular_file
 from ragtune.locks import folder_lock
+from ragtune.paths import check_writable_file, check_writable_folder, write_atomically
 from ragtune.staging import staged
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+#: OSErrors that are the environment's doing (main() reports them as user errors, exit 2).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
 
 EPILOG = """examples:
   ragtune run configs/demo.yaml                       # the built-in demo, a few minutes on 2 cores
@@ -494,6 +498,8 @@ def cmd_predict(args) -> int:
     _check_utf8(args.texts, "text")
     if bool(args.texts) == bool(args.input):
         raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
+    if args.input:
+        _check_output(args)  # before the model is loaded
     cfg = _run_config(run_dir)
     task = task_of(cfg.task)
     predictor = task.load_predictor(run_dir, cfg.eval.batch_size, engine=args.engine)
@@ -504,6 +510,7 @@ def cmd_predict(args) -> int:
     if task.endpoint == "/v1/generate":
         return _predict_text(args, predictor, cfg.data.prompt_column or cfg.data.text_column, "outputs")
     if args.texts:
+        _warn_empty(args.texts, "text")
         return _print_json_lines(predictor.predict(args.texts))
     df, texts = _read_input_texts(args, args.text_column or cfg.data.text_column)
     predictions = predictor.predict(texts)
@@ -518,31 +525,54 @@ def cmd_predict(args) -> int:
     return _write_predictions(df, args.output, "predictions")
 
 
-def _read_input_texts(args, column: str):
-    """``(table, texts)`` of ``--input``; checks first that ``--output`` is given and may be written."""
-    from ragtune.data.io import read_table, require_columns
-
+def _check_output(args) -> None:
+    """``--output`` is given, may be written, and is not an existing file without ``--overwrite``."""
     if not args.output:
         raise RagtuneError("--input needs --output FILE (a CSV to write the predictions to)")
+    check_writable_file(args.output, "--output")
     if Path(args.output).exists() and not args.overwrite:
         raise RagtuneError(f"--output {args.output} exists; add --overwrite to replace it")
+
+
+def _read_input_texts(args, column: str):
+    """``(table, texts)`` of ``--input``, every row in file order (a blank line of a CSV/TSV is a row with
+    an empty text); checks first that ``--output`` is given and may be written. Empty or whitespace-only
+    texts are kept (rows in = rows out) and named in one warning on stderr."""
+    from ragtune.data.io import read_table, require_columns
+
+    _check_output(args)
     check_regular_file(args.input, "--input")
-    df = read_table(args.input)
+    df = read_table(args.input, keep_blank_lines=True)
     require_columns(df, args.input, [column])
-    return df, df[column].fillna("").astype(str).tolist()
+    texts = df[column].fillna("").astype(str).tolist()
+    _warn_empty(texts, "row", f" of {args.input}")
+    return df, texts
 
 
-def _write_atomically(path: Path, write) -> None:
-    """``write(tmp)``, then move the temporary file onto ``path``, so a failure leaves no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+def _warn_empty(texts: list[str], noun: str, where: str = "") -> None:
+    """One warning on stderr naming the (1-based) numbers of the texts that are empty or whitespace only
+    (``noun``: "row", "text", "question"; ``where``: e.g. " of in.csv"). They are still predicted."""
+    empty = [i for i, t in enumerate(texts, start=1) if not t.strip()]
+    if not empty:
+        return
+    shown = ", ".join(map(str, empty[:20])) + (f" and {len(empty) - 20} more" if len(empty) > 20 else "")
+    if len(empty) == 1:
+        print(f"warning: {noun} {shown}{where} is empty or whitespace only; its prediction carries no information",
+              file=sys.stderr)
+    else:
+        print(f"warning: {noun}s {shown}{where} are empty or whitespace only; their predictions carry no "
+              "information", file=sys.stderr)
+
+
+def _write_atomically(path: Path, write, flag: str | None = None) -> None:
+    """``write(tmp)``, then move the temporary file onto ``path``, so a failure leaves no half-written file
+    and no temporary file; an OSError (a full disk) becomes a RagtuneError naming ``flag`` and ``path``."""
+    write_atomically(path, write, flag)
 
 
 def _write_predictions(df, output: str, noun: str) -> int:
     """Write ``df`` to the CSV ``output`` (through a temporary file) and say how many ``noun`` it holds."""
-    _write_atomically(Path(output), lambda tmp: df.to_csv(tmp, index=False))
+    _write_atomically(Path(output), lambda tmp: df.to_csv(tmp, index=False), "--output")
     print(f"wrote {len(df)} {noun} to {output}")
     return 0
 
@@ -559,6 +589,7 @@ def _predict_text(args, predictor, own_column: str, noun: str) -> int:
     overrides = {k: getattr(args, k) for k in ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k",
                                                "top_p", "temperature", "seed")}
     if args.texts:
+        _warn_empty(args.texts, "text")
         return _print_json_lines(predictor.generate(args.texts, **overrides))
     column = args.text_column
     if column is None and args.input and args.output and Path(args.input).is_file():
@@ -574,6 +605,7 @@ def _predict_text(args, predictor, own_column: str, noun: str) -> int:
 def _predict_qa(args, predictor) -> int:
     """``ragtune predict`` on a QA run: the texts are questions; each gets its answer and the passages read."""
     if args.texts:
+        _warn_empty(args.texts, "question")
         return _print_json_lines(predictor.answer(args.texts))
     df, questions = _read_input_texts(args, args.text_column or "question")
     results = predictor.answer(questions)
@@ -656,7 +688,7 @@ def cmd_train_reranker(args) -> int:
     from ragtune.retrieval.rerank import read_reranker_info, train_reranker
 
     start = time.perf_counter()
-    out = Path(args.out)
+    out = check_writable_folder(args.out, "--out")  # before the index and the base model are loaded
     index = load_index(args.index_dir, progress=not args.quiet)
     with folder_lock(out):
         train_reranker(index, args.questions, out, base=args.base, negatives=args.negatives, epochs=args.epochs,
@@ -732,6 +764,7 @@ def cmd_explain(args) -> int:
         html_path = Path(args.out)
         png_path = html_path.with_suffix(".png")
         for path in (html_path, png_path):
+            check_writable_file(path, "--out")
             if path.is_dir():
                 raise RagtuneError(f"--out: {path} is a folder; give a file name such as explanation.html")
             if path.exists() and not args.overwrite:
@@ -739,8 +772,8 @@ def cmd_explain(args) -> int:
     predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     result = explain(predictor, args.text, target=args.target, n_steps=args.steps)
     if html_path is not None:
-        _write_atomically(html_path, lambda tmp: tmp.write_text(to_html(result), encoding="utf-8"))
-        to_png(result, png_path)
+        _write_atomically(html_path, lambda tmp: tmp.write_text(to_html(result), encoding="utf-8"), "--out")
+        _write_atomically(png_path, lambda tmp: to_png(result, tmp), "--out")
         print(f"wrote {html_path} and {png_path}", file=sys.stderr)
     return _print_json_lines([result])
 
@@ -778,6 +811,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        # The machine's, not ragtune's: a full disk, a read-only file system, no permission, a name too
+        # long. The commands check their output paths up front (ragtune/paths.py); this is the net.
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        from ragtune.paths import reason
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{reason(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
         logging.getLogger("ragtune").removeHandler(console)

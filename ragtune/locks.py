@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ragtune.errors import RagtuneError
+from ragtune.paths import check_writable_folder, reason
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,12 @@ def _takeover_guard(parent: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, command: str | None = None) -> Iterator[Path]:
-    """Hold ``FOLDER.lock`` while the block writes ``folder``; yields the lock file's path."""
+def folder_lock(folder: Path, command: str | None = None, flag: str = "--out") -> Iterator[Path]:
+    """Hold ``FOLDER.lock`` while the block writes ``folder``; yields the lock file's path.
+
+    First checks that ``folder`` can be written (:func:`ragtune.paths.check_writable_folder`; a
+    RagtuneError naming ``flag``, the folder and the reason), so a command fails before its work."""
+    check_writable_folder(folder, flag)
     path = lock_path(folder)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +126,8 @@ def folder_lock(folder: Path, command: str | None = None) -> Iterator[Path]:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             continue
+        except OSError as exc:  # a name too long once ".lock" is added, a read-only file system, ...
+            raise RagtuneError(f"{flag} {Path(folder)}: cannot create its lock file {path} ({reason(exc)})") from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(mine, f)
         break

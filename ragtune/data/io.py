@@ -120,7 +120,7 @@ def _check_unique_header(path: Path, header: list[str]) -> None:
         first[name] = number
 
 
-def _read_delimited(path: Path, sep: str, max_rows: int | None) -> pd.DataFrame:
+def _read_delimited(path: Path, sep: str, max_rows: int | None, keep_blank_lines: bool = False) -> pd.DataFrame:
     text = _read_text(path)
     kind = "TSV" if sep == "\t" else "CSV"
     try:
@@ -136,7 +136,7 @@ def _read_delimited(path: Path, sep: str, max_rows: int | None) -> pd.DataFrame:
                 keep_default_na=False,
                 na_filter=False,
                 quoting=csv.QUOTE_MINIMAL,
-                skip_blank_lines=True,
+                skip_blank_lines=not keep_blank_lines,
                 nrows=None if max_rows is None else max_rows + 1,
             )
     except pd.errors.EmptyDataError:
@@ -146,6 +146,11 @@ def _read_delimited(path: Path, sep: str, max_rows: int | None) -> pd.DataFrame:
         raise RagtuneError(f"{path}: cannot parse as {kind}: {msg}") from None
     if len(table) == 0:
         raise RagtuneError(f"{path}: the file is empty")
+    if keep_blank_lines:  # blank lines at the very end are how files end, not rows; the first line is the header
+        while len(table) > 1 and _blank_line(table.iloc[-1]):
+            table = table.iloc[:-1]
+        if _blank_line(table.iloc[0]):
+            raise RagtuneError(f"{path}: the first line is blank; it should be the header (the column names)")
     header = [str(h).strip() for h in table.iloc[0].tolist()]
     _check_unique_header(path, header)
     df = table.iloc[1:].reset_index(drop=True)
@@ -153,6 +158,10 @@ def _read_delimited(path: Path, sep: str, max_rows: int | None) -> pd.DataFrame:
     if len(df) == 0:
         raise RagtuneError(f"{path}: the file has a header ({', '.join(header)}) but no data rows")
     return df
+
+
+def _blank_line(row: pd.Series) -> bool:
+    return all(cell == "" for cell in row.tolist())
 
 
 def _read_jsonl(path: Path, max_rows: int | None) -> pd.DataFrame:
@@ -200,12 +209,18 @@ def _read_parquet(path: Path, max_rows: int | None) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def read_table(path: str | Path, fmt: str = "auto", max_rows: int | None = None) -> pd.DataFrame:
+def read_table(path: str | Path, fmt: str = "auto", max_rows: int | None = None,
+               keep_blank_lines: bool = False) -> pd.DataFrame:
     """Read a CSV, TSV, JSONL or Parquet file into a DataFrame (index 0..n-1, in file order).
 
     ``fmt`` is one of ``auto``, ``csv``, ``tsv``, ``jsonl``, ``parquet``; ``auto`` picks it from the
     extension. ``max_rows`` reads at most that many data rows. CSV/TSV columns are strings; JSONL
     and Parquet keep their JSON / Arrow types (callers convert the columns they use).
+
+    ``keep_blank_lines`` (``ragtune predict --input``: rows in = rows out): a blank or whitespace-only
+    line between CSV/TSV data rows is a row of empty cells (a whitespace-only line of a one-column file
+    keeps its text) instead of being skipped; blank lines at the end of the file are still not rows.
+    JSONL blank lines are never rows (a row is a JSON object).
     """
     path = Path(path)
     if fmt not in FORMATS:
@@ -215,9 +230,9 @@ def read_table(path: str | Path, fmt: str = "auto", max_rows: int | None = None)
     if max_rows is not None and max_rows <= 0:
         raise RagtuneError(f"max_rows must be positive (got {max_rows})")
     if kind == "csv":
-        return _read_delimited(path, ",", max_rows)
+        return _read_delimited(path, ",", max_rows, keep_blank_lines)
     if kind == "tsv":
-        return _read_delimited(path, "\t", max_rows)
+        return _read_delimited(path, "\t", max_rows, keep_blank_lines)
     if kind == "jsonl":
         return _read_jsonl(path, max_rows)
     return _read_parquet(path, max_rows)

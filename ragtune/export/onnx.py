@@ -132,6 +132,7 @@ import torch
 
 import ragtune
 from ragtune.errors import RagtuneError
+from ragtune.paths import os_errors, reason
 from ragtune.staging import inputs_inside, swap_into_place
 from ragtune.tasks.classification.onnx_engine import INPUT_NAMES, OUTPUT_NAME, OnnxSequenceModel
 
@@ -504,19 +505,23 @@ def export_run(cfg, run_dir: Path, out: Path, *, quantize: str | None = None, da
     torch_predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
     texts, targets, what = _check_data(run_dir, cfg, data_file, torch_predictor.labels)  # before writing anything
     staging = out.with_name(out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    with os_errors(staging, "--out"):  # e.g. a name too long once ".partial" is added
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
     try:
         info = export_onnx(torch_predictor, staging, quantize=quantize, source=str(run_dir))
         shutil.copy2(run_dir / "config.yaml", staging / "config.yaml")  # the serve: settings travel along
         onnx_predictor = Predictor.from_run_dir(staging, batch_size=cfg.eval.batch_size, engine="onnx")
         check = {"checked_on": what, **compare_engines(torch_predictor, onnx_predictor, texts, targets)}
+        (staging / "check.json").write_text(json.dumps(check, indent=2), encoding="utf-8")
+        swap_into_place(staging, out)
+    except OSError as exc:  # a full disk, a name too long: the partial folder goes, the error names --out
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RagtuneError(f"--out {out}: cannot write the export ({reason(exc)})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    (staging / "check.json").write_text(json.dumps(check, indent=2), encoding="utf-8")
-    swap_into_place(staging, out)
     return info, check
 
 
