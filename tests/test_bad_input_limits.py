@@ -233,3 +233,27 @@ def test_a_deeply_nested_corpus_jsonl_line(tmp_path, capsys):
     expect_user_error(capsys, ["index", str(deep), "--out", str(tmp_path / "idx"), "--quiet"],
                       "corpus.jsonl", "line 2", "nested too deeply")
     assert not (tmp_path / "idx").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. a CSV header of a million columns, a first line without end
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header, needles", [
+    ("a," * 1_000_000, ("first line", "longer than 1,048,576 characters")),
+    (",".join(f"c{i}" for i in range(20_000)), ("header names 20,000 columns", "at most 10,000")),
+])
+def test_a_csv_header_of_too_many_columns_exits_2_instead_of_aborting(header, needles, tmp_path):
+    """In a subprocess: pandas' C parser aborts the process (or works for minutes) on such a header."""
+    (tmp_path / "train.csv").write_text(header + "\n" + "x,y\n" * 3, encoding="utf-8")
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    expect_exit_2(run_cli("run", str(config), "--out", str(out), "--quiet"), "train.csv", *needles)
+    assert not (out / "model.json").exists()
+
+
+def test_a_wide_predict_input_is_refused(finished_run, tmp_path, capsys):
+    (tmp_path / "in.tsv").write_text("\t".join(["text"] * 10_001) + "\nhello\n", encoding="utf-8")
+    expect_user_error(capsys, ["predict", str(finished_run), "--input", str(tmp_path / "in.tsv"), "--output",
+                               str(tmp_path / "out.csv")], "in.tsv", "TSV header names 10,001 columns")
+    assert not (tmp_path / "out.csv").exists()
