@@ -558,6 +558,62 @@ def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
     if missing:
         lines = "\n".join(f"  - {e}" for e in missing)
         raise RagtuneError(f"{source}: {len(missing)} missing {'input' if len(missing) == 1 else 'inputs'}:\n{lines}")
+    check_model_memory(cfg, source)
+
+
+TRAINING_BYTES_PER_PARAMETER = 16  # float32 weights, gradients and Adam's two moments: 4 x 4 bytes
+
+
+def scratch_model_size(cfg: BaseModel) -> tuple[int, dict[str, int]] | None:
+    """``(parameters, {key: value})``: about how many parameters the from-scratch model of ``cfg``
+    has (classification/regression encoder, translation encoder-decoder, generation decoder), from
+    the config alone, and the keys that size it; None for a pretrained (``hf``) model."""
+    model, tokenizer = getattr(cfg, "model", None), getattr(cfg, "tokenizer", None)
+    if model is None or getattr(model, "backbone", None) != "scratch":
+        return None
+    d, f, layers, length = model.d_model, model.ffn_dim, model.layers, model.max_length
+    inner = model.heads * model.head_dim
+    sizes = {"model.d_model": d, "model.layers": layers, "model.ffn_dim": f, "model.heads": model.heads,
+             "model.head_dim": model.head_dim, "model.max_length": length}
+    vocab = 0
+    if tokenizer is not None and not tokenizer.path:  # a given tokenizer.json brings its own vocabulary
+        vocab = sizes["tokenizer.vocab_size"] = tokenizer.vocab_size
+    attention = 4 * d * inner + 3 * inner + d  # q, k, v and the output projection, with biases
+    ffn = 2 * d * f + f + d
+    block = attention + ffn + 4 * d  # two layer norms
+    tables = vocab * d + length * d
+    task = getattr(cfg, "task", None)
+    if task == "translation":
+        sides = 1 if getattr(tokenizer, "joint", True) and getattr(model, "share_embeddings", True) else 2
+        params = layers * block + layers * (block + attention + 2 * d) + sides * vocab * d + 2 * length * d
+    else:
+        params = layers * block + tables
+    if task in ("translation", "generation") and not getattr(model, "tie_output", True):
+        params += vocab * d
+    return params, sizes
+
+
+def check_model_memory(cfg: BaseModel, source: str = "<config>", available: int | None = None) -> None:
+    """Refuse a from-scratch model whose training (weights, gradients, Adam moments: 16 bytes a
+    parameter) would need more than the machine's available memory, naming the keys that size it.
+    Computed from the config (no torch), so ``ragtune validate`` and ``run`` refuse it before anything
+    is allocated. ``available``: bytes (default: :func:`ragtune.errors.available_memory`)."""
+    from ragtune.errors import available_memory, gib
+
+    estimate = scratch_model_size(cfg)
+    if estimate is None:
+        return
+    params, sizes = estimate
+    need = params * TRAINING_BYTES_PER_PARAMETER
+    available = available_memory() if available is None else available
+    if available is None or need <= available:
+        return
+    keys = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+    raise RagtuneError(
+        f"{source}: the model is too large for this machine's memory: about {params:,} parameters ({keys}) "
+        f"need about {gib(need)} to train (weights, gradients and Adam moments, {TRAINING_BYTES_PER_PARAMETER} bytes "
+        f"a parameter), and {gib(available)} is available; make model.d_model, model.layers, model.ffn_dim or "
+        "tokenizer.vocab_size smaller")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -257,3 +257,57 @@ def test_a_wide_predict_input_is_refused(finished_run, tmp_path, capsys):
     expect_user_error(capsys, ["predict", str(finished_run), "--input", str(tmp_path / "in.tsv"), "--output",
                                str(tmp_path / "out.csv")], "in.tsv", "TSV header names 10,001 columns")
     assert not (tmp_path / "out.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. a model too large for the memory
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task, overrides, needles", [
+    ("classification", ["model.d_model=65536", "model.layers=96", "model.ffn_dim=262144"],
+     ("model.d_model 65,536", "model.layers 96", "model.ffn_dim 262,144")),
+    ("generation", ["tokenizer.vocab_size=100000000000", "model.d_model=1024"], ("tokenizer.vocab_size 100,000,000,000",)),
+    ("translation", ["model.layers=100000", "model.d_model=4096"], ("model.layers 100,000",)),
+])
+def test_a_model_of_more_than_a_terabyte_is_refused_naming_its_keys(task, overrides, needles, tmp_path, capsys):
+    good_rows().rename(columns={"text": "source", "label": "target"}).assign(text=lambda d: d.source).to_csv(
+        tmp_path / "train.csv", index=False)
+    config = write_config(tmp_path, task=task)
+    if task != "classification":
+        tree = yaml.safe_load(config.read_text(encoding="utf-8"))
+        tree["model"].pop("max_length"), tree["model"].update(max_length=32)
+        config.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    common = ("too large for this machine's memory", "parameters", "GiB to train", "is available", *needles)
+    expect_user_error(capsys, ["validate", str(config), *overrides], "cfg.yaml", *common)
+    out = tmp_path / "run"
+    expect_user_error(capsys, ["run", str(config), *overrides, "--out", str(out), "--quiet"], *common)
+    assert not out.exists()
+
+
+def test_the_memory_estimate_against_a_given_budget(tmp_path):
+    from ragtune.config import TRAINING_BYTES_PER_PARAMETER, check_model_memory, scratch_model_size
+    from ragtune.errors import RagtuneError
+    from ragtune.tasks import config_from_dict
+
+    cfg = config_from_dict({"task": "classification", "data": {"train": "x.csv"}, "tokenizer": {"vocab_size": 8000}})
+    params, sizes = scratch_model_size(cfg)
+    assert 3_000_000 < params < 4_000_000 and sizes["tokenizer.vocab_size"] == 8000  # 8000*256 + 2 layers
+    check_model_memory(cfg, "cfg.yaml", available=params * TRAINING_BYTES_PER_PARAMETER)
+    with pytest.raises(RagtuneError, match="cfg.yaml: the model is too large .*model.d_model 256"):
+        check_model_memory(cfg, "cfg.yaml", available=params * TRAINING_BYTES_PER_PARAMETER - 1)
+    hf = config_from_dict({"task": "classification", "data": {"train": "x.csv"},
+                           "model": {"backbone": "hf", "name_or_path": "some/model"}})
+    assert scratch_model_size(hf) is None
+    check_model_memory(hf, "hf.yaml", available=1)  # a pretrained model is sized by its own files
+
+
+def test_an_allocation_failure_while_building_names_the_keys(finished_run, tmp_path, capsys):
+    """A model.json whose sizes pass no config check (written by hand): torch's allocator refuses the
+    table, and the error names the keys instead of a DefaultCPUAllocator traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    meta = json.loads((run / "model.json").read_text(encoding="utf-8"))
+    meta["model_config"]["d_model"] = 2**40
+    (run / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    expect_user_error(capsys, ["predict", str(run), "some text"], "not enough memory to build the model",
+                      f"model.d_model {2**40}", "tokenizer.vocab_size")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer
-from ragtune.errors import RagtuneError, bad_model_meta, read_model_meta
+from ragtune.errors import RagtuneError, bad_model_meta, building_model, read_model_meta
 from ragtune.evaluate.metrics import classification_metrics, regression_metrics
 from ragtune.models.transformer import TransformerConfig, TransformerForRegression, TransformerForSequenceClassification
 from ragtune.runs import MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE
@@ -56,7 +56,9 @@ def compute_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor, label_
 
 def scratch_model(config: TransformerConfig, task: str) -> torch.nn.Module:
     """The from-scratch Transformer of a ``classification`` or ``regression`` run, freshly initialised."""
-    return TransformerForRegression(config) if task == "regression" else TransformerForSequenceClassification(config)
+    with building_model(f"model.d_model {config.d_model}, model.layers {config.layers}, model.ffn_dim {config.ffn_dim}, "
+                        f"tokenizer.vocab_size {config.vocab_size}"):
+        return TransformerForRegression(config) if task == "regression" else TransformerForSequenceClassification(config)
 
 
 def _load_retriever(run_dir: Path, meta: dict):
