@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a finished classification or regression run")
     p.add_argument("text", help="the text to explain")
     p.add_argument("--target", metavar="LABEL", help="class to explain (default: the predicted one)")
-    p.add_argument("--steps", type=int, default=32, metavar="N", help="integration steps (default: 32; more is slower and more exact)")
+    p.add_argument("--steps", type=int, default=32, metavar="N", help="integration steps, 1-1000 (default: 32; more is slower and more exact)")
     p.add_argument("--out", metavar="FILE.html", help="write the highlighted text as HTML here, and a PNG chart beside it")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out files")
     return parser
