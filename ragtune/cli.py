@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a finished classification or regression run")
     p.add_argument("text", help="the text to explain")
     p.add_argument("--target", metavar="LABEL", help="class to explain (default: the predicted one)")
-    p.add_argument("--steps", type=int, default=32, metavar="N", help="integration steps (default: 32; more is slower and more exact)")
+    p.add_argument("--steps", type=int, default=32, metavar="N", help="integration steps, 1-1000 (default: 32; more is slower and more exact)")
     p.add_argument("--out", metavar="FILE.html", help="write the highlighted text as HTML here, and a PNG chart beside it")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out files")
     return parser
@@ -288,6 +288,34 @@ def _add_rerank_options(p: argparse.ArgumentParser) -> None:
                    help="rerank the hits with a reranker written by `ragtune train-reranker` (scores become its logits)")
     p.add_argument("--candidates", type=int, metavar="N",
                    help="with --rerank: passages retrieved per query before reranking, at least k (default: 20)")
+
+
+# Upper bounds of the integer flags that size work or memory (an absurd value would run for days or
+# allocate without end before failing); each is far above any useful setting. README "Limits" lists them.
+FLAG_LIMITS = {
+    "--steps": 1000,  # integrated-gradients steps (Captum: 20-300 is plenty)
+    "-k": 10_000, "--candidates": 10_000,  # hits per query (retrieve, eval-retrieval), reranked candidates
+    "--chunk-tokens": 8192, "--chunk-overlap": 8191,
+    "--batch-size": 4096, "--max-length": 8192, "--negatives": 1000, "--epochs": 1000,
+    "--beam-size": 128, "--max-new-tokens": 8192, "--top-k": 1_000_000,
+    "--workers": 256, "--threads": 1024, "--max-batch-size": 4096, "--max-batch-tokens": 1_048_576,
+}
+
+
+def _check_range(flag: str, value: int | None, low: int = 1, high: int | None = None) -> None:
+    """``flag``'s ``value`` must lie in ``low..high`` (``high``: :data:`FLAG_LIMITS`); None (not given) passes."""
+    high = FLAG_LIMITS[flag] if high is None else high
+    if value is not None and not low <= value <= high:
+        raise RagtuneError(f"{flag} must be {low}-{high:,} (got {value:,})")
+
+
+def _check_ranges(args, flags: dict[str, int]) -> None:
+    """The upper bound of each ``{flag: lowest value}`` that ``args`` holds (a value below the lowest is
+    refused, in its own words, where the value is used); the message gives the whole range."""
+    for flag, low in flags.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None and value > FLAG_LIMITS[flag]:
+            _check_range(flag, value, low)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -388,6 +416,7 @@ def cmd_tune(args) -> int:
     for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
         if value is not None and value < 1:
             raise RagtuneError(f"{flag} must be at least 1 (got {value})")
+    _check_ranges(args, {"--workers": 1})
     if args.timeout is not None and not args.timeout > 0:
         raise RagtuneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
     if args.storage is not None:
@@ -496,6 +525,7 @@ def cmd_predict(args) -> int:
 
     run_dir = Path(args.run_dir)
     _check_utf8(args.texts, "text")
+    _check_ranges(args, {"--beam-size": 1, "--max-new-tokens": 1, "--top-k": 1})
     if bool(args.texts) == bool(args.input):
         raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
     if args.input:
@@ -622,6 +652,7 @@ def cmd_index(args) -> int:
 
     start = time.perf_counter()
     out = Path(args.out)
+    _check_ranges(args, {"--chunk-tokens": 1, "--chunk-overlap": 0, "--batch-size": 1})
     settings = {"--kind": args.kind, "--encoder": args.encoder, "--faiss": args.faiss,
                 "--chunk-tokens": args.chunk_tokens, "--chunk-overlap": args.chunk_overlap, "--vectors": args.vectors}
     if args.add:
@@ -661,6 +692,7 @@ def _maybe_reranked(args, index):
     candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
     if candidates < 1:
         raise RagtuneError(f"--candidates must be at least 1 (got {candidates})")
+    _check_range("--candidates", candidates)
     return RerankedIndex(index, load_reranker(args.rerank), candidates=candidates)
 
 
@@ -668,6 +700,7 @@ def cmd_retrieve(args) -> int:
     from ragtune.retrieval import load_index
 
     _check_utf8(args.queries, "QUERY")
+    _check_ranges(args, {"-k": 1, "--candidates": 1})
     index = _maybe_reranked(args, load_index(args.index_dir))
     return _print_json_lines({"query": query, "rank": rank, **hit.to_dict()}
                              for query, hits in zip(args.queries, index.search_batch(args.queries, args.k))
@@ -677,6 +710,10 @@ def cmd_retrieve(args) -> int:
 def cmd_eval_retrieval(args) -> int:
     from ragtune.retrieval import evaluate_retrieval, load_index
 
+    for k in args.k:
+        if k > FLAG_LIMITS["-k"]:
+            _check_range("-k", k)
+    _check_ranges(args, {"--candidates": 1})
     index = _maybe_reranked(args, load_index(args.index_dir))
     metrics = evaluate_retrieval(index, args.questions, ks=args.k, progress=not args.quiet)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
@@ -689,6 +726,7 @@ def cmd_train_reranker(args) -> int:
 
     start = time.perf_counter()
     out = check_writable_folder(args.out, "--out")  # before the index and the base model are loaded
+    _check_ranges(args, {"--epochs": 1, "--negatives": 0, "--batch-size": 1, "--max-length": 1})
     index = load_index(args.index_dir, progress=not args.quiet)
     with folder_lock(out):
         train_reranker(index, args.questions, out, base=args.base, negatives=args.negatives, epochs=args.epochs,
@@ -711,6 +749,7 @@ def cmd_serve(args) -> int:
         raise RagtuneError(f"--threads must be at least 1 (got {args.threads})")
     if not 0 <= args.port <= 65535:
         raise RagtuneError(f"--port must be 0-65535 (got {args.port})")
+    _check_ranges(args, {"--workers": 1, "--threads": 1, "--max-batch-size": 1, "--max-batch-tokens": 0})
     overrides = {k: v for k in ("max_batch_size", "max_batch_tokens", "max_wait_ms") if (v := getattr(args, k)) is not None}
     if overrides.get("max_batch_tokens") == 0:
         overrides["max_batch_tokens"] = None  # --max-batch-tokens 0: no cap (checked by the serve: schema)
@@ -754,11 +793,10 @@ def cmd_explain(args) -> int:
 
     run_dir = Path(args.run_dir)
     _check_utf8([args.text], "text", numbered=False)
+    _check_range("--steps", args.steps)
     cfg = _run_config(run_dir)
     if "onnx" not in task_of(cfg.task).engines:  # the tasks with one output vector per text
         raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune explain` explains classification and regression runs")
-    if args.steps < 1:
-        raise RagtuneError(f"--steps must be at least 1 (got {args.steps})")
     html_path = png_path = None
     if args.out:
         html_path = Path(args.out)

@@ -566,6 +566,62 @@ def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
     if missing:
         lines = "\n".join(f"  - {e}" for e in missing)
         raise RagtuneError(f"{source}: {len(missing)} missing {'input' if len(missing) == 1 else 'inputs'}:\n{lines}")
+    check_model_memory(cfg, source)
+
+
+TRAINING_BYTES_PER_PARAMETER = 16  # float32 weights, gradients and Adam's two moments: 4 x 4 bytes
+
+
+def scratch_model_size(cfg: BaseModel) -> tuple[int, dict[str, int]] | None:
+    """``(parameters, {key: value})``: about how many parameters the from-scratch model of ``cfg``
+    has (classification/regression encoder, translation encoder-decoder, generation decoder), from
+    the config alone, and the keys that size it; None for a pretrained (``hf``) model."""
+    model, tokenizer = getattr(cfg, "model", None), getattr(cfg, "tokenizer", None)
+    if model is None or getattr(model, "backbone", None) != "scratch":
+        return None
+    d, f, layers, length = model.d_model, model.ffn_dim, model.layers, model.max_length
+    inner = model.heads * model.head_dim
+    sizes = {"model.d_model": d, "model.layers": layers, "model.ffn_dim": f, "model.heads": model.heads,
+             "model.head_dim": model.head_dim, "model.max_length": length}
+    vocab = 0
+    if tokenizer is not None and not tokenizer.path:  # a given tokenizer.json brings its own vocabulary
+        vocab = sizes["tokenizer.vocab_size"] = tokenizer.vocab_size
+    attention = 4 * d * inner + 3 * inner + d  # q, k, v and the output projection, with biases
+    ffn = 2 * d * f + f + d
+    block = attention + ffn + 4 * d  # two layer norms
+    tables = vocab * d + length * d
+    task = getattr(cfg, "task", None)
+    if task == "translation":
+        sides = 1 if getattr(tokenizer, "joint", True) and getattr(model, "share_embeddings", True) else 2
+        params = layers * block + layers * (block + attention + 2 * d) + sides * vocab * d + 2 * length * d
+    else:
+        params = layers * block + tables
+    if task in ("translation", "generation") and not getattr(model, "tie_output", True):
+        params += vocab * d
+    return params, sizes
+
+
+def check_model_memory(cfg: BaseModel, source: str = "<config>", available: int | None = None) -> None:
+    """Refuse a from-scratch model whose training (weights, gradients, Adam moments: 16 bytes a
+    parameter) would need more than the machine's available memory, naming the keys that size it.
+    Computed from the config (no torch), so ``ragtune validate`` and ``run`` refuse it before anything
+    is allocated. ``available``: bytes (default: :func:`ragtune.errors.available_memory`)."""
+    from ragtune.errors import available_memory, gib
+
+    estimate = scratch_model_size(cfg)
+    if estimate is None:
+        return
+    params, sizes = estimate
+    need = params * TRAINING_BYTES_PER_PARAMETER
+    available = available_memory() if available is None else available
+    if available is None or need <= available:
+        return
+    keys = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+    raise RagtuneError(
+        f"{source}: the model is too large for this machine's memory: about {params:,} parameters ({keys}) "
+        f"need about {gib(need)} to train (weights, gradients and Adam moments, {TRAINING_BYTES_PER_PARAMETER} bytes "
+        f"a parameter), and {gib(available)} is available; make model.d_model, model.layers, model.ffn_dim or "
+        "tokenizer.vocab_size smaller")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,10 +680,16 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise RagtuneError(f"override {item!r} is not of the form key=value (e.g. train.epochs=3)")
+    shown = item if len(item) <= 80 else f"{item[:60]}... ({len(item):,} characters)"
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_BoundedLoader) if raw.strip() else ""  # noqa: S506 (a SafeLoader)
+    except _TooManyNodes:
+        raise RagtuneError(_too_many_nodes_message(f"override {key}")) from None
+    except RecursionError:
+        raise RagtuneError(f"override {key}: the value is nested too deeply to read (lists or mappings inside "
+                           "each other beyond Python's recursion limit)") from None
     except yaml.YAMLError as exc:
-        raise RagtuneError(f"override {item!r}: the value is not valid YAML ({exc})") from None
+        raise RagtuneError(f"override {shown!r}: the value is not valid YAML ({exc})") from None
     return key, value
 
 
@@ -660,13 +722,62 @@ def apply_overrides(tree: dict, overrides: list[str], schema: Any, cwd: Path | N
     return errors
 
 
+MAX_CONFIG_BYTES = 10 * 2**20  # a config is a few KB; a bigger file is refused before it is read
+MAX_YAML_NODES = 200_000  # values in a YAML document with every alias expanded (a "billion laughs" is ~10**9)
+
+
+class _TooManyNodes(Exception):
+    pass
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many nodes ``root`` stands for with each alias expanded (an alias is the node it names, so a
+    shared node counts once per use); stops with :class:`_TooManyNodes` past ``limit``. Iterative, with
+    each node's size computed once, so a billion-laughs document costs only its own nodes."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else list(node.value)
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        size = 1 + sum(sizes[id(child)] for child in children)
+        if size > limit:
+            raise _TooManyNodes(size)
+        sizes[id(node)] = size
+    return sizes[id(root)]
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses, before constructing anything, a document that stands for more than
+    :data:`MAX_YAML_NODES` values once its aliases are expanded (an alias bomb)."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, MAX_YAML_NODES)
+        return node
+
+
+def _too_many_nodes_message(source: str) -> str:
+    return (f"{source}: too many values once its aliases (*name) are expanded (more than {MAX_YAML_NODES:,}); "
+            "refused before expanding it (an alias bomb, or a config far larger than any needs)")
+
+
 class _DuplicateKey(Exception):
     def __init__(self, key: Any, line: int, first: int) -> None:
         super().__init__(key, line, first)
         self.key, self.line, self.first = key, line, first
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(_BoundedLoader):
     """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one).
     Keys brought in by a merge (``<<: *anchor``) may still be overridden."""
 
@@ -696,8 +807,14 @@ def read_yaml(path: str | Path) -> dict:
     if path.is_dir():
         raise RagtuneError(f"config path is a directory, not a YAML file: {path}")
     check_regular_file(path, "config file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise RagtuneError(f"{path}: {size:,} bytes is too large for a config (at most {MAX_CONFIG_BYTES:,} bytes, "
+                           f"{MAX_CONFIG_BYTES // 2**20} MiB); a config names its data files rather than holding data")
     try:
         tree = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except _TooManyNodes:
+        raise RagtuneError(_too_many_nodes_message(str(path))) from None
     except _DuplicateKey as exc:
         raise RagtuneError(
             f"{path}: line {exc.line}: key {exc.key!r} appears twice in one mapping (first on line {exc.first}); "

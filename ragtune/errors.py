@@ -43,3 +43,102 @@ def check_regular_file(path, what: str) -> None:
     kind = special_file_kind(path)
     if kind is not None:
         raise RagtuneError(f"{what}: {path} is a {kind}, not a regular file")
+
+
+MODEL_META_HINT = ("a ragtune model.json (a JSON object with a task key, written by `ragtune run`); "
+                   "train a run with `ragtune run CONFIG --out DIR`")
+
+
+def read_model_meta(path, tasks=None) -> dict:
+    """The JSON object in a run's ``model.json`` at ``path``: a RagtuneError naming the file and what was
+    expected when it is a folder or a special file, not UTF-8, not valid JSON, nested too deeply, not
+    an object, or has no ``task`` among ``tasks`` (when given). A missing file is the caller's to report."""
+    import json
+    import os
+
+    if os.path.isdir(path):
+        raise RagtuneError(f"{path} is a folder; expected {MODEL_META_HINT}")
+    check_regular_file(path, "model.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except UnicodeDecodeError as exc:
+        raise RagtuneError(f"{path}: not UTF-8 text (byte offset {exc.start}); expected {MODEL_META_HINT}") from None
+    except json.JSONDecodeError as exc:
+        raise RagtuneError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); expected {MODEL_META_HINT}") from None
+    except RecursionError:
+        raise RagtuneError(f"{path}: nested too deeply to read; expected {MODEL_META_HINT}") from None
+    except OSError as exc:
+        raise RagtuneError(f"{path}: cannot be read ({exc.strerror or exc}); expected {MODEL_META_HINT}") from None
+    if not isinstance(meta, dict):
+        raise RagtuneError(f"{path}: holds a JSON {type(meta).__name__}, not an object; expected {MODEL_META_HINT}")
+    task = meta.get("task")
+    if "task" not in meta:
+        hint = " (it looks like a Hugging Face config.json)" if "model_type" in meta or "architectures" in meta else ""
+        raise RagtuneError(f"{path}: no 'task' key{hint}; expected {MODEL_META_HINT}")
+    if tasks is not None and (not isinstance(task, str) or task not in tasks):
+        raise RagtuneError(f"{path}: task {task!r} is not one of {list(tasks)}; expected {MODEL_META_HINT}")
+    return meta
+
+
+def bad_model_meta(path, task: str, exc: BaseException) -> RagtuneError:
+    """The RagtuneError for a ``model.json`` whose keys do not describe a ``task`` model (a KeyError,
+    TypeError or ValueError while rebuilding the model from it)."""
+    detail = f"missing key {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else f"{type(exc).__name__}: {exc}"
+    return RagtuneError(f"{path}: not the model.json of a finished ragtune {task} run ({detail}); "
+                        "train the run again with `ragtune run CONFIG --out DIR`")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: psutil's ``virtual_memory().available`` when
+    psutil is installed, else ``MemAvailable`` of ``/proc/meminfo``; None where neither is known."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 (no psutil, or it cannot read this system)
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def gib(n_bytes: float) -> str:
+    """``n_bytes`` in GiB for a message (``1.5 GiB``, ``1,234 GiB``; under 1 GiB in MiB)."""
+    value = n_bytes / 2**30
+    if value < 1:
+        return f"{n_bytes / 2**20:,.1f} MiB"
+    return f"{value:,.1f} GiB" if value < 100 else f"{value:,.0f} GiB"
+
+
+SIZE_KEYS = "model.d_model, model.layers, model.ffn_dim, model.heads, model.head_dim, model.max_length, tokenizer.vocab_size"
+
+
+class building_model:  # noqa: N801 (used as a context manager: `with building_model(sizes):`)
+    """Turn an allocation failure while a model is built (``MemoryError``, or torch's RuntimeError
+    ``DefaultCPUAllocator: can't allocate memory``) into a RagtuneError naming the size keys.
+    ``sizes`` describes the model (e.g. ``"model.d_model 65536, model.layers 96"``)."""
+
+    def __init__(self, sizes: str = "") -> None:
+        self.sizes = sizes
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None:
+            return False
+        text = str(exc).lower()
+        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+                "can't allocate memory" in text or "not enough memory" in text or "out of memory" in text)):
+            available = available_memory()
+            raise RagtuneError(
+                f"not enough memory to build the model{f' ({self.sizes})' if self.sizes else ''}"
+                f"{f'; available memory: {gib(available)}' if available is not None else ''}; "
+                f"make it smaller ({SIZE_KEYS})") from None
+        return False

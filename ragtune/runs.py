@@ -41,7 +41,7 @@ import ragtune
 from ragtune.config import flatten, path_keys, path_list_keys, to_yaml
 from ragtune.data.seq2seq import PairData
 from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, bad_model_meta, read_model_meta
 from ragtune.evaluate import plots
 from ragtune.models.hf_text import HF_DIR, save_hf_text_model
 from ragtune.train import distributed
@@ -237,8 +237,11 @@ def examples_section(title: str, examples: dict, columns: tuple[str, ...]) -> li
 def read_run_meta(run_dir: Path, task: str) -> dict:
     """``model.json`` of a finished ``task`` run (its weights present), else a RagtuneError naming what is missing."""
     meta_path = run_dir / MODEL_META
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else None
-    weights = run_dir / ((meta or {}).get("weights") or WEIGHTS_FILE)
+    meta = read_model_meta(meta_path) if meta_path.exists() else None
+    weights = (meta or {}).get("weights") or WEIGHTS_FILE
+    if not isinstance(weights, str) or Path(weights).name != weights:
+        raise RagtuneError(f"{meta_path}: weights must name a file of the run folder, got {weights!r}")
+    weights = run_dir / weights
     if meta is None or not weights.exists():
         raise RagtuneError(f"{run_dir} is not a finished ragtune {task} run: missing {MODEL_META} or {weights.name}")
     if meta.get("task") != task:
@@ -248,7 +251,17 @@ def read_run_meta(run_dir: Path, task: str) -> dict:
 
 def load_run_model(run_dir: Path, meta: dict, build):
     """``(tokenizer, model)`` of a run: its pretrained Hugging Face model (``meta["hf"]``), or ``build()``
-    with the run's safetensors weights and byte-fallback BPE tokenizer. The model is in eval mode."""
+    with the run's safetensors weights and byte-fallback BPE tokenizer. The model is in eval mode.
+    Keys of ``model.json`` that do not describe such a model are a RagtuneError naming the file."""
+    try:
+        return _load_run_model(run_dir, meta, build)
+    except RagtuneError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise bad_model_meta(run_dir / MODEL_META, str(meta.get("task")), exc) from None
+
+
+def _load_run_model(run_dir: Path, meta: dict, build):
     if meta.get("hf"):
         from ragtune.models.hf_text import load_hf_text_model
 

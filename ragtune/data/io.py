@@ -14,7 +14,9 @@ Rules:
   otherwise turn them into missing values). Empty cells become ``""``. TSV follows the same
   quoting rules as CSV (as pandas, Excel and Python's ``csv`` write it): a field that starts with
   a double quote is a quoted field.
-* A CSV/TSV header that names a column twice is an error naming the column.
+* A CSV/TSV header that names a column twice is an error naming the column; one of more than
+  10,000 columns (:data:`MAX_COLUMNS`), or a first line over 1 MiB characters, is refused before
+  pandas parses the file.
 * JSONL holds one JSON object per line; blank lines are skipped; anything else names the line.
 * An empty file, or a file with a header but no data rows, is an error.
 """
@@ -120,9 +122,31 @@ def _check_unique_header(path: Path, header: list[str]) -> None:
         first[name] = number
 
 
+#: Most columns a CSV/TSV header may name, and most characters its first line may hold: checked before
+#: pandas parses the file (a header of a million columns makes its C parser abort or run for minutes).
+MAX_COLUMNS = 10_000
+MAX_HEADER_CHARS = 2**20
+
+
+def _check_header_size(path: Path, text: str, sep: str, kind: str) -> None:
+    """Refuse a first line longer than :data:`MAX_HEADER_CHARS` or naming more than :data:`MAX_COLUMNS` columns."""
+    end = text.find("\n", 0, MAX_HEADER_CHARS + 1)
+    if end == -1 and len(text) > MAX_HEADER_CHARS:
+        raise RagtuneError(f"{path}: the first line (the {kind} header) is longer than {MAX_HEADER_CHARS:,} characters; "
+                           f"a header names the columns (at most {MAX_COLUMNS:,})")
+    line = text if end == -1 else text[:end]
+    if line.count(sep) + 1 <= MAX_COLUMNS:
+        return
+    columns = len(next(csv.reader([line], delimiter=sep), []))  # quoted separators do not count
+    if columns > MAX_COLUMNS:
+        raise RagtuneError(f"{path}: the {kind} header names {columns:,} columns; at most {MAX_COLUMNS:,} are read "
+                           "(is the separator right, or is this file one long row?)")
+
+
 def _read_delimited(path: Path, sep: str, max_rows: int | None, keep_blank_lines: bool = False) -> pd.DataFrame:
     text = _read_text(path)
     kind = "TSV" if sep == "\t" else "CSV"
+    _check_header_size(path, text, sep, kind)
     try:
         # header=None: the first line sets the number of fields, so a data row with too many
         # fields is an error (with a header, pandas would silently use it as an index instead).

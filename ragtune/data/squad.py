@@ -132,6 +132,9 @@ def _load(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise RagtuneError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise RagtuneError(f"{path}: nested too deeply to read (lists or objects inside each other beyond Python's "
+                           "recursion limit); a SQuAD file is data > paragraphs > qas > answers") from None
 
 
 _TYPE_NAMES = {str: "string", int: "integer", list: "list", dict: "object"}

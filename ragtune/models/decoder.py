@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ragtune.errors import building_model
 from ragtune.models.layers import (DecoderBlock, KVCache, causal_mask, check_config, check_distinct_ids, check_ids,
                                    check_length, check_token_id, count_parameters, embeddings_and_blocks, output_head,
                                    real_tokens)
@@ -115,4 +116,6 @@ class TransformerForCausalLM(nn.Module):
 
 def build_decoder(config: DecoderConfig) -> TransformerForCausalLM:
     """A decoder-only language model with freshly initialised weights."""
-    return TransformerForCausalLM(config)
+    with building_model(f"model.d_model {config.d_model}, model.layers {config.layers}, model.ffn_dim {config.ffn_dim}, "
+                        f"tokenizer.vocab_size {config.vocab_size}"):
+        return TransformerForCausalLM(config)

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, building_model
 from ragtune.models.layers import (DecoderBlock, EncoderBlock, KVCache, causal_mask, check_config, check_distinct_ids,
                                    check_ids, check_length, check_token_id, count_parameters, embeddings_and_blocks,
                                    key_padding_mask, output_head, real_tokens)
@@ -205,7 +205,9 @@ class TransformerForSeq2Seq(nn.Module):
 
 def build_seq2seq(config: Seq2SeqConfig) -> TransformerForSeq2Seq:
     """An encoder-decoder Transformer with freshly initialised weights."""
-    return TransformerForSeq2Seq(config)
+    with building_model(f"model.d_model {config.d_model}, model.layers {config.encoder_layers}, model.ffn_dim "
+                        f"{config.ffn_dim}, tokenizer.vocab_size {config.src_vocab_size}"):
+        return TransformerForSeq2Seq(config)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -279,6 +279,9 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RagtuneError(f"{path}: {where} is not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise RagtuneError(f"{path}: {where} is nested too deeply to read (lists or objects inside each other "
+                               "beyond Python's recursion limit)") from None
         if not isinstance(obj, dict):
             raise RagtuneError(f"{path}: {where} holds a JSON {type(obj).__name__}; a corpus JSONL file needs "
                                'one object per line, e.g. {"id": "d1", "title": "...", "text": "..."}')

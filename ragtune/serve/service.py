@@ -19,13 +19,12 @@ index folder (``ragtune index``)          ``/v1/retrieve``
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragtune.config import ServeConfig, read_yaml, validate
-from ragtune.errors import RagtuneError
-from ragtune.tasks import task_of
+from ragtune.errors import RagtuneError, read_model_meta
+from ragtune.tasks import TASKS, task_of
 
 ENGINES = ("torch", "onnx")
 
@@ -88,8 +87,7 @@ def load_service(path: str | Path, engine: str = "torch") -> Service:
     if not meta_path.exists():
         raise RagtuneError(f"{folder} is neither a ragtune run, an export nor an index folder (no model.json or "
                            f"{MANIFEST}); train one with `ragtune run CONFIG --out DIR`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    task = task_of(meta.get("task"))
+    task = task_of(read_model_meta(meta_path, list(TASKS))["task"])
     if engine not in task.engines:
         raise RagtuneError(f"{folder} is a task: {task.name} run; --engine {engine} serves classification and "
                            "regression exports only")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, bad_model_meta, building_model, read_model_meta
 from ragtune.evaluate.metrics import classification_metrics, regression_metrics
 from ragtune.models.transformer import TransformerConfig, TransformerForRegression, TransformerForSequenceClassification
 from ragtune.runs import MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE
@@ -39,6 +39,7 @@ from ragtune.train.batches import pad_batch
 from ragtune.train.checkpoint import load_weights
 
 ENGINES = ("torch", "onnx")
+SEQUENCE_TASKS = ("classification", "regression")  # the tasks this predictor serves (model.json's task)
 EXPORT_META = "export.json"  # in a folder written by ragtune.export.onnx.export_onnx
 HF_MODEL_DIR = "hf_model"  # model.backbone: hf — the fine-tuned model in Hugging Face format
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # model.lora.save: adapter — hf_model/ holds the LoRA adapter
@@ -55,7 +56,9 @@ def compute_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor, label_
 
 def scratch_model(config: TransformerConfig, task: str) -> torch.nn.Module:
     """The from-scratch Transformer of a ``classification`` or ``regression`` run, freshly initialised."""
-    return TransformerForRegression(config) if task == "regression" else TransformerForSequenceClassification(config)
+    with building_model(f"model.d_model {config.d_model}, model.layers {config.layers}, model.ffn_dim {config.ffn_dim}, "
+                        f"tokenizer.vocab_size {config.vocab_size}"):
+        return TransformerForRegression(config) if task == "regression" else TransformerForSequenceClassification(config)
 
 
 def _load_retriever(run_dir: Path, meta: dict):
@@ -149,7 +152,16 @@ class Predictor:
         if (run_dir / EXPORT_META).exists() and not (run_dir / WEIGHTS_FILE).exists():
             raise RagtuneError(f"{run_dir} is an ONNX export, not a run directory; load it with engine onnx "
                                "(--engine onnx)")
-        meta = json.loads((run_dir / MODEL_META).read_text(encoding="utf-8")) if (run_dir / MODEL_META).exists() else None
+        meta = read_model_meta(run_dir / MODEL_META, SEQUENCE_TASKS) if (run_dir / MODEL_META).exists() else None
+        try:
+            return cls._from_meta(run_dir, meta, batch_size)
+        except RagtuneError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise bad_model_meta(run_dir / MODEL_META, (meta or {}).get("task", "classification"), exc) from None
+
+    @classmethod
+    def _from_meta(cls, run_dir: Path, meta: dict | None, batch_size: int) -> Predictor:
         missing = [n for n in _required_files(meta) if not (run_dir / n).exists()]
         if missing:
             raise RagtuneError(
@@ -198,7 +210,7 @@ class Predictor:
                                "export the run again")
         from ragtune.tasks.classification.onnx_engine import OnnxSequenceModel
 
-        meta = json.loads((export_dir / MODEL_META).read_text(encoding="utf-8"))
+        meta = read_model_meta(export_dir / MODEL_META, SEQUENCE_TASKS)
         if meta.get("backbone") == "hf":  # the pretrained tokenizer: its pad id need not be 0
             tokenizer = _read_tokenizer_file(export_dir / TOKENIZER_FILE)
         else:

@@ -24,14 +24,13 @@ its own index, ``index/``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ragtune.data.squad import QARecord, answers_by_id
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, bad_model_meta, read_model_meta
 from ragtune.evaluate.qa_metrics import qa_metrics
 from ragtune.evaluate.retrieval_metrics import retrieval_metrics
 from ragtune.models.reader import ExtractiveReader, answer, load_reader
@@ -80,13 +79,22 @@ class QAPredictor:
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, batch_size: int = 32) -> QAPredictor:
         """Load a finished QA run (its reader, and its index when it retrieves)."""
-        from ragtune.retrieval.index import load_index
-
         run_dir = Path(run_dir)
         meta_path = run_dir / MODEL_META
         if not meta_path.exists() or not (run_dir / READER_DIR / "config.json").exists():
             raise RagtuneError(f"{run_dir} is not a finished ragtune QA run: missing {MODEL_META} or {READER_DIR}/")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_model_meta(meta_path, ("qa",))
+        try:
+            return cls._from_meta(run_dir, meta, batch_size)
+        except RagtuneError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise bad_model_meta(meta_path, "qa", exc) from None
+
+    @classmethod
+    def _from_meta(cls, run_dir: Path, meta: dict, batch_size: int) -> QAPredictor:
+        from ragtune.retrieval.index import load_index
+
         reader, tokenizer = load_reader(str(run_dir / READER_DIR))
         index = None
         if int(meta.get("top_k", 0)):
