@@ -244,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, metavar="N", help="texts per forward pass (default: serve.max_batch_size, 32)")
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="token slots per forward pass, 0 for no cap (default: serve.max_batch_tokens, 1024)")
-    p.add_argument("--max-wait-ms", type=float, metavar="MS", help="how long a text waits for a batch to fill (default: serve.max_wait_ms, 5)")
+    p.add_argument("--max-wait-ms", type=float, metavar="MS", help="how long a text waits for a batch to fill, 0-1000 (default: serve.max_wait_ms, 5)")
+    p.add_argument("--body-timeout-s", type=float, metavar="S",
+                   help="seconds a client may take to send a request body; slower or missing bodies get 408 (default: serve.body_timeout_s, 30)")
+    p.add_argument("--shutdown-timeout-s", type=float, metavar="S",
+                   help="seconds SIGTERM / Ctrl-C waits for requests in flight before cancelling them (default: serve.shutdown_timeout_s, 5)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
 
     p = command("export", help="export a run to ONNX (optionally int8-quantised) and check it against PyTorch",
@@ -750,7 +754,8 @@ def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise RagtuneError(f"--port must be 0-65535 (got {args.port})")
     _check_ranges(args, {"--workers": 1, "--threads": 1, "--max-batch-size": 1, "--max-batch-tokens": 0})
-    overrides = {k: v for k in ("max_batch_size", "max_batch_tokens", "max_wait_ms") if (v := getattr(args, k)) is not None}
+    overrides = {k: v for k in ("max_batch_size", "max_batch_tokens", "max_wait_ms", "body_timeout_s", "shutdown_timeout_s")
+                 if (v := getattr(args, k)) is not None}
     if overrides.get("max_batch_tokens") == 0:
         overrides["max_batch_tokens"] = None  # --max-batch-tokens 0: no cap (checked by the serve: schema)
     if args.api_key is not None:

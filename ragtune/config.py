@@ -280,10 +280,12 @@ class ServeConfig(_Section):
 
     max_batch_size: int = Field(32, gt=0, description="Most texts the server runs through the model in one forward pass; texts of requests that arrive together share it.")
     max_batch_tokens: int | None = Field(1024, gt=0, description="Most token slots (texts x the longest one's tokens) in one forward pass; null: only `max_batch_size` counts. On a CPU long texts run faster in small batches that stay in cache (a fine-tuned MiniLM at 256 tokens ran faster one text at a time than 32 at a time, `benchmarks/serve_model.py`), while short texts still fill `max_batch_size`.")
-    max_wait_ms: float = Field(5.0, ge=0, description="How long the first waiting text may wait for others to fill its batch, in milliseconds. 0: no waiting (requests still share a batch while the model is busy).")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="How long the first waiting text may wait for others to fill its batch, in milliseconds, at most 1000. 0: no waiting (requests still share a batch while the model is busy). Every request waits this long when traffic is light, and a stop waits for the batch being gathered, so a wait over a second only slows answers and shutdown.")
     max_texts_per_request: int = Field(64, gt=0, description="Most texts (or questions, queries) in one request; more gets 413 with this limit in the message.")
     max_chars_per_text: int = Field(20000, gt=0, description="Most characters in one text; a longer text gets 413 naming its index and length.")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Most bytes in one request body; a bigger body gets 413 before it is read in full.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Most seconds a client may take to send a request's whole body, counted from its headers; a body that is slower or never comes (a `Content-Length` promised but not sent) gets 408 and the connection is closed. Other clients are served meanwhile.")
+    shutdown_timeout_s: float = Field(5.0, gt=0, le=3600, description="On SIGTERM or Ctrl-C, most seconds the server waits for requests in flight to finish before it cancels them and exits, so a stalled client cannot keep it running.")
     max_k: int = Field(50, gt=0, description="`/v1/retrieve`: the most passages one query may ask for.")
     max_explain_texts: int = Field(8, gt=0, description="`/v1/predict` with `explain: true`: the most texts one request may explain (each costs about 32 forward and backward passes).")
 

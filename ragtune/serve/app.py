@@ -39,7 +39,9 @@ forward pass (:class:`ragtune.serve.batcher.MicroBatcher`; ``serve.max_batch_siz
 message naming the limit and its config key; an empty list, a wrong type or malformed JSON get 422; a
 missing or wrong API key 401. A text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) gets
 422 naming its field and index, before it reaches the model; should the model still fail on one request
-of a batch, only that request gets the error (the batch's requests are retried one by one). Every error body is ``{"detail": "one clear sentence"}``.
+of a batch, only that request gets the error (the batch's requests are retried one by one). A body not
+complete ``serve.body_timeout_s`` seconds after its headers (slow, or promised by ``Content-Length`` and
+never sent) gets 408 and the connection is closed. Every error body is ``{"detail": "one clear sentence"}``.
 
 **API key.** With ``api_key`` set (``ragtune serve --api-key KEY`` or ``RAGTUNE_API_KEY``) every
 ``/v1/*`` call must send ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``/``, ``/healthz``,
@@ -52,6 +54,7 @@ name only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -221,10 +224,12 @@ _ERRORS = {400: {"model": ErrorBody, "description": "The model could not process
 # middleware: body size limit and request metrics (plain ASGI, so they see every request)
 # -------------------------------------------------------------------------------------------------
 class _BodyLimit:
-    """Refuse a body over ``limit`` bytes with 413, from its Content-Length or while reading it."""
+    """Refuse a body over ``limit`` bytes with 413, from its Content-Length or while reading it, and a body
+    not complete ``timeout`` seconds after its headers (slow, or a Content-Length promised but never sent)
+    with 408 and ``Connection: close`` (the rest of the body would otherwise be read as the next request)."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout: float | None = None) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -240,8 +245,18 @@ class _BodyLimit:
             if declared_bytes > self.limit:
                 return await _send_json(send, 413, {"detail": too_big})
         chunks, size = [], 0
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:  # read the body up to the limit, then replay it to the app
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), None if deadline is None
+                                                 else max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                return await _send_json(send, 408, {"detail": f"the request body did not arrive within {self.timeout:g} s "
+                                                              "(serve.body_timeout_s)"}, close=True)
+            except asyncio.CancelledError:  # the server stops (serve.shutdown_timeout_s ran out) while the body
+                with contextlib.suppress(Exception):  # is still awaited: say so, rather than a logged traceback
+                    await _send_json(send, 503, {"detail": "the server is shutting down"}, close=True)
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -263,10 +278,11 @@ class _BodyLimit:
         return await self.app(scope, replay, send)
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, close: bool = False) -> None:
     data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -503,7 +519,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
             app.add_api_route(path, not_served, methods=["POST"], include_in_schema=False)
 
     # the plain-ASGI middleware (metrics outside, so a 413 from the body limit is counted too)
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_s)
     app.add_middleware(_Metrics, metrics=metrics)
     return app
 

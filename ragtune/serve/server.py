@@ -13,9 +13,11 @@ environment variables that :func:`app_from_env` (the factory uvicorn imports in 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 
 from pydantic import ValidationError
@@ -49,13 +51,51 @@ def app_from_env():
     return create_app(service, api_key=os.environ.get(ENV_API_KEY), settings=settings)
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``SO_REUSEADDR``, as uvicorn binds), not yet listening.
+
+    Raises :class:`RagtuneError` naming the host and port when the host is not an address of this machine
+    (or not an address at all), the port is taken, or binding it needs privileges."""
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise RagtuneError(f"--host {host!r} is not an IP address or a name this machine can resolve "
+                           f"({getattr(exc, 'strerror', None) or exc}); use e.g. 127.0.0.1, 0.0.0.0 or ::") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise RagtuneError(f"port {port} on {shown} is in use; choose another --port") from None
+        if exc.errno == errno.EACCES:
+            raise RagtuneError(f"port {port} on {shown}: permission denied (ports below 1024 need privileges); "
+                               "choose another --port") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise RagtuneError(f"--host {host}: not an address of this machine, cannot listen on it; "
+                               "use e.g. 127.0.0.1, 0.0.0.0 or ::") from None
+        raise RagtuneError(f"cannot listen on port {port} on {shown}: {exc.strerror or exc}") from None
+    return sock
+
+
 def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "torch",
                api_key: str | None = None, workers: int = 1, threads: int | None = None,
                overrides: dict | None = None, log_level: str = "info") -> None:
     """Load what ``path`` holds and serve it until interrupted (Ctrl-C).
 
     ``overrides``: ``serve:`` settings that replace the run's (e.g. ``{"max_batch_size": 16}``).
-    The model is loaded before the port is bound, so a bad folder fails at once with its message.
+    The address is bound first (:func:`bind_socket`: a port in use or a bad host fails at once, before the
+    model loads), then the model is loaded, so a bad folder also fails with its message before any request.
+    One worker serves on that very socket (port 0 picks a free port, and the message names it); ``workers=N``
+    release it and let uvicorn bind it again for its processes.
+
+    Stopping: on SIGTERM or Ctrl-C the server stops taking connections, waits up to
+    ``serve.shutdown_timeout_s`` seconds for requests in flight, cancels what is left and exits; a body that
+    never comes is answered 408 after ``serve.body_timeout_s`` (uvicorn's ``timeout_graceful_shutdown``
+    and the app's body timeout).
     """
     import uvicorn
 
@@ -71,15 +111,33 @@ def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str
     except ValidationError as exc:
         raise RagtuneError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'][0].lower()}{e['msg'][1:]} "
                                      f"(got {e['input']!r})" for e in exc.errors())) from None
-    service = load_service(path, engine)  # also checks the folder before any worker starts
+    sock = bind_socket(host, port)
+    try:
+        service = load_service(path, engine)  # also checks the folder before any worker starts
+    except BaseException:
+        sock.close()
+        raise
     settings = service.settings.model_copy(update=overrides or {})
     shown = f"[{host}]" if ":" in host else host
+    if workers <= 1:
+        port = sock.getsockname()[1]
     print(f"ragtune serve: {path} ({service.kind}, engine {engine}) on http://{shown}:{port}/ "
           f"with {workers} worker{'s' if workers > 1 else ''}; Ctrl-C stops it", flush=True)
+    stop = {"timeout_graceful_shutdown": settings.shutdown_timeout_s}
     if workers <= 1:
-        uvicorn.run(create_app(service, api_key=api_key, settings=settings), host=host, port=port,
-                    log_level=log_level)
+        config = uvicorn.Config(create_app(service, api_key=api_key, settings=settings), host=host, port=port,
+                                log_level=log_level, **stop)
+        server = uvicorn.Server(config)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sock.close()
+        if not server.started:  # the app's startup failed (uvicorn.run's exit status)
+            raise SystemExit(3)
         return
+    sock.close()
     del service
     metrics_dir = tempfile.mkdtemp(prefix="ragtune-metrics-")
     os.environ.update({ENV_PATH: str(path), ENV_ENGINE: engine, ENV_SETTINGS: settings.model_dump_json(),
@@ -90,6 +148,6 @@ def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str
         os.environ[ENV_API_KEY] = api_key
     try:
         uvicorn.run("ragtune.serve.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level)
+                    log_level=log_level, **stop)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
