@@ -203,6 +203,12 @@ def _read_jsonl(path: Path, max_rows: int | None) -> pd.DataFrame:
                 f"{path}: line {number} is nested too deeply to read (JSON arrays or objects inside each other beyond "
                 'Python\'s recursion limit); each line should be a flat object, e.g. {"text": "...", "label": "..."}'
             ) from None
+        if "\\ud" in line.lower():  # a \uD800-\uDFFF escape: legal JSON, but alone it is no character
+            try:
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise RagtuneError(f"{path}: line {number} holds a lone UTF-16 surrogate escape (e.g. \"\\ud800\"), "
+                                   "which is not a character; fix or remove that text") from None
         if not isinstance(obj, dict):
             raise RagtuneError(
                 f"{path}: line {number} holds a JSON {type(obj).__name__}, but JSONL data needs one JSON object "

@@ -201,3 +201,14 @@ def test_deeply_nested_jsonl_line_is_one_clear_error(tmp_path):
                     encoding="utf-8")
     with pytest.raises(RagtuneError, match=r"deep\.jsonl: line 2 is nested too deeply"):
         read_table(path)
+
+
+def test_jsonl_lone_surrogate_named(tmp_path):
+    # "\ud800" is legal JSON but no character: refused with its line (found by tests/test_cli_fuzz.py)
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": "x\\ud800", "label": "b"}\n{"text": "\\ud83d\\ude00", "label": "c"}\n',
+                    encoding="utf-8")
+    with pytest.raises(RagtuneError, match="line 2 holds a lone UTF-16 surrogate"):
+        read_table(path)
+    path.write_text('{"text": "\\ud83d\\ude00 paired is fine", "label": "c"}\n', encoding="utf-8")
+    assert read_table(path)["text"].tolist() == ["\U0001F600 paired is fine"]
