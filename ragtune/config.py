@@ -737,6 +737,7 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
     shared node counts once per use); stops with :class:`_TooManyNodes` past ``limit``. Iterative, with
     each node's size computed once, so a billion-laughs document costs only its own nodes."""
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # nodes whose children are being sized: meeting one again is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -747,9 +748,13 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
             continue
         children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else list(node.value)
         if not children_done:
+            if id(node) in open_nodes:  # `&a [*a]`: a value that holds itself expands without end
+                raise _TooManyNodes(float("inf"))
+            open_nodes.add(id(node))
             stack.append((node, True))
             stack.extend((child, False) for child in children if id(child) not in sizes)
             continue
+        open_nodes.discard(id(node))
         size = 1 + sum(sizes[id(child)] for child in children)
         if size > limit:
             raise _TooManyNodes(size)
@@ -769,7 +774,8 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 def _too_many_nodes_message(source: str) -> str:
-    return (f"{source}: too many values once its aliases (*name) are expanded (more than {MAX_YAML_NODES:,}); "
+    return (f"{source}: too many values once its aliases (*name) are expanded (more than {MAX_YAML_NODES:,}, "
+            "or without end when a value holds itself, as in &a [*a]); "
             "refused before expanding it (an alias bomb, or a config far larger than any needs)")
 
 

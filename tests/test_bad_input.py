@@ -302,8 +302,10 @@ def test_commands_on_wrong_folders(tmp_path, capsys):
     assert digest(tmp_path / "plain") == {"notes.txt": hashlib.sha256(b"hello").hexdigest()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
+    """A folder with train.csv, cfg.yaml and run/, a finished tiny classification run: trained once per
+    session and shared by the bad-input modules (which import this fixture); tests never write to it."""
     folder = tmp_path_factory.mktemp("bad_input_run")
     good_rows(60).to_csv(folder / "train.csv", index=False)
     config = write_config(folder)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_bad_input import digest, expect_user_error, good_rows, write_config
+from test_bad_input import digest, expect_user_error, finished_run, good_rows, write_config  # noqa: F401  (the session's run)
 
 from ragtune.cli import main
 
@@ -67,6 +67,17 @@ def test_an_alias_bomb_in_an_override_is_refused(tmp_path, capsys):
     value += "".join(f", &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)) + "]"
     expect_user_error(capsys, ["validate", str(config), f"data.keep_labels={value}"],
                       "override data.keep_labels", "aliases", "200,000")
+
+
+def test_a_value_that_holds_itself_is_refused(tmp_path, capsys):
+    # `&a [*a]` is a recursive YAML node: sizing it must not loop (found by tests/test_cli_fuzz.py: 8 GB, no end)
+    good_rows().to_csv(tmp_path / "train.csv", index=False)
+    config = write_config(tmp_path)
+    for value in ("&a [*a]", "&a {x: [1, *a]}"):
+        expect_user_error(capsys, ["validate", str(config), f"train.lr={value}"], "override train.lr", "holds itself")
+    text = config.read_text(encoding="utf-8") + "x-loop: &loop [1, *loop]\n"
+    (tmp_path / "loop.yaml").write_text(text, encoding="utf-8")
+    expect_exit_2(run_cli("validate", str(tmp_path / "loop.yaml"), timeout=60), "loop.yaml", "holds itself")
 
 
 def test_a_few_aliases_and_merges_still_work(tmp_path, capsys):
@@ -125,13 +136,9 @@ def test_absurd_integer_flags_name_the_flag_and_its_range(argv, needles, tmp_pat
 # 5. a model.json that is not a ragtune one
 # ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("limits_run")
-    good_rows(60).to_csv(folder / "train.csv", index=False)
-    config = write_config(folder)
-    assert main(["run", str(config), "--out", str(folder / "run"), "--quiet"]) == 0
-    return folder / "run"
+@pytest.fixture
+def trained_run(finished_run):
+    return finished_run / "run"
 
 
 def _empty_object(path):
@@ -181,11 +188,11 @@ META_CASES = {"{}": _empty_object, "[]": _a_list, "unknown task": _unknown_task,
 
 
 @pytest.mark.parametrize("case", list(META_CASES))
-def test_a_model_json_that_is_not_ragtune_s(case, finished_run, tmp_path, capsys):
+def test_a_model_json_that_is_not_ragtune_s(case, trained_run, tmp_path, capsys):
     from ragtune.serve.service import load_service
 
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(trained_run, run)
     (run / "model.json").rename(run / "model.json.orig")
     needles = META_CASES[case](run / "model.json")
     before = digest(run)
@@ -252,9 +259,9 @@ def test_a_csv_header_of_too_many_columns_exits_2_instead_of_aborting(header, ne
     assert not (out / "model.json").exists()
 
 
-def test_a_wide_predict_input_is_refused(finished_run, tmp_path, capsys):
+def test_a_wide_predict_input_is_refused(trained_run, tmp_path, capsys):
     (tmp_path / "in.tsv").write_text("\t".join(["text"] * 10_001) + "\nhello\n", encoding="utf-8")
-    expect_user_error(capsys, ["predict", str(finished_run), "--input", str(tmp_path / "in.tsv"), "--output",
+    expect_user_error(capsys, ["predict", str(trained_run), "--input", str(tmp_path / "in.tsv"), "--output",
                                str(tmp_path / "out.csv")], "in.tsv", "TSV header names 10,001 columns")
     assert not (tmp_path / "out.csv").exists()
 
@@ -301,11 +308,11 @@ def test_the_memory_estimate_against_a_given_budget(tmp_path):
     check_model_memory(hf, "hf.yaml", available=1)  # a pretrained model is sized by its own files
 
 
-def test_an_allocation_failure_while_building_names_the_keys(finished_run, tmp_path, capsys):
+def test_an_allocation_failure_while_building_names_the_keys(trained_run, tmp_path, capsys):
     """A model.json whose sizes pass no config check (written by hand): torch's allocator refuses the
     table, and the error names the keys instead of a DefaultCPUAllocator traceback."""
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(trained_run, run)
     meta = json.loads((run / "model.json").read_text(encoding="utf-8"))
     meta["model_config"]["d_model"] = 2**40
     (run / "model.json").write_text(json.dumps(meta), encoding="utf-8")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_bad_input import digest, expect_user_error, good_rows, write_config
+from test_bad_input import digest, expect_user_error, finished_run, good_rows, write_config  # noqa: F401  (the session's run)
 
 from ragtune.cli import main
 from ragtune.data.io import read_table
@@ -30,14 +30,10 @@ LONG = "x" * 300  # over NAME_MAX (255) on every common file system
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # chmod does not stop root from writing
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One trained tiny classification run (a few seconds), shared by the tests of this module."""
-    folder = tmp_path_factory.mktemp("output_paths_run")
-    good_rows(60).to_csv(folder / "train.csv", index=False)
-    config = write_config(folder)
-    assert main(["run", str(config), "--out", str(folder / "run"), "--quiet"]) == 0
-    return folder / "run"
+@pytest.fixture
+def tiny_run(finished_run):
+    """The session's trained tiny classification run (tests/test_bad_input.py), never written to."""
+    return finished_run / "run"
 
 
 @pytest.fixture(scope="module")

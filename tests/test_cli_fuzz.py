@@ -7,7 +7,8 @@ file touched; a failed command leaves an existing output file as it was and writ
 
 The cases are seeded (``derandomize=True``): CI runs the same ones each time, `FUZZ_CASES` of them
 in all (see :data:`CASES`). Set ``RAGTUNE_FUZZ_SCALE=10`` to run ten times as many, and
-``RAGTUNE_FUZZ_SEED=N`` for another, still reproducible, set.
+``RAGTUNE_FUZZ_SEED=N`` for another, still reproducible, set; ``RAGTUNE_FUZZ_NO_SHRINK=1`` reports a
+failing case as found instead of shrinking it (each shrink step may train a model).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 import conftest
@@ -33,6 +34,7 @@ from ragtune.cli import main
 
 SCALE = float(os.environ.get("RAGTUNE_FUZZ_SCALE", "1"))
 SEED = int(os.environ.get("RAGTUNE_FUZZ_SEED", "0"))
+NO_SHRINK = bool(os.environ.get("RAGTUNE_FUZZ_NO_SHRINK"))  # report a failing case as found (shrinking retrains)
 CASES = {"validate": int(160 * SCALE), "run": int(60 * SCALE), "predict": int(60 * SCALE), "eval": int(40 * SCALE)}
 FUZZ_CASES = sum(CASES.values())
 
@@ -40,7 +42,8 @@ LABELS = ["politics", "economy", "entertainment"]
 
 
 def _settings(n: int):
-    return settings(max_examples=n, derandomize=SEED == 0, database=None, deadline=None, print_blob=True,
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([] if NO_SHRINK else [Phase.shrink])
+    return settings(max_examples=n, derandomize=SEED == 0, database=None, deadline=None, print_blob=True, phases=phases,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                            HealthCheck.data_too_large, HealthCheck.large_base_example])
 
