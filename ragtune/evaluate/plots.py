@@ -147,7 +147,9 @@ def _figure(path: str | os.PathLike, figsize: tuple[float, float]) -> Iterator[t
         FigureCanvasAgg(fig)
         try:
             yield fig, out
-            fig.savefig(out, dpi=120, format=_format_of(out), bbox_inches="tight", pad_inches=0.15)
+            with warnings.catch_warnings():  # a label with a character no installed font has: drawn as a box
+                warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+                fig.savefig(out, dpi=120, format=_format_of(out), bbox_inches="tight", pad_inches=0.15)
         finally:
             fig.clear()
 
