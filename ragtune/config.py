@@ -607,8 +607,8 @@ def check_model_memory(cfg: BaseModel, source: str = "<config>", available: int 
     """Refuse a from-scratch model whose training (weights, gradients, Adam moments: 16 bytes a
     parameter) would need more than the machine's available memory, naming the keys that size it.
     Computed from the config (no torch), so ``ragtune validate`` and ``run`` refuse it before anything
-    is allocated. ``available``: bytes (default: :func:`ragtune.errors.available_memory`)."""
-    from ragtune.errors import available_memory, gib
+    is allocated. ``available``: bytes (default: :func:`ragtune.memory.available_memory`)."""
+    from ragtune.memory import available_memory, gib
 
     estimate = scratch_model_size(cfg)
     if estimate is None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ragtune.errors import building_model
+from ragtune.memory import building_model
 from ragtune.models.layers import (DecoderBlock, KVCache, causal_mask, check_config, check_distinct_ids, check_ids,
                                    check_length, check_token_id, count_parameters, embeddings_and_blocks, output_head,
                                    real_tokens)

@@ -65,7 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ragtune.errors import RagtuneError, building_model
+from ragtune.errors import RagtuneError
+from ragtune.memory import building_model
 from ragtune.models.layers import (DecoderBlock, EncoderBlock, KVCache, causal_mask, check_config, check_distinct_ids,
                                    check_ids, check_length, check_token_id, count_parameters, embeddings_and_blocks,
                                    key_padding_mask, output_head, real_tokens)

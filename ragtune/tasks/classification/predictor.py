@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ragtune.data.tokenizer import encode, encode_pairs, load_tokenizer
-from ragtune.errors import RagtuneError, bad_model_meta, building_model, read_model_meta
+from ragtune.errors import RagtuneError, bad_model_meta, read_model_meta
+from ragtune.memory import building_model
 from ragtune.evaluate.metrics import classification_metrics, regression_metrics
 from ragtune.models.transformer import TransformerConfig, TransformerForRegression, TransformerForSequenceClassification
 from ragtune.runs import MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE
