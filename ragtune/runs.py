@@ -169,6 +169,7 @@ def training_summary(result: TrainResult) -> dict:
         "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
+        **result.device,  # device, device_name, precision, peak_memory_gib, peak_memory_of
     }
 
 
@@ -296,7 +297,7 @@ def train_text_model(cfg, model, stream: BatchStream, batch_loss, score_validati
     result = train_model(
         model, stream, batch_loss, *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass), cfg=cfg.train,
         selection_metric=cfg.selection_metric, evaluate=evaluate, out_dir=run_dir, resume=resume,
-        on_epoch_end=on_epoch_end, progress=progress,
+        on_epoch_end=on_epoch_end, progress=progress, max_length=cfg.model.max_length,
     )
     restore_best(model, cfg.train, result, run_dir)
     model.eval()

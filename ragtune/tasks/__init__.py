@@ -50,7 +50,9 @@ if TYPE_CHECKING:
 
 # Keys a resumed run may change (everything else must match the run's saved config).
 RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.threads", "train.log_every_steps",
-                     "train.checkpoint_every_steps", "name"}
+                     "train.checkpoint_every_steps", "name",
+                     # a run resumes on another device (a GPU run finished on a CPU, or the reverse)
+                     "train.device", "train.precision", "train.tf32", "train.compile"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,6 @@ class Task:
     predictor: str  # the predictor class in predictor.py
     endpoint: str  # what `ragtune serve` answers on for a run of this task
     engines: tuple[str, ...] = ("torch",)  # "onnx": `ragtune export` folders (and `ragtune explain`)
-    data_parallel: bool = False  # trains under torchrun on several processes (ragtune/train/distributed.py)
 
     def recipe(self) -> ModuleType:
         return importlib.import_module(f"ragtune.tasks.{self.folder}.recipe")
@@ -150,9 +151,6 @@ def run(
     from ragtune import runs  # torch: imported when a run starts, not by `ragtune validate`
     from ragtune.train import distributed
 
-    if (world_size := distributed.info().world_size) > 1 and not task_of(cfg.task).data_parallel:
-        raise RagtuneError(f"distributed training (torchrun, {world_size} processes) supports tasks "
-                           f"classification and regression; task {cfg.task!r} trains in one process")
     opts = runs.RunOptions(resume=resume, progress=progress, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test,
                            config_path=config_path, reports=reports)
     if distributed.info().is_main:

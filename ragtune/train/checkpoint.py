@@ -57,16 +57,24 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def rng_state() -> dict:
+    """The torch (CPU, and each GPU's when CUDA is there), Python and NumPy random states."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore :func:`rng_state`. A checkpoint written on a GPU resumes on a CPU (its CUDA states are
+    ignored) and one from a CPU on a GPU (the CUDA generators keep their seeded state)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     internal, version, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -158,6 +166,8 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module) -> dict:
             raise RagtuneError(f"checkpoint file {folder / name} is missing or corrupted (checksum mismatch)")
     load_weights(model, folder / "model.safetensors")
     try:
-        return torch.load(folder / "state.pt", weights_only=True)
+        # map_location cpu: a checkpoint written on a GPU loads anywhere; the optimizer's load_state_dict then
+        # moves its state to the device of the parameters (tests/train/test_devices.py)
+        return torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises several types for a damaged file; the checksum matched, so report it
         raise RagtuneError(f"checkpoint file {folder / 'state.pt'} cannot be read ({_reason(exc)})") from None

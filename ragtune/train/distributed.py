@@ -7,22 +7,28 @@
              --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m ragtune run CONFIG --out RUN_DIR   # each node
 
 ``torchrun`` starts the processes and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
-rendezvous; :func:`init_from_env` joins the process group (``gloo`` on CPU, ``nccl`` when CUDA is
-there). Then:
+rendezvous; :func:`init_from_env` joins the process group (``gloo`` on CPU; with CUDA, ``nccl`` for GPU
+tensors and ``gloo`` for CPU ones). Each process trains on its own device: ``train.device`` ``cuda`` or
+``auto`` becomes ``cuda:LOCAL_RANK`` (``ragtune.devices.resolve``). Then, for every task:
 
-* every rank reads the data and builds the same model (same seed; DistributedDataParallel also
-  broadcasts rank 0's weights); the tokenizer is trained once, on rank 0, and sent to the others
-  (:func:`same_on_every_rank`: tokenizer training is not reproducible across processes);
-* batch ``k`` of the stream is the same global batch of ``train.batch_size`` examples as in a
-  single process; rank ``r`` takes rows ``r, r + W, r + 2W, ...`` of it (:func:`shard`), and
-  DistributedDataParallel averages the gradients, so a step equals the single-process step (up to
-  floating-point summation order, and the dropout masks, which differ per rank);
-* the logged training loss is the mean over ranks; validation runs on every rank (the same model
-  and data give the same numbers) and only rank 0 writes the run directory (the other ranks work
-  in a temporary folder that is removed at the end).
+* every rank reads the data and builds the same model (same seed; :func:`broadcast_module` copies
+  rank 0's weights to the others before the first step); a tokenizer is trained once, on rank 0, and
+  sent to the others (:func:`same_on_every_rank`: tokenizer training is not reproducible across processes);
+* batch ``k`` of the stream is the same global batch of ``train.batch_size`` examples as in a single
+  process; rank ``r`` takes rows ``r, r + W, r + 2W, ...`` of it (:func:`share`). Each task's loss is
+  normalised by the *global* number of its units (examples, target tokens, answer windows:
+  :func:`global_mean`), and the training loop averages the gradients over the ranks once per optimizer
+  step (:func:`average_gradients`: one all-reduce of all gradients, after the ``grad_accum_steps``
+  micro-batches). So a step equals the single-process step up to floating-point summation order, and
+  the dropout masks, which differ per rank;
+* whatever a task derives from retrieval (distractor passages, refreshed passage embeddings) is
+  computed on rank 0 and sent to the others (:func:`from_main`), so every rank sees the same passages;
+* validation runs on rank 0 and its metrics reach every rank (early stopping and the best epoch agree);
+  the logged training loss is the mean over ranks; only rank 0 writes the run directory and prints (the
+  other ranks work in a temporary folder that is removed at the end, and stop after training).
 
-Limits: tasks classification and regression (``Task.data_parallel`` in ragtune/tasks); ``--resume`` needs the run
-directory on a file system every node sees.
+Limits: ``--resume`` needs the run directory on a file system every node sees. Tuning (``ragtune tune``)
+runs in one process.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ def init_from_env() -> DistInfo:
     if not launched_by_torchrun():
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # with CUDA: NCCL for GPU tensors, gloo for the CPU ones (metrics, objects, a run with train.device cpu)
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         try:
             dist.init_process_group(backend=backend)
         except Exception as exc:  # rendezvous errors come in several types; say what to check
@@ -73,20 +80,92 @@ def info() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def shard(rows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """Rank ``rank``'s rows of a global batch: ``rows[rank::world_size]``. A batch smaller than the
-    world gives the ranks without a row of their own the first row (DistributedDataParallel needs every
-    rank in every step)."""
-    mine = rows[rank::world_size]
-    return mine if len(mine) else rows[:1]
+def share(rows: torch.Tensor, world: DistInfo | None = None) -> tuple[list[int], int]:
+    """This rank's rows of a global batch, ``rows[rank::world_size]``, and how many of them count.
+
+    Returns ``(rows to compute, real count)``. A batch smaller than the world gives a rank without a row
+    of its own the first row with a count of 0 (every rank must run every step: its loss, weighted by
+    :func:`global_mean`, then adds nothing). In one process: all rows, all counted."""
+    world = world or info()
+    mine = rows[world.rank::world.world_size].tolist()
+    return (mine, len(mine)) if mine else (rows[:1].tolist(), 0)
+
+
+def global_mean(local_mean: torch.Tensor, local_count: int | float, world: DistInfo | None = None) -> torch.Tensor:
+    """A rank's share of the loss over the global batch: ``local_mean`` (the mean over this rank's
+    ``local_count`` units: examples, target tokens, answer windows) times ``W * local_count / total``,
+    where ``total`` is the count summed over all ranks (one all-reduce of a number).
+
+    Averaged over the ranks — which :func:`average_gradients` does to the gradients and
+    :func:`reduce_step` to the logged loss — this is the single-process mean over the whole batch,
+    whatever the share of each rank. In one process ``local_mean`` itself."""
+    world = world or info()
+    if world.world_size == 1:
+        return local_mean
+    total = torch.tensor([float(local_count)], dtype=torch.float64)
+    dist.all_reduce(total)
+    if total.item() == 0:  # no rank has anything to learn from: a zero loss that keeps the graph
+        return local_mean * 0.0
+    return local_mean * (world.world_size * float(local_count) / total.item())
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over the ranks: one all-reduce of them all, flattened per
+    device and dtype. A parameter without a gradient on this rank (unused in its micro-batches) takes
+    part with zeros, so every rank sends the same tensors."""
+    world = info()
+    if world.world_size == 1:
+        return
+    groups: dict[tuple, list[torch.nn.Parameter]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        groups.setdefault((p.grad.device, p.grad.dtype), []).append(p)
+    for group in groups.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group])  # (sum of numel,)
+        dist.all_reduce(flat)
+        flat /= world.world_size
+        offset = 0
+        for p in group:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (what DistributedDataParallel does when it wraps a model)."""
+    if info().world_size == 1:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def from_main(compute):
+    """``compute()`` run on rank 0 only, its result (any picklable value, tensors included) returned on
+    every rank; in one process just ``compute()``. Every rank must call it at the same point."""
+    if info().world_size == 1:
+        return compute()
+    box = [compute() if info().is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def same_on_every_rank(tokenizer):
-    """Rank 0's ``tokenizers.Tokenizer`` on every rank (a no-op in a single process)."""
+    """Rank 0's tokenizer on every rank (a no-op in a single process): a ``tokenizers.Tokenizer`` or a
+    ragtune ``Seq2SeqTokenizer`` (its source and target sides); another kind (a pretrained one, the same
+    file on every rank) is returned as it is."""
     if info().world_size == 1:
         return tokenizer
     from tokenizers import Tokenizer
 
+    from ragtune.data.seq2seq_tokenizer import Seq2SeqTokenizer
+
+    if isinstance(tokenizer, Seq2SeqTokenizer):
+        source = same_on_every_rank(tokenizer.source)
+        return Seq2SeqTokenizer(source, None if tokenizer.joint else same_on_every_rank(tokenizer.target))
+    if not isinstance(tokenizer, Tokenizer):
+        return tokenizer
     box = [tokenizer.to_str() if info().is_main else None]
     dist.broadcast_object_list(box, src=0)
     return tokenizer if info().is_main else Tokenizer.from_str(box[0])

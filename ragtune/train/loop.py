@@ -14,6 +14,17 @@ need to step in are plain function arguments:
   ``True`` to stop (pruning);
 * ``before_epoch(epoch)`` — e.g. refresh a retrieval index.
 
+Devices and precision: the model comes on its device (:func:`training_device` resolves ``train.device``;
+the recipe moves the model there before building the optimizer, and each task's ``batch_loss`` moves its
+batch); the loop runs ``batch_loss`` under the autocast of ``train.precision`` on that device, scales the
+loss for fp16 (``torch.amp.GradScaler``), optionally ``torch.compile``\s the model (``train.compile``), records
+the device, its name and the peak memory, and turns an out-of-memory error into one message naming the batch
+size and the maximum length, with the last checkpoint intact.
+
+Under torchrun the loop averages the gradients over the ranks once per optimizer step (one all-reduce,
+ragtune/train/distributed.py) for whatever model and ``batch_loss`` the task brings; there is no
+DistributedDataParallel wrapper.
+
 Files written into ``out_dir`` (when given; each torchrun rank writes its own, rank 0's is the run's):
 ``checkpoints/last/`` (weights, optimizer, scheduler, RNG and :class:`TrainState`, each epoch and every
 ``checkpoint_every_steps``), ``checkpoints/best/model.safetensors``, ``train_log.jsonl`` (one JSON
@@ -33,6 +44,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ragtune import devices
 from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import metric_direction
@@ -106,6 +118,45 @@ class TrainResult(TrainState):
     best_metrics: dict | None = None
     stopped_early: bool = False
     seconds: float = 0.0
+    #: the device it trained on, its name and the peak memory (:func:`ragtune.devices.describe` / ``peak_memory``)
+    device: dict = field(default_factory=dict)
+
+
+def training_device(cfg: TrainConfig) -> torch.device:
+    """The device this process trains on: ``train.device`` resolved (``cuda:LOCAL_RANK`` under torchrun),
+    the precision checked against it, TF32 set as ``train.tf32`` asks. The recipe moves its model there."""
+    world = distributed.info()
+    device = devices.resolve(cfg.device, local_rank=world.local_rank if world.world_size > 1 else None)
+    devices.check_precision(device, cfg.precision)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        devices.set_tf32(cfg.tf32)
+    if cfg.precision == "bf16" and device.type == "cpu" and not native_bf16():
+        log.warning("train.precision: bf16 on a CPU without native bf16 (no avx512_bf16/AMX) is emulated and usually "
+                    "several times slower than fp32; set train.precision=fp32 on this machine")
+    if cfg.precision == "fp16" and device.type == "cpu":
+        log.warning("train.precision: fp16 on the CPU runs (with its gradient scaler) but is rarely faster than "
+                    "fp32; bf16 is the CPU's lower precision")
+    return device
+
+
+def _compile(model: torch.nn.Module) -> None:
+    """``torch.compile`` in place (``nn.Module.compile``: the state dict keeps its keys); a module with no
+    forward of its own (e.g. RAG's reader + query encoder) has its children compiled."""
+    for module in [model] if type(model).forward is not torch.nn.Module.forward else model.children():
+        module.compile()
+
+
+def _out_of_memory(cfg: TrainConfig, max_length: int | None, where: str, device: torch.device,
+                   ckpt_dir: Path | None) -> RagtuneError:
+    length = f" and model.max_length {max_length}" if max_length else ""
+    kept = (f"the last checkpoint in {ckpt_dir / 'last'} is intact" if ckpt_dir is not None
+            and checkpoint_exists(ckpt_dir / "last") else "no checkpoint had been written yet")
+    return RagtuneError(
+        f"out of memory on {device} {where} with train.batch_size {cfg.batch_size}{length}: lower train.batch_size "
+        f"and raise train.grad_accum_steps to keep the same batch per step (e.g. train.batch_size={max(1, cfg.batch_size // 2)} "
+        f"train.grad_accum_steps={cfg.grad_accum_steps * 2}), shorten model.max_length, or set "
+        f"model.gradient_checkpointing: true where the model has it; {kept}")
 
 
 def native_bf16() -> bool:
@@ -139,6 +190,7 @@ def train_model(
     on_epoch_end: Callable[[int, dict], bool] | None = None,
     before_epoch: Callable[[int], None] | None = None,
     progress: bool = True,
+    max_length: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; returns the per-epoch history and the best epoch (1-based).
 
@@ -150,13 +202,15 @@ def train_model(
     """
     direction = metric_direction(selection_metric)
     steps_per_epoch = epoch_steps(cfg, stream.batches_per_pass)
-    if cfg.precision == "bf16" and not native_bf16():
-        log.warning("train.precision: bf16 on a CPU without native bf16 (no avx512_bf16/AMX) is emulated and usually "
-                    "several times slower than fp32; set train.precision=fp32 on this machine")
+    device = next(model.parameters()).device  # where the recipe put it (training_device)
+    autocast = devices.autocast(device, cfg.precision)
+    scaler = devices.grad_scaler(device, cfg.precision)  # fp16 only; a pass-through otherwise
     world = distributed.info()  # torchrun: this process's share of each global batch (ragtune/train/distributed.py)
     shows = world.is_main  # progress and log lines: rank 0 only (each rank writes its own out_dir)
     writes = out_dir is not None
     ckpt_dir = Path(out_dir) / "checkpoints" if out_dir is not None else None
+    trained = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    devices.reset_peak_memory(device)
 
     state = TrainResult()  # a TrainState (what a checkpoint resumes), returned with the rest of the result
     if resume:
@@ -166,6 +220,8 @@ def train_model(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"])
+        if "scaler" in saved and scaler.is_enabled():
+            scaler.load_state_dict(saved["scaler"])
         state.load_state_dict(saved)
         log.info("resumed at epoch %d step %d (optimizer step %d)", state.epoch + 1, state.step_in_epoch,
                  state.optimizer_steps)
@@ -173,7 +229,8 @@ def train_model(
     def checkpoint() -> None:
         if writes:
             save_checkpoint(ckpt_dir / "last", model, {"optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "rng": rng_state(), **state.state_dict()})
+                            "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                            **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}), **state.state_dict()})
 
     step_log = None
     if writes:
@@ -184,7 +241,11 @@ def train_model(
                     if line.strip() and json.loads(line)["step"] <= state.optimizer_steps]
             log_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         step_log = open(log_path, "a", encoding="utf-8")
+    distributed.broadcast_module(model)  # every rank starts from rank 0's weights
+    if cfg.compile:
+        _compile(model)
     started = time.perf_counter()
+    where = "before training"
     try:
         while state.epoch < cfg.epochs:
             if before_epoch is not None:
@@ -195,8 +256,10 @@ def train_model(
             window_tokens, window_start = 0, time.perf_counter()
             while state.step_in_epoch < steps_per_epoch:
                 step_loss, step_tokens = 0.0, 0
+                where = f"in training (epoch {state.epoch + 1}, step {state.step_in_epoch + 1})"
                 for _ in range(cfg.grad_accum_steps):
-                    loss, n_tokens = batch_loss(state.batch_index)
+                    with autocast:
+                        loss, n_tokens = batch_loss(state.batch_index)
                     state.batch_index += 1
                     loss = loss / cfg.grad_accum_steps
                     if not torch.isfinite(loss):
@@ -205,16 +268,19 @@ def train_model(
                             f"{state.step_in_epoch + 1}, batch {state.batch_index} of the stream; lower train.lr "
                             f"(now {cfg.lr}) or enable train.clip_grad_norm"
                         )
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     step_loss += loss.item()
                     step_tokens += n_tokens
                 if world.world_size > 1:  # the logged loss and token count cover every rank
                     step_loss, step_tokens = distributed.reduce_step(step_loss, step_tokens)
                 window_tokens += step_tokens
                 state.tokens += step_tokens
+                distributed.average_gradients(trained)  # torchrun: one all-reduce; a no-op in one process
                 if cfg.clip_grad_norm:
+                    scaler.unscale_(optimizer)  # fp16: clip the true gradients
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)  # fp16: skipped when the scaled gradients overflowed
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step_in_epoch += 1
@@ -237,7 +303,8 @@ def train_model(
             bar.close()
 
             # ---- end of epoch: validate, keep the best, checkpoint, maybe stop -------------------
-            metrics = evaluate()
+            where = f"in validation after epoch {state.epoch + 1}"
+            metrics = distributed.from_main(evaluate)  # torchrun: rank 0 validates, every rank gets its metrics
             if selection_metric not in metrics:
                 raise RagtuneError(f"eval.metric: {selection_metric!r} is not among the validation metrics {sorted(metrics)}")
             entry = {"epoch": state.epoch + 1, "step": state.optimizer_steps,
@@ -272,8 +339,15 @@ def train_model(
             if stop:
                 state.stopped_early = state.epoch < cfg.epochs
                 break
+    except Exception as exc:
+        if not devices.is_out_of_memory(exc):
+            raise
+        optimizer.zero_grad(set_to_none=True)
+        devices.release_cached_memory(device)
+        raise _out_of_memory(cfg, max_length, where, device, ckpt_dir) from None
     finally:
         if step_log is not None:
             step_log.close()
     state.seconds = time.perf_counter() - started
+    state.device = {**devices.describe(device), "precision": cfg.precision, **devices.peak_memory(device)}
     return state

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from ragtune.data.squad import QARecord
+from ragtune.devices import to_device
 from ragtune.models.reader import ExtractiveReader, feature_batch, prepare_features, span_loss
+from ragtune.train import distributed
 
 
 @dataclass(frozen=True)
@@ -67,27 +69,30 @@ def reader_inputs(records: Sequence[QARecord], distractor_passages: Sequence[Seq
 
 
 def reader_batch_loss(reader: ExtractiveReader, tokenizer, inputs: Sequence[ReaderInput], max_length: int,
-                      doc_stride: int, autocast: torch.autocast) -> tuple[torch.Tensor, int]:
-    """``(loss, tokens)`` of one batch of reader inputs: span cross-entropy over all their windows."""
+                      doc_stride: int, counted: bool = True) -> tuple[torch.Tensor, int]:
+    """``(loss, tokens)`` of one batch of reader inputs: span cross-entropy over all their windows, on the
+    reader's device. Under torchrun the mean is over the windows of the whole global batch
+    (:func:`ragtune.train.distributed.global_mean`); ``counted=False`` marks a rank's stand-in row."""
     features = prepare_features(tokenizer, [x.question for x in inputs], [x.passage for x in inputs],
                                 max_length=max_length, doc_stride=doc_stride, answers=[x.answer for x in inputs])
-    batch = feature_batch(features, range(len(features)), tokenizer.pad_token_id)
-    with autocast:
-        start_logits, end_logits = reader(batch["input_ids"], batch["attention_mask"],
-                                          batch.get("token_type_ids"))  # (F, T), (F, T)
+    device = next(reader.parameters()).device
+    batch = to_device(feature_batch(features, range(len(features)), tokenizer.pad_token_id), device)
+    start_logits, end_logits = reader(batch["input_ids"], batch["attention_mask"],
+                                      batch.get("token_type_ids"))  # (F, T), (F, T)
     loss = span_loss(start_logits, end_logits, batch["start_positions"], batch["end_positions"],
                      mask=batch["attention_mask"])
-    return loss, int(batch["attention_mask"].sum())
+    return distributed.global_mean(loss, len(features) if counted else 0), int(batch["attention_mask"].sum())
 
 
 def make_reader_batch_loss(reader: ExtractiveReader, tokenizer, inputs: Sequence[ReaderInput],
-                           batch_indices: Callable[[int], torch.Tensor], max_length: int, doc_stride: int,
-                           autocast: torch.autocast) -> Callable[[int], tuple[torch.Tensor, int]]:
+                           batch_indices: Callable[[int], torch.Tensor], max_length: int,
+                           doc_stride: int) -> Callable[[int], tuple[torch.Tensor, int]]:
     """The ``batch_loss(k)`` of :func:`ragtune.train.loop.train_model` for the reader: batch ``k`` holds
-    the inputs ``batch_indices(k)`` (a seeded, resumable order such as ``BatchStream.indices``)."""
+    the inputs ``batch_indices(k)`` (a seeded, resumable order such as ``BatchStream.indices``); under
+    torchrun this rank reads its share of them (:func:`ragtune.train.distributed.share`)."""
 
     def batch_loss(k: int) -> tuple[torch.Tensor, int]:
-        chosen = [inputs[int(i)] for i in batch_indices(k)]
-        return reader_batch_loss(reader, tokenizer, chosen, max_length, doc_stride, autocast)
+        rows, count = distributed.share(batch_indices(k))
+        return reader_batch_loss(reader, tokenizer, [inputs[i] for i in rows], max_length, doc_stride, counted=count > 0)
 
     return batch_loss

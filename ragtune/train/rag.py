@@ -29,23 +29,26 @@ import torch
 import torch.nn.functional as F
 
 from ragtune.data.squad import QARecord
+from ragtune.devices import to_device
 from ragtune.models.reader import ExtractiveReader, feature_batch, prepare_features, span_log_likelihood
+from ragtune.train import distributed
 
 
 def encode_queries_with_grad(encoder, texts: Sequence[str]) -> torch.Tensor:
     """L2-normalised query embeddings ``(B, d)`` through a ``SentenceTransformer``, keeping the graph."""
     # sentence-transformers >= 6: preprocess (tokenize is its deprecated alias)
     features = encoder.preprocess(list(texts)) if hasattr(encoder, "preprocess") else encoder.tokenize(list(texts))
+    features = to_device(features, encoder.device)
     embeddings = encoder(features)["sentence_embedding"]  # (B, d)
     return F.normalize(embeddings.float(), dim=-1)  # (B, d)
 
 
 @torch.no_grad()
 def encode_passages(encoder, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """L2-normalised passage embeddings ``(N, d)`` (no graph): the index side, for a refresh."""
+    """L2-normalised passage embeddings ``(N, d)`` (no graph) on the encoder's device: the index side, for a refresh."""
     vectors = encoder.encode_document(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                       convert_to_tensor=True, show_progress_bar=False)
-    return vectors.float().cpu()  # (N, d)
+    return vectors.float().to(encoder.device)  # (N, d)
 
 
 def find_answer(passage: str, answers: Sequence[str]) -> tuple[str, int] | None:
@@ -70,11 +73,13 @@ def answer_rows(records: Sequence[QARecord], passages: Sequence[dict], doc_sha1:
 def rag_batch_loss(reader: ExtractiveReader, tokenizer, encoder, passage_embeddings: torch.Tensor,
                    passages: Sequence[dict], records: Sequence[QARecord], gold_rows: Sequence[Sequence[int]],
                    top_k: int, temperature: float, gold_passage: bool, max_length: int, doc_stride: int,
-                   autocast: torch.autocast) -> tuple[torch.Tensor, int]:
+                   counted: bool = True) -> tuple[torch.Tensor, int]:
     """``(loss, tokens)`` of one batch of questions: ``-mean log sum_z p(z|x) p(y|x,z)`` (module docstring).
 
-    ``passage_embeddings`` ``(N, d)`` and ``passages`` (dicts with ``text``) are the index rows;
-    ``gold_rows[i]`` the rows of question ``i``'s gold paragraph that hold its answer.
+    ``passage_embeddings`` ``(N, d)`` (on the encoder's device) and ``passages`` (dicts with ``text``) are
+    the index rows; ``gold_rows[i]`` the rows of question ``i``'s gold paragraph that hold its answer.
+    Under torchrun the mean is over the trained questions of the whole global batch
+    (:func:`ragtune.train.distributed.global_mean`); ``counted=False`` marks a rank's stand-in row.
     """
     q = encode_queries_with_grad(encoder, [r.question for r in records])  # (B, d)
     with torch.no_grad():
@@ -84,14 +89,14 @@ def rag_batch_loss(reader: ExtractiveReader, tokenizer, encoder, passage_embeddi
         if gold_passage and gold_rows[i] and not any(find_answer(passages[z]["text"], records[i].answers) for z in candidates):
             sims = passage_embeddings[gold_rows[i]] @ q[i].detach()  # (G,)
             candidates[-1] = gold_rows[i][int(sims.argmax())]
-    index = torch.tensor(rows, dtype=torch.long)  # (B, k)
+    index = torch.tensor(rows, dtype=torch.long, device=passage_embeddings.device)  # (B, k)
     scores = torch.einsum("bd,bkd->bk", q, passage_embeddings[index]) / temperature  # (B, k)
     log_p_z = torch.log_softmax(scores, dim=-1)  # (B, k)
 
     # the reader reads every (question, passage) pair that holds the answer; the others have p(y|x,z) = 0
     pairs = [(i, j) for i in range(len(records)) for j in range(top_k)
              if find_answer(passages[rows[i][j]]["text"], records[i].answers)]
-    log_p_y = torch.full((len(records), top_k), float("-inf"))  # (B, k)
+    log_p_y = torch.full((len(records), top_k), float("-inf"), device=scores.device)  # (B, k)
     tokens = 0
     if pairs:
         texts = [passages[rows[i][j]]["text"] for i, j in pairs]
@@ -104,34 +109,36 @@ def rag_batch_loss(reader: ExtractiveReader, tokenizer, encoder, passage_embeddi
             if features.start_positions[f] != 0 and example not in chosen:
                 chosen[example] = f
         if chosen:
-            batch = feature_batch(features, list(chosen.values()), tokenizer.pad_token_id)
-            with autocast:
-                start_logits, end_logits = reader(batch["input_ids"], batch["attention_mask"],
-                                                  batch.get("token_type_ids"))  # (P, T), (P, T)
+            batch = to_device(feature_batch(features, list(chosen.values()), tokenizer.pad_token_id),
+                              next(reader.parameters()).device)
+            start_logits, end_logits = reader(batch["input_ids"], batch["attention_mask"],
+                                              batch.get("token_type_ids"))  # (P, T), (P, T)
             span = span_log_likelihood(start_logits, end_logits, batch["start_positions"], batch["end_positions"],
                                        mask=batch["attention_mask"])  # (P,)
-            where = torch.tensor([pairs[e] for e in chosen], dtype=torch.long)  # (P, 2)
-            log_p_y = log_p_y.index_put((where[:, 0], where[:, 1]), span)  # (B, k)
+            where = torch.tensor([pairs[e] for e in chosen], dtype=torch.long, device=scores.device)  # (P, 2)
+            log_p_y = log_p_y.index_put((where[:, 0], where[:, 1]), span.float().to(scores.device))  # (B, k)
             tokens = int(batch["attention_mask"].sum())
     marginal = torch.logsumexp(log_p_z + log_p_y, dim=-1)  # (B,)
     trained = torch.isfinite(marginal)
+    n_trained = int(trained.sum()) if counted else 0
     if not bool(trained.any()):  # no retrieved passage held any answer: nothing to learn from this batch
-        return (scores.sum() * 0.0), tokens
-    return -marginal[trained].mean(), tokens
+        return distributed.global_mean(scores.sum() * 0.0, 0), tokens
+    return distributed.global_mean(-marginal[trained].mean(), n_trained), tokens
 
 
 def make_rag_batch_loss(reader: ExtractiveReader, tokenizer, encoder, embeddings: Callable[[], torch.Tensor],
                         passages: Sequence[dict], records: Sequence[QARecord], gold_rows: Sequence[Sequence[int]],
                         batch_indices: Callable[[int], torch.Tensor], top_k: int, temperature: float,
-                        gold_passage: bool, max_length: int, doc_stride: int,
-                        autocast: torch.autocast) -> Callable[[int], tuple[torch.Tensor, int]]:
+                        gold_passage: bool, max_length: int,
+                        doc_stride: int) -> Callable[[int], tuple[torch.Tensor, int]]:
     """The ``batch_loss(k)`` of :func:`ragtune.train.loop.train_model` for RAG training; ``embeddings()``
-    gives the current passage embeddings (they change when the caller refreshes them)."""
+    gives the current passage embeddings (they change when the caller refreshes them). Under torchrun
+    this rank takes its share of the questions (:func:`ragtune.train.distributed.share`)."""
 
     def batch_loss(k: int) -> tuple[torch.Tensor, int]:
-        chosen = [int(i) for i in batch_indices(k)]
+        chosen, count = distributed.share(batch_indices(k))
         return rag_batch_loss(reader, tokenizer, encoder, embeddings(), passages, [records[i] for i in chosen],
                               [gold_rows[i] for i in chosen], top_k, temperature, gold_passage, max_length,
-                              doc_stride, autocast)
+                              doc_stride, counted=count > 0)
 
     return batch_loss

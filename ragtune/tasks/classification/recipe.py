@@ -51,7 +51,7 @@ from ragtune.tasks.classification.predictor import (HF_MODEL_DIR, MODEL_META, TO
 from ragtune.train import distributed
 from ragtune.train.batches import BatchStream, pad_batch
 from ragtune.train.checkpoint import save_weights
-from ragtune.train.loop import TrainResult, train_model
+from ragtune.train.loop import TrainResult, train_model, training_device
 from ragtune.train.optim import optimizer_and_scheduler
 
 if TYPE_CHECKING:
@@ -89,10 +89,11 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     retriever, meta_retrieval = _context_retriever(cfg, data, tokenizer, run_dir, opts.progress)
 
     # 2. model building
+    device = training_device(cfg.train)
     torch.manual_seed(cfg.train.seed)
     meta = _model_meta(cfg, data, tokenizer, added_tokens)
     meta["retrieval"] = meta_retrieval
-    model = _build_model(cfg, meta)
+    model = _build_model(cfg, meta, device).to(device)
     predictor = Predictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size, retriever=retriever)
     log.info("model: %s, %.2fM parameters (%.2fM non-embedding)", type(model).__name__,
              model.num_parameters(non_embedding=False) / 1e6, model.num_parameters(non_embedding=True) / 1e6)
@@ -107,7 +108,10 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass, _layer_groups(cfg, model)),
         cfg=cfg.train, selection_metric=cfg.selection_metric, evaluate=lambda: predictor.evaluate(*validation),
         out_dir=run_dir, resume=opts.resume, on_epoch_end=opts.on_epoch_end, progress=opts.progress,
+        max_length=cfg.model.max_length,
     )
+    if not distributed.info().is_main:  # torchrun: rank 0 saves, evaluates and reports
+        return {}, train_result
     runs.restore_best(model, cfg.train, train_result, run_dir)
     if cfg.model.backbone == "hf":
         _save_hf(model, cfg, meta, run_dir / meta["hf_model"])
@@ -323,7 +327,7 @@ def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer, added_tokens: lis
     return meta
 
 
-def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
+def _build_model(cfg: RunConfig, meta: dict, device: torch.device) -> torch.nn.Module:
     """The scratch Transformer, or the pretrained HF model wrapped to the same call signature."""
     if cfg.model.backbone == "hf":
         from ragtune.models.hf import (
@@ -349,7 +353,7 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
                 f"{cfg.model.name_or_path} supports; set model.max_length={positions} or less"
             )
         freeze(hf_model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
-        if cfg.model.fast_cpu_kernels:  # ragtune trains on the CPU
+        if cfg.model.fast_cpu_kernels and device.type == "cpu":  # CPU kernels; CUDA keeps sdpa's flash/efficient ones
             use_fast_cpu_kernels(hf_model)
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(hf_model)
@@ -366,22 +370,25 @@ def _build_model(cfg: RunConfig, meta: dict) -> torch.nn.Module:
 
 def sequence_batch_loss(model: torch.nn.Module, stream: BatchStream, task: str, cfg: TrainConfig):
     """The loop's ``batch_loss(k)`` for ``task`` classification or regression: ``model(input_ids,
-    attention_mask)`` on ``stream.batch(k)`` with :func:`compute_loss`. Under torchrun, this rank's rows
-    ``rank, rank + W, ...`` of global batch ``k``, through DistributedDataParallel (ragtune/train/distributed.py)."""
+    attention_mask)`` on ``stream.batch(k)`` with :func:`compute_loss`, on the model's device. Under
+    torchrun, this rank's rows ``rank, rank + W, ...`` of global batch ``k``, the loss weighted by their
+    share of the batch (ragtune/train/distributed.py; the loop averages the gradients)."""
     world = distributed.info()
-    forward = torch.nn.parallel.DistributedDataParallel(model) if world.world_size > 1 else model
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    device = next(model.parameters()).device
 
     def batch_loss(k: int) -> tuple[torch.Tensor, int]:
+        count = None
         if world.world_size > 1:
-            rows = distributed.shard(stream.indices(k), world.rank, world.world_size).tolist()
+            rows, count = distributed.share(stream.indices(k), world)
             input_ids, attention_mask = pad_batch([stream.sequences[i] for i in rows], stream.pad_id)
             targets = stream.targets[rows]
         else:
             input_ids, attention_mask, targets = stream.batch(k)
-        with autocast:
-            outputs = forward(input_ids, attention_mask)
-        return compute_loss(task, outputs, targets, cfg.label_smoothing), int(attention_mask.sum())
+        input_ids, attention_mask, targets = input_ids.to(device), attention_mask.to(device), targets.to(device)
+        loss = compute_loss(task, model(input_ids, attention_mask), targets, cfg.label_smoothing)
+        if count is not None:
+            loss = distributed.global_mean(loss, count, world)
+        return loss, int(attention_mask.sum())
 
     return batch_loss
 

@@ -178,7 +178,7 @@ class GenerationPredictor:
         """``(logits (B, T-1, V), labels (B, T-1))`` of encoded examples; prompt positions and padding
         have the label ``pad_id`` (left out of the loss)."""
         pad = self.model.config.pad_id
-        ids, mask = pad_batch([ids for ids, _ in examples], pad)  # (B, T)
+        ids, mask = pad_batch([ids for ids, _ in examples], pad, device=next(self.model.parameters()).device)  # (B, T)
         labels = ids[:, 1:].clone()  # (B, T-1): position t predicts token t+1
         for row, (_, prompt_len) in enumerate(examples):
             labels[row, :prompt_len - 1] = pad  # the prompt is given, not learned

@@ -41,7 +41,8 @@ from ragtune.models.decoder import DecoderConfig, build_decoder
 from ragtune.models.seq2seq import seq2seq_loss
 from ragtune.runs import TOKENIZER_FILE
 from ragtune.train.batches import BatchStream
-from ragtune.train.loop import TrainResult
+from ragtune.train import distributed
+from ragtune.train.loop import TrainResult, training_device
 
 if TYPE_CHECKING:
     from ragtune.tasks.generation.config import GenerationConfig as RunConfig
@@ -101,17 +102,19 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         tokenizer = bpe_tokenizer(cfg, tok_path, opts.resume, lambda: train_seq2seq_tokenizer(
             add_passages(given, retriever) + data.train.response.tolist(), vocab_size=t.vocab_size,
             min_frequency=t.min_frequency))
+    tokenizer = distributed.same_on_every_rank(tokenizer)  # torchrun: rank 0's BPE everywhere
     if not tokenizer.joint:
         raise RagtuneError(f"tokenizer.path: {cfg.tokenizer.path} has one vocabulary per side; task generation needs a joint one")
     if hf_model is None:
         tokenizer.save(tok_path)
 
     # 4. model
+    device = training_device(cfg.train)
     torch.manual_seed(cfg.train.seed)
     model_cfg = {"max_length": m.max_length} if hf_model is not None else dict(vocab_size=tokenizer.source_vocab_size, max_length=m.max_length, d_model=m.d_model, heads=m.heads,
                      head_dim=m.head_dim, layers=m.layers, ffn_dim=m.ffn_dim, dropout=m.dropout, pad_id=tokenizer.pad_id,
                      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, tie_output=m.tie_output, activation=m.activation)
-    model = hf_model if hf_model is not None else build_decoder(DecoderConfig(**model_cfg))
+    model = (hf_model if hf_model is not None else build_decoder(DecoderConfig(**model_cfg))).to(device)
     meta = runs.text_model_meta(cfg, "generation", model_cfg, tokenizer, "causal" if hf_model is not None else None)
     meta.update(prompts=prompts, retrieval=retrieval_meta)
     predictor = GenerationPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size, retriever=retriever)
@@ -122,19 +125,22 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     examples = predictor.training_examples(data.train.prompt.tolist(), data.train.response.tolist())
     stream = BatchStream([ids for ids, _ in examples], torch.zeros(len(examples)), cfg.train.batch_size, cfg.train.seed,
                          pad_id=tokenizer.pad_id, group_by_length=cfg.train.group_by_length)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
     def batch_loss(k: int) -> tuple[torch.Tensor, int]:
-        batch = [examples[i] for i in stream.indices(k).tolist()]
-        with autocast:
-            logits, labels = predictor.batch_logits(batch)  # (B, T-1, V), (B, T-1)
-        loss = seq2seq_loss(logits, labels, tokenizer.pad_id, cfg.train.label_smoothing)
+        rows, counted = distributed.share(stream.indices(k))  # torchrun: this rank's share of the batch
+        batch = [examples[i] for i in rows]
+        logits, labels = predictor.batch_logits(batch)  # (B, T-1, V), (B, T-1), on the model's device
+        targets = int((labels != tokenizer.pad_id).sum())
+        loss = distributed.global_mean(seq2seq_loss(logits, labels, tokenizer.pad_id, cfg.train.label_smoothing),
+                                       targets if counted else 0)  # mean over the global batch's response tokens
         return loss, sum(len(ids) for ids, _ in batch)
 
     val = data.validation
     result = runs.train_text_model(cfg, model, stream, batch_loss,
                               lambda **kw: predictor.evaluate(val.prompt.tolist(), val.response.tolist(), **kw),
                               run_dir, resume=opts.resume, on_epoch_end=opts.on_epoch_end, progress=opts.progress)
+    if not distributed.info().is_main:  # torchrun: rank 0 saves, evaluates and reports
+        return {}, result
     runs.save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)
 
     # 6. evaluation with the configured decoding, and the report

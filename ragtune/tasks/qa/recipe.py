@@ -31,7 +31,8 @@ from ragtune.errors import RagtuneError
 from ragtune.retrieval.augment import INDEX_DIR, open_run_index
 from ragtune.tasks.qa.predictor import MODEL_META, PASSAGE_EMBEDDINGS, QUERY_ENCODER_DIR, READER_DIR, QAPredictor
 from ragtune.train.batches import BatchStream
-from ragtune.train.loop import TrainResult, train_model
+from ragtune.train import distributed
+from ragtune.train.loop import TrainResult, train_model, training_device
 from ragtune.train.optim import optimizer_and_scheduler
 from ragtune.train.qa import make_reader_batch_loss, reader_inputs
 
@@ -65,13 +66,15 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         raise RagtuneError(f"retrieval.top_k: {r.top_k} is larger than the {len(index)} passages of the index {index.path}")
 
     # 3. reader
+    device = training_device(cfg.train)
     torch.manual_seed(cfg.train.seed)
     reader, tokenizer = load_reader(cfg.model.name_or_path)
     if reader.max_positions is not None and cfg.model.max_length > reader.max_positions:
         raise RagtuneError(f"model.max_length: {cfg.model.max_length} is longer than the {reader.max_positions} "
                            f"positions that {cfg.model.name_or_path} supports; set model.max_length={reader.max_positions} or less")
-    if cfg.model.fast_cpu_kernels:
+    if cfg.model.fast_cpu_kernels and device.type == "cpu":  # CPU kernels; CUDA keeps sdpa's flash/efficient ones
         use_fast_cpu_kernels(reader.model)
+    reader.to(device)
     meta = {
         "ragtune_version": ragtune.__version__, "task": "qa", "name_or_path": cfg.model.name_or_path,
         "max_length": cfg.model.max_length, "doc_stride": cfg.model.doc_stride,
@@ -80,29 +83,32 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     predictor = QAPredictor(reader, tokenizer, meta, index, batch_size=cfg.eval.batch_size)
 
     # 4. training: the reader on gold paragraphs + retrieved distractors, or RAG (reader and query encoder)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     if r.train_query_encoder:
         model, batch_loss, before_epoch, stream = _rag_training(cfg, data, index, reader, tokenizer, predictor,
-                                                                autocast, meta, opts.resume)
+                                                                device, meta, opts.resume)
     else:
         model, before_epoch = reader, None
         distractor_passages = None
         if index is not None and r.distractors:
             depth = min(len(index), r.distractors + 5)
-            hits = index.search_batch([q.question for q in data.train], k=depth)
-            distractor_passages = [[h.text for h in per_question] for per_question in hits]
+            # torchrun: retrieved on rank 0, the same passages on every rank
+            distractor_passages = distributed.from_main(lambda: [
+                [h.text for h in per_question] for per_question in index.search_batch([q.question for q in data.train], k=depth)])
         inputs = reader_inputs(data.train, distractor_passages, r.distractors)
         log.info("reader training inputs: %d (%d questions, %d distractor passages)", len(inputs), len(data.train),
                  len(inputs) - len(data.train))
         stream = BatchStream([[0]] * len(inputs), torch.zeros(len(inputs)), cfg.train.batch_size, cfg.train.seed)
         batch_loss = make_reader_batch_loss(reader, tokenizer, inputs, stream.indices, cfg.model.max_length,
-                                            cfg.model.doc_stride, autocast)
+                                            cfg.model.doc_stride)
     result = train_model(
         model, stream, batch_loss, *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass),
         cfg=cfg.train, selection_metric=cfg.selection_metric, out_dir=run_dir, resume=opts.resume,
         evaluate=lambda: predictor.evaluate(data.validation, with_gold=False),
         on_epoch_end=opts.on_epoch_end, before_epoch=before_epoch, progress=opts.progress,
+        max_length=cfg.model.max_length,
     )
+    if not distributed.info().is_main:  # torchrun: rank 0 saves, evaluates and reports
+        return {}, result
     runs.restore_best(model, cfg.train, result, run_dir)
     if r.train_query_encoder and r.refresh_every_epochs:  # the passage side of the weights kept, not of the last refresh
         from ragtune.train.rag import encode_passages
@@ -112,7 +118,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     reader.save_pretrained(run_dir / READER_DIR, tokenizer)
     if r.train_query_encoder:
         predictor.query_encoder.save(str(run_dir / QUERY_ENCODER_DIR))
-        np.save(run_dir / PASSAGE_EMBEDDINGS, predictor.passage_embeddings.numpy().astype(np.float32))
+        np.save(run_dir / PASSAGE_EMBEDDINGS, predictor.passage_embeddings.cpu().numpy().astype(np.float32))
     runs.write_json(run_dir / MODEL_META, meta)
 
     # 5. evaluation and report
@@ -153,8 +159,8 @@ class RagModel(torch.nn.Module):
         self.query_encoder = query_encoder
 
 
-def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predictor: QAPredictor, autocast, meta: dict,
-                  resume: bool):
+def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predictor: QAPredictor, device: torch.device,
+                  meta: dict, resume: bool):
     """Model, batch loss, index refresh and stream of RAG training (:mod:`ragtune.train.rag`)."""
     from ragtune.models.hf import use_fast_cpu_kernels
     from ragtune.retrieval.corpus import text_sha1
@@ -167,9 +173,10 @@ def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predic
         raise RagtuneError(f"retrieval.train_query_encoder: the index {index.path} is a {index.kind!r} index; RAG "
                            "training needs a dense one (ragtune index --kind dense, or retrieval.kind: dense)")
     encoder = index.encoder  # the index's own sentence-transformers model, now trained as the query encoder
-    if cfg.model.fast_cpu_kernels and hasattr(encoder[0], "auto_model"):
+    if cfg.model.fast_cpu_kernels and device.type == "cpu" and hasattr(encoder[0], "auto_model"):
         use_fast_cpu_kernels(encoder[0].auto_model)
-    predictor.use_rag(encoder, torch.from_numpy(np.array(load_embeddings(index.path / EMBEDDINGS))).float(),
+    encoder.to(device)
+    predictor.use_rag(encoder, torch.from_numpy(np.array(load_embeddings(index.path / EMBEDDINGS))).float().to(device),
                       r.temperature)
     meta.update(answer_selection="rag", temperature=r.temperature, query_encoder=QUERY_ENCODER_DIR,
                 passage_embeddings=PASSAGE_EMBEDDINGS)
@@ -189,11 +196,13 @@ def _rag_training(cfg: RunConfig, data: QAData, index, reader, tokenizer, predic
         resumed["pending"] = False
         if due:
             log.info("RAG training: re-encoding %d passages with the trained encoder (epoch %d)", len(texts), epoch + 1)
-            predictor.passage_embeddings = encode_passages(encoder, texts, cfg.eval.batch_size)
+            # torchrun: rank 0 encodes, every rank gets its embeddings (the same retrieval everywhere)
+            fresh = distributed.from_main(lambda: encode_passages(encoder, texts, cfg.eval.batch_size).cpu())
+            predictor.passage_embeddings = fresh.to(device)
 
     batch_loss = make_rag_batch_loss(reader, tokenizer, encoder, lambda: predictor.passage_embeddings, index.passages,
                                      data.train, gold_rows, stream.indices, r.top_k, r.temperature, r.gold_passage,
-                                     cfg.model.max_length, cfg.model.doc_stride, autocast)
+                                     cfg.model.max_length, cfg.model.doc_stride)
     return RagModel(reader, encoder), batch_loss, before_epoch, stream
 
 

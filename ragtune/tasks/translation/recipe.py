@@ -37,7 +37,8 @@ from ragtune.models.seq2seq import Seq2SeqConfig, build_seq2seq, pad_batch, seq2
 from ragtune.runs import TOKENIZER_FILE
 from ragtune.tasks.translation.predictor import Seq2SeqPredictor
 from ragtune.train.batches import BatchStream
-from ragtune.train.loop import TrainResult
+from ragtune.train import distributed
+from ragtune.train.loop import TrainResult, training_device
 
 if TYPE_CHECKING:
     from ragtune.tasks.translation.config import TranslationConfig as RunConfig
@@ -91,6 +92,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         tokenizer = bpe_tokenizer(cfg, tok_path, opts.resume, lambda: train_seq2seq_tokenizer(
             data.train.source.tolist(), data.train.target.tolist(), vocab_size=t.vocab_size,
             min_frequency=t.min_frequency, joint=t.joint))
+    tokenizer = distributed.same_on_every_rank(tokenizer)  # torchrun: rank 0's BPE everywhere
     if hf_model is None and m.share_embeddings and not tokenizer.joint:
         raise RagtuneError("model.share_embeddings: the tokenizer has one vocabulary per side; "
                            "set model.share_embeddings: false or use a joint tokenizer")
@@ -100,6 +102,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
                  tokenizer.source_vocab_size, tokenizer.target_vocab_size)
 
     # 3. model
+    device = training_device(cfg.train)
     torch.manual_seed(cfg.train.seed)
     model_cfg = {"max_length": m.max_length} if hf_model is not None else dict(
         src_vocab_size=tokenizer.source_vocab_size,
@@ -109,7 +112,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, share_embeddings=m.share_embeddings,
         tie_output=m.tie_output, activation=m.activation,
     )
-    model = hf_model if hf_model is not None else build_seq2seq(Seq2SeqConfig(**model_cfg))
+    model = (hf_model if hf_model is not None else build_seq2seq(Seq2SeqConfig(**model_cfg))).to(device)
     meta = runs.text_model_meta(cfg, "translation", model_cfg, tokenizer, hf_kind if hf_model is not None else None)
     meta["joint_tokenizer"] = tokenizer.joint
     predictor = Seq2SeqPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
@@ -123,7 +126,8 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
                 f.write(json.dumps({"source": source, "target": target}, ensure_ascii=False) + "\n")
         meta["memory"] = {"file": MEMORY_FILE, "top_k": cfg.retrieval.top_k, "separator": SEPARATOR}
         predictor.use_memory(memory, cfg.retrieval.top_k)  # validation and test sources read their hits too
-        train_sources = memory.augment_training(cfg.retrieval.top_k)  # never a sentence's own translation
+        # never a sentence's own translation; torchrun: retrieved on rank 0, the same on every rank
+        train_sources = distributed.from_main(lambda: memory.augment_training(cfg.retrieval.top_k))
         log.info("translation memory: %d pairs, top %d per source", len(memory), cfg.retrieval.top_k)
     log.info("model: %s, %.2fM parameters", f"{m.name_or_path} ({hf_kind})" if hf_model is not None else "TransformerForSeq2Seq",
              model.num_parameters(non_embedding=False) / 1e6)
@@ -133,23 +137,25 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     tgt_ids = tokenizer.encode_target_batch(data.train.target.tolist(), m.max_length)
     stream = BatchStream(src_ids, torch.zeros(len(src_ids)), cfg.train.batch_size, cfg.train.seed,
                          pad_id=tokenizer.pad_id, group_by_length=cfg.train.group_by_length)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     pad = tokenizer.pad_id
 
     def batch_loss(k: int) -> tuple[torch.Tensor, int]:
-        rows = stream.indices(k).tolist()
-        ids, mask = pad_batch([src_ids[i] for i in rows], pad)  # (B, S)
-        tgt_in, _ = pad_batch([tgt_ids[i][:-1] for i in rows], pad)  # <s> y1 .. yn  (B, T)
-        labels, _ = pad_batch([tgt_ids[i][1:] for i in rows], pad)  # y1 .. yn </s>  (B, T)
-        with autocast:
-            logits = model(ids, mask, tgt_in)  # (B, T, V)
-        loss = seq2seq_loss(logits, labels, pad, cfg.train.label_smoothing)
-        return loss, int(mask.sum()) + int((labels != pad).sum())
+        rows, counted = distributed.share(stream.indices(k))  # torchrun: this rank's share of the batch
+        ids, mask = pad_batch([src_ids[i] for i in rows], pad, device=device)  # (B, S)
+        tgt_in, _ = pad_batch([tgt_ids[i][:-1] for i in rows], pad, device=device)  # <s> y1 .. yn  (B, T)
+        labels, _ = pad_batch([tgt_ids[i][1:] for i in rows], pad, device=device)  # y1 .. yn </s>  (B, T)
+        logits = model(ids, mask, tgt_in)  # (B, T, V)
+        targets = int((labels != pad).sum())
+        loss = distributed.global_mean(seq2seq_loss(logits, labels, pad, cfg.train.label_smoothing),
+                                       targets if counted else 0)  # mean over the global batch's target tokens
+        return loss, int(mask.sum()) + targets
 
     val = data.validation
     result = runs.train_text_model(cfg, model, stream, batch_loss,
                               lambda **kw: predictor.evaluate(val.source.tolist(), val.target.tolist(), **kw),
                               run_dir, resume=opts.resume, on_epoch_end=opts.on_epoch_end, progress=opts.progress)
+    if not distributed.info().is_main:  # torchrun: rank 0 saves, evaluates and reports
+        return {}, result
     runs.save_text_model(model, tokenizer, meta, run_dir, hf=hf_model is not None)
 
     # 5. evaluation with the configured decoding, and the report
