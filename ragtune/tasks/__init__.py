@@ -84,9 +84,9 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "classification": Task("classification", "classification", ClassificationConfig, "Predictor", "/v1/predict",
-                           ("torch", "onnx"), True),
+                           ("torch", "onnx")),
     "regression": Task("regression", "classification", ClassificationConfig, "Predictor", "/v1/predict",
-                       ("torch", "onnx"), True),
+                       ("torch", "onnx")),
     "qa": Task("qa", "qa", QAConfig, "QAPredictor", "/v1/answer"),
     "translation": Task("translation", "translation", TranslationConfig, "Seq2SeqPredictor", "/v1/translate"),
     "generation": Task("generation", "generation", GenerationConfig, "GenerationPredictor", "/v1/generate"),

@@ -17,7 +17,7 @@ need to step in are plain function arguments:
 Devices and precision: the model comes on its device (:func:`training_device` resolves ``train.device``;
 the recipe moves the model there before building the optimizer, and each task's ``batch_loss`` moves its
 batch); the loop runs ``batch_loss`` under the autocast of ``train.precision`` on that device, scales the
-loss for fp16 (``torch.amp.GradScaler``), optionally ``torch.compile``\s the model (``train.compile``), records
+loss for fp16 (``torch.amp.GradScaler``), optionally compiles the model (``train.compile``: ``torch.compile``), records
 the device, its name and the peak memory, and turns an out-of-memory error into one message naming the batch
 size and the maximum length, with the last checkpoint intact.
 
