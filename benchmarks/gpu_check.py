@@ -67,6 +67,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 SHARED = ROOT.parent / "shared" / "data"
 PARTS = ("tasks", "serve", "torchrun", "throughput")
 GATES = ("tasks", "serve", "torchrun")  # throughput is a benchmark: its goals are reported, not gated
+SEED, SEED_COMPILED = "ragtune 6x64 (seed shape)", "ragtune 6x64 (seed shape), torch.compile"
 TASKS = ("classification", "regression", "qa", "qa_rag", "translation", "generation")
 
 LOSS_STEPS = 5
@@ -126,9 +127,35 @@ def list_wheels(extra: list[str]) -> list[str]:
     return [f"{name}=={version}" for name, version in sorted(want.items()) if name not in has]
 
 
+def pack_int8(weights: dict) -> dict:
+    """Every float matrix as int8 with one fp16 scale per row (absmax / 127); other tensors fp16."""
+    import torch
+
+    packed = {}
+    for name, w in weights.items():
+        if w.dim() == 2 and w.is_floating_point():
+            scale = (w.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-6) / 127).half()  # the stored scale
+            packed[name + ".int8"] = torch.round(w.float() / scale.float()).clamp(-127, 127).to(torch.int8)
+            packed[name + ".scale"] = scale
+        else:
+            packed[name] = w.half() if w.is_floating_point() else w
+    return packed
+
+
+def unpack_int8(packed: dict) -> dict:
+    """:func:`pack_int8`'s tensors back as float32."""
+    weights = {}
+    for name, t in packed.items():
+        if name.endswith(".int8"):
+            base = name[:-len(".int8")]
+            weights[base] = t.float() * packed[base + ".scale"].float()
+        elif not name.endswith(".scale"):
+            weights[name] = t.float() if t.is_floating_point() else t
+    return weights
+
+
 def pack_model(dest: Path, dtype: str) -> None:
     """The ``minilm`` model folder with its weights as ``dtype`` (int8: per-row scales, see gpu_wheels.sh)."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(ROOT))
@@ -145,15 +172,7 @@ def pack_model(dest: Path, dtype: str) -> None:
     elif dtype == "fp16":
         save_file({k: v.half() for k, v in weights.items()}, str(dest / "model.safetensors"))
     else:
-        packed = {}
-        for name, w in weights.items():
-            if w.dim() == 2 and w.is_floating_point():
-                scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
-                packed[name + ".int8"] = torch.round(w / scale).to(torch.int8)
-                packed[name + ".scale"] = scale.half()
-            else:
-                packed[name] = w.half() if w.is_floating_point() else w
-        save_file(packed, str(dest / "model.int8.safetensors"))
+        save_file(pack_int8(weights), str(dest / "model.int8.safetensors"))
     (dest / "PACKED.json").write_text(json.dumps({"source": str(src), "dtype": dtype}))
     print(f"minilm ({dtype}) -> {dest}")
 
@@ -168,16 +187,7 @@ def unpack_model(folder: Path, work: Path) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    packed = load_file(str(folder / "model.int8.safetensors"))
-    weights = {}
-    for name, t in packed.items():
-        if name.endswith(".scale"):
-            continue
-        if name.endswith(".int8"):
-            base = name[:-len(".int8")]
-            weights[base] = t.float() * packed[base + ".scale"].float()
-        else:
-            weights[name] = t.float() if t.is_floating_point() else t
+    weights = unpack_int8(load_file(str(folder / "model.int8.safetensors")))
     tmp = out.parent / (out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("model.int8.safetensors"))
@@ -221,22 +231,26 @@ def pack_data(dest: Path, source: Path = SHARED) -> None:
 
 
 def install_missing() -> dict:
-    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    """``pip install --no-index --find-links benchmarks/wheels`` of the BRING packages whose module is
+    missing (pip picks the wheels that fit this Python from the folder, dependencies included)."""
+    wanted = {**BRING, **OPTIONAL}
+    missing = [dist for module, dist in wanted.items() if importlib.util.find_spec(module) is None]
     result = {"missing_before": missing, "installed": []}
+    if WHEELS.is_dir():
+        have = {w.name.split("-")[0].lower().replace("_", "-") for w in WHEELS.glob("*.whl")}
+        missing = [d for d in missing if d.lower() in have or d in BRING.values()]
     if missing:
-        wheels = sorted(WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
-        if not wheels:
+        if not WHEELS.is_dir() or not any(WHEELS.glob("*.whl")):
             raise RuntimeError(f"missing {missing} and no wheels in {WHEELS}: run benchmarks/gpu_wheels.sh first")
-        others = [w for w in wheels if not w.name.startswith("ragtune-")]
-        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(WHEELS), *map(str, others)]
-        log("$ " + " ".join(cmd[:6]) + f" ... ({len(others)} wheels)")
+        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(WHEELS), *missing]
+        log("$ " + " ".join(cmd))
         subprocess.run(cmd, check=True)
-        result["installed"] = [w.name for w in others]
+        result["installed"] = missing
         importlib.invalidate_caches()
-        still = [m for m in NEEDED if importlib.util.find_spec(m) is None]
-        if still:
-            raise RuntimeError(f"still missing after the offline install: {still}")
-    # ragtune runs from this checkout (PYTHONPATH); its wheel is installed only where it is absent
+    still = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if still:
+        raise RuntimeError(f"missing after the offline install: {still}")
+    # ragtune itself runs from this checkout (PYTHONPATH); its wheel is for `pip install --no-deps` elsewhere
     result["ragtune_from"] = str(ROOT)
     return result
 
@@ -299,7 +313,7 @@ def run_cmd(cmd: list[str], timeout: float, log_file: Path, extra_env: dict | No
     return subprocess.CompletedProcess(cmd, 0)
 
 
-def worker(name: str, spec: dict, timeout: float, work: Path, keep: bool = False) -> dict:
+def worker(name: str, spec: dict, timeout: float, work: Path, keep: bool = False, extra_env: dict | None = None) -> dict:
     """``gpu_check.py --worker NAME`` in its own process (a crash or a hang stays there); its JSON result
     (``keep``: the worker goes on from the results already in its file)."""
     spec_file, out_file = work / f"{name}.spec.json", work / f"{name}.result.json"
@@ -307,7 +321,7 @@ def worker(name: str, spec: dict, timeout: float, work: Path, keep: bool = False
     if not keep:
         out_file.unlink(missing_ok=True)
     run_cmd([sys.executable, str(Path(__file__).resolve()), "--worker", name, str(spec_file), str(out_file)],
-            timeout, work / f"{name}.log")
+            timeout, work / f"{name}.log", extra_env)
     return json.loads(out_file.read_text())
 
 
@@ -595,11 +609,11 @@ def part_serve(ctx: dict, budget: float) -> dict:
 def part_torchrun(ctx: dict, budget: float) -> dict:
     import torch
 
-    ref = ctx.get("ddp_ref")
-    if not ref:
-        raise RuntimeError("no CPU fp32 classification run from part (a) to compare with")
-    ref_dir = Path(ref)
     gpus = torch.cuda.device_count() if ctx["device"].startswith("cuda") else 0
+    ref = ctx.get("ddp_ref_cuda" if gpus >= 2 else "ddp_ref")  # the single-process fp32 run on the same device
+    if not ref:
+        raise RuntimeError("no fp32 classification run from part (a) to compare with")
+    ref_dir = Path(ref)
     if gpus >= 2:
         where, how = "cuda", "2 processes on 2 GPUs (NCCL)"
         overrides = ["train.device=cuda", "train.precision=fp32", "train.tf32=false"]
@@ -611,7 +625,7 @@ def part_torchrun(ctx: dict, budget: float) -> dict:
     out_dir = ctx["work"] / "torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ragtune", "run",
            str(ctx["work"] / "tasks" / "classification" / "config.yaml"), *overrides,
-           f"tokenizer.path={ref_dir / 'tokenizer.json'}", "--out", str(out_dir), "--overwrite", "--quiet"]
+           f"tokenizer.path={ref_dir.parent / 'tokenizer.json'}", "--out", str(out_dir), "--overwrite", "--quiet"]
     t = time.perf_counter()
     run_cmd(cmd, budget, ctx["work"] / "torchrun.log", {"OMP_NUM_THREADS": "1"})
     seconds = time.perf_counter() - t
@@ -641,13 +655,22 @@ def bbc_config(ctx: dict) -> tuple[Path, list[str]]:
 def work_ragtune_minilm(spec: dict) -> dict:
     from ragtune.cli import main
 
+    from ragtune.tasks import load_config
+    from ragtune.tasks.classification.data import prepare_data
+
+    # The config's E epochs as one epoch of E passes over the rows (the batch stream reshuffles per pass):
+    # the same steps, rows and schedule as the Trainer's E epochs, and no validation pass between them,
+    # so the step log's last elapsed time is training only.
+    cfg = load_config(spec["config"], spec["overrides"])
+    passes, per_pass = cfg.train.epochs, math.ceil(len(prepare_data(cfg).train) / cfg.train.batch_size)
     run_dir = Path(spec["run_dir"])
-    code = main(["run", spec["config"], *spec["overrides"], "--out", str(run_dir), "--overwrite", "--quiet"])
+    code = main(["run", spec["config"], *spec["overrides"], "train.epochs=1", f"train.steps_per_epoch={passes * per_pass}",
+                 "--out", str(run_dir), "--overwrite", "--quiet"])
     if code:
         raise RuntimeError(f"ragtune run exited {code}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     steps = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    train_s = steps[-1]["elapsed_s"]  # training only: the last step, before the last validation pass
+    train_s = steps[-1]["elapsed_s"]  # training only: the last step, before the validation pass
     tokens = metrics["training"]["tokens"]
     return {"tokens": tokens, "train_s": train_s, "tokens_per_s": tokens / train_s, "optimizer_steps": len(steps),
             "validation_accuracy": metrics["validation"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"],
@@ -768,7 +791,7 @@ def work_encoder(spec: dict) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     ns = argparse.Namespace(vocab=8000, seq=seq)
     half = spec["dtype"] == "bf16"
-    ceiling = matmul_ceiling(device, spec["matmul_n"], spec["dtype"])
+    ceiling = spec.get("ceiling") or matmul_ceiling(device, spec["matmul_n"], spec["dtype"])
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1, ns.vocab, (batch, seq), generator=g).to(dev)
     mask = torch.ones_like(input_ids)
@@ -807,14 +830,15 @@ def work_encoder(spec: dict) -> dict:
         return {"ms_per_step": median * 1000, "tokens_per_s": batch * seq / median,
                 "tflops": flops / median / 1e12, "mfu": flops / median / 1e12 / ceiling, "warmup_s": round(warm_s, 1)}
 
-    torch.manual_seed(0)
-    rows = {"ragtune 4x64": timed(tt.ragtune_case(4, ns)), "HF BERT 4x64": timed(tt.hf_case(ns)),
-            "ragtune 6x64 (seed shape)": timed(tt.ragtune_case(6, ns))}
-    if spec.get("compile"):
+    builders = {"ragtune 4x64": lambda: tt.ragtune_case(4, ns), "HF BERT 4x64": lambda: tt.hf_case(ns),
+                SEED: lambda: tt.ragtune_case(6, ns), SEED_COMPILED: lambda: tt.ragtune_case(6, ns)}
+    rows = {}
+    for name in spec["cases"]:
+        torch.manual_seed(0)
         try:
-            rows["ragtune 6x64 (seed shape), torch.compile"] = timed(tt.ragtune_case(6, ns), compile_it=True)
-        except Exception as exc:  # Inductor needs a C++ compiler / Triton
-            rows["ragtune 6x64 (seed shape), torch.compile"] = {"error": f"{type(exc).__name__}: {exc}"[-1000:]}
+            rows[name] = timed(builders[name](), compile_it=name == SEED_COMPILED)
+        except Exception as exc:  # e.g. Inductor without a C++ compiler / Triton
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"[-1000:]}
     return {"ceiling_tflops": ceiling, "matmul_n": spec["matmul_n"], "dtype": spec["dtype"], "batch": batch, "seq": seq, "rows": rows,
             "flops_formula": "6 x non-embedding params x tokens + 12 x batch x heads x seq^2 x head_dim x layers"}
 
@@ -822,6 +846,11 @@ def work_encoder(spec: dict) -> dict:
 def part_throughput(ctx: dict, budget: float) -> dict:
     b = Budget(budget)
     smoke, device = ctx["smoke"], ctx["device"]
+    one_gpu = {}
+    if device.startswith("cuda"):  # one card for both sides (the Trainer would take every GPU it sees)
+        one_gpu = {"CUDA_VISIBLE_DEVICES": device.split(":")[1] if ":" in device else "0"}
+        ctx = {**ctx, "device": "cuda"}
+        device = "cuda"
     config, overrides = bbc_config(ctx)
     out: dict = {"minilm": {}, "goals": {"ragtune_vs_trainer_tokens_s": 1.5, "seed_encoder_bf16_mfu": 0.40}}
     spec = {"config": str(config), "overrides": overrides, "device": device}
@@ -829,7 +858,7 @@ def part_throughput(ctx: dict, budget: float) -> dict:
         try:
             out["minilm"][name] = worker(f"minilm_{name}", {**spec, "run_dir": str(ctx["work"] / "minilm_ragtune"),
                                                             "work": str(ctx["work"] / "minilm_trainer")},
-                                         b.left() * share, ctx["work"])
+                                         b.left() * share, ctx["work"], extra_env=one_gpu)
         except Exception as exc:
             out["minilm"][name] = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
     r, t = out["minilm"].get("ragtune", {}), out["minilm"].get("trainer", {})
@@ -837,19 +866,28 @@ def part_throughput(ctx: dict, budget: float) -> dict:
         out["minilm"]["speedup"] = r["tokens_per_s"] / t["tokens_per_s"]
         out["minilm"]["token_counts_match"] = r["tokens"] == t["tokens"]
     enc = {"device": device, "batch": 4 if smoke else 64, "seq": 32 if smoke else 256, "steps": 3 if smoke else 10,
-           "warmup": 1 if smoke else 3, "matmul_n": 1024 if smoke else 8192, "compile": not smoke or ctx["compile_smoke"],
+           "warmup": 1 if smoke else 3, "matmul_n": 1024 if smoke else 8192,
            # --smoke: fp32, as this CPU emulates bf16 (many times slower; MFU then against the fp32 ceiling)
-           "dtype": "fp32" if smoke else "bf16"}
+           "dtype": "fp32" if smoke else "bf16", "cases": ["ragtune 4x64", "HF BERT 4x64", SEED]}
     try:
-        out["encoder"] = worker("encoder", enc, b.left(), ctx["work"])
+        out["encoder"] = worker("encoder", enc, b.left() * (0.5 if not smoke or ctx["compile_smoke"] else 1),
+                                ctx["work"], extra_env=one_gpu)
     except Exception as exc:
         out["encoder"] = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
+    if "rows" in out["encoder"] and (not smoke or ctx["compile_smoke"]):
+        # torch.compile in a process of its own: a slow or failing compile costs only its own row
+        try:
+            rows = worker("encoder_compile", {**enc, "cases": [SEED_COMPILED], "ceiling": out["encoder"]["ceiling_tflops"]},
+                          b.left(), ctx["work"], extra_env=one_gpu)["rows"]
+        except Exception as exc:
+            rows = {SEED_COMPILED: {"error": f"{type(exc).__name__}: {exc}"[-2000:]}}
+        out["encoder"]["rows"].update(rows)
     ok = "speedup" in out["minilm"] and "rows" in out["encoder"]
     out["status"] = "ok" if ok else "failed"
     return out
 
 
-WORKERS = {"minilm_ragtune": work_ragtune_minilm, "minilm_trainer": work_trainer_minilm,
+WORKERS = {"encoder_compile": work_encoder, "minilm_ragtune": work_ragtune_minilm, "minilm_trainer": work_trainer_minilm,
            "encoder": work_encoder}
 
 
@@ -1044,6 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
                 ctx["serve_run"] = bf16["run_dir"] if bf16 else None
                 ref = cls.get("cpu fp32", {})
                 ctx["ddp_ref"] = ref.get("run_dir") if ref.get("status") == "ok" else None
+                ref = cls.get(f"{device} fp32", {})
+                ctx["ddp_ref_cuda"] = ref.get("run_dir") if ref.get("status") == "ok" else None
             elif part == "serve":
                 result = part_serve(ctx, part_budget)
             elif part == "torchrun":
