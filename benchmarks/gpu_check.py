@@ -82,6 +82,9 @@ MACHINE_HAS = ("torch", "transformers", "peft", "sentence-transformers", "onnxru
 BRING = {"pydantic": "pydantic", "bm25s": "bm25s", "Stemmer": "PyStemmer", "faiss": "faiss-cpu",
          "optuna": "optuna", "fastapi": "fastapi", "uvicorn": "uvicorn", "starlette": "starlette",
          "prometheus_client": "prometheus-client", "rouge_score": "rouge-score", "pypdf": "pypdf"}
+# Small dependencies of the server that the listed packages bring only in some versions (huggingface_hub 1.x
+# through httpx and typer; 0.x did not): carried in any case, pip uses the machine's own where it has them.
+CARRY_ANYWAY = ("anyio", "h11", "click", "sniffio", "idna")
 OPTIONAL = {"jieba": "jieba"}  # --with-jieba (Chinese BM25 only; 19 MiB)
 NEEDED = ("pydantic", "faiss", "fastapi", "uvicorn", "prometheus_client", "rouge_score", "yaml", "pandas")
 
@@ -124,7 +127,7 @@ def list_wheels(extra: list[str]) -> list[str]:
     # some of them are dependencies of the listed ones' dependencies, e.g. pydantic of typer)
     has = closure(MACHINE_HAS, blocked={canonicalize_name(n) for n in [*BRING.values(), *OPTIONAL.values()]})
     want = closure([*BRING.values(), *extra])
-    return [f"{name}=={version}" for name, version in sorted(want.items()) if name not in has]
+    return [f"{name}=={version}" for name, version in sorted(want.items()) if name not in has or name in CARRY_ANYWAY]
 
 
 def pack_int8(weights: dict) -> dict:
@@ -710,7 +713,7 @@ def work_trainer_minilm(spec: dict) -> dict:
     set_seed(cfg.train.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_id,
-        ignore_mismatched_sizes=True, dtype=torch.float32)
+        ignore_mismatched_sizes=True)  # float32 weights (the default; bf16 only under autocast, as in ragtune)
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     cpu = spec["device"] == "cpu"
     common = {"output_dir": spec["work"], "report_to": "none", "disable_tqdm": True, "bf16": True,
