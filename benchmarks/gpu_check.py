@@ -1030,6 +1030,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started, date = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     device = args.device or ("cpu" if args.smoke else "cuda")
+    if device == "cpu" and not args.smoke:
+        ap.error("--device cpu is the reference of every comparison; on a machine without a GPU use --smoke")
     budget = Budget(args.budget_s or (240 if args.smoke else 450))
     suffix = "_smoke" if args.smoke else ""
     work = Path(args.work or ROOT / "bench_out" / f"gpu_check{suffix}").resolve()
