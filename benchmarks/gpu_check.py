@@ -84,9 +84,11 @@ BRING = {"pydantic": "pydantic", "bm25s": "bm25s", "Stemmer": "PyStemmer", "fais
          "prometheus_client": "prometheus-client", "rouge_score": "rouge-score", "pypdf": "pypdf"}
 # Small dependencies of the server that the listed packages bring only in some versions (huggingface_hub 1.x
 # through httpx and typer; 0.x did not): carried in any case, pip uses the machine's own where it has them.
-CARRY_ANYWAY = ("anyio", "h11", "click", "sniffio", "idna")
-OPTIONAL = {"jieba": "jieba"}  # --with-jieba (Chinese BM25 only; 19 MiB)
-NEEDED = ("pydantic", "faiss", "fastapi", "uvicorn", "prometheus_client", "rouge_score", "yaml", "pandas")
+CARRY_ANYWAY = ("anyio", "h11", "click", "sniffio", "idna", "annotated-doc")
+# Brought only when asked (gpu_wheels.sh --with NAME): jieba (Chinese BM25 only; 19 MiB), and what ragtune
+# needs that the GPU machine is assumed to have (any ML image does), too big to carry along with the rest.
+OPTIONAL = {"jieba": "jieba", "pandas": "pandas", "matplotlib": "matplotlib", "yaml": "pyyaml"}
+NEEDED = ("pydantic", "faiss", "fastapi", "uvicorn", "prometheus_client", "rouge_score", "yaml", "pandas", "matplotlib")
 
 
 def log(msg: str) -> None:
@@ -125,9 +127,10 @@ def list_wheels(extra: list[str]) -> list[str]:
 
     # what the listed packages bring, not counting the packages the machine is said to lack (here
     # some of them are dependencies of the listed ones' dependencies, e.g. pydantic of typer)
-    has = closure(MACHINE_HAS, blocked={canonicalize_name(n) for n in [*BRING.values(), *OPTIONAL.values()]})
+    has = closure(MACHINE_HAS, blocked={canonicalize_name(n) for n in [*BRING.values(), "jieba"]})
+    asked = {canonicalize_name(n) for n in [*CARRY_ANYWAY, *extra]}  # carried even where the machine may have them
     want = closure([*BRING.values(), *extra])
-    return [f"{name}=={version}" for name, version in sorted(want.items()) if name not in has or name in CARRY_ANYWAY]
+    return [f"{name}=={version}" for name, version in sorted(want.items()) if name not in has or name in asked]
 
 
 def pack_int8(weights: dict) -> dict:
@@ -239,9 +242,8 @@ def install_missing() -> dict:
     wanted = {**BRING, **OPTIONAL}
     missing = [dist for module, dist in wanted.items() if importlib.util.find_spec(module) is None]
     result = {"missing_before": missing, "installed": []}
-    if WHEELS.is_dir():
-        have = {w.name.split("-")[0].lower().replace("_", "-") for w in WHEELS.glob("*.whl")}
-        missing = [d for d in missing if d.lower() in have or d in BRING.values()]
+    have = {w.name.split("-")[0].lower().replace("_", "-") for w in WHEELS.glob("*.whl")} if WHEELS.is_dir() else set()
+    missing = [d for d in missing if d in BRING.values() or d.lower() in have]  # an OPTIONAL one only if carried
     if missing:
         if not WHEELS.is_dir() or not any(WHEELS.glob("*.whl")):
             raise RuntimeError(f"missing {missing} and no wheels in {WHEELS}: run benchmarks/gpu_wheels.sh first")
@@ -252,7 +254,7 @@ def install_missing() -> dict:
         importlib.invalidate_caches()
     still = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if still:
-        raise RuntimeError(f"missing after the offline install: {still}")
+        raise RuntimeError(f"missing after the offline install: {still} (bring them: benchmarks/gpu_wheels.sh --with NAME)")
     # ragtune itself runs from this checkout (PYTHONPATH); its wheel is for `pip install --no-deps` elsewhere
     result["ragtune_from"] = str(ROOT)
     return result

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Everything benchmarks/gpu_check.py needs on a GPU machine without network, in benchmarks/wheels/:
 #
-#   bash benchmarks/gpu_wheels.sh [--python-version 3.12] [--with-jieba] [--minilm-dtype int8|fp16|fp32]
+#   bash benchmarks/gpu_wheels.sh [--python-version 3.12] [--with NAME]... [--minilm-dtype int8|fp16|fp32]
 #
 # * wheels of the packages that machine lacks (it has PyTorch with CUDA, transformers, peft,
 #   sentence-transformers, onnxruntime, scikit-learn, sacrebleu and tensorboard): pydantic (+ core),
-#   bm25s, PyStemmer, faiss-cpu, optuna, fastapi, starlette, uvicorn, prometheus-client, rouge-score
+#   bm25s, PyStemmer, faiss-cpu, optuna, fastapi, starlette, uvicorn, prometheus-client, rouge-score, pypdf
 #   and their dependencies outside what the listed packages already bring (worked out from this
 #   venv's package metadata; the versions are this venv's, so the GPU machine runs what was tested
 #   here). Not torch. `--python-version X.Y`: wheels for that interpreter (default: the running one).
@@ -16,22 +16,24 @@
 #   unpacks it to fp32 before any run. Both sides of the MiniLM comparison start from that same copy.
 # * small samples of the real data (../shared/data: BBC News 3 classes, SQuAD, Multi30k) in data/.
 #
-# jieba (19 MiB, only for Chinese BM25 tokenisation, which the check does not use) is left out unless
-# --with-jieba: with it the folder exceeds what one carry holds. The size of the folder is printed.
+# `--with NAME` (repeatable) adds a package and its missing dependencies: jieba (19 MiB, only for Chinese
+# BM25 tokenisation, which the check does not use) is left out unless asked for, and so are pandas,
+# matplotlib and PyYAML, which ragtune imports and the GPU machine is assumed to have (any ML image does);
+# each makes the folder bigger than one carry holds. The size of the folder is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 [ -n "${VIRTUAL_ENV:-}" ] && PY="$VIRTUAL_ENV/bin/python"
 PYVER=""
-WITH_JIEBA=0
+WITH=()
 DTYPE=int8
 while [ $# -gt 0 ]; do
   case "$1" in
     --python-version) PYVER="$2"; shift 2 ;;
-    --with-jieba) WITH_JIEBA=1; shift ;;
+    --with) WITH+=("$2"); shift 2 ;;
     --minilm-dtype) DTYPE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -40,9 +42,7 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.whl
 
 # name==version of every package to bring, from this venv's metadata
-EXTRA=""
-[ "$WITH_JIEBA" = 1 ] && EXTRA="jieba"
-mapfile -t PINS < <("$PY" benchmarks/gpu_check.py --list-wheels $EXTRA)
+mapfile -t PINS < <("$PY" benchmarks/gpu_check.py --list-wheels "${WITH[@]}")
 echo "packages: ${PINS[*]}"
 PLATFORM_ARGS=()
 if [ -n "$PYVER" ]; then
