@@ -23,11 +23,13 @@ part failed):
     request to ``/v1/predict``) on the classification bf16 run.
 (c) ``torchrun``: ``torchrun --nproc_per_node 2`` of the classification run. With 2 GPUs on CUDA
     (NCCL); with one GPU NCCL refuses two ranks on one device, so 2 CPU processes (gloo) run instead,
-    and the JSON says so. Gate: per-step losses within DDP_TOL of the single-process CPU run.
+    and the JSON says so. Gate: per-step losses within DDP_TOL of the single-process fp32 run on the
+    same device.
 (d) ``throughput`` (benchmarks, not gates): ragtune fine-tuning MiniLM on BBC News (3 classes: bf16,
     ``train.group_by_length``, ``configs/bbc3_minilm.yaml``'s settings) against ``transformers.Trainer``
-    at its best settings (bf16, length-grouped batches), same rows, batch, max length, epochs and
-    weights, each in its own process; tokens/s = non-padding tokens (special tokens included, each
+    at its best settings (bf16, length-grouped batches), same rows, batch, max length, steps, schedule
+    and weights, each in its own process on one card (ragtune runs the config's E epochs as one epoch
+    of E passes, so no validation pass falls inside its timed span); tokens/s = non-padding tokens (special tokens included, each
     text cut to max_length, counted the same way on both sides) / training seconds (ragtune: its step
     log up to the last step, no validation; Trainer: wall clock around ``trainer.train()``); and the
     validation accuracy of each. Then ragtune's encoder at the seed shape (12 layers, width 256, FFN
@@ -37,9 +39,14 @@ part failed):
     seq^2 x head_dim x layers) / step time / the bf16 matmul ceiling (best of 10 square 8192^3 bf16
     matmuls, timed with CUDA events in the same run; ``benchmarks/train_throughput.py``'s formula).
 
+``--smoke``: the device under test is the CPU (bf16 against fp32), 4-step runs of 1-layer models, a
+random 2-layer BERT with MiniLM's tokenizer standing in for MiniLM, the encoder rows at 4 x 32 in fp32
+(this CPU emulates bf16), no ``torch.compile`` row (``--compile-smoke`` adds it), ``predict``/``serve``
+without ``--device`` only where the CLI has no such flag yet; about 2-3 minutes on 2 cores.
+
 Results: ``benchmarks/results/gpu_check.json`` and ``benchmarks/results/gpu_check.md`` (a table to
-paste into BENCHMARKS.md; ``--smoke`` writes ``gpu_check_smoke.*``). ``--only a b`` / ``--skip c``
-pick parts.
+paste into BENCHMARKS.md; ``--smoke`` writes ``gpu_check_smoke.*``). ``--only tasks serve`` /
+``--skip throughput`` pick parts; ``--budget-s`` sets the overall budget (default 450 s; --smoke 240 s).
 """
 
 from __future__ import annotations
