@@ -29,6 +29,7 @@ import platform
 import random
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def set_up(cfg, run_dir: Path) -> None:
         old.close()
     handler._ragtune_run = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO if distributed.info().is_main else logging.ERROR)  # torchrun: rank 0 speaks
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     log.info("ragtune %s, torch %s, python %s, %d threads", ragtune.__version__, torch.__version__,
              platform.python_version(), torch.get_num_threads())
@@ -103,8 +104,13 @@ def set_up(cfg, run_dir: Path) -> None:
 def other_rank_folder(run_dir: Path, resume: bool) -> Iterator[Path]:
     """A scratch run folder for a torchrun rank other than 0 (only rank 0 writes ``run_dir``): with a
     copy of ``run_dir``'s config, tokenizer and last checkpoints when resuming; removed at the end.
-    The rank logs warnings only."""
-    logging.getLogger("ragtune").setLevel(logging.WARNING)
+    The rank logs errors only, and Python warnings (the same as rank 0's) are not shown again."""
+    logging.getLogger("ragtune").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    from transformers.utils import logging as hf_logging  # its "Loading weights" bars, and its warnings
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     work = Path(tempfile.mkdtemp(prefix=f"ragtune-rank{distributed.info().rank}-"))
     try:
         if resume:
