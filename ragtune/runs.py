@@ -219,12 +219,20 @@ def metrics_table(metrics: dict, keys) -> list[str]:
     return table(["metric", *splits], ([k, *(fmt(metrics[s].get(k)) for s in splits)] for k in keys))
 
 
+def device_line(training: dict) -> str:
+    """``Trained on cuda:0 (NVIDIA H100 80GB HBM3) in bf16; peak memory 3.2 GiB (cuda tensors ...).`` for a report."""
+    if not training.get("device"):
+        return ""
+    return (f"Trained on {training['device']} ({training['device_name']}) in {training['precision']}; peak memory "
+            f"{training['peak_memory_gib']:.2f} GiB ({training['peak_memory_of']}).")
+
+
 def training_section(metrics: dict, result: TrainResult, run_dir: Path, selection: str, wall: float,
                      curve_keys: tuple[str, ...]) -> list[str]:
     """``## Training``: steps, time, the best epoch (by ``selection``) and the learning curves of ``curve_keys``."""
     t = metrics["training"]
     lines = ["", "## Training", "", f"{t['optimizer_steps']} optimizer steps in {t['seconds']:.0f} s; best epoch "
-             f"{t['best_epoch']} (by validation {selection}); wall time {wall:.0f} s.", ""]
+             f"{t['best_epoch']} (by validation {selection}); wall time {wall:.0f} s. {device_line(t)}", ""]
     if result.history:
         shown = [k for k in curve_keys if any(e.get(f"validation_{k}") is not None for e in result.history)]
         lines += [f"![learning curves]({plots.plot_curves(result.history, run_dir / 'curves.png', metrics=shown or None).name})", ""]
