@@ -384,11 +384,12 @@ def sequence_batch_loss(model: torch.nn.Module, stream: BatchStream, task: str, 
             targets = stream.targets[rows]
         else:
             input_ids, attention_mask, targets = stream.batch(k)
-        input_ids, attention_mask, targets = input_ids.to(device), attention_mask.to(device), targets.to(device)
+        tokens = int(attention_mask.sum())  # counted on the CPU: no wait for the device
+        input_ids, attention_mask, targets = (t.to(device, non_blocking=True) for t in (input_ids, attention_mask, targets))
         loss = compute_loss(task, model(input_ids, attention_mask), targets, cfg.label_smoothing)
         if count is not None:
             loss = distributed.global_mean(loss, count, world)
-        return loss, int(attention_mask.sum())
+        return loss, tokens
 
     return batch_loss
 
