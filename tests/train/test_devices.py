@@ -76,7 +76,8 @@ def test_a_bad_device_in_the_config_is_named(tmp_path, capsys):
     config = small_run_config(tmp_path)
     assert main(["run", str(config), "train.device=gpu", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "train.device" in err and "Traceback" not in err
+    assert "train.device: must be auto, cpu, cuda, cuda:N (N a GPU number) or mps (got 'gpu')" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
