@@ -367,6 +367,9 @@ def cmd_run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg, args.config)  # before anything is written: a failed start leaves no run directory
+    from ragtune import devices
+
+    devices.check_precision(devices.resolve(cfg.train.device), cfg.train.precision)  # a GPU this machine lacks, too
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise RagtuneError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")

@@ -81,6 +81,15 @@ def test_a_bad_device_in_the_config_is_named(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_missing_gpu_stops_the_run_before_anything_is_written(tmp_path, capsys):
+    config = small_run_config(tmp_path)
+    assert main(["run", str(config), "train.device=cuda", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.device: cuda, but torch ") and "choose auto or cpu" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_auto_trains_on_the_cpu_and_metrics_and_report_name_it(tmp_path):
     config = small_run_config(tmp_path)
     assert main(["run", str(config), *FAST, "train.device=auto", "--out", str(tmp_path / "run"), "--quiet"]) == 0
