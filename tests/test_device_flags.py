@@ -218,3 +218,25 @@ def test_faiss_stays_on_the_cpu_without_faiss_gpu(world):
     index = load_faiss(world["index"] / "faiss.index")
     assert faiss_on_device(index, torch.device("cpu")) is index
     assert faiss_on_device(index, torch.device("cuda", 0)) is index or torch.cuda.is_available()
+
+
+def test_a_search_deeper_than_faiss_gpu_allows_uses_the_cpu_copy(world, monkeypatch):
+    from ragtune.retrieval import dense
+    from ragtune.retrieval.index import load_index
+
+    index = load_index(world["index"], device="cpu")
+    assert index.faiss_cpu is None  # nothing was copied to a GPU
+    expected = index.search_rows(["Where is Etna?"], k=2)
+
+    class GpuCopy:  # stands in for the faiss-gpu copy, which answers at most GPU_MAX_K hits
+        def __init__(self, real):
+            self.real, self.calls = real, []
+
+        def search(self, vectors, k):
+            self.calls.append(k)
+            return self.real.search(vectors, k)
+
+    index.faiss_cpu, index.faiss_index = index.faiss_index, GpuCopy(index.faiss_index)
+    monkeypatch.setattr(dense, "GPU_MAX_K", 1)
+    assert index.search_rows(["Where is Etna?"], k=2) == expected and index.faiss_index.calls == []
+    assert index.search_rows(["Where is Etna?"], k=1) == [expected[0][:1]] and index.faiss_index.calls == [1]

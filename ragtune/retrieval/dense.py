@@ -399,6 +399,8 @@ def load_faiss(path: Path):
 
 #: one faiss.StandardGpuResources per GPU (its scratch memory), shared by every index copied there
 _GPU_RESOURCES: dict[int, object] = {}
+#: the most hits faiss-gpu returns per query; a deeper search runs on the CPU copy (:class:`~ragtune.retrieval.index.Index`)
+GPU_MAX_K = 2048
 
 
 def faiss_on_device(index, device):

@@ -463,6 +463,8 @@ class Index:
     bm25: object | None = field(default=None, repr=False)
     faiss_index: object | None = field(default=None, repr=False)
     encoder: object | None = field(default=None, repr=False)
+    #: the CPU FAISS index when ``faiss_index`` is its copy on a GPU (searches deeper than faiss-gpu allows use it)
+    faiss_cpu: object | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -506,9 +508,10 @@ class Index:
         return search_bm25(self.bm25, queries, k)
 
     def _dense(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
-        from ragtune.retrieval.dense import encode_queries, search_faiss
+        from ragtune.retrieval.dense import GPU_MAX_K, encode_queries, search_faiss
 
-        return search_faiss(self.faiss_index, encode_queries(self.encoder, queries), k)
+        faiss_index = self.faiss_cpu if self.faiss_cpu is not None and k > GPU_MAX_K else self.faiss_index
+        return search_faiss(faiss_index, encode_queries(self.encoder, queries), k)  # CPU query vectors
 
     def hit(self, row: int, score: float) -> Hit:
         """The :class:`Hit` of passage row ``row`` with ``score``."""
@@ -587,6 +590,7 @@ def load_index(index_dir: str | Path, expected_encoder: str | None = None, progr
         _check_encoder_weights(index_dir, manifest)
         index.encoder = load_encoder(_encoder_source(manifest), progress, device)
         index.faiss_index = faiss_on_device(faiss_index, device)
+        index.faiss_cpu = faiss_index if index.faiss_index is not faiss_index else None
         dim = index.encoder.get_embedding_dimension()
         if dim is not None and dim != manifest["embedding_dim"]:
             raise RagtuneError(f"encoder {manifest['encoder']!r} gives {dim}-dimensional embeddings but the index "

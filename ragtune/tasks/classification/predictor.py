@@ -163,7 +163,7 @@ class Predictor:
         if not run_dir.is_dir():
             raise RagtuneError(f"{'export' if engine == 'onnx' else 'run'} directory not found: {run_dir}")
         if engine == "onnx":
-            return cls._from_onnx_export(run_dir, batch_size, device, explicit=str(asked or "auto").lower() != "auto")
+            return cls._from_onnx_export(run_dir, batch_size, device, explicit=str(asked or "auto").strip().lower() != "auto")
         if (run_dir / EXPORT_META).exists() and not (run_dir / WEIGHTS_FILE).exists():
             raise RagtuneError(f"{run_dir} is an ONNX export, not a run directory; load it with engine onnx "
                                "(--engine onnx)")
