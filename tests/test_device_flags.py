@@ -240,3 +240,24 @@ def test_a_search_deeper_than_faiss_gpu_allows_uses_the_cpu_copy(world, monkeypa
     monkeypatch.setattr(dense, "GPU_MAX_K", 1)
     assert index.search_rows(["Where is Etna?"], k=2) == expected and index.faiss_index.calls == []
     assert index.search_rows(["Where is Etna?"], k=1) == [expected[0][:1]] and index.faiss_index.calls == [1]
+
+
+def test_the_translation_predictor_pads_on_its_models_device(monkeypatch):
+    import ragtune.tasks.translation.predictor as module
+    from ragtune.data.seq2seq_tokenizer import train_seq2seq_tokenizer
+    from ragtune.models.seq2seq import Seq2SeqConfig, build_seq2seq, pad_batch
+
+    sources, targets = ["a man sleeps", "a dog runs", "two cats eat"], ["ein mann schläft", "ein hund rennt", "zwei"]
+    tokenizer = train_seq2seq_tokenizer(sources * 3, targets * 3, vocab_size=300, min_frequency=1)
+    model = build_seq2seq(Seq2SeqConfig(src_vocab_size=tokenizer.source_vocab_size, max_length=16, d_model=16,
+                                        heads=2, head_dim=8, encoder_layers=1, decoder_layers=1, ffn_dim=32))
+    predictor = module.Seq2SeqPredictor(model.eval(), tokenizer, {"decode": {"max_new_tokens": 3}}, batch_size=2)
+    asked = []
+
+    def recording_pad_batch(rows, pad, left=False, device=None):
+        asked.append(device)
+        return pad_batch(rows, pad, left=left, device=device)
+
+    monkeypatch.setattr(module, "pad_batch", recording_pad_batch)
+    assert len(predictor.translate(sources)) == 3 and isinstance(predictor.loss(sources, targets), float)
+    assert asked and set(asked) == {next(model.parameters()).device}  # each batch made where the model is
