@@ -1,8 +1,8 @@
 """Property-based fuzzing of the command line (Hypothesis), as the server is fuzzed (schemathesis).
 
-Generated configs, overrides, data files, texts and output paths go through `ragtune validate`,
-`ragtune run`, `ragtune predict` and `ragtune eval`, and every case must keep the contract of the
-error catalogue: exit 0 or 2 (argparse's usage errors are 2 too), never a traceback, and no input
+Generated configs, overrides, data files, texts, output paths and `--device` values go through
+`ragtune validate`, `ragtune run`, `ragtune predict` and `ragtune eval`, and every case must keep the
+contract of the error catalogue: exit 0 or 2 (argparse's usage errors are 2 too), never a traceback, and no input
 file touched; a failed command leaves an existing output file as it was and writes no new one.
 
 The cases are seeded (``derandomize=True``): CI runs the same ones each time, `FUZZ_CASES` of them
