@@ -15,7 +15,11 @@ here, so no recipe types it again:
 - for the text tasks (translation, generation): :func:`text_model_meta`, :func:`save_text_model`,
   :func:`read_run_meta` and :func:`load_run_model` (``model.json``, the weights or ``hf_model/``),
   :func:`train_text_model` (the loop with greedy validation decoding), :func:`decode_rows` and
-  :func:`final_metrics`.
+  :func:`final_metrics`;
+- for every predictor: :func:`inference_device` (the device ``from_run_dir(..., device=...)`` names),
+  :func:`predicting_on` (the device of predictors loaded without one, e.g. by a recipe's
+  ``evaluate_file`` under ``ragtune eval --device``) and :func:`model_device` (where a predictor puts
+  its input tensors: its model's device).
 
 The run directory's layout per task is in ``docs/design.md`` (§5 and §10).
 """
@@ -23,6 +27,7 @@ The run directory's layout per task is in ``docs/design.md`` (§5 and §10).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import platform
@@ -42,6 +47,7 @@ import ragtune
 from ragtune.config import flatten, path_keys, path_list_keys, to_yaml
 from ragtune.data.seq2seq import PairData
 from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer
+from ragtune.devices import resolve
 from ragtune.errors import RagtuneError, bad_model_meta, read_model_meta
 from ragtune.evaluate import plots
 from ragtune.models.hf_text import HF_DIR, save_hf_text_model
@@ -58,6 +64,37 @@ TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
 
 BEST_WEIGHTS = Path("checkpoints") / "best" / "model.safetensors"  # written by ragtune.train.loop
+
+#: the device of predictors loaded with ``device=None``: ``auto`` unless :func:`predicting_on` set another
+_PREDICTING_ON: contextvars.ContextVar = contextvars.ContextVar("ragtune_predicting_on", default="auto")
+
+
+@contextlib.contextmanager
+def predicting_on(device: str | torch.device) -> Iterator[None]:
+    """Predictors loaded inside this block without a device of their own (``from_run_dir(..., device=None)``)
+    load on ``device``: how ``ragtune eval --device`` reaches the predictor a recipe's ``evaluate_file`` loads."""
+    token = _PREDICTING_ON.set(device)
+    try:
+        yield
+    finally:
+        _PREDICTING_ON.reset(token)
+
+
+def inference_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device a predictor loads on: ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
+    ``torch.device``) resolved by :func:`ragtune.devices.resolve`, whose errors name ``--device``; None: the
+    device of an enclosing :func:`predicting_on`, else ``auto``."""
+    return resolve(_PREDICTING_ON.get() if device is None else device, key="--device")
+
+
+def model_device(model) -> torch.device:
+    """Where a predictor puts its input tensors: the device of ``model``'s parameters (also when the caller
+    moved the model itself, as the training loop does); the CPU for a model without parameters (the
+    ONNX engine)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -264,12 +301,14 @@ def read_run_meta(run_dir: Path, task: str) -> dict:
     return meta
 
 
-def load_run_model(run_dir: Path, meta: dict, build):
+def load_run_model(run_dir: Path, meta: dict, build, device: torch.device | None = None):
     """``(tokenizer, model)`` of a run: its pretrained Hugging Face model (``meta["hf"]``), or ``build()``
-    with the run's safetensors weights and byte-fallback BPE tokenizer. The model is in eval mode.
+    with the run's safetensors weights and byte-fallback BPE tokenizer. The model is in eval mode, on
+    ``device`` (None: the CPU, where the weights are read).
     Keys of ``model.json`` that do not describe such a model are a RagtuneError naming the file."""
     try:
-        return _load_run_model(run_dir, meta, build)
+        tokenizer, model = _load_run_model(run_dir, meta, build)
+        return tokenizer, model if device is None else model.to(device)
     except RagtuneError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
