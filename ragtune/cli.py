@@ -539,10 +539,7 @@ def cmd_eval(args) -> int:
     cfg = _run_config(run_dir)
     if args.data is not None:
         check_regular_file(args.data, "--data")
-    from ragtune.runs import predicting_on
-
-    with predicting_on(device):  # the device of the predictor the recipe's evaluate_file loads
-        metrics = task_of(cfg.task).recipe().evaluate_file(cfg, run_dir, args.data, args.target)
+    metrics = task_of(cfg.task).recipe().evaluate_file(cfg, run_dir, args.data, args.target, device)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0
 

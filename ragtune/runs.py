@@ -16,10 +16,8 @@ here, so no recipe types it again:
   :func:`read_run_meta` and :func:`load_run_model` (``model.json``, the weights or ``hf_model/``),
   :func:`train_text_model` (the loop with greedy validation decoding), :func:`decode_rows` and
   :func:`final_metrics`;
-- for every predictor: :func:`inference_device` (the device ``from_run_dir(..., device=...)`` names),
-  :func:`predicting_on` (the device of predictors loaded without one, e.g. by a recipe's
-  ``evaluate_file`` under ``ragtune eval --device``) and :func:`model_device` (where a predictor puts
-  its input tensors: its model's device).
+- for every predictor: :func:`inference_device` (the device ``from_run_dir(..., device=...)`` names)
+  and :func:`model_device` (where a predictor puts its input tensors: its model's device).
 
 The run directory's layout per task is in ``docs/design.md`` (§5 and §10).
 """
@@ -27,7 +25,6 @@ The run directory's layout per task is in ``docs/design.md`` (§5 and §10).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
 import logging
 import platform
@@ -65,26 +62,10 @@ WEIGHTS_FILE = "model.safetensors"
 
 BEST_WEIGHTS = Path("checkpoints") / "best" / "model.safetensors"  # written by ragtune.train.loop
 
-#: the device of predictors loaded with ``device=None``: ``auto`` unless :func:`predicting_on` set another
-_PREDICTING_ON: contextvars.ContextVar = contextvars.ContextVar("ragtune_predicting_on", default="auto")
-
-
-@contextlib.contextmanager
-def predicting_on(device: str | torch.device) -> Iterator[None]:
-    """Predictors loaded inside this block without a device of their own (``from_run_dir(..., device=None)``)
-    load on ``device``: how ``ragtune eval --device`` reaches the predictor a recipe's ``evaluate_file`` loads."""
-    token = _PREDICTING_ON.set(device)
-    try:
-        yield
-    finally:
-        _PREDICTING_ON.reset(token)
-
-
 def inference_device(device: str | torch.device | None = None) -> torch.device:
     """The torch device a predictor loads on: ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
-    ``torch.device``) resolved by :func:`ragtune.devices.resolve`, whose errors name ``--device``; None: the
-    device of an enclosing :func:`predicting_on`, else ``auto``."""
-    return resolve(_PREDICTING_ON.get() if device is None else device, key="--device")
+    ``torch.device``) resolved by :func:`ragtune.devices.resolve`, whose errors name ``--device``; None: ``auto``."""
+    return resolve("auto" if device is None else device, key="--device")
 
 
 def model_device(model) -> torch.device:

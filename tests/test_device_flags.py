@@ -181,20 +181,18 @@ def test_explain_runs_on_the_models_device():
     assert out.device == torch.device("cpu") and out.shape == (2, 3)
 
 
-def test_model_device_and_predicting_on(world):
-    from ragtune.runs import inference_device, model_device, predicting_on
+def test_model_device_and_inference_device(world):
+    from ragtune.runs import inference_device, model_device
     from ragtune.tasks.classification.predictor import Predictor
 
     assert model_device(OnDevice(torch.nn.Linear(1, 1))) == torch.device("meta")
     assert model_device(object()) == torch.device("cpu")  # the onnx engine: no parameters
     assert inference_device("auto") == inference_device(None) == inference_device(torch.device("cpu"))
-    if not torch.cuda.is_available():  # `ragtune eval --device` reaches the predictor a recipe loads
-        with predicting_on("cuda"), pytest.raises(RagtuneError, match="--device: cuda, but torch"):
-            Predictor.from_run_dir(world["run"])
-        with predicting_on("cuda"):
-            model = Predictor.from_run_dir(world["run"], device=" CPU ").model  # its own device wins
-            assert next(model.parameters()).device == torch.device("cpu")
-    assert inference_device(None) == inference_device("auto")  # the block's device is gone afterwards
+    if not torch.cuda.is_available():
+        with pytest.raises(RagtuneError, match="--device: cuda, but torch"):
+            Predictor.from_run_dir(world["run"], device="cuda")
+    model = Predictor.from_run_dir(world["run"], device=" CPU ").model
+    assert next(model.parameters()).device == torch.device("cpu")
 
 
 def test_the_onnx_engine_refuses_a_gpu_onnxruntime_cannot_use(monkeypatch):

@@ -9,7 +9,7 @@ their task needs)::
 
     run(cfg, run_dir, opts: runs.RunOptions) -> (metrics, train_result)
     evaluate_test_split(cfg, run_dir) -> metrics          # a finished run on its test split
-    evaluate_file(cfg, run_dir, path, target) -> metrics  # `ragtune eval RUN --data FILE`
+    evaluate_file(cfg, run_dir, path, target, device) -> metrics  # `ragtune eval RUN --data FILE`
     train_tokenizer_for(cfg, path, demo_dir) -> path      # `ragtune tune`'s shared tokenizer
 
 ========================  ==============  ====================  ==================  ============
