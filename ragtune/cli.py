@@ -17,6 +17,11 @@
     ragtune export RUN_DIR --format onnx [--quantize int8] --out DIR [--data FILE] [--overwrite]
     ragtune explain RUN_DIR "text" [--target LABEL] [--out explanation.html] [--steps 32]
 
+``predict``, ``eval``, ``serve``, ``explain``, ``index``, ``retrieve``, ``eval-retrieval`` and ``train-reranker``
+take ``--device`` (default ``auto``: CUDA, else MPS, else the CPU): where the model, the index's encoder
+and the reranker run. A device this machine lacks is a user error naming ``--device`` and the choices,
+given before anything is loaded or written (ragtune/devices.py).
+
 User errors print one message and exit with code 2 (``--debug`` shows the traceback); Ctrl-C prints one
 line (how to resume, where there is something to resume) and exits with code 130.
 """
@@ -132,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet file with the run's text and label columns "
                                                  "(translation: its source and target columns, or the source text file with --target)")
     p.add_argument("--target", metavar="FILE", help="translation: the reference text file, line-aligned with --data (a text file of sources)")
+    _add_device_option(p)
 
     p = command("predict", help="predict texts with a trained run; one JSON line per text",
                        description="Predict the given texts, or every row of --input into --output.")
@@ -145,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="torch: the run's PyTorch model; onnx: RUN_DIR is a `ragtune export` folder (default: torch)")
+    _add_device_option(p)
     g = p.add_argument_group("translation / generation decoding (default: the run's decode: section)")
     g.add_argument("--strategy", choices=["greedy", "beam", "sample"], help="decoding strategy")
     g.add_argument("--beam-size", type=int, metavar="K", help="beam: beams per input")
@@ -176,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add", action="store_true",
                    help="add CORPUS to the existing index INDEX_DIR (its kind, encoder and chunking are kept)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty INDEX_DIR (once the new index is complete)")
+    _add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = command("retrieve", help="search an index; one JSON line per hit",
@@ -217,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=256, metavar="N", help="tokens per question+passage pair (default: 256)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the new head, shuffling, random negatives (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty RERANKER_DIR (once the new reranker is complete)")
+    _add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = command("serve", help="serve a run, an ONNX export or an index over HTTP (FastAPI + uvicorn)",
@@ -241,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="torch / ONNX Runtime threads per process (default: torch's default)")
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="torch: the run's PyTorch model; onnx: a folder written by `ragtune export` (default: torch)")
+    _add_device_option(p)
     p.add_argument("--max-batch-size", type=int, metavar="N", help="texts per forward pass (default: serve.max_batch_size, 32)")
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="token slots per forward pass, 0 for no cap (default: serve.max_batch_tokens, 1024)")
@@ -284,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=32, metavar="N", help="integration steps, 1-1000 (default: 32; more is slower and more exact)")
     p.add_argument("--out", metavar="FILE.html", help="write the highlighted text as HTML here, and a PNG chart beside it")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out files")
+    _add_device_option(p)
     return parser
 
 
@@ -292,6 +303,26 @@ def _add_rerank_options(p: argparse.ArgumentParser) -> None:
                    help="rerank the hits with a reranker written by `ragtune train-reranker` (scores become its logits)")
     p.add_argument("--candidates", type=int, metavar="N",
                    help="with --rerank: passages retrieved per query before reranking, at least k (default: 20)")
+    _add_device_option(p)
+
+
+DEVICE_HELP = "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps; default auto"
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def _device(args) -> str:
+    """``--device``, checked before anything is loaded or written: a device this machine lacks, or a name
+    that is no device, is a RagtuneError naming ``--device`` and the choices (:func:`ragtune.devices.resolve`).
+    ``auto`` and ``cpu`` need no check, and no torch (a BM25 index never loads it)."""
+    spec = str(args.device).strip().lower()
+    if spec not in ("auto", "cpu"):
+        from ragtune.devices import resolve
+
+        resolve(spec, key="--device")
+    return spec
 
 
 # Upper bounds of the integer flags that size work or memory (an absurd value would run for days or
@@ -367,6 +398,9 @@ def cmd_run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg, args.config)  # before anything is written: a failed start leaves no run directory
+    from ragtune import devices
+
+    devices.check_precision(devices.resolve(cfg.train.device), cfg.train.precision)  # a GPU this machine lacks, too
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise RagtuneError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")
@@ -501,10 +535,11 @@ def cmd_eval(args) -> int:
     from ragtune.tasks import task_of
 
     run_dir = Path(args.run_dir)
+    device = _device(args)
     cfg = _run_config(run_dir)
     if args.data is not None:
         check_regular_file(args.data, "--data")
-    metrics = task_of(cfg.task).recipe().evaluate_file(cfg, run_dir, args.data, args.target)
+    metrics = task_of(cfg.task).recipe().evaluate_file(cfg, run_dir, args.data, args.target, device)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0
 
@@ -530,13 +565,14 @@ def cmd_predict(args) -> int:
     run_dir = Path(args.run_dir)
     _check_utf8(args.texts, "text")
     _check_ranges(args, {"--beam-size": 1, "--max-new-tokens": 1, "--top-k": 1})
+    device = _device(args)
     if bool(args.texts) == bool(args.input):
         raise RagtuneError("give texts to predict, or --input FILE (with --output FILE), not both or neither")
     if args.input:
         _check_output(args)  # before the model is loaded
     cfg = _run_config(run_dir)
     task = task_of(cfg.task)
-    predictor = task.load_predictor(run_dir, cfg.eval.batch_size, engine=args.engine)
+    predictor = task.load_predictor(run_dir, cfg.eval.batch_size, engine=args.engine, device=device)
     if task.endpoint == "/v1/answer":
         return _predict_qa(args, predictor)
     if task.endpoint == "/v1/translate":
@@ -657,6 +693,7 @@ def cmd_index(args) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     _check_ranges(args, {"--chunk-tokens": 1, "--chunk-overlap": 0, "--batch-size": 1})
+    device = _device(args)
     settings = {"--kind": args.kind, "--encoder": args.encoder, "--faiss": args.faiss,
                 "--chunk-tokens": args.chunk_tokens, "--chunk-overlap": args.chunk_overlap, "--vectors": args.vectors}
     if args.add:
@@ -667,7 +704,7 @@ def cmd_index(args) -> int:
             raise RagtuneError(f"--add keeps the settings the index was built with; leave out {', '.join(given)} "
                                "(or rebuild the index with --overwrite)")
         with folder_lock(out):
-            add_to_index(out, args.corpus, batch_size=args.batch_size, progress=not args.quiet)
+            add_to_index(out, args.corpus, batch_size=args.batch_size, progress=not args.quiet, device=device)
     else:
         with folder_lock(out):
             build_index(args.corpus, out, kind=args.kind or defaults.DEFAULT_KIND,
@@ -675,7 +712,7 @@ def cmd_index(args) -> int:
                         chunk_tokens=defaults.DEFAULT_CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens,
                         chunk_overlap=defaults.DEFAULT_CHUNK_OVERLAP if args.chunk_overlap is None else args.chunk_overlap,
                         batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
-                        vectors=args.vectors)
+                        vectors=args.vectors, device=device)
     manifest = read_manifest(out)
     last = manifest["history"][-1]
     verb = "added" if args.add else "indexed"
@@ -697,7 +734,7 @@ def _maybe_reranked(args, index):
     if candidates < 1:
         raise RagtuneError(f"--candidates must be at least 1 (got {candidates})")
     _check_range("--candidates", candidates)
-    return RerankedIndex(index, load_reranker(args.rerank), candidates=candidates)
+    return RerankedIndex(index, load_reranker(args.rerank, device=args.device), candidates=candidates)
 
 
 def cmd_retrieve(args) -> int:
@@ -705,7 +742,8 @@ def cmd_retrieve(args) -> int:
 
     _check_utf8(args.queries, "QUERY")
     _check_ranges(args, {"-k": 1, "--candidates": 1})
-    index = _maybe_reranked(args, load_index(args.index_dir))
+    device = _device(args)
+    index = _maybe_reranked(args, load_index(args.index_dir, device=device))
     return _print_json_lines({"query": query, "rank": rank, **hit.to_dict()}
                              for query, hits in zip(args.queries, index.search_batch(args.queries, args.k))
                              for rank, hit in enumerate(hits, start=1))
@@ -718,7 +756,8 @@ def cmd_eval_retrieval(args) -> int:
         if k > FLAG_LIMITS["-k"]:
             _check_range("-k", k)
     _check_ranges(args, {"--candidates": 1})
-    index = _maybe_reranked(args, load_index(args.index_dir))
+    device = _device(args)
+    index = _maybe_reranked(args, load_index(args.index_dir, device=device))
     metrics = evaluate_retrieval(index, args.questions, ks=args.k, progress=not args.quiet)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0
@@ -731,11 +770,12 @@ def cmd_train_reranker(args) -> int:
     start = time.perf_counter()
     out = check_writable_folder(args.out, "--out")  # before the index and the base model are loaded
     _check_ranges(args, {"--epochs": 1, "--negatives": 0, "--batch-size": 1, "--max-length": 1})
-    index = load_index(args.index_dir, progress=not args.quiet)
+    device = _device(args)
+    index = load_index(args.index_dir, progress=not args.quiet, device=device)
     with folder_lock(out):
         train_reranker(index, args.questions, out, base=args.base, negatives=args.negatives, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
-                       progress=not args.quiet, overwrite=args.overwrite)
+                       progress=not args.quiet, overwrite=args.overwrite, device=device)
     info = read_reranker_info(out)
     counts, loss = info["counts"], info["loss"]
     print(f"trained a reranker on {counts['questions']} questions ({counts['positives']} positive, "
@@ -754,6 +794,7 @@ def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise RagtuneError(f"--port must be 0-65535 (got {args.port})")
     _check_ranges(args, {"--workers": 1, "--threads": 1, "--max-batch-size": 1, "--max-batch-tokens": 0})
+    device = _device(args)
     overrides = {k: v for k in ("max_batch_size", "max_batch_tokens", "max_wait_ms", "body_timeout_s", "shutdown_timeout_s")
                  if (v := getattr(args, k)) is not None}
     if overrides.get("max_batch_tokens") == 0:
@@ -766,7 +807,8 @@ def cmd_serve(args) -> int:
         raise RagtuneError(f"{source} is empty; give a non-empty key (--api-key KEY or RAGTUNE_API_KEY), "
                            "or leave both unset to serve without one")
     run_server(args.path, host=args.host, port=args.port, engine=args.engine, api_key=api_key,
-               workers=args.workers, threads=args.threads, overrides=overrides, log_level=args.log_level)
+               workers=args.workers, threads=args.threads, overrides=overrides, log_level=args.log_level,
+               device=device)
     return 0
 
 
@@ -799,6 +841,7 @@ def cmd_explain(args) -> int:
     run_dir = Path(args.run_dir)
     _check_utf8([args.text], "text", numbered=False)
     _check_range("--steps", args.steps)
+    device = _device(args)
     cfg = _run_config(run_dir)
     if "onnx" not in task_of(cfg.task).engines:  # the tasks with one output vector per text
         raise RagtuneError(f"{run_dir} is a task: {cfg.task} run; `ragtune explain` explains classification and regression runs")
@@ -812,7 +855,7 @@ def cmd_explain(args) -> int:
                 raise RagtuneError(f"--out: {path} is a folder; give a file name such as explanation.html")
             if path.exists() and not args.overwrite:
                 raise RagtuneError(f"{path} exists; add --overwrite to replace it")
-    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, device=device)
     result = explain(predictor, args.text, target=args.target, n_steps=args.steps)
     if html_path is not None:
         _write_atomically(html_path, lambda tmp: tmp.write_text(to_html(result), encoding="utf-8"), "--out")

@@ -468,6 +468,8 @@ def _message(schema: Any, err: dict) -> tuple[str, str]:
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         return key, ("must be one of " if " or " in expected else "must be ") + expected + got
+    if kind == "string_pattern_mismatch" and key.endswith(".device"):
+        return key, "must be auto, cpu, cuda, cuda:N (N a GPU number) or mps" + got
     return key, err["msg"] + got
 
 

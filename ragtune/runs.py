@@ -15,7 +15,9 @@ here, so no recipe types it again:
 - for the text tasks (translation, generation): :func:`text_model_meta`, :func:`save_text_model`,
   :func:`read_run_meta` and :func:`load_run_model` (``model.json``, the weights or ``hf_model/``),
   :func:`train_text_model` (the loop with greedy validation decoding), :func:`decode_rows` and
-  :func:`final_metrics`.
+  :func:`final_metrics`;
+- for every predictor: :func:`inference_device` (the device ``from_run_dir(..., device=...)`` names)
+  and :func:`model_device` (where a predictor puts its input tensors: its model's device).
 
 The run directory's layout per task is in ``docs/design.md`` (§5 and §10).
 """
@@ -29,6 +31,7 @@ import platform
 import random
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ import ragtune
 from ragtune.config import flatten, path_keys, path_list_keys, to_yaml
 from ragtune.data.seq2seq import PairData
 from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer
+from ragtune.devices import resolve
 from ragtune.errors import RagtuneError, bad_model_meta, read_model_meta
 from ragtune.evaluate import plots
 from ragtune.models.hf_text import HF_DIR, save_hf_text_model
@@ -57,6 +61,21 @@ TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
 
 BEST_WEIGHTS = Path("checkpoints") / "best" / "model.safetensors"  # written by ragtune.train.loop
+
+def inference_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device a predictor loads on: ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
+    ``torch.device``) resolved by :func:`ragtune.devices.resolve`, whose errors name ``--device``; None: ``auto``."""
+    return resolve("auto" if device is None else device, key="--device")
+
+
+def model_device(model) -> torch.device:
+    """Where a predictor puts its input tensors: the device of ``model``'s parameters (also when the caller
+    moved the model itself, as the training loop does); the CPU for a model without parameters (the
+    ONNX engine)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -93,7 +112,7 @@ def set_up(cfg, run_dir: Path) -> None:
         old.close()
     handler._ragtune_run = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO if distributed.info().is_main else logging.ERROR)  # torchrun: rank 0 speaks
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     log.info("ragtune %s, torch %s, python %s, %d threads", ragtune.__version__, torch.__version__,
              platform.python_version(), torch.get_num_threads())
@@ -103,8 +122,13 @@ def set_up(cfg, run_dir: Path) -> None:
 def other_rank_folder(run_dir: Path, resume: bool) -> Iterator[Path]:
     """A scratch run folder for a torchrun rank other than 0 (only rank 0 writes ``run_dir``): with a
     copy of ``run_dir``'s config, tokenizer and last checkpoints when resuming; removed at the end.
-    The rank logs warnings only."""
-    logging.getLogger("ragtune").setLevel(logging.WARNING)
+    The rank logs errors only, and Python warnings (the same as rank 0's) are not shown again."""
+    logging.getLogger("ragtune").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    from transformers.utils import logging as hf_logging  # its "Loading weights" bars, and its warnings
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     work = Path(tempfile.mkdtemp(prefix=f"ragtune-rank{distributed.info().rank}-"))
     try:
         if resume:
@@ -213,12 +237,20 @@ def metrics_table(metrics: dict, keys) -> list[str]:
     return table(["metric", *splits], ([k, *(fmt(metrics[s].get(k)) for s in splits)] for k in keys))
 
 
+def device_line(training: dict) -> str:
+    """``Trained on cuda:0 (NVIDIA H100 80GB HBM3) in bf16; peak memory 3.2 GiB (cuda tensors ...).`` for a report."""
+    if not training.get("device"):
+        return ""
+    return (f"Trained on {training['device']} ({training['device_name']}) in {training['precision']}; peak memory "
+            f"{training['peak_memory_gib']:.2f} GiB ({training['peak_memory_of']}).")
+
+
 def training_section(metrics: dict, result: TrainResult, run_dir: Path, selection: str, wall: float,
                      curve_keys: tuple[str, ...]) -> list[str]:
     """``## Training``: steps, time, the best epoch (by ``selection``) and the learning curves of ``curve_keys``."""
     t = metrics["training"]
     lines = ["", "## Training", "", f"{t['optimizer_steps']} optimizer steps in {t['seconds']:.0f} s; best epoch "
-             f"{t['best_epoch']} (by validation {selection}); wall time {wall:.0f} s.", ""]
+             f"{t['best_epoch']} (by validation {selection}); wall time {wall:.0f} s. {device_line(t)}", ""]
     if result.history:
         shown = [k for k in curve_keys if any(e.get(f"validation_{k}") is not None for e in result.history)]
         lines += [f"![learning curves]({plots.plot_curves(result.history, run_dir / 'curves.png', metrics=shown or None).name})", ""]
@@ -250,12 +282,14 @@ def read_run_meta(run_dir: Path, task: str) -> dict:
     return meta
 
 
-def load_run_model(run_dir: Path, meta: dict, build):
+def load_run_model(run_dir: Path, meta: dict, build, device: torch.device | None = None):
     """``(tokenizer, model)`` of a run: its pretrained Hugging Face model (``meta["hf"]``), or ``build()``
-    with the run's safetensors weights and byte-fallback BPE tokenizer. The model is in eval mode.
+    with the run's safetensors weights and byte-fallback BPE tokenizer. The model is in eval mode, on
+    ``device`` (None: the CPU, where the weights are read).
     Keys of ``model.json`` that do not describe such a model are a RagtuneError naming the file."""
     try:
-        return _load_run_model(run_dir, meta, build)
+        tokenizer, model = _load_run_model(run_dir, meta, build)
+        return tokenizer, model if device is None else model.to(device)
     except RagtuneError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -1,8 +1,8 @@
 """Property-based fuzzing of the command line (Hypothesis), as the server is fuzzed (schemathesis).
 
-Generated configs, overrides, data files, texts and output paths go through `ragtune validate`,
-`ragtune run`, `ragtune predict` and `ragtune eval`, and every case must keep the contract of the
-error catalogue: exit 0 or 2 (argparse's usage errors are 2 too), never a traceback, and no input
+Generated configs, overrides, data files, texts, output paths and `--device` values go through
+`ragtune validate`, `ragtune run`, `ragtune predict` and `ragtune eval`, and every case must keep the
+contract of the error catalogue: exit 0 or 2 (argparse's usage errors are 2 too), never a traceback, and no input
 file touched; a failed command leaves an existing output file as it was and writes no new one.
 
 The cases are seeded (``derandomize=True``): CI runs the same ones each time, `FUZZ_CASES` of them
@@ -89,6 +89,8 @@ KEYS = ["task", "name", "data.train", "data.test", "data.validation", "data.text
 RUN_KEYS = ["task", "name", "data.text_column", "data.label_column", "data.validation_fraction",
             "data.test_fraction", "tokenizer.vocab_size", "tokenizer.min_frequency", "train.lr", "train.seed",
             "train.optimizer", "train.batch_size", "train.clip_grad_norm", "model.dropout", "trian.lr"]
+# --device of predict and eval: what this machine has, what it may lack, and names that are no device
+DEVICES = ["--device=cpu", "--device=auto", "--device=cuda", "--device=cuda:3", "--device=gpu", "--device=", "--device=mps"]
 CHEAP_VALUE = st.one_of(SCALAR, st.sampled_from([0, 1, 2, -1, 0.5, 1.5, "text", "label", "regression",
                                                  "sgd", "adamw", 10**9]))
 
@@ -278,7 +280,8 @@ def test_run_fuzz(data, overrides, out_kind, capsys):
 @given(texts=st.lists(NASTY_TEXT, max_size=4), data=st.one_of(st.none(), table_bytes(labelled=False)),
        output=st.sampled_from([None, "new.csv", "existing.csv", "folder", "under-file/x.csv", "n" * 300 + ".csv"]),
        flags=st.lists(st.sampled_from(["--overwrite", "--strategy=beam", "--text-column=label", "--text-column=nope",
-                                       "--engine=onnx", "--max-new-tokens=0", "--top-k=-1", "--beam-size=3"]),
+                                       "--engine=onnx", "--max-new-tokens=0", "--top-k=-1", "--beam-size=3",
+                                       *DEVICES]),
                       max_size=2, unique=True))
 def test_predict_fuzz(fuzz_run, texts, data, output, flags, capsys):
     with case_folder() as folder:
@@ -312,14 +315,14 @@ def test_predict_fuzz(fuzz_run, texts, data, output, flags, capsys):
 
 @_seeded
 @_settings(CASES["eval"])
-@given(data=table_bytes())
-def test_eval_fuzz(fuzz_run, data, capsys):
+@given(data=table_bytes(), device=st.one_of(st.just([]), st.sampled_from(DEVICES).map(lambda flag: [flag])))
+def test_eval_fuzz(fuzz_run, data, device, capsys):
     with case_folder() as folder:
         fmt, blob = data
         inputs = folder / "in"
         inputs.mkdir()
         (inputs / f"rows.{fmt}").write_bytes(blob)
-        argv = ["eval", str(fuzz_run), "--data", str(inputs / f"rows.{fmt}")]
+        argv = ["eval", str(fuzz_run), "--data", str(inputs / f"rows.{fmt}"), *device]
         run_before = digest(fuzz_run)
         check_contract(argv, inputs, capsys)
         assert digest(fuzz_run) == run_before

@@ -88,6 +88,12 @@ embedding layer for the duration of the call and, like ``Predictor.predict``, ch
 tokenizer's truncation settings while it encodes (restored afterwards). Do not run it at the same
 time as another call on the same :class:`~ragtune.tasks.classification.predictor.Predictor`; the server runs both in
 its one model thread.
+
+Devices
+-------
+The attributions run where the predictor's model is (``Predictor.from_run_dir(..., device=...)``,
+``ragtune explain --device``): the token ids, the baseline and the mask are made on the device of
+the model's parameters, and every number in the result comes back to the CPU as a Python float.
 """
 
 from __future__ import annotations
@@ -160,10 +166,16 @@ def _encode_one(tokenizer, text: str, context: str | None, max_length: int, trun
             [enc.sequence_ids[p] for p in positions], [enc.special_tokens_mask[p] for p in positions])
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _forward(model: nn.Module, ids: list[list[int]], pad: int) -> torch.Tensor:
-    """The model's outputs for token-id lists (right-padded into one batch), detached: (B, C) or (B,)."""
-    input_ids, mask = pad_batch(ids, pad)
-    return model(input_ids, mask).detach().float()
+    """The model's outputs for token-id lists (right-padded into one batch, on the model's device),
+    detached and on the CPU: (B, C) or (B,)."""
+    input_ids, mask = pad_batch(ids, pad)  # (B, T) each
+    device = _device(model)
+    return model(input_ids.to(device), mask.to(device)).detach().float().cpu()
 
 
 def explain(predictor: Predictor, text: str, target: str | None = None, n_steps: int = 32) -> dict:
@@ -288,20 +300,21 @@ def explain(predictor: Predictor, text: str, target: str | None = None, n_steps:
                 result["target"] = None
 
             # --- integrated gradients on the token embeddings ----------------------------------------
-            input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
-            keep = torch.tensor([[r["segment"] == "special" for r in token_rows]])  # (1, T)
+            device = _device(model)
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+            keep = torch.tensor([[r["segment"] == "special" for r in token_rows]], device=device)  # (1, T)
             baseline_ids = torch.where(keep, input_ids, torch.full_like(input_ids, pad))  # (1, T)
             mask = torch.ones_like(input_ids)  # (1, T): the baseline's pads are read, not masked
             lig = LayerIntegratedGradients(model, embedding_layer(model))  # model(input_ids, mask)
             attributions, delta = lig.attribute(
                 input_ids, baselines=baseline_ids, target=target_index, additional_forward_args=(mask,),
                 n_steps=n_steps, internal_batch_size=min(n_steps, INTERNAL_BATCH), return_convergence_delta=True)
-            scores = attributions.detach().float().sum(dim=-1)[0]  # (T,): summed over the embedding dimension
+            scores = attributions.detach().float().sum(dim=-1)[0].cpu()  # (T,): summed over the embedding dimension
             baseline_out = _forward(model, [baseline_ids[0].tolist()], pad)
             # what is explained: the target's logit (a model with classes), or the regression output
             result["output"] = float(out[0, target_index] if classes else out[0])
             result["baseline_output"] = float(baseline_out[0, target_index] if classes else baseline_out[0])
-            result["convergence_delta"] = float(delta.detach().reshape(-1)[0])
+            result["convergence_delta"] = float(delta.detach().reshape(-1)[0].cpu())
             result["n_steps"] = n_steps
             for row, score in zip(token_rows, scores.tolist()):
                 row["attribution"] = float(score) if math.isfinite(score) else 0.0

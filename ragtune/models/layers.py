@@ -60,6 +60,8 @@ def check_ids(ids: torch.Tensor, vocab_size: int, name: str, vocab_name: str = "
     """Raise a RagtuneError unless ``ids`` is (B, T) with every id in [0, vocab_size); ``tag``: name it there too."""
     if ids.dim() != 2:
         raise RagtuneError(f"{name} must have shape (batch, seq_len), got shape {tuple(ids.shape)}")
+    if torch.compiler.is_compiling():  # train.compile: the check reads the ids back (a graph break); eager runs keep it
+        return
     if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
         raise RagtuneError(
             f"{name + ': ' if tag else ''}token ids must be in [0, {vocab_name}={vocab_size}), got ids from "

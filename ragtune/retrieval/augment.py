@@ -44,24 +44,27 @@ NEIGHBOUR_LABELS = "neighbour_labels.json"  # in the run directory: {doc id: lab
 INDEX_DIR = "index"  # the run's own index, when it builds one
 
 
-def open_run_index(r, run_dir: Path, progress: bool, corpus: Sequence[str | Path] | None = None):
+def open_run_index(r, run_dir: Path, progress: bool, corpus: Sequence[str | Path] | None = None, device="auto"):
     """The index a run reads, and how ``model.json`` refers to it.
 
     ``r`` is the run's ``retrieval`` section. With ``r.index`` that folder is loaded (referred to by
     its absolute path); otherwise the files ``corpus`` (default ``r.corpus``) are indexed into
-    ``run_dir/index`` once (a resumed run reuses it), referred to as ``index``.
+    ``run_dir/index`` once (a resumed run reuses it), referred to as ``index``. A dense or hybrid
+    index's encoder runs on ``device`` (the run's ``train.device``).
     """
     from ragtune.retrieval.index import build_index, load_index
 
     if r.index:
         # an encoder set in the config must be the index's own (queries are encoded with it)
         expected = r.encoder if "encoder" in r.model_fields_set else None
-        return load_index(r.index, expected_encoder=expected, progress=progress), str(Path(r.index).resolve())
+        return (load_index(r.index, expected_encoder=expected, progress=progress, device=device),
+                str(Path(r.index).resolve()))
     folder = Path(run_dir) / INDEX_DIR
     if not (folder / "manifest.json").exists():
         build_index(list(corpus if corpus is not None else r.corpus), folder, kind=r.kind, encoder=r.encoder,
-                    chunk_tokens=r.chunk_tokens, chunk_overlap=r.chunk_overlap, progress=progress, overwrite=True)
-    return load_index(folder, progress=progress), INDEX_DIR
+                    chunk_tokens=r.chunk_tokens, chunk_overlap=r.chunk_overlap, progress=progress, overwrite=True,
+                    device=device)
+    return load_index(folder, progress=progress, device=device), INDEX_DIR
 
 
 def index_folder(run_dir: Path, ref: str) -> Path:

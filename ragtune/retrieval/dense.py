@@ -43,6 +43,14 @@ give more than one passage is an error (each record must be one passage).
   ``m`` = the largest divisor of ``d`` with ``d / m ≥ 8`` sub-quantizers of 8 bits each, ``nprobe
   = min(nlist, 16)``. PQ training needs at least :data:`IVFPQ_MIN_PASSAGES` (256) passages; fewer is
   an error, and below about 10,000 passages ``flat`` is both exact and faster.
+
+**Devices.** :func:`load_encoder` puts the encoder on ``device``: ``auto`` (CUDA, else MPS, else the
+CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device`` (:func:`ragtune.devices.resolve`;
+a device the machine lacks is a RagtuneError naming ``--device``). Embeddings come back as CPU
+NumPy arrays whatever the device. FAISS builds and saves its indexes on the CPU;
+:func:`faiss_on_device` copies a loaded ``flat`` or ``ivfpq`` index to the GPU for searching when
+the device is CUDA and faiss-gpu is installed (``faiss.StandardGpuResources``, ``faiss.get_num_gpus()``
+> 0), and keeps CPU FAISS otherwise (``hnsw`` has no GPU version; the query vectors are CPU arrays).
 """
 
 from __future__ import annotations
@@ -98,14 +106,18 @@ def _hf_progress(enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(encoder: str, progress: bool = False):
-    """A ``SentenceTransformer`` for ``encoder`` (see :func:`resolve_encoder`); errors name the source."""
+def load_encoder(encoder: str, progress: bool = False, device="auto"):
+    """A ``SentenceTransformer`` for ``encoder`` (see :func:`resolve_encoder`) on ``device`` (module
+    docstring, Devices); errors name the source."""
     from sentence_transformers import SentenceTransformer
 
+    from ragtune.devices import resolve
+
+    where = resolve(device, key="--device")
     source = resolve_encoder(encoder)
     try:
         with _hf_progress(progress):
-            return SentenceTransformer(source)
+            return SentenceTransformer(source, device=str(where))
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RagtuneError(
@@ -383,6 +395,31 @@ def load_faiss(path: Path):
         return faiss.read_index(str(path))
     except RuntimeError as exc:
         raise RagtuneError(f"{path}: cannot read the FAISS index ({str(exc).splitlines()[0]}); rebuild the index") from None
+
+
+#: one faiss.StandardGpuResources per GPU (its scratch memory), shared by every index copied there
+_GPU_RESOURCES: dict[int, object] = {}
+#: the most hits faiss-gpu returns per query; a deeper search runs on the CPU copy (:class:`~ragtune.retrieval.index.Index`)
+GPU_MAX_K = 2048
+
+
+def faiss_on_device(index, device):
+    """``index`` copied to GPU ``device`` when it is a CUDA ``torch.device`` and faiss-gpu sees a GPU;
+    ``index`` itself otherwise (CPU FAISS: another device, CPU-only faiss, or an index kind faiss-gpu
+    cannot hold, such as ``hnsw``)."""
+    import faiss
+
+    if device.type != "cuda" or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        return index
+    gpu = device.index or 0
+    if gpu not in _GPU_RESOURCES:
+        _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+    try:
+        return faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu], gpu, index)
+    except RuntimeError as exc:  # e.g. HNSW, or PQ code sizes the GPU kernels lack
+        log.info("faiss: searching on the CPU (%s cannot go to GPU %d: %s)", type(index).__name__, gpu,
+                 str(exc).splitlines()[0] if str(exc) else "unsupported")
+        return index
 
 
 def search_faiss(index, query_vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:

@@ -49,6 +49,12 @@ written into a temporary sibling folder and moved into place only when complete,
 interrupted build (or add) leaves the previous index untouched. :func:`load_index` verifies every
 file against the manifest's checksums; an index built with another encoder than
 ``expected_encoder`` is refused.
+
+**Devices.** ``build_index``, ``add_to_index`` and ``load_index`` take ``device`` (``auto``, ``cpu``,
+``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``; default ``auto``): where a dense or hybrid index's
+encoder encodes passages and queries, and, for a loaded index on CUDA with faiss-gpu installed,
+where FAISS searches (:func:`~ragtune.retrieval.dense.faiss_on_device`). A ``bm25`` index has no
+model and ignores it (torch is not even imported).
 """
 
 from __future__ import annotations
@@ -267,6 +273,7 @@ def build_index(
     progress: bool = True,
     overwrite: bool = False,
     vectors: str | Path | None = None,
+    device="auto",
 ) -> Path:
     """Index the corpus files/folders ``paths`` into ``out_dir``; returns ``out_dir``.
 
@@ -283,6 +290,7 @@ def build_index(
         vectors: a ``.npy`` file of precomputed embeddings (``dense``/``hybrid``), one row per
             corpus record in reading order, computed with ``encoder``; used instead of encoding
             (see :mod:`ragtune.retrieval.dense`). ``encoder`` still encodes the queries.
+        device: where ``encoder`` runs (module docstring, Devices).
 
     Memory stays bounded as the corpus grows (module docstring). The summary (documents, passages, duplicates removed, seconds) is the last entry of the
     manifest's ``history``. An empty corpus is an error naming the paths.
@@ -321,7 +329,7 @@ def build_index(
         if dense_kind:
             from ragtune.retrieval import dense
 
-            model = dense.load_encoder(encoder, progress)
+            model = dense.load_encoder(encoder, progress, device)
             if rows is not None:
                 dim = dense.copy_vectors(rows, kept, tmp / EMBEDDINGS, model.get_embedding_dimension(), progress)
             else:
@@ -367,6 +375,7 @@ def add_to_index(
     paths: Sequence[str | Path],
     batch_size: int = 64,
     progress: bool = True,
+    device="auto",
 ) -> Path:
     """Add the documents of ``paths`` to the existing index ``index_dir``; returns ``index_dir``.
 
@@ -375,7 +384,8 @@ def add_to_index(
     encoded and their embeddings appended, ``flat``/``hnsw`` FAISS indexes get the new vectors
     (``ivfpq`` is retrained on all of them), BM25 is rebuilt from all passages, and the manifest
     is updated (inputs, counts, checksums, a ``history`` entry). A file already in the index is an
-    error: rebuild with ``overwrite=True`` to re-index changed files.
+    error: rebuild with ``overwrite=True`` to re-index changed files. ``device``: where the encoder
+    encodes the new passages (module docstring, Devices).
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -408,7 +418,7 @@ def add_to_index(
                 from ragtune.retrieval import dense
 
                 _check_encoder_weights(index_dir, manifest)
-                model = dense.load_encoder(_encoder_source(manifest), progress)
+                model = dense.load_encoder(_encoder_source(manifest), progress, device)
                 dense.encode_to_file(tmp / EMBEDDINGS, model, _passage_text_blocks(tmp / PASSAGES, start=n_old),
                                      n_new, batch_size, progress, previous=dense.NpyRows(index_dir / EMBEDDINGS))
                 embeddings = dense.NpyRows(tmp / EMBEDDINGS)
@@ -453,6 +463,8 @@ class Index:
     bm25: object | None = field(default=None, repr=False)
     faiss_index: object | None = field(default=None, repr=False)
     encoder: object | None = field(default=None, repr=False)
+    #: the CPU FAISS index when ``faiss_index`` is its copy on a GPU (searches deeper than faiss-gpu allows use it)
+    faiss_cpu: object | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -496,9 +508,10 @@ class Index:
         return search_bm25(self.bm25, queries, k)
 
     def _dense(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
-        from ragtune.retrieval.dense import encode_queries, search_faiss
+        from ragtune.retrieval.dense import GPU_MAX_K, encode_queries, search_faiss
 
-        return search_faiss(self.faiss_index, encode_queries(self.encoder, queries), k)
+        faiss_index = self.faiss_cpu if self.faiss_cpu is not None and k > GPU_MAX_K else self.faiss_index
+        return search_faiss(faiss_index, encode_queries(self.encoder, queries), k)  # CPU query vectors
 
     def hit(self, row: int, score: float) -> Hit:
         """The :class:`Hit` of passage row ``row`` with ``score``."""
@@ -530,8 +543,10 @@ def _same_encoder(expected: str, manifest: dict) -> bool:
     return resolve_encoder(expected) == manifest["encoder_path"]
 
 
-def load_index(index_dir: str | Path, expected_encoder: str | None = None, progress: bool = False) -> Index:
-    """Load the index folder ``index_dir`` after checking every file against the manifest.
+def load_index(index_dir: str | Path, expected_encoder: str | None = None, progress: bool = False,
+               device="auto") -> Index:
+    """Load the index folder ``index_dir`` after checking every file against the manifest; a dense or
+    hybrid index's encoder (and, with faiss-gpu, its FAISS index) goes to ``device`` (module docstring).
 
     ``expected_encoder`` (an alias, folder or Hub id): the encoder the caller will pair with the
     index (e.g. a RAG config's); a dense/hybrid index built with another one is a RagtuneError naming
@@ -564,14 +579,18 @@ def load_index(index_dir: str | Path, expected_encoder: str | None = None, progr
                                f"tokenizes queries with {TOKENIZER!r}; rebuild the index")
         index.bm25 = load_bm25(index_dir / BM25_DIR, mmap=isinstance(passages, PassageTable))
     if kind in ("dense", "hybrid"):
-        from ragtune.retrieval.dense import load_encoder, load_faiss
+        from ragtune.devices import resolve
+        from ragtune.retrieval.dense import faiss_on_device, load_encoder, load_faiss
 
-        index.faiss_index = load_faiss(index_dir / FAISS_FILE)
-        if index.faiss_index.ntotal != len(passages):
-            raise RagtuneError(f"{index_dir / FAISS_FILE} holds {index.faiss_index.ntotal} vectors for "
+        device = resolve(device, key="--device")
+        faiss_index = load_faiss(index_dir / FAISS_FILE)
+        if faiss_index.ntotal != len(passages):
+            raise RagtuneError(f"{index_dir / FAISS_FILE} holds {faiss_index.ntotal} vectors for "
                                f"{len(passages)} passages; rebuild the index")
         _check_encoder_weights(index_dir, manifest)
-        index.encoder = load_encoder(_encoder_source(manifest), progress)
+        index.encoder = load_encoder(_encoder_source(manifest), progress, device)
+        index.faiss_index = faiss_on_device(faiss_index, device)
+        index.faiss_cpu = faiss_index if index.faiss_index is not faiss_index else None
         dim = index.encoder.get_embedding_dimension()
         if dim is not None and dim != manifest["embedding_dim"]:
             raise RagtuneError(f"encoder {manifest['encoder']!r} gives {dim}-dimensional embeddings but the index "

@@ -58,6 +58,11 @@ the pairs in a seeded shuffled order, ``batch_size`` pairs per step. ``torch.man
 the new head and dropout, so the same inputs and seed give the same reranker (on the same machine
 and library versions).
 
+**Devices.** :func:`train_reranker` trains, and :func:`load_reranker` scores, on ``device``: ``auto``
+(CUDA, else MPS, else the CPU; the default), ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
+``torch.device`` (:func:`ragtune.devices.resolve`; a device the machine lacks is a RagtuneError naming
+``--device``). The saved reranker is the same whatever the device, and its scores come back as floats.
+
 **The reranker folder**::
 
     OUT_DIR/
@@ -150,16 +155,19 @@ def _base_source(base: str) -> str:
 
 
 def _load_cross_encoder(source: str, what: str, progress: bool, max_length: int | None = None,
-                        new_head: bool = False):
-    """A ``CrossEncoder`` from ``source``; loading problems become a RagtuneError naming ``what``."""
+                        new_head: bool = False, device="auto"):
+    """A ``CrossEncoder`` from ``source`` on ``device``; loading problems become a RagtuneError naming ``what``."""
     from sentence_transformers import CrossEncoder
 
+    from ragtune.devices import resolve
+
+    where = str(resolve(device, key="--device"))
     try:
         with _quiet_loading(progress):
             if new_head:
-                return CrossEncoder(source, num_labels=1, max_length=max_length,
+                return CrossEncoder(source, num_labels=1, max_length=max_length, device=where,
                                     model_kwargs={"ignore_mismatched_sizes": True})
-            return CrossEncoder(source)
+            return CrossEncoder(source, device=where)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RagtuneError(
@@ -298,6 +306,7 @@ def train_reranker(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    device="auto",
 ) -> Path:
     """Train a cross-encoder reranker on the questions of ``questions_file``; returns ``out_dir``.
 
@@ -315,6 +324,7 @@ def train_reranker(
         seed: seeds the new head, dropout, the shuffling and the random negatives.
         progress: show progress bars.
         overwrite: replace a non-empty ``out_dir`` (only once the new reranker is complete).
+        device: where the cross-encoder trains (and an index given as a folder encodes its queries).
 
     ``reranker.json`` in ``out_dir`` records the base, the questions file and its sha256, the index,
     the counts (questions used and skipped, positives, hard and random negatives, pairs, steps),
@@ -334,13 +344,14 @@ def train_reranker(
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise RagtuneError(f"lr must be a positive number (got {lr!r})")
     if not isinstance(index, Index):
-        index = load_index(index, progress=progress)
+        index = load_index(index, progress=progress, device=device)
     questions_file = Path(questions_file)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite, index, questions_file)
     source = _base_source(base)
     torch.manual_seed(seed)  # the new head's initial weights
-    model = _load_cross_encoder(source, f"reranker base {base!r}", progress, max_length=max_length, new_head=True)
+    model = _load_cross_encoder(source, f"reranker base {base!r}", progress, max_length=max_length, new_head=True,
+                                device=device)
     limit = getattr(model.model.config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
         raise RagtuneError(f"max_length {max_length} is more than the base model {base!r} can read "
@@ -454,10 +465,10 @@ def read_reranker_info(path: str | Path) -> dict:
                           fix="retrain the reranker", fmt=FORMAT, required=("files",))
 
 
-def load_reranker(path: str | Path, batch_size: int = 32, progress: bool = False) -> Reranker:
+def load_reranker(path: str | Path, batch_size: int = 32, progress: bool = False, device="auto") -> Reranker:
     """Load a reranker folder written by :func:`train_reranker`, after checking its files' sha256.
 
-    ``batch_size``: pairs per forward pass when scoring. A missing folder, a folder without
+    ``batch_size``: pairs per forward pass when scoring; ``device``: where it scores (module docstring). A missing folder, a folder without
     ``reranker.json``, or a changed or missing model file is a RagtuneError naming it.
     """
     path = Path(path)
@@ -465,7 +476,7 @@ def load_reranker(path: str | Path, batch_size: int = 32, progress: bool = False
     info = read_reranker_info(path)
     mf.verify_checksums(path, info["files"], what="reranker file", since="training",
                         fix="retrain the reranker (ragtune train-reranker ... --overwrite)")
-    model = _load_cross_encoder(str(path), f"reranker {path}", progress)
+    model = _load_cross_encoder(str(path), f"reranker {path}", progress, device=device)
     if model.num_labels != 1:
         raise RagtuneError(f"reranker {path}: the model has {model.num_labels} outputs, a reranker has 1; "
                            "retrain the reranker")

@@ -7,8 +7,12 @@ uvicorn's own process manager, each loading its own copy of the model (memory ×
 
 Worker processes cannot be handed a Python object, so :func:`run_server` passes what to serve through
 environment variables that :func:`app_from_env` (the factory uvicorn imports in each worker) reads:
-``RAGTUNE_SERVE_PATH``, ``RAGTUNE_SERVE_ENGINE``, ``RAGTUNE_SERVE_SETTINGS`` (JSON),
-``RAGTUNE_SERVE_THREADS`` and ``RAGTUNE_API_KEY``.
+``RAGTUNE_SERVE_PATH``, ``RAGTUNE_SERVE_ENGINE``, ``RAGTUNE_SERVE_DEVICE``, ``RAGTUNE_SERVE_SETTINGS``
+(JSON), ``RAGTUNE_SERVE_THREADS`` and ``RAGTUNE_API_KEY``.
+
+**Devices.** ``device`` (``--device``: ``auto``, the default, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``) is
+where each worker loads its model (and an index's encoder); a device the machine lacks fails before
+the port is bound. ``workers=N`` on one GPU puts N copies of the model in its memory.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ragtune.errors import RagtuneError
 
 ENV_PATH = "RAGTUNE_SERVE_PATH"
 ENV_ENGINE = "RAGTUNE_SERVE_ENGINE"
+ENV_DEVICE = "RAGTUNE_SERVE_DEVICE"
 ENV_SETTINGS = "RAGTUNE_SERVE_SETTINGS"
 ENV_THREADS = "RAGTUNE_SERVE_THREADS"
 ENV_API_KEY = "RAGTUNE_API_KEY"
@@ -46,7 +51,8 @@ def app_from_env():
 
     threads = os.environ.get(ENV_THREADS)
     _set_threads(int(threads) if threads else None)
-    service = load_service(os.environ[ENV_PATH], os.environ.get(ENV_ENGINE, "torch"))
+    service = load_service(os.environ[ENV_PATH], os.environ.get(ENV_ENGINE, "torch"),
+                           os.environ.get(ENV_DEVICE, "auto"))
     settings = ServeConfig(**json.loads(os.environ[ENV_SETTINGS])) if os.environ.get(ENV_SETTINGS) else None
     return create_app(service, api_key=os.environ.get(ENV_API_KEY), settings=settings)
 
@@ -83,10 +89,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "torch",
                api_key: str | None = None, workers: int = 1, threads: int | None = None,
-               overrides: dict | None = None, log_level: str = "info") -> None:
+               overrides: dict | None = None, log_level: str = "info", device: str = "auto") -> None:
     """Load what ``path`` holds and serve it until interrupted (Ctrl-C).
 
-    ``overrides``: ``serve:`` settings that replace the run's (e.g. ``{"max_batch_size": 16}``).
+    ``overrides``: ``serve:`` settings that replace the run's (e.g. ``{"max_batch_size": 16}``);
+    ``device``: where the model runs (module docstring, Devices).
     The address is bound first (:func:`bind_socket`: a port in use or a bad host fails at once, before the
     model loads), then the model is loaded, so a bad folder also fails with its message before any request.
     One worker serves on that very socket (port 0 picks a free port, and the message names it); ``workers=N``
@@ -111,9 +118,12 @@ def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str
     except ValidationError as exc:
         raise RagtuneError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'][0].lower()}{e['msg'][1:]} "
                                      f"(got {e['input']!r})" for e in exc.errors())) from None
+    from ragtune.devices import resolve
+
+    resolve(device, key="--device")  # a device this machine lacks fails before the port is taken
     sock = bind_socket(host, port)
     try:
-        service = load_service(path, engine)  # also checks the folder before any worker starts
+        service = load_service(path, engine, device)  # also checks the folder before any worker starts
     except BaseException:
         sock.close()
         raise
@@ -121,7 +131,7 @@ def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str
     shown = f"[{host}]" if ":" in host else host
     if workers <= 1:
         port = sock.getsockname()[1]
-    print(f"ragtune serve: {path} ({service.kind}, engine {engine}) on http://{shown}:{port}/ "
+    print(f"ragtune serve: {path} ({service.kind}, engine {engine}, device {resolve(device)}) on http://{shown}:{port}/ "
           f"with {workers} worker{'s' if workers > 1 else ''}; Ctrl-C stops it", flush=True)
     stop = {"timeout_graceful_shutdown": settings.shutdown_timeout_s}
     if workers <= 1:
@@ -140,7 +150,8 @@ def run_server(path: str, host: str = "127.0.0.1", port: int = 8000, engine: str
     sock.close()
     del service
     metrics_dir = tempfile.mkdtemp(prefix="ragtune-metrics-")
-    os.environ.update({ENV_PATH: str(path), ENV_ENGINE: engine, ENV_SETTINGS: settings.model_dump_json(),
+    os.environ.update({ENV_PATH: str(path), ENV_ENGINE: engine, ENV_DEVICE: str(device),
+                       ENV_SETTINGS: settings.model_dump_json(),
                        "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
     if threads:
         os.environ[ENV_THREADS] = str(threads)

@@ -66,8 +66,9 @@ def _serve_settings(folder: Path) -> ServeConfig:
     return ServeConfig()
 
 
-def load_service(path: str | Path, engine: str = "torch") -> Service:
-    """Load what ``path`` holds (see the module table). ``engine="onnx"`` needs a ``ragtune export`` folder."""
+def load_service(path: str | Path, engine: str = "torch", device="auto") -> Service:
+    """Load what ``path`` holds (see the module table). ``engine="onnx"`` needs a ``ragtune export`` folder.
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``): where the model, and an index's encoder, run."""
     from ragtune.retrieval.manifest import MANIFEST
 
     folder = Path(path)
@@ -82,7 +83,7 @@ def load_service(path: str | Path, engine: str = "torch") -> Service:
             raise RagtuneError(f"{folder} is an index folder: it has no model to run with --engine {engine}")
         from ragtune.retrieval.index import load_index
 
-        return Service("index", name, engine, settings, index=load_index(folder))
+        return Service("index", name, engine, settings, index=load_index(folder, device=device))
     meta_path = folder / "model.json"
     if not meta_path.exists():
         raise RagtuneError(f"{folder} is neither a ragtune run, an export nor an index folder (no model.json or "
@@ -91,7 +92,7 @@ def load_service(path: str | Path, engine: str = "torch") -> Service:
     if engine not in task.engines:
         raise RagtuneError(f"{folder} is a task: {task.name} run; --engine {engine} serves classification and "
                            "regression exports only")
-    predictor = task.load_predictor(folder, settings.max_batch_size, engine=engine)
+    predictor = task.load_predictor(folder, settings.max_batch_size, engine=engine, device=device)
     return Service(task.name, name, engine, settings, predictor=predictor, endpoint=task.endpoint,
                    index=_index_of(predictor), labels=list(getattr(predictor, "labels", [])))
 

@@ -9,7 +9,7 @@ their task needs)::
 
     run(cfg, run_dir, opts: runs.RunOptions) -> (metrics, train_result)
     evaluate_test_split(cfg, run_dir) -> metrics          # a finished run on its test split
-    evaluate_file(cfg, run_dir, path, target) -> metrics  # `ragtune eval RUN --data FILE`
+    evaluate_file(cfg, run_dir, path, target, device) -> metrics  # `ragtune eval RUN --data FILE`
     train_tokenizer_for(cfg, path, demo_dir) -> path      # `ragtune tune`'s shared tokenizer
 
 ========================  ==============  ====================  ==================  ============
@@ -72,14 +72,15 @@ class Task:
     def predictor_class(self) -> type:
         return getattr(importlib.import_module(f"ragtune.tasks.{self.folder}.predictor"), self.predictor)
 
-    def load_predictor(self, run_dir: str | Path, batch_size: int, engine: str = "torch"):
-        """The task's predictor over a finished run (``engine="onnx"``: a ``ragtune export`` folder)."""
+    def load_predictor(self, run_dir: str | Path, batch_size: int, engine: str = "torch", device=None):
+        """The task's predictor over a finished run (``engine="onnx"``: a ``ragtune export`` folder) on
+        ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``; None: ``auto``)."""
         if engine not in self.engines:
             raise RagtuneError(f"{run_dir} is a task: {self.name} run; --engine {engine} runs `ragtune export` folders of "
                                "classification and regression runs")
         if engine == "torch":
-            return self.predictor_class().from_run_dir(run_dir, batch_size=batch_size)
-        return self.predictor_class().from_run_dir(run_dir, batch_size=batch_size, engine=engine)
+            return self.predictor_class().from_run_dir(run_dir, batch_size=batch_size, device=device)
+        return self.predictor_class().from_run_dir(run_dir, batch_size=batch_size, engine=engine, device=device)
 
 
 TASKS: dict[str, Task] = {

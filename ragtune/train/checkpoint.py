@@ -37,8 +37,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Write ``model``'s parameters and buffers to a safetensors file (tied tensors are cloned)."""
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    """Write ``model``'s parameters and buffers to a safetensors file (tied tensors are cloned), from
+    whatever device they are on: the file is the same for a model trained on a GPU or a CPU."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path))
 
 

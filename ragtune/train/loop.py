@@ -142,9 +142,10 @@ def training_device(cfg: TrainConfig) -> torch.device:
 
 def _compile(model: torch.nn.Module) -> None:
     """``torch.compile`` in place (``nn.Module.compile``: the state dict keeps its keys); a module with no
-    forward of its own (e.g. RAG's reader + query encoder) has its children compiled."""
+    forward of its own (e.g. RAG's reader + query encoder) has its children compiled. ``dynamic=True``:
+    one graph for every batch width (padded lengths vary from batch to batch), not one per width."""
     for module in [model] if type(model).forward is not torch.nn.Module.forward else model.children():
-        module.compile()
+        module.compile(dynamic=True)
 
 
 def _out_of_memory(cfg: TrainConfig, max_length: int | None, where: str, device: torch.device,

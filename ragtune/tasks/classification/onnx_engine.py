@@ -32,23 +32,31 @@ class OnnxSequenceModel:
         task: ``classification`` or ``regression``.
         threads: onnxruntime's intra-op threads; default ``torch.get_num_threads()``.
         pad_id: the padding id, used only when ``attention_mask`` is None.
+        device: where the graph runs. The CPU (``CPUExecutionProvider``) unless it is a CUDA device and
+            onnxruntime has the ``CUDAExecutionProvider`` (``onnxruntime-gpu``); then that GPU, with
+            the CPU for the operators CUDA lacks. Inputs and outputs are CPU tensors either way.
+        fallback: what a device onnxruntime cannot run on (CUDA without the provider, MPS) does:
+            True (``--device auto``) runs on the CPU, False (a device named by the caller) is a
+            RagtuneError naming ``--device``.
     """
 
     training = False
 
-    def __init__(self, path: str | Path, task: str, threads: int | None = None, pad_id: int = 0):
+    def __init__(self, path: str | Path, task: str, threads: int | None = None, pad_id: int = 0,
+                 device: torch.device | None = None, fallback: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise RagtuneError(f"ONNX model not found: {path}")
+        chosen = providers(device, fallback)  # before the session: its errors would be taken for a bad graph
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RagtuneError(f"{path}: cannot load the ONNX model ({reason}); export the run again") from None
@@ -59,6 +67,11 @@ class OnnxSequenceModel:
         self.path = path
         self.task = task
         self.pad_id = pad_id
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers of the session, first choice first (``["CPUExecutionProvider"]`` on a CPU)."""
+        return self.session.get_providers()
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attention_mask is None:
@@ -83,3 +96,19 @@ class OnnxSequenceModel:
 
     def __repr__(self) -> str:
         return f"OnnxSequenceModel({str(self.path)!r}, task={self.task!r})"
+
+
+def providers(device: torch.device | None, fallback: bool = True) -> list:
+    """onnxruntime's execution providers for ``device`` (:class:`OnnxSequenceModel`'s ``device`` and ``fallback``)."""
+    import onnxruntime as ort
+
+    if device is None or device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    if fallback:
+        return ["CPUExecutionProvider"]
+    why = ("has no CUDAExecutionProvider (install onnxruntime-gpu for it)" if device.type == "cuda"
+           else f"cannot run on {device.type}")
+    raise RagtuneError(f"--device: {device}, but the onnx engine runs in onnxruntime {ort.__version__}, which {why}; "
+                       "choose --device cpu (or auto) with --engine onnx, or --engine torch on the run directory")

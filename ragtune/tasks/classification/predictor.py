@@ -18,6 +18,14 @@ run directory; ``onnx`` loads a folder written by ``ragtune export RUN_DIR --for
 batching and the output format are the same for both::
 
     p = Predictor.from_run_dir("exports/demo", engine="onnx")
+
+**Devices.** ``from_run_dir(..., device=...)`` loads the model, and the dense encoder of a retrieval
+run's index, on ``auto`` (CUDA, else MPS, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+(:mod:`ragtune.devices`; a device the machine lacks is a RagtuneError naming ``--device``). The
+input ids go to the device of the model's parameters (also when the caller moved the model itself,
+as the training loop does) and the outputs come back to the CPU as NumPy arrays. The ``onnx``
+engine runs on the CPU; on a GPU it runs on CUDA when onnxruntime has the ``CUDAExecutionProvider``
+(``onnxruntime-gpu``), and ``device="cuda"`` without it is refused (``auto`` falls back to the CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from ragtune.errors import RagtuneError, bad_model_meta, read_model_meta
 from ragtune.memory import building_model
 from ragtune.evaluate.metrics import classification_metrics, regression_metrics
 from ragtune.models.transformer import TransformerConfig, TransformerForRegression, TransformerForSequenceClassification
-from ragtune.runs import MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE
+from ragtune.runs import MODEL_META, TOKENIZER_FILE, WEIGHTS_FILE, inference_device, model_device
 from ragtune.train.batches import pad_batch
 from ragtune.train.checkpoint import load_weights
 
@@ -62,8 +70,9 @@ def scratch_model(config: TransformerConfig, task: str) -> torch.nn.Module:
         return TransformerForRegression(config) if task == "regression" else TransformerForSequenceClassification(config)
 
 
-def _load_retriever(run_dir: Path, meta: dict):
-    """The run's ContextRetriever when it was trained with retrieval (``model.json``'s ``retrieval``), else None."""
+def _load_retriever(run_dir: Path, meta: dict, device: torch.device | str = "cpu"):
+    """The run's ContextRetriever when it was trained with retrieval (``model.json``'s ``retrieval``), else None;
+    a dense index encodes its queries on ``device``."""
     r = meta.get("retrieval")
     if not r:
         return None
@@ -71,7 +80,8 @@ def _load_retriever(run_dir: Path, meta: dict):
     from ragtune.retrieval.index import load_index
 
     labels = read_neighbour_labels(run_dir / r["labels"]) if r.get("labels") else None
-    return ContextRetriever(load_index(index_folder(run_dir, r["index"])), int(r["top_k"]), r["separator"], labels)
+    return ContextRetriever(load_index(index_folder(run_dir, r["index"]), device=device), int(r["top_k"]),
+                            r["separator"], labels)
 
 
 def _read_tokenizer_file(path: Path):
@@ -137,32 +147,36 @@ class Predictor:
         self.max_batch_tokens: int | None = None
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64, engine: str = "torch") -> Predictor:
-        """Load a finished run. A folder that is not a run gets a RagtuneError naming what is missing.
+    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64, engine: str = "torch",
+                     device: str | torch.device | None = None) -> Predictor:
+        """Load a finished run on ``device`` (:func:`ragtune.runs.inference_device`; None: ``auto``). A
+        folder that is not a run gets a RagtuneError naming what is missing.
 
         ``engine="onnx"``: ``run_dir`` is a folder written by ``ragtune export RUN_DIR --format onnx``
-        (it holds ``export.json``); its ``model_file`` runs in onnxruntime.
+        (it holds ``export.json``); its ``model_file`` runs in onnxruntime (module docstring, Devices).
         """
         if engine not in ENGINES:
             raise RagtuneError(f"unknown engine {engine!r}; valid choices: {list(ENGINES)}")
         run_dir = Path(run_dir)
+        asked = device
+        device = inference_device(device)
         if not run_dir.is_dir():
             raise RagtuneError(f"{'export' if engine == 'onnx' else 'run'} directory not found: {run_dir}")
         if engine == "onnx":
-            return cls._from_onnx_export(run_dir, batch_size)
+            return cls._from_onnx_export(run_dir, batch_size, device, explicit=str(asked or "auto").strip().lower() != "auto")
         if (run_dir / EXPORT_META).exists() and not (run_dir / WEIGHTS_FILE).exists():
             raise RagtuneError(f"{run_dir} is an ONNX export, not a run directory; load it with engine onnx "
                                "(--engine onnx)")
         meta = read_model_meta(run_dir / MODEL_META, SEQUENCE_TASKS) if (run_dir / MODEL_META).exists() else None
         try:
-            return cls._from_meta(run_dir, meta, batch_size)
+            return cls._from_meta(run_dir, meta, batch_size, device)
         except RagtuneError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise bad_model_meta(run_dir / MODEL_META, (meta or {}).get("task", "classification"), exc) from None
 
     @classmethod
-    def _from_meta(cls, run_dir: Path, meta: dict | None, batch_size: int) -> Predictor:
+    def _from_meta(cls, run_dir: Path, meta: dict | None, batch_size: int, device: torch.device) -> Predictor:
         missing = [n for n in _required_files(meta) if not (run_dir / n).exists()]
         if missing:
             raise RagtuneError(
@@ -181,17 +195,20 @@ class Predictor:
                                                               meta["task"] == "regression")
             else:
                 hf_model, hf_tokenizer = load_hf_classifier(folder, num_outputs, labels, meta["task"] == "regression")
-            model = HFSequenceModel(hf_model, regression=meta["task"] == "regression")
+            model = HFSequenceModel(hf_model, regression=meta["task"] == "regression").to(device)
             model.eval()
-            return cls(model, hf_tokenizer.backend_tokenizer, meta, batch_size, _load_retriever(run_dir, meta))
+            return cls(model, hf_tokenizer.backend_tokenizer, meta, batch_size, _load_retriever(run_dir, meta, device))
         model = scratch_model(TransformerConfig(**meta["model_config"]), meta["task"])
-        load_weights(model, run_dir / WEIGHTS_FILE)
-        model.eval()
-        return cls(model, load_tokenizer(run_dir / TOKENIZER_FILE), meta, batch_size, _load_retriever(run_dir, meta))
+        load_weights(model, run_dir / WEIGHTS_FILE)  # read on the CPU, then moved
+        model.to(device).eval()
+        return cls(model, load_tokenizer(run_dir / TOKENIZER_FILE), meta, batch_size,
+                   _load_retriever(run_dir, meta, device))
 
     @classmethod
-    def _from_onnx_export(cls, export_dir: Path, batch_size: int) -> Predictor:
-        """``engine="onnx"``: the folder ``export_onnx`` wrote, its graph in an onnxruntime session."""
+    def _from_onnx_export(cls, export_dir: Path, batch_size: int, device: torch.device, explicit: bool) -> Predictor:
+        """``engine="onnx"``: the folder ``export_onnx`` wrote, its graph in an onnxruntime session on
+        ``device`` where onnxruntime can run there (``explicit``: the caller named the device, so the
+        CPU is no fallback)."""
         if not (export_dir / EXPORT_META).exists():
             raise RagtuneError(f"{export_dir} is not an ONNX export (no {EXPORT_META}); export the run first: "
                                f"ragtune export RUN_DIR --format onnx --out DIR, then load DIR with engine onnx")
@@ -216,8 +233,9 @@ class Predictor:
             tokenizer = _read_tokenizer_file(export_dir / TOKENIZER_FILE)
         else:
             tokenizer = load_tokenizer(export_dir / TOKENIZER_FILE)
-        model = OnnxSequenceModel(export_dir / info["model_file"], meta["task"], pad_id=pad_id(meta))
-        return cls(model, tokenizer, meta, batch_size, _load_retriever(export_dir, meta), engine="onnx")
+        model = OnnxSequenceModel(export_dir / info["model_file"], meta["task"], pad_id=pad_id(meta), device=device,
+                                  fallback=not explicit)
+        return cls(model, tokenizer, meta, batch_size, _load_retriever(export_dir, meta, device), engine="onnx")
 
     # -- raw model outputs -------------------------------------------------------------------------
     @torch.no_grad()
@@ -234,9 +252,10 @@ class Predictor:
                          self.meta.get("head_tokens"))
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
         out: list[np.ndarray | None] = [None] * len(ids)
+        device = model_device(self.model)  # the CPU for the onnx engine (it reads NumPy arrays)
         for chunk in self._chunks(order, [len(x) for x in ids]):
-            input_ids, mask = pad_batch([ids[i] for i in chunk], pad_id(self.meta))
-            result = self.model(input_ids, mask).float().numpy()
+            input_ids, mask = pad_batch([ids[i] for i in chunk], pad_id(self.meta))  # (B, T) each
+            result = self.model(input_ids.to(device), mask.to(device)).float().cpu().numpy()
             for row, i in enumerate(chunk):
                 out[i] = result[row]
         self.model.train(was_training)

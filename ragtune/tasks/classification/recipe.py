@@ -86,10 +86,10 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
     report = _data_report(cfg, data, tokenizer, run_dir) if opts.reports else None
 
-    retriever, meta_retrieval = _context_retriever(cfg, data, tokenizer, run_dir, opts.progress)
+    device = training_device(cfg.train)
+    retriever, meta_retrieval = _context_retriever(cfg, data, tokenizer, run_dir, opts.progress, device)
 
     # 2. model building
-    device = training_device(cfg.train)
     torch.manual_seed(cfg.train.seed)
     meta = _model_meta(cfg, data, tokenizer, added_tokens)
     meta["retrieval"] = meta_retrieval
@@ -148,14 +148,14 @@ def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
     return predictor.evaluate(data.test.text.tolist(), data.test.label.tolist())
 
 
-def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
+def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None, device=None) -> dict:
     """``ragtune eval RUN --data FILE``: a file with the run's text and label columns, read and filtered
     (``keep_labels``, empty texts) exactly as the run read its own splits."""
     from ragtune.tasks.classification.data import load_eval_file
 
     if target:
         raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: {cfg.task} run")
-    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    predictor = Predictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, device=device)
     df = load_eval_file(path, cfg, predictor.labels)
     return predictor.evaluate(df.text.tolist(), df.label.tolist())
 
@@ -178,7 +178,7 @@ def _added_tokens(cfg: RunConfig, data: PreparedData) -> list[str]:
     return added
 
 
-def _context_retriever(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path, progress: bool):
+def _context_retriever(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: Path, progress: bool, device):
     """retrieval.top_k > 0: the retriever of the passages each text is read with, and its model.json entry."""
     r = cfg.retrieval
     if not r.top_k:
@@ -190,10 +190,10 @@ def _context_retriever(cfg: RunConfig, data: PreparedData, tokenizer, run_dir: P
     if r.source == "train":  # the labelled training texts are the corpus
         mapping = write_neighbour_corpus(data.train.text.tolist(), data.train.label.tolist(),
                                          run_dir / NEIGHBOUR_CORPUS, run_dir / NEIGHBOUR_LABELS)
-        index, ref = open_run_index(r, run_dir, progress, corpus=[run_dir / NEIGHBOUR_CORPUS])
+        index, ref = open_run_index(r, run_dir, progress, corpus=[run_dir / NEIGHBOUR_CORPUS], device=device)
         labels = mapping if r.with_labels else None
     else:
-        index, ref = open_run_index(r, run_dir, progress)
+        index, ref = open_run_index(r, run_dir, progress, device=device)
     separator = separator_token(tokenizer)
     log.info("retrieval: %d passages per text from %s (%s index of %d passages)%s", r.top_k, index.path, index.kind,
              len(index), ", shown with their labels" if labels else "")
@@ -384,11 +384,12 @@ def sequence_batch_loss(model: torch.nn.Module, stream: BatchStream, task: str, 
             targets = stream.targets[rows]
         else:
             input_ids, attention_mask, targets = stream.batch(k)
-        input_ids, attention_mask, targets = input_ids.to(device), attention_mask.to(device), targets.to(device)
+        tokens = int(attention_mask.sum())  # counted on the CPU: no wait for the device
+        input_ids, attention_mask, targets = (t.to(device, non_blocking=True) for t in (input_ids, attention_mask, targets))
         loss = compute_loss(task, model(input_ids, attention_mask), targets, cfg.label_smoothing)
         if count is not None:
             loss = distributed.global_mean(loss, count, world)
-        return loss, int(attention_mask.sum())
+        return loss, tokens
 
     return batch_loss
 

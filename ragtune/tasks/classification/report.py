@@ -6,7 +6,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragtune.runs import fmt, report_title, table
+from ragtune.runs import device_line, fmt, report_title, table
 from ragtune.train.loop import TrainResult
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ def write_report(
         + f", schedule {cfg.train.schedule}, batch {cfg.train.batch_size}, {cfg.train.epochs} epochs"
         + (f" × {cfg.train.steps_per_epoch} steps" if cfg.train.steps_per_epoch else "")
         + f", precision {cfg.train.precision}, seed {cfg.train.seed}.",
+        device_line(metrics.get("training", {})),
         "",
         "## Data",
         "",

@@ -23,6 +23,12 @@ Evaluation: ROUGE-1/2/L (Chinese-aware, :func:`ragtune.evaluate.text_metrics.rou
 the decoded responses against the references, and the loss (mean cross-entropy per response token)
 and its perplexity. Texts to continue are scored by continuing the first half of each text (words,
 or characters for text without spaces) and comparing with the second half.
+
+**Devices.** ``from_run_dir(..., device=...)`` loads the model, and the dense encoder of its index,
+on ``auto`` (CUDA, else MPS, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+(:mod:`ragtune.devices`; a device the machine lacks is a RagtuneError naming ``--device``). Prompts
+are padded on the device of the model (also one the caller moved it to, as the training loop does);
+the generated ids and the loss come back to the CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from ragtune.evaluate.text_metrics import bleu, perplexity, rouge
 from ragtune.models.decoder import DecoderConfig, TransformerForCausalLM, build_decoder
 from ragtune.models.decoding import DEFAULT_DECODE, CausalLMStepper, decode_batches, decode_settings, mean_token_nll
 from ragtune.models.seq2seq import pad_batch
-from ragtune.runs import decode_rows, load_run_model, read_run_meta
+from ragtune.runs import decode_rows, inference_device, load_run_model, model_device, read_run_meta
 
 PASSAGE_SEPARATOR = "<p>"  # between the prompt and each retrieved passage
 DEFAULT_NEW_TOKENS = 64  # decode.max_new_tokens null: at most this many (and what fits in model.max_length)
@@ -89,18 +95,22 @@ class GenerationPredictor:
         self.retriever = retriever
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 32) -> GenerationPredictor:
-        """Load a finished generation run (and its index, when it retrieves)."""
+    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 32,
+                     device: str | torch.device | None = None) -> GenerationPredictor:
+        """Load a finished generation run (and its index, when it retrieves) on ``device``
+        (:func:`ragtune.runs.inference_device`; None: ``auto``)."""
         run_dir = Path(run_dir)
+        device = inference_device(device)
         meta = read_run_meta(run_dir, "generation")
-        tokenizer, model = load_run_model(run_dir, meta, lambda: build_decoder(DecoderConfig(**meta["model"])))
+        tokenizer, model = load_run_model(run_dir, meta, lambda: build_decoder(DecoderConfig(**meta["model"])), device)
         retriever = None
         if meta.get("retrieval"):
             from ragtune.retrieval.augment import ContextRetriever, index_folder
             from ragtune.retrieval.index import load_index
 
             r = meta["retrieval"]
-            retriever = ContextRetriever(load_index(index_folder(run_dir, r["index"])), r["top_k"], PASSAGE_SEPARATOR)
+            retriever = ContextRetriever(load_index(index_folder(run_dir, r["index"]), device=device), r["top_k"],
+                                         PASSAGE_SEPARATOR)
         return cls(model, tokenizer, meta, batch_size, retriever)
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -178,7 +188,7 @@ class GenerationPredictor:
         """``(logits (B, T-1, V), labels (B, T-1))`` of encoded examples; prompt positions and padding
         have the label ``pad_id`` (left out of the loss)."""
         pad = self.model.config.pad_id
-        ids, mask = pad_batch([ids for ids, _ in examples], pad, device=next(self.model.parameters()).device)  # (B, T)
+        ids, mask = pad_batch([ids for ids, _ in examples], pad, device=model_device(self.model))  # (B, T)
         labels = ids[:, 1:].clone()  # (B, T-1): position t predicts token t+1
         for row, (_, prompt_len) in enumerate(examples):
             labels[row, :prompt_len - 1] = pad  # the prompt is given, not learned

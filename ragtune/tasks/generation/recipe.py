@@ -83,7 +83,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     if r.top_k:
         from ragtune.retrieval.augment import ContextRetriever, open_run_index
 
-        index, index_ref = open_run_index(r, run_dir, opts.progress)
+        index, index_ref = open_run_index(r, run_dir, opts.progress, device=training_device(cfg.train))
         retriever = ContextRetriever(index, r.top_k, PASSAGE_SEPARATOR)
         retrieval_meta = {"index": index_ref, "top_k": r.top_k, "separator": PASSAGE_SEPARATOR}
         log.info("retrieval: top %d passages of %d (%s index)", r.top_k, len(index), index.kind)
@@ -157,16 +157,16 @@ def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
     return _score(cfg, run_dir, prepare_examples(cfg).test)
 
 
-def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
+def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None, device=None) -> dict:
     """``ragtune eval RUN --data FILE``: a file read like the run's training data (prompt/response columns, ...)."""
     if target:
         raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: generation run")
-    return _score(cfg, run_dir, read_examples(cfg, path))
+    return _score(cfg, run_dir, read_examples(cfg, path), device)
 
 
-def _score(cfg: RunConfig, run_dir: Path, df: pd.DataFrame) -> dict:
+def _score(cfg: RunConfig, run_dir: Path, df: pd.DataFrame, device=None) -> dict:
     """The finished run's metrics on the examples of ``df`` (without the decoded examples)."""
-    predictor = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    predictor = GenerationPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, device=device)
     return {k: v for k, v in predictor.evaluate(df.prompt.tolist(), df.response.tolist()).items() if k != "examples"}
 
 

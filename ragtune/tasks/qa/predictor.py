@@ -20,6 +20,13 @@ A QA run directory holds ``model.json`` (``task: qa``, reader settings, retrieva
 index folder), ``reader/`` (the fine-tuned reader and its tokenizer in Hugging Face format: also
 ``transformers.pipeline("question-answering", model="RUN_DIR/reader")``) and, when the run built
 its own index, ``index/``.
+
+**Devices.** ``from_run_dir(..., device=...)`` loads the reader, the index's dense encoder and, for a
+RAG run, the query encoder and ``passage_embeddings`` on ``auto`` (CUDA, else MPS, else the CPU),
+``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (:mod:`ragtune.devices`; a device the machine lacks is a
+RagtuneError naming ``--device``). The reader's windows go to the reader's device
+(:func:`ragtune.models.reader.answer`) and the query vectors to the device of ``passage_embeddings``
+(the training loop keeps them on the encoder's device); scores and answers come back to the CPU.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from ragtune.evaluate.retrieval_metrics import retrieval_metrics
 from ragtune.models.reader import ExtractiveReader, answer, load_reader
 from ragtune.retrieval.augment import index_folder
 from ragtune.retrieval.corpus import text_sha1
-from ragtune.runs import MODEL_META
+from ragtune.runs import MODEL_META, inference_device
 
 READER_DIR = "reader"
 QUERY_ENCODER_DIR = "query_encoder"  # RAG training: the trained query encoder (sentence-transformers)
@@ -77,36 +84,40 @@ class QAPredictor:
         self.query_encoder, self.passage_embeddings, self.temperature = query_encoder, passage_embeddings, temperature
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 32) -> QAPredictor:
-        """Load a finished QA run (its reader, and its index when it retrieves)."""
+    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 32,
+                     device: str | torch.device | None = None) -> QAPredictor:
+        """Load a finished QA run (its reader, and its index when it retrieves) on ``device``
+        (:func:`ragtune.runs.inference_device`; None: ``auto``)."""
         run_dir = Path(run_dir)
+        device = inference_device(device)
         meta_path = run_dir / MODEL_META
         if not meta_path.exists() or not (run_dir / READER_DIR / "config.json").exists():
             raise RagtuneError(f"{run_dir} is not a finished ragtune QA run: missing {MODEL_META} or {READER_DIR}/")
         meta = read_model_meta(meta_path, ("qa",))
         try:
-            return cls._from_meta(run_dir, meta, batch_size)
+            return cls._from_meta(run_dir, meta, batch_size, device)
         except RagtuneError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise bad_model_meta(meta_path, "qa", exc) from None
 
     @classmethod
-    def _from_meta(cls, run_dir: Path, meta: dict, batch_size: int) -> QAPredictor:
+    def _from_meta(cls, run_dir: Path, meta: dict, batch_size: int, device: torch.device) -> QAPredictor:
         from ragtune.retrieval.index import load_index
 
         reader, tokenizer = load_reader(str(run_dir / READER_DIR))
+        reader.to(device)
         index = None
         if int(meta.get("top_k", 0)):
-            index = load_index(index_folder(run_dir, meta["index"]))
+            index = load_index(index_folder(run_dir, meta["index"]), device=device)
         predictor = cls(reader, tokenizer, meta, index, batch_size)
         if meta.get("answer_selection") == "rag":
             import numpy as np
 
             from ragtune.retrieval.dense import load_encoder
 
-            predictor.use_rag(load_encoder(str(run_dir / meta["query_encoder"])),
-                              torch.from_numpy(np.load(run_dir / meta["passage_embeddings"])).float(),
+            predictor.use_rag(load_encoder(str(run_dir / meta["query_encoder"]), device=device),
+                              torch.from_numpy(np.load(run_dir / meta["passage_embeddings"])).float().to(device),
                               float(meta["temperature"]))
         return predictor
 
@@ -121,7 +132,7 @@ class QAPredictor:
         if self.query_encoder is None:
             return [[(row, score, 0.0) for row, score in per_question]
                     for per_question in self.index.search_rows(questions, k=k)]
-        q = self._encode_queries(questions)  # (B, d)
+        q = self._encode_queries(questions)  # (B, d), on the device of passage_embeddings
         sims = q @ self.passage_embeddings.T  # (B, N)
         top = sims.topk(k, dim=-1)
         log_p_z = torch.log_softmax(top.values / self.temperature, dim=-1)  # (B, k)
@@ -130,12 +141,13 @@ class QAPredictor:
 
     @torch.no_grad()
     def _encode_queries(self, questions: list[str]) -> torch.Tensor:
-        """L2-normalised ``(B, d)``; ``encode_query`` runs in eval mode and restores the encoder's mode."""
+        """L2-normalised ``(B, d)`` on the device of ``passage_embeddings``; ``encode_query`` runs in eval mode
+        (on the encoder's device) and restores the encoder's mode."""
         was_training = self.query_encoder.training
         vectors = self.query_encoder.encode_query(questions, batch_size=self.batch_size, normalize_embeddings=True,
                                                   convert_to_tensor=True, show_progress_bar=False)
         self.query_encoder.train(was_training)
-        return vectors.float().cpu()  # (B, d)
+        return vectors.float().to(self.passage_embeddings.device)  # (B, d)
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str] | None = None) -> list[dict]:
         """One dict per question: ``answer``, ``score`` and, with retrieval, ``passage`` (the one the

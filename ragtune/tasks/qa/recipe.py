@@ -61,12 +61,12 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     log.info("data: %s", ", ".join(f"{k} {v['questions']} questions" for k, v in data.info["splits"].items()))
 
     # 2. retriever
-    index, index_ref = open_run_index(r, run_dir, opts.progress) if r.top_k else (None, None)
+    device = training_device(cfg.train)
+    index, index_ref = open_run_index(r, run_dir, opts.progress, device=device) if r.top_k else (None, None)
     if index is not None and r.top_k > len(index):
         raise RagtuneError(f"retrieval.top_k: {r.top_k} is larger than the {len(index)} passages of the index {index.path}")
 
     # 3. reader
-    device = training_device(cfg.train)
     torch.manual_seed(cfg.train.seed)
     reader, tokenizer = load_reader(cfg.model.name_or_path)
     if reader.max_positions is not None and cfg.model.max_length > reader.max_positions:
@@ -137,13 +137,13 @@ def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
     return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(prepare_qa_data(cfg).test)
 
 
-def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
+def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None, device=None) -> dict:
     """``ragtune eval RUN --data FILE``: a SQuAD-format file, end-to-end and retrieval metrics."""
     from ragtune.data.squad import read_squad
 
     if target:
         raise RagtuneError(f"--target is for translation runs; {run_dir} is a task: qa run")
-    return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(read_squad(path))
+    return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, device=device).evaluate(read_squad(path))
 
 
 def train_tokenizer_for(cfg: RunConfig, path: Path, demo_dir=None) -> Path:

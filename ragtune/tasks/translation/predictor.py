@@ -12,6 +12,12 @@ Decoding runs with the model in ``eval()`` mode (its previous mode is restored),
 ``torch.no_grad``, in batches of ``batch_size`` sources sorted by token length (less padding);
 outputs come back in input order. The decoding settings default to the run's ``decode:`` section
 (stored in ``model.json``); keyword overrides change them per call.
+
+**Devices.** ``from_run_dir(..., device=...)`` loads the model on ``auto`` (CUDA, else MPS, else the
+CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (:mod:`ragtune.devices`; a device the machine lacks is a
+RagtuneError naming ``--device``). Whatever device the model is on (also one the caller moved it to,
+as the training loop does), the source and target tensors are built there and the decoded ids and
+the loss come back to the CPU as Python lists and floats.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ragtune.errors import RagtuneError
 from ragtune.evaluate.text_metrics import bleu, chrf, perplexity
 from ragtune.models.decoding import DEFAULT_DECODE, Seq2SeqStepper, decode_batches, decode_settings, mean_token_nll
 from ragtune.models.seq2seq import Seq2SeqConfig, TransformerForSeq2Seq, build_seq2seq, pad_batch
-from ragtune.runs import decode_rows, load_run_model, read_run_meta
+from ragtune.runs import decode_rows, inference_device, load_run_model, model_device, read_run_meta
 
 
 class Seq2SeqPredictor:
@@ -61,11 +67,13 @@ class Seq2SeqPredictor:
         return self.memory.augment(texts, self.memory_k) if self.memory is not None and self.memory_k else texts
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64) -> Seq2SeqPredictor:
-        """Load a finished translation run."""
+    def from_run_dir(cls, run_dir: str | Path, batch_size: int = 64,
+                     device: str | torch.device | None = None) -> Seq2SeqPredictor:
+        """Load a finished translation run on ``device`` (:func:`ragtune.runs.inference_device`; None: ``auto``)."""
         run_dir = Path(run_dir)
+        device = inference_device(device)
         meta = read_run_meta(run_dir, "translation")
-        tokenizer, model = load_run_model(run_dir, meta, lambda: build_seq2seq(Seq2SeqConfig(**meta["model"])))
+        tokenizer, model = load_run_model(run_dir, meta, lambda: build_seq2seq(Seq2SeqConfig(**meta["model"])), device)
         predictor = cls(model, tokenizer, meta, batch_size)
         if meta.get("memory"):  # trained with a translation memory: rebuild it from the saved training pairs
             from ragtune.retrieval.memory import TranslationMemory
@@ -85,9 +93,10 @@ class Seq2SeqPredictor:
         if not texts:
             return []
         src = self.tokenizer.encode_source_batch(self._sources(texts), self.max_length)
-        pad = self.model.config.pad_id
+        pad, device = self.model.config.pad_id, model_device(self.model)
         ids = decode_batches(self.model, src, self.batch_size, self._settings(overrides),
-                             lambda rows: Seq2SeqStepper(self.model, *pad_batch(rows, pad)), progress, "decoding")
+                             lambda rows: Seq2SeqStepper(self.model, *pad_batch(rows, pad, device=device)), progress,
+                             "decoding")
         return self.tokenizer.decode_batch(ids)  # target ids without <s>/</s>, in input order
 
     def generate(self, texts: Sequence[str], progress: bool = False, **overrides) -> list[dict]:
@@ -100,12 +109,12 @@ class Seq2SeqPredictor:
         """Mean negative log-likelihood per target token (teacher forcing, no label smoothing), in nats."""
         src = self.tokenizer.encode_source_batch(self._sources(list(sources)), self.max_length)
         tgt = self.tokenizer.encode_target_batch(list(targets), self.max_length)
-        pad = self.model.config.pad_id
+        pad, device = self.model.config.pad_id, model_device(self.model)
 
         def logits_and_labels(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-            ids, mask = pad_batch([src[i] for i in rows], pad)  # (B, S)
-            tgt_in, _ = pad_batch([tgt[i][:-1] for i in rows], pad)  # <s> y1 .. yn  (B, T)
-            labels, _ = pad_batch([tgt[i][1:] for i in rows], pad)  # y1 .. yn </s>  (B, T)
+            ids, mask = pad_batch([src[i] for i in rows], pad, device=device)  # (B, S)
+            tgt_in, _ = pad_batch([tgt[i][:-1] for i in rows], pad, device=device)  # <s> y1 .. yn  (B, T)
+            labels, _ = pad_batch([tgt[i][1:] for i in rows], pad, device=device)  # y1 .. yn </s>  (B, T)
             return self.model(ids, mask, tgt_in), labels  # (B, T, V), (B, T)
 
         return mean_token_nll(self.model, [len(x) for x in src], self.batch_size, logits_and_labels, pad)

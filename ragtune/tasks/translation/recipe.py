@@ -172,16 +172,16 @@ def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
     return _score(cfg, run_dir, prepare_pairs(cfg).test)
 
 
-def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None) -> dict:
+def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None, device=None) -> dict:
     """``ragtune eval RUN --data FILE [--target FILE]``: a table with the run's source/target columns, or
     two line-aligned files."""
     spec = {"source": path, "target": target} if target else path
-    return _score(cfg, run_dir, read_pairs(spec, cfg.data.source_column, cfg.data.target_column, fmt=cfg.data.format))
+    return _score(cfg, run_dir, read_pairs(spec, cfg.data.source_column, cfg.data.target_column, fmt=cfg.data.format), device)
 
 
-def _score(cfg: RunConfig, run_dir: Path, df: pd.DataFrame) -> dict:
+def _score(cfg: RunConfig, run_dir: Path, df: pd.DataFrame, device=None) -> dict:
     """The finished run's metrics on the pairs of ``df`` (without the decoded examples)."""
-    predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size)
+    predictor = Seq2SeqPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size, device=device)
     return {k: v for k, v in predictor.evaluate(df.source.tolist(), df.target.tolist()).items() if k != "examples"}
 
 
