@@ -552,16 +552,7 @@ def tiny_minilm(minilm: Path, dest: Path) -> Path:
 
 
 def device_flag(ctx: dict) -> list[str]:
-    """``--device D``; in --smoke on a branch whose CLI has no ``--device`` yet, nothing (recorded)."""
-    helptext = subprocess.run([sys.executable, "-m", "ragtune", "predict", "--help"], cwd=ROOT, env=env(),
-                              capture_output=True, text=True).stdout
-    if "--device" in helptext:
-        return ["--device", ctx["device"]]
-    if ctx["smoke"]:
-        ctx.setdefault("notes", []).append("`ragtune predict/serve --device` is not on this branch yet: the smoke "
-                                           "run called them without it (CPU)")
-        return []
-    raise RuntimeError("`ragtune predict --help` has no --device: this branch cannot predict on a GPU")
+    return ["--device", ctx["device"]]
 
 
 def part_serve(ctx: dict, budget: float) -> dict:
@@ -602,6 +593,8 @@ def part_serve(ctx: dict, budget: float) -> dict:
         answer = json.loads(urllib.request.urlopen(req, timeout=max(5, b.left())).read())
         out["serve"] = {"startup_s": round(started - t, 1), "request_ms": round((time.perf_counter() - started) * 1000, 1),
                         "answer": answer, "health_device": health.get("device")}
+        if str(health.get("device", "")).split(":")[0] != ctx["device"].split(":")[0]:
+            raise RuntimeError(f"the server runs on {health.get('device')!r}, not on --device {ctx['device']}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

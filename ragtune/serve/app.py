@@ -24,7 +24,7 @@ Endpoints (those that fit what is served; ``GET /healthz`` lists them):
                        "passages": [...]}, ...]}`` (generation runs; ``passages`` when the run retrieves)
 ``POST /v1/retrieve``  ``{"queries": [...], "k": 5}`` → ``{"results": [[{"id", "doc_id", "score", "text",
                        "title", "source"}, ...], ...]}`` (index folders, QA and retrieval runs)
-``GET /healthz``       (and ``HEAD``, as for ``/``) model loaded, ragtune version, task, engine, labels, endpoints
+``GET /healthz``       (and ``HEAD``, as for ``/``) model loaded, ragtune version, task, engine, device, labels, endpoints
 ``GET /metrics``       Prometheus text format (:mod:`ragtune.serve.metrics`)
 ``GET /``              a web page: paste text, see the label and a bar chart of the class scores, or the
                        answer and its passages (English and Chinese)
@@ -202,6 +202,7 @@ class Health(BaseModel):
     version: str
     task: str
     engine: str
+    device: str
     name: str
     labels: list[str]
     endpoints: list[str]
@@ -441,7 +442,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
     @app.head("/healthz", include_in_schema=False)  # one operation in the schema (a HEAD answers without a body)
     async def healthz():
         return Health(status="ok", model_loaded=True, version=__version__, task=service.kind,
-                      engine=service.engine, name=service.name, labels=service.labels,
+                      engine=service.engine, device=service.device, name=service.name, labels=service.labels,
                       endpoints=service.endpoints, max_batch_size=settings.max_batch_size,
                       max_texts_per_request=settings.max_texts_per_request,
                       max_chars_per_text=settings.max_chars_per_text)

@@ -48,6 +48,7 @@ class Service:
     endpoint: str | None = None
     index: object | None = None
     labels: list[str] = field(default_factory=list)
+    device: str = "cpu"  # where the model runs (``/healthz``)
 
     @property
     def endpoints(self) -> list[str]:
@@ -83,7 +84,10 @@ def load_service(path: str | Path, engine: str = "torch", device="auto") -> Serv
             raise RagtuneError(f"{folder} is an index folder: it has no model to run with --engine {engine}")
         from ragtune.retrieval.index import load_index
 
-        return Service("index", name, engine, settings, index=load_index(folder, device=device))
+        index = load_index(folder, device=device)
+        encoder = getattr(index, "encoder", None)
+        return Service("index", name, engine, settings, index=index,
+                       device=str(getattr(encoder, "device", "cpu")))
     meta_path = folder / "model.json"
     if not meta_path.exists():
         raise RagtuneError(f"{folder} is neither a ragtune run, an export nor an index folder (no model.json or "
@@ -93,8 +97,11 @@ def load_service(path: str | Path, engine: str = "torch", device="auto") -> Serv
         raise RagtuneError(f"{folder} is a task: {task.name} run; --engine {engine} serves classification and "
                            "regression exports only")
     predictor = task.load_predictor(folder, settings.max_batch_size, engine=engine, device=device)
+    from ragtune.runs import model_device
+
     return Service(task.name, name, engine, settings, predictor=predictor, endpoint=task.endpoint,
-                   index=_index_of(predictor), labels=list(getattr(predictor, "labels", [])))
+                   index=_index_of(predictor), labels=list(getattr(predictor, "labels", [])),
+                   device=str(model_device(getattr(predictor, "model", None) or getattr(predictor, "reader", None))))
 
 
 def _index_of(predictor) -> object | None:

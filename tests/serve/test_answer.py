@@ -36,7 +36,7 @@ def test_answer_is_the_qa_predictor(qa_run):
     expected = QAPredictor.from_run_dir(qa_run).answer(questions)
     with TestClient(create_app(load_service(qa_run))) as c:
         health = c.get("/healthz").json()
-        assert health["task"] == "qa" and health["endpoints"] == ["/v1/answer", "/v1/retrieve"]
+        assert health["task"] == "qa" and health["endpoints"] == ["/v1/answer", "/v1/retrieve"] and health["device"] == "cpu"
         got = c.post("/v1/answer", json={"questions": questions})
         assert got.status_code == 200, got.text
         answers = got.json()["answers"]

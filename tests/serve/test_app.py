@@ -44,7 +44,7 @@ def test_predict_is_the_predictor(client, run_dir):
 def test_healthz_docs_and_schema(client, service):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["model_loaded"] is True
-    assert health["task"] == "classification" and health["engine"] == "torch"
+    assert health["task"] == "classification" and health["engine"] == "torch" and health["device"] == "cpu"
     assert health["labels"] == service.labels and health["endpoints"] == ["/v1/predict"]
     assert health["max_texts_per_request"] == 4  # the run's serve: section
     schema = client.get("/openapi.json").json()
