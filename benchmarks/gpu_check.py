@@ -42,7 +42,7 @@ part failed):
 ``--smoke``: the device under test is the CPU (bf16 against fp32), 4-step runs of 1-layer models, a
 random 2-layer BERT with MiniLM's tokenizer standing in for MiniLM, the encoder rows at 4 x 32 in fp32
 (this CPU emulates bf16), no ``torch.compile`` row (``--compile-smoke`` adds it), ``predict``/``serve``
-without ``--device`` only where the CLI has no such flag yet; about 2-3 minutes on 2 cores.
+with ``--device cpu``; about 2-3 minutes on 2 cores.
 
 Results: ``benchmarks/results/gpu_check.json`` and ``benchmarks/results/gpu_check.md`` (a table to
 paste into BENCHMARKS.md; ``--smoke`` writes ``gpu_check_smoke.*``). ``--only tasks serve`` /
