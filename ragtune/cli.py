@@ -155,12 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("translation / generation decoding (default: the run's decode: section)")
     g.add_argument("--strategy", choices=["greedy", "beam", "sample"], help="decoding strategy")
     g.add_argument("--beam-size", type=int, metavar="K", help="beam: beams per input")
-    g.add_argument("--length-penalty", type=float, metavar="ALPHA", help="beam: GNMT length penalty")
+    g.add_argument("--length-penalty", type=float, metavar="E", help="beam: beams ranked by log-probability / length ** E "
+                   "(transformers' length_penalty)")
     g.add_argument("--max-new-tokens", type=int, metavar="N", help="most tokens generated per output")
     g.add_argument("--top-k", type=int, metavar="K", help="sample: only the K most probable tokens")
     g.add_argument("--top-p", type=float, metavar="P", help="sample: nucleus sampling")
     g.add_argument("--temperature", type=float, metavar="T", help="sample: softmax temperature")
     g.add_argument("--seed", type=int, help="sample: random seed")
+    g.add_argument("--repetition-penalty", type=float, metavar="R", help="pretrained models: transformers' repetition_penalty")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="end an output before TEXT (repeatable, up to 4)")
 
     p = command("index", help="index corpus files for retrieval (BM25, dense or hybrid)",
                        description="Read CORPUS files/folders (txt, md, jsonl, csv/tsv incl. subject/relation/object "
@@ -657,7 +660,7 @@ def _print_json_lines(rows) -> int:
 def _predict_text(args, predictor, own_column: str, noun: str) -> int:
     """``ragtune predict`` on a translation or generation run: each text gets its ``output``."""
     overrides = {k: getattr(args, k) for k in ("strategy", "beam_size", "length_penalty", "max_new_tokens", "top_k",
-                                               "top_p", "temperature", "seed")}
+                                               "top_p", "temperature", "seed", "repetition_penalty", "stop")}
     if args.texts:
         _warn_empty(args.texts, "text")
         return _print_json_lines(predictor.generate(args.texts, **overrides))

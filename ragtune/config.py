@@ -236,18 +236,23 @@ class DecodeConfig(_Section):
 
     strategy: Literal["greedy", "beam", "sample"] = Field("beam", description="`greedy` (most probable token each step), `beam` (beam search) or `sample` (top-k / top-p sampling).")
     beam_size: int = Field(4, gt=0, description="`beam`: beams kept per input.")
-    length_penalty: float = Field(0.6, ge=0, description="`beam`: GNMT length penalty alpha (beams ranked by log-probability / ((5 + len) / 6) ** alpha); 0 ranks by raw log-probability.")
+    length_penalty: float = Field(1.0, ge=0, description="`beam`: the exponent transformers calls `length_penalty`: beams are ranked by log-probability / length ** length_penalty (length: generated tokens, end included); 1 ranks by log-probability per token, 0 by raw log-probability, more favours longer outputs. (Until ragtune 0.2 this key was GNMT's alpha.)")
     max_new_tokens: int | None = Field(None, gt=0, description="Most tokens generated per output. Null: `model.max_length - 1` (translation); 64 or half of `model.max_length`, whichever is less (generation).")
     top_k: int | None = Field(None, gt=0, description="`sample`: draw only from the k most probable tokens; null: no limit.")
     top_p: float | None = Field(None, gt=0, le=1, description="`sample`: nucleus sampling, the smallest set of tokens whose probability reaches p; null: off.")
     temperature: float = Field(1.0, gt=0, description="`sample`: logits are divided by this before the softmax.")
     seed: int = Field(0, ge=0, lt=2**32, description="`sample`: seed of the random draws (same seed, same outputs).")
+    repetition_penalty: float = Field(1.0, gt=0, description="Pretrained Hugging Face models (`model.backbone: hf`): transformers' `repetition_penalty` (CTRL's: the logits of tokens already in the prompt or the output are divided by it when positive, multiplied when negative); 1: off.")
+    stop: list[str] | None = Field(None, description="Up to 4 strings that end an output, which is cut before the first one (transformers' `stop_strings` for Hugging Face models, so decoding stops there). Null: outputs end at the end-of-text token.")
 
     def problems(self) -> list[str]:
+        errors = []
+        if self.stop is not None and (not self.stop or len(self.stop) > 4 or not all(x for x in self.stop)):
+            errors.append(f"decode.stop: 1 to 4 non-empty strings, or null (got {self.stop!r})")
         if self.strategy == "sample":
-            return []
-        return [f"decode.{key}: only applies to decode.strategy: sample (strategy is {self.strategy!r}; got {value!r})"
-                for key, value in self.non_default("top_k", "top_p", "temperature")]
+            return errors
+        return errors + [f"decode.{key}: only applies to decode.strategy: sample (strategy is {self.strategy!r}; got {value!r})"
+                         for key, value in self.non_default("top_k", "top_p", "temperature")]
 
 
 class RetrievalConfig(_Section):
@@ -360,6 +365,9 @@ class TextTaskConfig(TaskConfig):
                           f"(the decoder's first position holds <s>) (got {wanted})")
         errors += [f"{key}: not available for task {self.task} (got {value!r}); remove it"
                    for key, value in self.non_default("train.layer_lr_decay")]
+        if self.decode.repetition_penalty != 1.0 and self.model.backbone != "hf":
+            errors.append(f"decode.repetition_penalty: only for pretrained models (model.backbone: hf); ragtune's own "
+                          f"decoding has none (got {self.decode.repetition_penalty})")
         return errors
 
 

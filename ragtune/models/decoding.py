@@ -20,10 +20,13 @@ padding) are never generated. Put the model in ``eval()`` mode first: the steppe
 * :func:`greedy` takes the most probable token at every step.
 * :func:`beam_search` keeps the ``beam_size`` best partial outputs of each input by total
   log-probability. A finished beam (``</s>``) stays in the beam, extended by padding at no cost.
-  At the end the best of the K is chosen by ``score / lp(len)`` with the GNMT length penalty
-  ``lp(len) = ((5 + len) / 6) ** length_penalty`` (Wu et al. 2016), ``len`` counting the generated
-  tokens including ``</s>``. ``length_penalty=0`` (default) ranks by raw log-probability; larger
-  values favour longer outputs. With ``beam_size=1`` it is greedy decoding.
+  At the end the best of the K is chosen by ``score / len ** length_penalty``, ``len`` counting the
+  generated tokens including ``</s>``: the exponent transformers' ``generate`` calls
+  ``length_penalty`` (its default 1.0 ranks by log-probability per token). ``length_penalty=0``
+  (this function's default) ranks by raw log-probability; larger values favour longer outputs. With
+  ``beam_size=1`` it is greedy decoding. (Before ragtune 0.2 ``decode.length_penalty`` was GNMT's
+  alpha, ``((5 + len) / 6) ** alpha``; the key kept its name and now means what it means in
+  transformers, for every model.)
 * :func:`sample` draws each token from the softmax of ``logits / temperature``, restricted to the
   ``top_k`` most probable tokens and/or the smallest set of tokens whose probability reaches
   ``top_p`` (nucleus sampling, Holtzman et al. 2020). The random numbers come from a
@@ -285,8 +288,8 @@ def sample(
 
 
 def length_penalty_factor(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
-    """GNMT length penalty ``((5 + len) / 6) ** alpha`` (1 for alpha = 0); beam scores are divided by it."""
-    return ((5.0 + lengths.float()) / 6.0) ** alpha
+    """``len ** alpha`` (1 for alpha = 0), transformers' ``length_penalty``; beam scores are divided by it."""
+    return lengths.float().clamp(min=1) ** alpha
 
 
 def beam_search(
@@ -363,8 +366,8 @@ def score_sequences(
 
 # The decoding settings and loop of a text run's predictor (translation, generation)
 
-DEFAULT_DECODE = {"strategy": "beam", "beam_size": 4, "length_penalty": 0.6, "max_new_tokens": None, "top_k": None,
-                  "top_p": None, "temperature": 1.0, "seed": 0}
+DEFAULT_DECODE = {"strategy": "beam", "beam_size": 4, "length_penalty": 1.0, "max_new_tokens": None, "top_k": None,
+                  "top_p": None, "temperature": 1.0, "seed": 0, "repetition_penalty": 1.0, "stop": None}
 
 
 def decode_settings(defaults: dict, overrides: dict, default_max_new: int, most_new: int) -> dict:
@@ -378,6 +381,10 @@ def decode_settings(defaults: dict, overrides: dict, default_max_new: int, most_
         raise RagtuneError(f"strategy must be one of greedy, beam, sample (got {settings['strategy']!r})")
     if settings["max_new_tokens"] is None:
         settings["max_new_tokens"] = default_max_new
+    if isinstance(settings.get("stop"), str):
+        settings["stop"] = [settings["stop"]]
+    if settings.get("stop") is not None and (not all(isinstance(x, str) and x for x in settings["stop"]) or len(settings["stop"]) > 4):
+        raise RagtuneError(f"stop: up to 4 non-empty strings (got {settings['stop']!r})")
     if settings["max_new_tokens"] > most_new:
         raise RagtuneError(f"max_new_tokens: at most {most_new} for this model (its max_length leaves no room for "
                            f"more) (got {settings['max_new_tokens']})")
@@ -386,10 +393,17 @@ def decode_settings(defaults: dict, overrides: dict, default_max_new: int, most_
 
 @torch.no_grad()
 def decode_batches(model, inputs: Sequence[Sequence[int]], batch_size: int, s: dict, make_stepper, progress: bool,
-                   desc: str) -> list[list[int]]:
+                   desc: str, stop_tokenizer=None) -> list[list[int]]:
     """Decode ``inputs`` (id lists) in batches of ``batch_size`` sorted by length (less padding) with the
-    strategy of the settings ``s``; ``make_stepper(rows)`` builds the Stepper of one batch. The model
-    runs in eval mode (its mode is restored). Returns the generated ids per input, in input order."""
+    strategy of the settings ``s``; ``make_stepper(rows)`` builds the Stepper of one batch. A model with
+    a ``generate_ids`` method (the pretrained Hugging Face wrappers of :mod:`ragtune.models.hf_text`)
+    decodes through ``model.generate`` instead (``stop_tokenizer``: the transformers tokenizer its
+    stop strings need). The model runs in eval mode (its mode is restored). Returns the generated ids
+    per input, in input order (stop strings are cut from the text by the caller)."""
+    hf = getattr(model, "generate_ids", None)  # a pretrained Hugging Face model decodes with model.generate
+    if hf is None and float(s.get("repetition_penalty") or 1.0) != 1.0:
+        raise RagtuneError(f"repetition_penalty: only for pretrained Hugging Face models (model.backbone: hf); "
+                           f"this run's model is ragtune's own (got {s['repetition_penalty']})")
     was_training = model.training
     model.eval()
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
@@ -398,6 +412,11 @@ def decode_batches(model, inputs: Sequence[Sequence[int]], batch_size: int, s: d
     try:
         for b, start in enumerate(tqdm(starts, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)):
             rows = order[start:start + batch_size]
+            if hf is not None:
+                for i, generated in zip(rows, hf([inputs[i] for i in rows], {**s, "seed": int(s["seed"]) + b},
+                                                 stop_tokenizer)):
+                    out[i] = generated
+                continue
             step = make_stepper([inputs[i] for i in rows])
             limit = min(s["max_new_tokens"], step.max_new_tokens)
             if s["strategy"] == "greedy":
@@ -411,6 +430,12 @@ def decode_batches(model, inputs: Sequence[Sequence[int]], batch_size: int, s: d
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
+    """``(text before the first of the stop strings, whether one was found)``."""
+    cut = min((i for i in (text.find(x) for x in stop or ()) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
 
 
 def mean_token_nll(model, lengths: Sequence[int], batch_size: int,

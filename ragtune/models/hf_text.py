@@ -16,9 +16,12 @@ kind                       what is loaded                              used for
 
 :class:`HFSeq2SeqLM` and :class:`HFCausalLM` wrap the model with the interface of ragtune's
 from-scratch models (``forward``, ``encode``/``decode``, ``config.pad_id/bos_id/eos_id/max_length``),
-so the pipelines, the decoding strategies of :mod:`ragtune.models.decoding` (greedy, beam,
-sampling) and the predictors are the same for both families. They run without a key/value cache
-(each step re-reads the prefix): simple and exact, slower on long outputs than ``generate``.
+so the pipelines, the losses and the predictors are the same for both families. Decoding goes
+through transformers' own ``model.generate`` (key/value cache, beams, sampling, stop strings,
+repetition penalty): :meth:`HFCausalLM.generate_ids` / :meth:`HFSeq2SeqLM.generate_ids` map the
+``decode:`` settings onto a ``GenerationConfig`` (:func:`generation_config`) under the names
+transformers uses; ragtune's own decoding (:mod:`ragtune.models.decoding`) stays for its from-scratch
+models.
 :class:`HFTokenizer` gives a transformers tokenizer the interface of
 :class:`~ragtune.data.seq2seq_tokenizer.Seq2SeqTokenizer`.
 
@@ -55,6 +58,7 @@ class HFTextConfig:
     eos_id: int
     max_length: int
     vocab_size: int
+    eos_ids: list[int] | None = None  # causal: every id that ends an output (the tokenizer's and generation_config's)
 
 
 class HFTokenizer:
@@ -97,6 +101,62 @@ class HFTokenizer:
         self.hf.save_pretrained(str(folder))
 
 
+def generation_config(s: dict, eos_ids: list[int], pad_id: int, max_new_tokens: int):
+    """A ``transformers.GenerationConfig`` for the decoding settings ``s`` (the ``decode:`` keys).
+
+    ============================  =============================================================
+    ``decode:``                   ``GenerationConfig``
+    ============================  =============================================================
+    ``strategy: greedy``          ``do_sample=False, num_beams=1``
+    ``strategy: beam``            ``num_beams=beam_size, length_penalty`` (the same exponent:
+                                  beams ranked by log-probability / length ** length_penalty)
+    ``strategy: sample``          ``do_sample=True, temperature, top_k`` (null → 0: off),
+                                  ``top_p`` (null → 1.0: off); the draws seeded by ``seed``
+    ``max_new_tokens``            ``max_new_tokens``
+    ``repetition_penalty``        ``repetition_penalty`` (CTRL's; 1.0: off)
+    ``stop``                      ``stop_strings`` (the output is cut before the first one)
+    ============================  =============================================================
+
+    Every knob is set explicitly, so nothing is taken over from the model's own
+    ``generation_config.json`` (whose defaults, e.g. sampling at temperature 0.2, would otherwise apply).
+    """
+    from transformers import GenerationConfig
+
+    strategy = s["strategy"]
+    return GenerationConfig(
+        max_new_tokens=int(max_new_tokens), do_sample=strategy == "sample",
+        num_beams=int(s["beam_size"]) if strategy == "beam" else 1,
+        length_penalty=float(s["length_penalty"]), early_stopping=False,
+        temperature=float(s["temperature"]) if strategy == "sample" else 1.0,
+        top_k=int(s["top_k"] or 0) if strategy == "sample" else 0,
+        top_p=float(s["top_p"] or 1.0) if strategy == "sample" else 1.0,
+        repetition_penalty=float(s.get("repetition_penalty") or 1.0),
+        stop_strings=list(s["stop"]) if s.get("stop") else None,
+        eos_token_id=list(eos_ids), pad_token_id=int(pad_id), bos_token_id=None,
+        num_return_sequences=1, use_cache=True,
+    )
+
+
+def _new_tokens(out: torch.Tensor, eos_ids: list[int], pad_id: int) -> list[list[int]]:
+    """Rows of generated ids (N, t) cut at the first end-of-text id, without it and padding."""
+    ends = set(eos_ids)
+    rows = []
+    for row in out.tolist():
+        cut = next((i for i, t in enumerate(row) if t in ends), len(row))
+        rows.append([t for t in row[:cut] if t != pad_id])
+    return rows
+
+
+def _run_generate(hf_model, s: dict, tokenizer, **inputs) -> torch.Tensor:
+    """``hf_model.generate(**inputs)``; sampling draws from a generator seeded by ``s["seed"]`` without
+    touching the caller's random state."""
+    devices = [inputs["input_ids"].device] if inputs["input_ids"].device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(s["seed"]))
+        return hf_model.generate(**inputs, generation_config=s["_generation_config"],
+                                 tokenizer=tokenizer if s.get("stop") else None)
+
+
 class HFSeq2SeqLM(nn.Module):
     """An encoder-decoder of transformers with ``TransformerForSeq2Seq``'s interface."""
 
@@ -119,7 +179,22 @@ class HFSeq2SeqLM(nn.Module):
         return self.hf(input_ids=src_ids, attention_mask=src_mask, decoder_input_ids=tgt_ids, use_cache=False).logits
 
     def new_cache(self):
-        return None  # no cache: each decoding step re-reads the prefix
+        return None  # ragtune's decoding is not used for these models: generate_ids is
+
+    @torch.no_grad()
+    def generate_ids(self, sources: list[list[int]], s: dict, tokenizer=None) -> list[list[int]]:
+        """Target ids (without the start token, ``</s>`` or padding) for source id lists, through
+        ``model.generate`` with the decoding settings ``s`` (see :func:`generation_config`); at most
+        ``s["max_new_tokens"]`` and ``max_length - 1`` of them."""
+        from ragtune.models.seq2seq import pad_batch
+
+        max_new_tokens = min(int(s["max_new_tokens"]), self.config.max_length - 1)
+        device = next(self.parameters()).device
+        ids, mask = pad_batch(sources, self.config.pad_id, device=device)  # (B, S), right-padded
+        s = {**s, "_generation_config": generation_config(s, [self.config.eos_id], self.config.pad_id, max_new_tokens)}
+        s["_generation_config"].decoder_start_token_id = self.config.bos_id
+        out = _run_generate(self.hf, s, tokenizer, input_ids=ids, attention_mask=mask.long())  # (B, 1+t)
+        return _new_tokens(out[:, 1:], [self.config.eos_id], self.config.pad_id)
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -140,7 +215,29 @@ class HFCausalLM(nn.Module):
         return self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (B, T, V)
 
     def new_cache(self):
-        return None
+        return None  # ragtune's decoding is not used for these models: generate_ids is
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]], s: dict, tokenizer=None, streamer=None) -> list[list[int]]:
+        """The generated ids (without the prompt, the end-of-text token or padding) for prompt id
+        lists, left-padded into one batch, through ``model.generate`` with the decoding settings ``s``
+        (see :func:`generation_config`); ``config.eos_ids`` end an output, which has at most
+        ``s["max_new_tokens"]`` tokens and what fits in ``max_length`` after the longest prompt.
+        ``streamer``: a transformers streamer (e.g. ``TextIteratorStreamer``) fed each new token."""
+        from ragtune.models.seq2seq import pad_batch
+
+        longest = max(len(p) for p in prompts)
+        max_new_tokens = min(int(s["max_new_tokens"]), self.config.max_length - longest)
+        if max_new_tokens < 1:
+            raise RagtuneError(f"the longest prompt has {longest} tokens: no room left to generate within "
+                               f"max_length={self.config.max_length}")
+        device = next(self.parameters()).device
+        ids, mask = pad_batch(prompts, self.config.pad_id, left=True, device=device)  # (B, P), left-padded
+        eos = self.config.eos_ids or [self.config.eos_id]
+        s = {**s, "_generation_config": generation_config(s, eos, self.config.pad_id, max_new_tokens)}
+        extra = {} if streamer is None else {"streamer": streamer}
+        out = _run_generate(self.hf, s, tokenizer, input_ids=ids, attention_mask=mask.long(), **extra)  # (B, P+t)
+        return _new_tokens(out[:, ids.shape[1]:], eos, self.config.pad_id)
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -212,7 +309,11 @@ def load_hf_text_model(name_or_path: str, family: str, max_length: int, folder: 
     if limit is not None and max_length > limit:
         raise RagtuneError(f"model.max_length: {max_length} is more than {name_or_path!r} has positions for ({limit})")
     tok = HFTokenizer(tokenizer, bos, eos)
-    return tok, HFCausalLM(model, HFTextConfig(tok.pad_id, tok.bos_id, tok.eos_id, max_length, len(tokenizer))), "causal"
+    ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)  # e.g. an instruct model's end of turn
+    ends = [ends] if isinstance(ends, int) else list(ends or [])
+    eos_ids = [eos] + [int(e) for e in ends if e != eos and e != tokenizer.pad_token_id]
+    wrapper = HFCausalLM(model, HFTextConfig(tok.pad_id, tok.bos_id, tok.eos_id, max_length, len(tokenizer), eos_ids))
+    return tok, wrapper, "causal"
 
 
 def save_hf_text_model(tokenizer: HFTokenizer, model: nn.Module, folder: str | Path) -> None:

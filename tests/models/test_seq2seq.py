@@ -339,7 +339,7 @@ def test_beam_search_scores_at_least_as_well_as_greedy():
 def test_length_penalty():
     lengths = torch.tensor([1, 5, 10])
     assert torch.equal(length_penalty_factor(lengths, 0.0), torch.ones(3))
-    assert torch.allclose(length_penalty_factor(lengths, 1.0), torch.tensor([1.0, 10 / 6, 15 / 6]))
+    assert torch.allclose(length_penalty_factor(lengths, 1.0), torch.tensor([1.0, 5.0, 10.0]))  # transformers: len ** lp
     step = random_stepper()
     short = beam_search(step, beam_size=4, length_penalty=0.0)
     long = beam_search(step, beam_size=4, length_penalty=2.0)

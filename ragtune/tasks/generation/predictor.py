@@ -34,7 +34,7 @@ the generated ids and the loss come back to the CPU.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -43,7 +43,8 @@ from ragtune.data.seq2seq_tokenizer import Seq2SeqTokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.text_metrics import bleu, perplexity, rouge
 from ragtune.models.decoder import DecoderConfig, TransformerForCausalLM, build_decoder
-from ragtune.models.decoding import DEFAULT_DECODE, CausalLMStepper, decode_batches, decode_settings, mean_token_nll
+from ragtune.models.decoding import (DEFAULT_DECODE, CausalLMStepper, cut_at_stop, decode_batches, decode_settings,
+                                     mean_token_nll)
 from ragtune.models.seq2seq import pad_batch
 from ragtune.runs import decode_rows, inference_device, load_run_model, model_device, read_run_meta
 
@@ -93,6 +94,7 @@ class GenerationPredictor:
         self.decode_defaults = {**DEFAULT_DECODE, **(meta.get("decode") or {})}
         self.bleu_tokenize = meta.get("bleu_tokenize")
         self.retriever = retriever
+        self.chat_settings = dict(meta.get("chat") or {})  # {"template": bool, "system_prompt": str | None}
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, batch_size: int = 32,
@@ -114,31 +116,113 @@ class GenerationPredictor:
         return cls(model, tokenizer, meta, batch_size, retriever)
 
     # -- inputs ------------------------------------------------------------------------------------
+    @property
+    def uses_chat_template(self) -> bool:
+        """Whether prompts go through the tokenizer's chat template (``data.chat_template`` of the run)."""
+        return bool(self.chat_settings.get("template"))
+
+    def conversation(self, prompt) -> list[dict]:
+        """The messages of one prompt: a list of ``{"role", "content"}`` as given, or a text as one
+        user message; the run's system prompt first when the prompt brings none."""
+        if isinstance(prompt, (list, tuple)):
+            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+        else:
+            messages = [{"role": "user", "content": "" if prompt is None else str(prompt)}]
+        system = self.chat_settings.get("system_prompt")
+        if system and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": system}] + messages
+        return messages
+
+    def prompt_texts(self, prompts) -> list[str]:
+        """Each prompt (a text or a list of messages) as the text the model reads, its passages
+        included (after the last user message): the chat template's rendering with the assistant's
+        turn opened, or (no template) the text itself, after the system prompt and a blank line when
+        there is one; a longer conversation without a template is joined as ``role: content`` lines."""
+        conversations = [self.conversation(p) for p in prompts]
+        if self.retriever is not None:  # one retrieval call for the batch
+            last = [max((i for i, m in enumerate(c) if m["role"] == "user"), default=None) for c in conversations]
+            queries = [c[i]["content"] if i is not None else "" for c, i in zip(conversations, last)]
+            for c, i, text in zip(conversations, last, self.with_passages(queries)):
+                if i is not None:
+                    c[i] = {**c[i], "content": text}
+        out = []
+        for messages in conversations:
+            if self.uses_chat_template:
+                out.append(self.tokenizer.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            elif [m["role"] for m in messages] in (["user"], ["system", "user"]):
+                out.append("\n\n".join(m["content"] for m in messages))
+            else:
+                out.append("\n".join(f"{m['role']}: {m['content']}" for m in messages))
+        return out
+
     def with_passages(self, prompts: Sequence[str]) -> list[str]:
         """Each prompt followed by its retrieved passages (the prompts unchanged without a retriever)."""
         return add_passages(prompts, self.retriever)
 
-    def _prompt_tokens(self, texts: Sequence[str]) -> list[list[int]]:
-        """Tokens of each prompt (with its passages): ``prompt </s>``, or a bare beginning to continue."""
+    def _cut_middle(self, ids: list[int], room: int) -> list[int]:
+        """A chat prompt cut to ``room`` ids: its beginning and its end (the opened assistant turn) kept."""
+        if len(ids) <= room:
+            return ids
+        head = room // 2
+        return ids[:head] + ids[len(ids) - (room - head):]
+
+    def _prompt_tokens(self, prompts) -> list[list[int]]:
+        """Tokens of each prompt (a text or messages, with its passages): ``prompt </s>``, the chat
+        template's rendering, or a bare beginning to continue."""
         if not self.prompts:
+            return self.tokenizer.encode_plain_batch([str(p) for p in prompts])
+        texts = self.prompt_texts(prompts)
+        if self.uses_chat_template:
             return self.tokenizer.encode_plain_batch(texts)
-        return self.tokenizer.encode_source_batch(list(texts))
+        return self.tokenizer.encode_source_batch(texts)
+
+    def _start(self) -> list[int]:
+        """The ids before a prompt: ``<s>``, or nothing with a chat template (it writes its own)."""
+        return [] if self.uses_chat_template else [self.model.config.bos_id]
 
     def encode_example(self, prompt_ids: list[int], response: list[int]) -> tuple[list[int], int]:
         """``(ids, prompt_length)`` of one training example: ``<s> prompt_ids response``, cut to
-        ``max_length``. The prompt gives way first (keeping its last token, ``</s>``), but keeps at
-        least half of ``max_length`` when it is that long; then the response is cut."""
-        room = self.max_length - 1
+        ``max_length``. The prompt gives way first (keeping its last token, ``</s>``; a chat prompt
+        keeps its beginning and its end), but keeps at least half of ``max_length`` when it is that
+        long; then the response is cut."""
+        start = self._start()
+        room = self.max_length - len(start)
         keep = min(len(prompt_ids), max(room // 2, room - len(response)))
         if keep < len(prompt_ids):
-            prompt_ids = prompt_ids[:keep - 1] + prompt_ids[-1:] if keep > 1 else prompt_ids[-1:][:keep]
-        ids = [self.model.config.bos_id] + prompt_ids + response
-        return ids[:self.max_length], 1 + len(prompt_ids)
+            if self.uses_chat_template:
+                prompt_ids = self._cut_middle(prompt_ids, keep)
+            else:
+                prompt_ids = prompt_ids[:keep - 1] + prompt_ids[-1:] if keep > 1 else prompt_ids[-1:][:keep]
+        ids = start + prompt_ids + response
+        return ids[:self.max_length], len(start) + len(prompt_ids)
 
-    def training_examples(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], int]]:
-        """:meth:`encode_example` of each (prompt with its passages, response) pair."""
-        prompt_ids = self._prompt_tokens(self.with_passages(prompts)) if self.prompts else [[] for _ in prompts]
-        response_ids = [ids[1:] for ids in self.tokenizer.encode_target_batch(list(responses))]  # response </s>
+    def _response_tokens(self, prompts, responses: Sequence[str]) -> list[list[int]]:
+        """The ids the model learns to write after each prompt: ``response </s>``; with a chat
+        template, the assistant's turn as the template writes it (its end-of-turn token included)."""
+        if not self.uses_chat_template:
+            return [ids[1:] for ids in self.tokenizer.encode_target_batch([str(r) for r in responses])]
+        hf, out = self.tokenizer.hf, []
+        for prompt, response in zip(prompts, responses):
+            messages = self.conversation(prompt)
+            opened = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            full = hf.apply_chat_template(messages + [{"role": "assistant", "content": str(response)}], tokenize=False)
+            turn = full[len(opened):] if full.startswith(opened) else str(response)
+            ids = hf(turn.rstrip(), add_special_tokens=False)["input_ids"]
+            if not any(i in self.end_ids for i in ids[-2:]):
+                ids.append(self.tokenizer.eos_id)
+            out.append(ids)
+        return out
+
+    @property
+    def end_ids(self) -> list[int]:
+        """Ids that end an output (the end-of-text token; an instruct model's end of turn too)."""
+        return list(getattr(self.model.config, "eos_ids", None) or [self.model.config.eos_id])
+
+    def training_examples(self, prompts, responses: Sequence[str]) -> list[tuple[list[int], int]]:
+        """:meth:`encode_example` of each (prompt with its passages, response) pair; a prompt is a text
+        or a list of messages."""
+        prompt_ids = self._prompt_tokens(prompts) if self.prompts else [[] for _ in prompts]
+        response_ids = self._response_tokens(prompts, responses)
         return [self.encode_example(p, r) for p, r in zip(prompt_ids, response_ids)]
 
     # -- decoding ----------------------------------------------------------------------------------
@@ -146,42 +230,154 @@ class GenerationPredictor:
         return decode_settings(self.decode_defaults, overrides, min(DEFAULT_NEW_TOKENS, self.max_length // 2),
                                self.max_length - 2)
 
-    def _decoder_inputs(self, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
-        """``<s> prompt`` ids, each cut so that ``max_new_tokens`` still fit (a prompt keeps its ``</s>``)."""
-        room = self.max_length - 1 - max_new_tokens
+    def _decoder_inputs(self, prompts, max_new_tokens: int) -> list[list[int]]:
+        """``<s> prompt`` ids, each cut so that ``max_new_tokens`` still fit (a prompt keeps its ``</s>``,
+        a chat prompt its beginning and end)."""
+        start = self._start()
+        room = self.max_length - len(start) - max_new_tokens
         out = []
-        for ids in self._prompt_tokens(self.with_passages(prompts)):
+        for ids in self._prompt_tokens(prompts):
             if len(ids) > room:
-                ids = ids[:room - 1] + ids[-1:] if self.prompts else ids[:room]
-            out.append([self.model.config.bos_id] + ids)
+                if self.uses_chat_template:
+                    ids = self._cut_middle(ids, room)
+                else:
+                    ids = ids[:room - 1] + ids[-1:] if self.prompts else ids[:room]
+            out.append(start + ids)
         return out
 
-    def complete(self, prompts: Sequence[str], progress: bool = False, **overrides) -> list[str]:
-        """The generated text for each prompt (or the continuation of each beginning)."""
-        prompts = ["" if p is None else str(p) for p in prompts]
+    def decode(self, prompts, progress: bool = False, **overrides) -> list[dict]:
+        """``[{"output", "finish_reason", "prompt_tokens", "completion_tokens"}, ...]``, one per prompt (a
+        text, or a list of ``{"role", "content"}`` messages), in the OpenAI API's terms:
+        ``finish_reason`` is ``stop`` (the end-of-text token or a stop string) or ``length`` (cut at
+        ``max_new_tokens``); the token counts are the model's own (the prompt as read, passages and
+        template included)."""
+        prompts = [p if isinstance(p, (list, tuple)) else "" if p is None else str(p) for p in prompts]
         if not prompts:
             return []
         s = self._settings(overrides)
-        ids = decode_batches(self.model, self._decoder_inputs(prompts, s["max_new_tokens"]), self.batch_size, s,
-                             lambda rows: CausalLMStepper(self.model, rows), progress, "generating")
-        return self.tokenizer.decode_batch(ids)  # generated ids without </s>, in input order
-
-    def generate(self, prompts: Sequence[str], progress: bool = False, **overrides) -> list[dict]:
-        """``[{"output": text[, "passages": [...]]}, ...]``, one per prompt; ``overrides`` are keys of
-        the ``decode:`` section. ``passages``: the retrieved passages (id, doc_id, score, text, title,
-        source), best first."""
-        outputs = self.complete(prompts, progress=progress, **overrides)
-        if self.retriever is None:
-            return [{"output": o} for o in outputs]
+        inputs = self._decoder_inputs(prompts, s["max_new_tokens"])
+        hf = getattr(self.tokenizer, "hf", None)
+        ids = decode_batches(self.model, inputs, self.batch_size, s, lambda rows: CausalLMStepper(self.model, rows),
+                             progress, "generating", stop_tokenizer=hf)
         out = []
-        for o, rows in zip(outputs, self.retriever.rows([str(p) for p in prompts])):
+        for given, new, text in zip(inputs, ids, self.tokenizer.decode_batch(ids)):
+            text, stopped = cut_at_stop(text, s.get("stop"))
+            limit = min(s["max_new_tokens"], self.max_length - len(given))
+            out.append({"output": text, "finish_reason": "stop" if stopped or len(new) < limit else "length",
+                        "prompt_tokens": len(given), "completion_tokens": len(new)})
+        return out
+
+    def complete(self, prompts, progress: bool = False, **overrides) -> list[str]:
+        """The generated text for each prompt (or the continuation of each beginning)."""
+        return [d["output"] for d in self.decode(prompts, progress=progress, **overrides)]
+
+    def passages_of(self, prompts) -> list[list[dict]]:
+        """The retrieved passages of each prompt (id, doc_id, score, text, title, source), best first;
+        a list of messages retrieves for its last user message."""
+        queries = []
+        for p in prompts:
+            if isinstance(p, (list, tuple)):
+                users = [m["content"] for m in p if m["role"] == "user"]
+                queries.append(str(users[-1]) if users else "")
+            else:
+                queries.append(str(p))
+        out = []
+        for rows in self.retriever.rows(queries):
             passages = []
             for row, score in rows:
                 p = self.retriever.index.passages[row]
                 passages.append({"id": p["id"], "doc_id": p["doc_id"], "score": round(float(score), 4),
                                  "text": p["text"], "title": p.get("title"), "source": p.get("source")})
-            out.append({"output": o, "passages": passages})
+            out.append(passages)
         return out
+
+    def generate(self, prompts, progress: bool = False, details: bool = False, **overrides) -> list[dict]:
+        """``[{"output": text[, "passages": [...]]}, ...]``, one per prompt (a text or a list of messages);
+        ``overrides`` are keys of the ``decode:`` section. ``passages``: the retrieved passages, best
+        first. ``details``: also ``finish_reason``, ``prompt_tokens`` and ``completion_tokens`` (see
+        :meth:`decode`)."""
+        outputs = self.decode(prompts, progress=progress, **overrides)
+        if not details:
+            outputs = [{"output": o["output"]} for o in outputs]
+        if self.retriever is not None:
+            for o, passages in zip(outputs, self.passages_of(prompts)):
+                o["passages"] = passages
+        return outputs
+
+    def chat(self, conversations: Sequence[Sequence[dict]], **overrides) -> list[dict]:
+        """:meth:`generate` with ``details`` for conversations: each a list of ``{"role": system|user|assistant,
+        "content"}``; the reply is the assistant's next turn. A malformed message is a RagtuneError
+        naming it."""
+        for i, conv in enumerate(conversations):
+            if not isinstance(conv, (list, tuple)) or not conv:
+                raise RagtuneError(f"messages[{i}]: a non-empty list of {{role, content}} messages")
+            for j, m in enumerate(conv):
+                if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or "content" not in m:
+                    raise RagtuneError(f"messages[{i}][{j}]: needs role (system, user or assistant) and content "
+                                       f"(got {m!r:.80})")
+        return self.generate([list(c) for c in conversations], details=True, **overrides)
+
+    def stream(self, prompt, **overrides) -> Iterator[dict]:
+        """The reply to one prompt (a text or a list of messages) piece by piece: ``{"text": piece}``
+        events while it is written, then ``{"text": "", "finish_reason", "prompt_tokens",
+        "completion_tokens"}``. A pretrained Hugging Face model streams token by token
+        (transformers' ``TextIteratorStreamer``, ``model.generate`` in a thread); text that may be the
+        start of a stop string is held back until it is not. ragtune's own models write the reply
+        whole and send it as one piece."""
+        s = self._settings(overrides)
+        if getattr(self.model, "generate_ids", None) is None:
+            done = self.decode([prompt], **overrides)[0]
+            if done["output"]:
+                yield {"text": done["output"]}
+            yield {"text": "", **{k: done[k] for k in ("finish_reason", "prompt_tokens", "completion_tokens")}}
+            return
+        import threading
+
+        from transformers import TextIteratorStreamer
+
+        given = self._decoder_inputs([prompt], s["max_new_tokens"])[0]
+        streamer = TextIteratorStreamer(self.tokenizer.hf, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        result: dict = {}
+
+        def work():
+            try:
+                result["ids"] = self.model.generate_ids([given], s, self.tokenizer.hf, streamer=streamer)[0]
+            except BaseException as exc:  # handed to the reader below
+                result["error"] = exc
+                streamer.end()
+
+        was_training = self.model.training
+        self.model.eval()
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        stops, text, sent, stopped = s.get("stop") or [], "", 0, False
+        try:
+            for piece in streamer:
+                text += piece
+                cut, stopped = cut_at_stop(text, stops)
+                hold = 0 if stopped else max((k for x in stops for k in range(1, len(x)) if cut.endswith(x[:k])), default=0)
+                ready = cut[:len(cut) - hold]
+                if len(ready) > sent:
+                    yield {"text": ready[sent:]}
+                    sent = len(ready)
+                if stopped:
+                    break
+            thread.join()
+        finally:
+            self.model.train(was_training)
+        if "error" in result:
+            raise result["error"]
+        cut, stopped = cut_at_stop(text, stops)
+        if not stopped and len(cut) > sent:
+            yield {"text": cut[sent:]}
+        new = result.get("ids", [])
+        limit = min(s["max_new_tokens"], self.max_length - len(given))
+        yield {"text": "", "finish_reason": "stop" if stopped or len(new) < limit else "length",
+               "prompt_tokens": len(given), "completion_tokens": len(new)}
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text in the model's tokenizer (no special tokens)."""
+        return [len(ids) for ids in self.tokenizer.encode_plain_batch([str(t) for t in texts])]
 
     # -- scoring -----------------------------------------------------------------------------------
     def batch_logits(self, examples: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:

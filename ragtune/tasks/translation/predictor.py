@@ -32,7 +32,8 @@ import torch
 from ragtune.data.seq2seq_tokenizer import Seq2SeqTokenizer
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.text_metrics import bleu, chrf, perplexity
-from ragtune.models.decoding import DEFAULT_DECODE, Seq2SeqStepper, decode_batches, decode_settings, mean_token_nll
+from ragtune.models.decoding import (DEFAULT_DECODE, Seq2SeqStepper, cut_at_stop, decode_batches, decode_settings,
+                                     mean_token_nll)
 from ragtune.models.seq2seq import Seq2SeqConfig, TransformerForSeq2Seq, build_seq2seq, pad_batch
 from ragtune.runs import decode_rows, inference_device, load_run_model, model_device, read_run_meta
 
@@ -94,10 +95,12 @@ class Seq2SeqPredictor:
             return []
         src = self.tokenizer.encode_source_batch(self._sources(texts), self.max_length)
         pad, device = self.model.config.pad_id, model_device(self.model)
-        ids = decode_batches(self.model, src, self.batch_size, self._settings(overrides),
+        s = self._settings(overrides)
+        ids = decode_batches(self.model, src, self.batch_size, s,
                              lambda rows: Seq2SeqStepper(self.model, *pad_batch(rows, pad, device=device)), progress,
-                             "decoding")
-        return self.tokenizer.decode_batch(ids)  # target ids without <s>/</s>, in input order
+                             "decoding", stop_tokenizer=getattr(self.tokenizer, "hf", None))
+        # target ids without <s>/</s>, in input order; each cut before its first stop string
+        return [cut_at_stop(t, s.get("stop"))[0] for t in self.tokenizer.decode_batch(ids)]
 
     def generate(self, texts: Sequence[str], progress: bool = False, **overrides) -> list[dict]:
         """``[{"output": text}, ...]``, one per input text; ``overrides`` are keys of the ``decode:`` section."""
