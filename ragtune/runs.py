@@ -302,7 +302,8 @@ def _load_run_model(run_dir: Path, meta: dict, build):
 
         family = "causal" if meta["hf"]["kind"] == "causal" else "seq2seq"  # seq2seq, bert2bert: encoder-decoders
         tokenizer, model, _ = load_hf_text_model(meta["hf"]["name_or_path"], family, meta["model"]["max_length"],
-                                                 folder=run_dir / meta["hf"]["dir"])
+                                                 folder=run_dir / meta["hf"]["dir"],
+                                                 adapter=(meta["hf"].get("lora") or {}).get("save") == "adapter")
     else:
         tokenizer = load_seq2seq_tokenizer(run_dir / meta.get("tokenizer", TOKENIZER_FILE))
         model = build()
@@ -349,15 +350,41 @@ def text_model_meta(cfg, task: str, model_cfg: dict, tokenizer, hf_kind: str | N
         "decode": cfg.decode.model_dump(mode="json"), "bleu_tokenize": cfg.eval.bleu_tokenize,
     }
     if hf_kind is not None:
-        meta.update(tokenizer=HF_DIR, weights=HF_DIR, hf={"dir": HF_DIR, "kind": hf_kind, "name_or_path": cfg.model.name_or_path})
+        lora = cfg.model.lora.model_dump(mode="json") if cfg.model.lora.enabled else None
+        meta.update(tokenizer=HF_DIR, weights=HF_DIR, hf={"dir": HF_DIR, "kind": hf_kind, "name_or_path": cfg.model.name_or_path,
+                                                          "lora": lora})  # lora.save adapter: hf_model/ holds only the adapters
     return meta
+
+
+def load_hf_text_backbone(cfg, family: str):
+    """``(HFTokenizer, model wrapper, kind)`` of a translation (``family`` ``seq2seq``) or generation
+    (``causal``) run with ``model.backbone: hf``: the pretrained model, with gradient checkpointing
+    and LoRA when the config asks (:func:`ragtune.models.hf_text.tune_text_model`; the adapters drawn
+    from ``train.seed``). QLoRA (``model.lora.load_in_4bit``) is refused before loading on a device
+    that is not CUDA."""
+    from ragtune.models.hf import check_qlora
+    from ragtune.models.hf_text import load_hf_text_model, tune_text_model
+    from ragtune.train.loop import training_device
+
+    m = cfg.model
+    device = training_device(cfg.train)
+    check_qlora(m.lora.enabled and m.lora.load_in_4bit, device)
+    tokenizer, model, kind = load_hf_text_model(m.name_or_path, family, m.max_length,
+                                                load_in_4bit=m.lora.enabled and m.lora.load_in_4bit, device=device)
+    torch.manual_seed(cfg.train.seed)
+    tune_text_model(model, kind, m.gradient_checkpointing, m.lora)
+    if m.lora.enabled:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("lora: r=%d, alpha=%d, %.2fM of %.2fM parameters train", m.lora.r, m.lora.alpha, trainable / 1e6,
+                 sum(p.numel() for p in model.parameters()) / 1e6)
+    return tokenizer, model, kind
 
 
 def save_text_model(model, tokenizer, meta: dict, run_dir: Path, hf: bool) -> None:
     """The trained model in RUN_DIR: ``hf_model/`` (``save_pretrained``) for a pretrained Hugging Face
     model, else ``model.safetensors``; then ``model.json``."""
     if hf:
-        save_hf_text_model(tokenizer, model, run_dir / HF_DIR)
+        save_hf_text_model(tokenizer, model, run_dir / HF_DIR, lora=meta["hf"].get("lora"))
     else:
         save_weights(model, run_dir / WEIGHTS_FILE)
     write_json(run_dir / MODEL_META, meta)

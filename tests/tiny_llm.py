@@ -6,10 +6,23 @@ Imported by test modules as ``from tiny_llm import ...`` (``tests/`` is on pytes
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 WORDS = "alpha beta gamma delta eps zeta eta theta iota kappa".split()
 EOS = "<|endoftext|>"
+
+
+def reversal_rows(n: int, seed: int = 0, words: list[str] | None = None, longest: int = 5) -> list[dict]:
+    """``n`` examples of a task a small model learns fast: ``prompt`` 2 to ``longest`` words of ``words``
+    (default :data:`WORDS`), ``response`` the same words reversed."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        seq = [rng.choice(words or WORDS) for _ in range(rng.randint(2, longest))]
+        out.append({"prompt": " ".join(seq), "response": " ".join(reversed(seq))})
+    return out
 
 
 def byte_vocab() -> list[str]:

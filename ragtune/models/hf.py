@@ -17,12 +17,14 @@ This module knows nothing about configs or run directories: it loads the path or
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
 import importlib.util
 import logging
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -279,23 +281,45 @@ def _import_peft():
     return peft
 
 
-def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
-               target_modules: list[str] | None) -> nn.Module:
-    """Wrap a sequence-classification model with LoRA adapters (``peft.get_peft_model``, task ``SEQ_CLS``).
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft asks the model ``is_gradient_checkpointing``, which transformers 5 deprecates with a FutureWarning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
-    Only the adapters and the classification head (``modules_to_save``, which peft sets for
-    ``SEQ_CLS``) train; every pretrained weight is frozen. ``target_modules`` None uses peft's
-    default for the model type (``query``/``value`` for BERT-like models).
+
+LORA_TASKS = {"classification": "SEQ_CLS", "causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "qa": "QUESTION_ANS"}
+
+
+def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None,
+               task: str = "classification", modules_to_save: list[str] | None = None) -> nn.Module:
+    """Wrap a transformers model with LoRA adapters (``peft.get_peft_model``).
+
+    ``task`` picks peft's task type (:data:`LORA_TASKS`): ``classification`` (``SEQ_CLS``: the new head
+    trains too), ``causal`` (``CAUSAL_LM``), ``seq2seq`` (``SEQ_2_SEQ_LM``) or ``qa`` (``QUESTION_ANS``:
+    the span head trains too). ``modules_to_save``: more modules trained whole (e.g. the new
+    cross-attention of a BERT2BERT model). Every other pretrained weight is frozen.
+    ``target_modules`` None uses peft's default for the model type (``query``/``value`` for BERT-like
+    models, ``q_proj``/``v_proj`` for Llama); ``["all-linear"]`` every linear layer but the output.
+    Target names that match no linear layer are a RagtuneError listing the names that exist.
     """
     peft = _import_peft()
-    config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                             target_modules=list(target_modules) if target_modules else None)
+    targets = None if not target_modules else ("all-linear" if list(target_modules) == ["all-linear"] else list(target_modules))
+    config = peft.LoraConfig(task_type=getattr(peft.TaskType, LORA_TASKS[task]), r=r, lora_alpha=alpha,
+                             lora_dropout=dropout, target_modules=targets, modules_to_save=modules_to_save)
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    # the last name component of every linear layer: the names target_modules may use
+    choices = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+    if isinstance(targets, list):
+        missing = [t for t in targets if t not in choices and not any(n.endswith("." + t) or n == t for n, _ in model.named_modules())]
+        if missing:
+            raise RagtuneError(f"model.lora.target_modules: {missing} matches no linear layer of this {model_type!r} "
+                               f"model (peft would find nothing to adapt); valid choices: {choices}")
     try:
-        return peft.get_peft_model(model, config)
+        with _quiet_peft():
+            return peft.get_peft_model(model, config)
     except ValueError as exc:
-        # the last name component of every linear layer: the names target_modules may use
-        choices = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
         if target_modules is None:
             raise RagtuneError(
                 f"model.lora.target_modules: peft has no default for this {model_type!r} model; "
@@ -307,9 +331,51 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
         ) from None
 
 
+def check_qlora(load_in_4bit: bool, device) -> None:
+    """QLoRA (``model.lora.load_in_4bit``) needs a CUDA device and bitsandbytes: a RagtuneError otherwise."""
+    if not load_in_4bit:
+        return
+    if getattr(device, "type", str(device)) != "cuda":
+        raise RagtuneError(f"model.lora.load_in_4bit: QLoRA's 4-bit base (bitsandbytes) runs on CUDA GPUs only; this "
+                           f"run trains on {device} (train.device). Set model.lora.load_in_4bit: false: LoRA on the "
+                           "float32/bf16 base works everywhere")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RagtuneError("model.lora.load_in_4bit: QLoRA needs the optional package bitsandbytes: "
+                           "pip install bitsandbytes")
+
+
+def quantization_config(load_in_4bit: bool):
+    """transformers' ``BitsAndBytesConfig`` for QLoRA (NF4, double quantisation, bf16 compute), or None."""
+    if not load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """The plain transformers model with the LoRA updates merged into its weights (``merge_and_unload``)."""
-    return model.merge_and_unload()
+    with _quiet_peft():
+        return model.merge_and_unload()
+
+
+def save_lora_adapter(model: nn.Module, folder) -> None:
+    """The adapters (and the modules trained whole) of a peft model in ``folder`` (``adapter_config.json``,
+    ``adapter_model.safetensors``); the frozen embeddings are not copied (ragtune sets the rows of a
+    token it adds deterministically, so the base model gives them back)."""
+    with _quiet_peft():
+        model.save_pretrained(str(folder), save_embedding_layers=False)
+
+
+def load_lora_adapter(base: nn.Module, folder, base_name: str) -> nn.Module:
+    """``PeftModel.from_pretrained(base, folder)`` for inference, or a RagtuneError naming both."""
+    peft = _import_peft()
+    try:
+        with _quiet_peft():
+            return peft.PeftModel.from_pretrained(base, str(folder))
+    except (OSError, ValueError, KeyError) as exc:
+        raise RagtuneError(f"{folder}: cannot load the LoRA adapter onto {base_name!r}: {exc}") from None
 
 
 def load_lora_classifier(base_name_or_path: str, adapter_folder: str, num_labels: int, labels: list[str] | None,

@@ -248,28 +248,48 @@ def _is_encoder_only(hf_config) -> bool:
                                                                         "distilbert", "mpnet", "deberta-v2")
 
 
-def load_hf_text_model(name_or_path: str, family: str, max_length: int, folder: str | Path | None = None):
+def _mean_rows(model: nn.Module, old_size: int) -> None:
+    """Rows of tokens added after ``old_size`` (e.g. a padding token) set to the mean of the pretrained
+    rows, in the input embeddings and an untied output layer: the same values every time the base
+    model is loaded (transformers draws them at random), so a LoRA adapter saved without the
+    embeddings reloads to exactly the trained model."""
+    with torch.no_grad():
+        for layer in {id(x): x for x in (model.get_input_embeddings(), model.get_output_embeddings()) if x is not None}.values():
+            if layer.weight.shape[0] > old_size:
+                layer.weight[old_size:] = layer.weight[:old_size].mean(dim=0, keepdim=True)
+
+
+def load_hf_text_model(name_or_path: str, family: str, max_length: int, folder: str | Path | None = None,
+                       adapter: bool = False, load_in_4bit: bool = False, device=None):
     """``(HFTokenizer, model wrapper, kind)``: ``family`` ``seq2seq`` (an encoder-decoder: ``seq2seq`` or
     ``bert2bert``, for translation) or ``causal`` (a decoder-only language model, for generation).
 
-    ``folder``: a run's ``hf_model`` folder (a fine-tuned model); else ``name_or_path`` (alias,
-    local folder or Hub id) is loaded as pretrained.
+    ``folder``: a run's ``hf_model`` folder (a fine-tuned model; with ``adapter``, a LoRA adapter that
+    is loaded onto the pretrained ``name_or_path``); else ``name_or_path`` (alias, local folder, ``.gguf``
+    file or Hub id) is loaded as pretrained. ``load_in_4bit``: the base in 4-bit NF4 on the CUDA
+    ``device`` (QLoRA, :func:`ragtune.models.hf.quantization_config`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel
 
-    from ragtune.models.hf import _offline_error, check_source
+    from ragtune.models.hf import _offline_error, check_source, load_lora_adapter, quantization_config
 
+    if folder is not None and adapter:  # the pretrained base, then the adapter onto it
+        tok, wrapper, kind = load_hf_text_model(name_or_path, family, max_length)
+        wrapper.hf = load_lora_adapter(wrapper.hf, folder, name_or_path)
+        return tok, wrapper, kind
     source = str(folder) if folder is not None else check_source(name_or_path)
     try:
         hf_config = AutoConfig.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
         raise _offline_error(source, "the model of ", exc) from None
+    quantized = {} if not load_in_4bit else {"quantization_config": quantization_config(True),
+                                             "device_map": {"": str(device)}}
     if family == "seq2seq":
         if hf_config.model_type == "encoder-decoder":
             model, kind = EncoderDecoderModel.from_pretrained(source), "bert2bert"
         elif hf_config.is_encoder_decoder:
-            model, kind = AutoModelForSeq2SeqLM.from_pretrained(source), "seq2seq"
+            model, kind = AutoModelForSeq2SeqLM.from_pretrained(source, **quantized), "seq2seq"
         elif _is_encoder_only(hf_config):
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(source, source)
             kind = "bert2bert"
@@ -295,15 +315,18 @@ def load_hf_text_model(name_or_path: str, family: str, max_length: int, folder: 
     if hf_config.is_encoder_decoder or _is_encoder_only(hf_config):
         raise RagtuneError(f"model.name_or_path: {name_or_path!r} is a {hf_config.model_type!r} model; task generation "
                            "needs a causal language model (GPT-2, Llama, Qwen, ...)")
-    model = AutoModelForCausalLM.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, **quantized)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     if eos is None:
         raise RagtuneError(f"model.name_or_path: the tokenizer of {name_or_path!r} has no end-of-text token")
     bos = eos if bos is None else bos
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == eos:  # padding must not hide the end of text
+        old_size = model.get_input_embeddings().weight.shape[0]
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-        model.resize_token_embeddings(len(tokenizer))
+        if len(tokenizer) > old_size:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            _mean_rows(model, old_size)
     model.config.pad_token_id = tokenizer.pad_token_id
     limit = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", None)
     if limit is not None and max_length > limit:
@@ -316,11 +339,36 @@ def load_hf_text_model(name_or_path: str, family: str, max_length: int, folder: 
     return tok, wrapper, "causal"
 
 
-def save_hf_text_model(tokenizer: HFTokenizer, model: nn.Module, folder: str | Path) -> None:
-    """Write the fine-tuned model and its tokenizer with ``save_pretrained`` (safetensors)."""
+def tune_text_model(wrapper: nn.Module, kind: str, gradient_checkpointing: bool, lora) -> None:
+    """Gradient checkpointing and LoRA (``model.lora``, a :class:`ragtune.config.LoraConfig`) on a
+    loaded text model, in place: ``wrapper.hf`` becomes the peft model. A BERT2BERT model also
+    trains its new cross-attention and output layer whole (they start random)."""
+    from ragtune.models.hf import apply_lora, enable_gradient_checkpointing
+
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(wrapper.hf)
+    if lora is not None and lora.enabled:
+        whole = ["crossattention", "cls"] if kind == "bert2bert" else None
+        targets = lora.target_modules or (["query", "value"] if kind == "bert2bert" else None)  # peft has no default there
+        wrapper.hf = apply_lora(wrapper.hf, lora.r, lora.alpha, lora.dropout, targets,
+                                task="causal" if kind == "causal" else "seq2seq", modules_to_save=whole)
+
+
+def save_hf_text_model(tokenizer: HFTokenizer, model: nn.Module, folder: str | Path, lora: dict | None = None) -> None:
+    """Write the fine-tuned model and its tokenizer with ``save_pretrained`` (safetensors). With LoRA
+    (``lora``: the run's ``model.lora`` as a dict), ``save: merged`` merges the adapters into the
+    weights first (``model.hf`` becomes the plain merged model, so what is evaluated next is what
+    was saved); ``save: adapter`` writes only the adapters (:func:`ragtune.models.hf.save_lora_adapter`)."""
+    from ragtune.models.hf import merge_lora, save_lora_adapter
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.hf.save_pretrained(str(folder), safe_serialization=True)
+    if lora and lora.get("save") == "adapter":
+        save_lora_adapter(model.hf, folder)
+    else:
+        if lora:
+            model.hf = merge_lora(model.hf)
+        model.hf.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save(folder)
 
 

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.threads", "train.log_every_steps",
                      "train.checkpoint_every_steps", "name",
                      # a run resumes on another device (a GPU run finished on a CPU, or the reverse)
-                     "train.device", "train.precision", "train.tf32", "train.compile"}
+                     "train.device", "train.precision", "train.tf32", "train.compile", "model.gradient_checkpointing"}
 
 
 @dataclass(frozen=True)

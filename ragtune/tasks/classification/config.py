@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ragtune.config import (FAST_CPU_KERNELS, HFModel, LoraConfig, RetrievalConfig, ScratchModel, TableData, TaskConfig,
+from ragtune.config import (FAST_CPU_KERNELS, HFModel, RetrievalConfig, ScratchModel, TableData, TaskConfig,
                             TokenizerConfig, _path_field, _Section, section, tagged_union)
 
 class ClassificationData(TableData):
@@ -74,11 +74,12 @@ class HFClassifier(_Truncation, HFModel):
     freeze_layers: int = Field(0, ge=0, description="Do not train the first N encoder layers (counted from the embeddings up).")
     extend_vocab: int | None = Field(None, ge=1, description="Add every character of the training texts that the pretrained tokenizer turns into its unknown token and that occurs at least this many times as a new token, with a new input-embedding row (drawn around the mean of the pretrained rows) trained with the model. For a script the pretrained vocabulary barely covers, e.g. Chinese with an English model. Null: off.")
     fast_cpu_kernels: bool = Field(True, description=FAST_CPU_KERNELS)
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass instead of storing them (less memory, slower steps).")
-    lora: LoraConfig = section(LoraConfig, "LoRA.")
 
     def problems(self) -> list[str]:
         errors = super().problems()
+        if self.lora.load_in_4bit:
+            errors.append("model.lora.load_in_4bit: QLoRA is for the language models of generation and translation runs; "
+                          "a classifier trains LoRA on its float32/bf16 base (set it to false)")
         if self.lora.enabled:
             errors += [f"model.{key}: not used with model.lora.enabled: true (got {value!r}); LoRA already keeps every "
                        "pretrained weight frozen, so set it to its default or disable model.lora"

@@ -93,9 +93,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     tok_path = run_dir / TOKENIZER_FILE
     hf_model = None
     if m.backbone == "hf":  # a pretrained causal model brings its tokenizer (ragtune/models/hf_text.py)
-        from ragtune.models.hf_text import load_hf_text_model
-
-        tokenizer, hf_model, _ = load_hf_text_model(m.name_or_path, "causal", m.max_length)
+        tokenizer, hf_model, _ = runs.load_hf_text_backbone(cfg, "causal")
     else:
         t = cfg.tokenizer
         given = data.train.prompt.tolist() if prompts else []
@@ -114,7 +112,9 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     model_cfg = {"max_length": m.max_length} if hf_model is not None else dict(vocab_size=tokenizer.source_vocab_size, max_length=m.max_length, d_model=m.d_model, heads=m.heads,
                      head_dim=m.head_dim, layers=m.layers, ffn_dim=m.ffn_dim, dropout=m.dropout, pad_id=tokenizer.pad_id,
                      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, tie_output=m.tie_output, activation=m.activation)
-    model = (hf_model if hf_model is not None else build_decoder(DecoderConfig(**model_cfg))).to(device)
+    model = hf_model if hf_model is not None else build_decoder(DecoderConfig(**model_cfg))
+    if not (m.backbone == "hf" and m.lora.load_in_4bit):  # a 4-bit base is placed on its device as it loads
+        model = model.to(device)
     meta = runs.text_model_meta(cfg, "generation", model_cfg, tokenizer, "causal" if hf_model is not None else None)
     meta.update(prompts=prompts, retrieval=retrieval_meta)
     predictor = GenerationPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size, retriever=retriever)

@@ -24,6 +24,13 @@ class QAModel(HFModel):
     max_answer_length: int = Field(30, gt=0, description="The longest answer (in tokens) the reader may give.")
     fast_cpu_kernels: bool = Field(True, description=FAST_CPU_KERNELS)
 
+    def problems(self) -> list[str]:
+        errors = super().problems()
+        if self.lora.load_in_4bit:
+            errors.append("model.lora.load_in_4bit: QLoRA is for the language models of generation and translation runs; "
+                          "the reader trains LoRA on its float32/bf16 base (set it to false)")
+        return errors
+
 
 class QARetrieval(RetrievalConfig):
     """The retriever of the passages each question is read with, and RAG training of its query encoder."""

@@ -91,7 +91,7 @@ class QAPredictor:
         run_dir = Path(run_dir)
         device = inference_device(device)
         meta_path = run_dir / MODEL_META
-        if not meta_path.exists() or not (run_dir / READER_DIR / "config.json").exists():
+        if not meta_path.exists() or not any((run_dir / READER_DIR / f).exists() for f in ("config.json", "adapter_config.json")):
             raise RagtuneError(f"{run_dir} is not a finished ragtune QA run: missing {MODEL_META} or {READER_DIR}/")
         meta = read_model_meta(meta_path, ("qa",))
         try:
@@ -105,7 +105,15 @@ class QAPredictor:
     def _from_meta(cls, run_dir: Path, meta: dict, batch_size: int, device: torch.device) -> QAPredictor:
         from ragtune.retrieval.index import load_index
 
-        reader, tokenizer = load_reader(str(run_dir / READER_DIR))
+        if (meta.get("lora") or {}).get("save") == "adapter":  # model.lora.save: adapter, onto the pretrained reader
+            from ragtune.models.hf import load_lora_adapter, load_hf_tokenizer
+
+            reader = load_reader(meta["name_or_path"])[0]
+            reader.model = load_lora_adapter(reader.model, run_dir / READER_DIR, meta["name_or_path"])
+            tokenizer = load_hf_tokenizer(str(run_dir / READER_DIR))
+        else:
+            reader, tokenizer = load_reader(str(run_dir / READER_DIR))
+        reader.eval()
         reader.to(device)
         index = None
         if int(meta.get("top_k", 0)):

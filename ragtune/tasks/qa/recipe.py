@@ -48,7 +48,7 @@ QA_KEYS = ("exact_match", "f1", "reader_exact_match", "reader_f1", "recall@1", "
 def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, TrainResult]:
     """Run the QA stages for ``cfg`` into ``run_dir`` (set up by :func:`ragtune.tasks.run`). Returns
     ``(metrics, train_result)``; ``report.md`` is written whatever ``opts.reports`` says."""
-    from ragtune.models.hf import use_fast_cpu_kernels
+    from ragtune.models.hf import apply_lora, enable_gradient_checkpointing, merge_lora, save_lora_adapter, use_fast_cpu_kernels
     from ragtune.models.reader import load_reader
 
     started = time.perf_counter()
@@ -74,11 +74,20 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
                            f"positions that {cfg.model.name_or_path} supports; set model.max_length={reader.max_positions} or less")
     if cfg.model.fast_cpu_kernels and device.type == "cpu":  # CPU kernels; CUDA keeps sdpa's flash/efficient ones
         use_fast_cpu_kernels(reader.model)
+    lora = cfg.model.lora
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(reader.model)
+    if lora.enabled:  # adapters on the encoder; the span head trains whole
+        reader.model = apply_lora(reader.model, lora.r, lora.alpha, lora.dropout, lora.target_modules, task="qa",
+                                  modules_to_save=["qa_outputs"])
+        log.info("lora: r=%d, alpha=%d, %d of %d parameters train (adapters and span head)", lora.r, lora.alpha,
+                 sum(p.numel() for p in reader.parameters() if p.requires_grad), sum(p.numel() for p in reader.parameters()))
     reader.to(device)
     meta = {
         "ragtune_version": ragtune.__version__, "task": "qa", "name_or_path": cfg.model.name_or_path,
         "max_length": cfg.model.max_length, "doc_stride": cfg.model.doc_stride,
         "max_answer_length": cfg.model.max_answer_length, "top_k": r.top_k, "index": index_ref,
+        "lora": lora.model_dump(mode="json") if lora.enabled else None,  # save adapter: reader/ holds the adapters
     }
     predictor = QAPredictor(reader, tokenizer, meta, index, batch_size=cfg.eval.batch_size)
 
@@ -115,7 +124,13 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
 
         predictor.passage_embeddings = encode_passages(predictor.query_encoder, [p["text"] for p in index.passages],
                                                        cfg.eval.batch_size)
-    reader.save_pretrained(run_dir / READER_DIR, tokenizer)
+    if lora.enabled and lora.save == "merged":  # what is evaluated next is what is saved
+        reader.model = merge_lora(reader.model)
+    if lora.enabled and lora.save == "adapter":
+        save_lora_adapter(reader.model, run_dir / READER_DIR)
+        tokenizer.save_pretrained(run_dir / READER_DIR)
+    else:
+        reader.save_pretrained(run_dir / READER_DIR, tokenizer)
     if r.train_query_encoder:
         predictor.query_encoder.save(str(run_dir / QUERY_ENCODER_DIR))
         np.save(run_dir / PASSAGE_EMBEDDINGS, predictor.passage_embeddings.cpu().numpy().astype(np.float32))

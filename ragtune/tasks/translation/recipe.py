@@ -83,9 +83,9 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     tok_path = run_dir / TOKENIZER_FILE
     hf_model = None
     if m.backbone == "hf":  # a pretrained model brings its tokenizer (ragtune/models/hf_text.py)
-        from ragtune.models.hf_text import check_target_vocabulary, load_hf_text_model
+        from ragtune.models.hf_text import check_target_vocabulary
 
-        tokenizer, hf_model, hf_kind = load_hf_text_model(m.name_or_path, "seq2seq", m.max_length)
+        tokenizer, hf_model, hf_kind = runs.load_hf_text_backbone(cfg, "seq2seq")
         check_target_vocabulary(tokenizer, data.train.target.tolist(), m.name_or_path)
     else:
         t = cfg.tokenizer
@@ -112,7 +112,9 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, share_embeddings=m.share_embeddings,
         tie_output=m.tie_output, activation=m.activation,
     )
-    model = (hf_model if hf_model is not None else build_seq2seq(Seq2SeqConfig(**model_cfg))).to(device)
+    model = hf_model if hf_model is not None else build_seq2seq(Seq2SeqConfig(**model_cfg))
+    if not (m.backbone == "hf" and m.lora.load_in_4bit):  # a 4-bit base is placed on its device as it loads
+        model = model.to(device)
     meta = runs.text_model_meta(cfg, "translation", model_cfg, tokenizer, hf_kind if hf_model is not None else None)
     meta["joint_tokenizer"] = tokenizer.joint
     predictor = Seq2SeqPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)

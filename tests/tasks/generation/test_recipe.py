@@ -16,6 +16,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from tiny_llm import reversal_rows
+
 from ragtune.cli import main
 from ragtune.tasks import load_config
 from ragtune.errors import RagtuneError
@@ -28,12 +30,7 @@ COLOURS = "red blue green yellow black white pink brown".split()
 
 
 def reversal_examples(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        seq = [rng.choice(WORDS) for _ in range(rng.randint(2, 5))]
-        out.append({"prompt": " ".join(seq), "response": " ".join(reversed(seq))})
-    return out
+    return reversal_rows(n, seed, WORDS)
 
 
 def write_jsonl(path, rows) -> str:
