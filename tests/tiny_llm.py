@@ -132,3 +132,24 @@ def write_tiny_gguf(path, seed: int = 0, architecture: str = "llama"):
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def save_tiny_chat_llama(folder, seed: int = 0):
+    """:func:`save_tiny_llama` with a ChatML chat template (as SmolLM2-Instruct's): special tokens
+    ``<|im_start|>`` and ``<|im_end|>``, the latter the end-of-text token; returns ``folder``."""
+    from transformers import LlamaForCausalLM
+
+    tokenizer = make_byte_tokenizer()
+    tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(llama_config(len(tokenizer)))
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

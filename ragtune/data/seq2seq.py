@@ -35,6 +35,8 @@ Rules (every problem is a :class:`~ragtune.errors.RagtuneError` naming the file)
 
 from __future__ import annotations
 
+import json
+
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -259,8 +261,94 @@ def split_examples(cfg, read: Callable, describe: Callable, columns: tuple[str, 
             raise RagtuneError(f"data.train: {describe(d.train)} has too few examples to carve validation/test splits from")
     splits = {"train": train, **frames}
     a, b = columns
+
+    def chars(value) -> int:  # a text, or a list of messages (their contents)
+        return len(value) if isinstance(value, str) else sum(len(m["content"]) for m in value)
+
     info = {"splits": {name: {"pairs": len(df), "source": sources[name],
-                              f"{a}_chars_mean": round(float(df[a].str.len().mean()), 1) if len(df) else 0,
-                              f"{b}_chars_mean": round(float(df[b].str.len().mean()), 1) if len(df) else 0}
+                              f"{a}_chars_mean": round(float(df[a].map(chars).mean()), 1) if len(df) else 0,
+                              f"{b}_chars_mean": round(float(df[b].map(chars).mean()), 1) if len(df) else 0}
                        for name, df in splits.items()}}
     return PairData(splits["train"], splits["validation"], splits["test"], info)
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def _messages(value, path: Path, row: int, column: str) -> list[dict]:
+    """One cell of a messages column as a list of ``{"role", "content"}`` (a list, or its JSON text in a
+    CSV cell), checked: known roles, text contents, the last one the assistant's (the response)."""
+    where = f"{path}: row {row + 1} (1-based, header not counted), column '{column}'"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RagtuneError(f"{where}: not a JSON list of messages ({exc.msg} at character {exc.pos})") from None
+    if hasattr(value, "tolist"):  # Parquet gives numpy arrays of structs
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise RagtuneError(f"{where}: needs a non-empty list of {{role, content}} messages (got {type(value).__name__})")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise RagtuneError(f"{where}: message {i} needs role ({', '.join(ROLES)}) and a text content (got {str(m)[:80]!r})")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
+        raise RagtuneError(f"{where}: the last message must be the assistant's non-empty reply (the response the model "
+                           f"learns); it is the {out[-1]['role']}'s")
+    if not any(m["role"] == "user" for m in out[:-1]):
+        raise RagtuneError(f"{where}: no user message before the assistant's reply")
+    return out
+
+
+def read_messages(path: str | Path, messages_column: str = "messages", fmt: str = "auto",
+                  max_rows: int | None = None) -> pd.DataFrame:
+    """Read conversations into a DataFrame with columns ``prompt`` (the messages before the last, a list of
+    ``{"role", "content"}``) and ``response`` (the last, the assistant's reply the model learns).
+
+    The column holds a list of messages per row (JSONL, Parquet), or its JSON text (CSV/TSV). Roles are
+    ``system``, ``user`` and ``assistant``; the last message must be the assistant's. Earlier assistant
+    turns are context (given, not learned)."""
+    path = Path(path)
+    if fmt == "auto" and path.suffix.lower() not in EXTENSIONS:
+        _check_file(path)
+        raise RagtuneError(f"{path}: a messages column needs a table file ({', '.join(EXTENSIONS)}), got '{path.suffix}'")
+    df = read_table(path, fmt=fmt, max_rows=max_rows)
+    existing = [str(c) for c in df.columns]
+    if messages_column not in existing:
+        raise _column_error(path, "messages", messages_column, existing, "choose messages_column from these")
+    conversations = [_messages(v, path, i, messages_column) for i, v in enumerate(df[messages_column].tolist())]
+    return pd.DataFrame({"prompt": [c[:-1] for c in conversations], "response": [c[-1]["content"] for c in conversations]})
+
+
+def template_fields(template: str) -> list[str]:
+    """The named fields of a ``str.format`` template, in order, without repeats (``{question}`` → ``question``)."""
+    import string
+
+    fields = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None:
+            if not name.isidentifier():
+                raise RagtuneError(f"data.prompt_template: fields are column names in braces, e.g. {{question}} "
+                                   f"(got {{{name}}}; write {{{{ and }}}} for literal braces)")
+            if name not in fields:
+                fields.append(name)
+    return fields
+
+
+def read_templated(path: str | Path, template: str, response_column: str = "response", fmt: str = "auto",
+                   max_rows: int | None = None) -> pd.DataFrame:
+    """Read prompt → response examples whose prompt is ``template`` filled with each row's columns
+    (``"Context: {context}\nQuestion: {question}"``); a DataFrame with ``prompt`` and ``response``."""
+    path = Path(path)
+    fields = template_fields(template)
+    hint = "data.prompt_template names columns of the file"
+    columns = {f: f for f in fields}
+    frame = _read_columns(path, {**columns, "__response": response_column}, fmt, max_rows, hint)
+    bad = _first_empty(frame["__response"].tolist())
+    if bad is not None:
+        raise RagtuneError(f"{path}: row {bad + 1} (1-based, header not counted) has an empty response in column "
+                           f"'{response_column}'; every example needs a response")
+    prompts = [template.format_map({f: row[f] for f in fields}) for row in frame[fields].to_dict("records")] if fields \
+        else [template] * len(frame)
+    return pd.DataFrame({"prompt": prompts, "response": frame["__response"].tolist()})

@@ -48,6 +48,7 @@ from ragtune.models.decoding import (DEFAULT_DECODE, CausalLMStepper, cut_at_sto
 from ragtune.models.seq2seq import pad_batch
 from ragtune.runs import decode_rows, inference_device, load_run_model, model_device, read_run_meta
 
+IGNORE_INDEX = -100  # the label of a token the loss leaves out (the prompt, padding), as in transformers
 PASSAGE_SEPARATOR = "<p>"  # between the prompt and each retrieved passage
 DEFAULT_NEW_TOKENS = 64  # decode.max_new_tokens null: at most this many (and what fits in model.max_length)
 
@@ -70,6 +71,25 @@ def add_passages(prompts: Sequence[str], retriever) -> list[str]:
         return prompts
     sep = f" {PASSAGE_SEPARATOR} "
     return [f"{p}{sep}{c}" for p, c in zip(prompts, retriever.contexts(prompts))]
+
+
+def pack_examples(examples: Sequence[tuple[list[int], int]], max_length: int) -> list[tuple[list[int], list[bool]]]:
+    """Training examples ``(ids, prompt_length)`` joined, in order, into rows of at most ``max_length``
+    tokens: ``(ids, learned)`` with one flag per token (True on response tokens, where the loss is).
+    Fewer, fuller rows mean less padding; attention is not blocked between the examples of a row (as
+    TRL's ``packing=True`` without padding-free attention), and each keeps its own tokens whole."""
+    rows: list[tuple[list[int], list[bool]]] = []
+    ids: list[int] = []
+    learned: list[bool] = []
+    for example, given in examples:
+        if ids and len(ids) + len(example) > max_length:
+            rows.append((ids, learned))
+            ids, learned = [], []
+        ids = ids + list(example)
+        learned = learned + [i >= given for i in range(len(example))]
+    if ids:
+        rows.append((ids, learned))
+    return rows
 
 
 class GenerationPredictor:
@@ -218,12 +238,19 @@ class GenerationPredictor:
         """Ids that end an output (the end-of-text token; an instruct model's end of turn too)."""
         return list(getattr(self.model.config, "eos_ids", None) or [self.model.config.eos_id])
 
-    def training_examples(self, prompts, responses: Sequence[str]) -> list[tuple[list[int], int]]:
+    def training_examples(self, prompts, responses: Sequence[str],
+                          counts: dict | None = None) -> list[tuple[list[int], int]]:
         """:meth:`encode_example` of each (prompt with its passages, response) pair; a prompt is a text
-        or a list of messages."""
+        or a list of messages. ``counts`` (a dict) receives ``truncated_prompts`` and
+        ``truncated_responses``: how many examples lost tokens to ``max_length``."""
         prompt_ids = self._prompt_tokens(prompts) if self.prompts else [[] for _ in prompts]
         response_ids = self._response_tokens(prompts, responses)
-        return [self.encode_example(p, r) for p, r in zip(prompt_ids, response_ids)]
+        out = [self.encode_example(p, r) for p, r in zip(prompt_ids, response_ids)]
+        if counts is not None:
+            start = len(self._start())
+            counts["truncated_prompts"] = sum(n - start < len(p) for p, (_, n) in zip(prompt_ids, out))
+            counts["truncated_responses"] = sum(len(ids) - n < len(r) for r, (ids, n) in zip(response_ids, out))
+        return out
 
     # -- decoding ----------------------------------------------------------------------------------
     def _settings(self, overrides: dict) -> dict:
@@ -380,14 +407,20 @@ class GenerationPredictor:
         return [len(ids) for ids in self.tokenizer.encode_plain_batch([str(t) for t in texts])]
 
     # -- scoring -----------------------------------------------------------------------------------
-    def batch_logits(self, examples: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_logits(self, examples: Sequence[tuple[list[int], int | list[bool]]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (B, T-1, V), labels (B, T-1))`` of encoded examples; prompt positions and padding
-        have the label ``pad_id`` (left out of the loss)."""
+        have the label :data:`IGNORE_INDEX` (-100, transformers' convention: left out of the loss). An
+        example is ``(ids, prompt_length)``, or ``(ids, learned)`` with one flag per token (a packed row,
+        :func:`pack_examples`)."""
         pad = self.model.config.pad_id
         ids, mask = pad_batch([ids for ids, _ in examples], pad, device=model_device(self.model))  # (B, T)
-        labels = ids[:, 1:].clone()  # (B, T-1): position t predicts token t+1
-        for row, (_, prompt_len) in enumerate(examples):
-            labels[row, :prompt_len - 1] = pad  # the prompt is given, not learned
+        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)  # (B, T-1): position t predicts token t+1
+        for row, (_, given) in enumerate(examples):
+            if isinstance(given, int):
+                labels[row, :given - 1] = IGNORE_INDEX  # the prompt is given, not learned
+            else:
+                learned = torch.tensor(given[1:], dtype=torch.bool, device=labels.device)  # (T_row - 1,)
+                labels[row, :len(learned)][~learned] = IGNORE_INDEX
         logits = self.model(ids[:, :-1], mask[:, :-1])  # (B, T-1, V)
         return logits, labels
 
@@ -396,7 +429,7 @@ class GenerationPredictor:
         """Mean negative log-likelihood per response token (``</s>`` included), in nats."""
         examples = self.training_examples(prompts, responses)
         return mean_token_nll(self.model, [len(ids) for ids, _ in examples], self.batch_size,
-                              lambda rows: self.batch_logits([examples[i] for i in rows]), self.model.config.pad_id)
+                              lambda rows: self.batch_logits([examples[i] for i in rows]), IGNORE_INDEX)
 
     def evaluate(self, prompts: Sequence[str], responses: Sequence[str], max_decode_rows: int | None = None,
                  seed: int = 0, progress: bool = False, **overrides) -> dict:

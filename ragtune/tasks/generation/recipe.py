@@ -33,10 +33,11 @@ import pandas as pd
 import torch
 
 from ragtune import runs
-from ragtune.data.seq2seq import PairData, read_generation, split_examples
+from ragtune.data.seq2seq import PairData, read_generation, read_messages, read_templated, split_examples
 from ragtune.data.seq2seq_tokenizer import bpe_tokenizer, train_seq2seq_tokenizer
 from ragtune.errors import RagtuneError
-from ragtune.tasks.generation.predictor import PASSAGE_SEPARATOR, GenerationPredictor, add_passages
+from ragtune.tasks.generation.predictor import (IGNORE_INDEX, PASSAGE_SEPARATOR, GenerationPredictor, add_passages,
+                                                pack_examples)
 from ragtune.models.decoder import DecoderConfig, build_decoder
 from ragtune.models.seq2seq import seq2seq_loss
 from ragtune.runs import TOKENIZER_FILE
@@ -55,6 +56,10 @@ METRIC_KEYS = ("rougeL", "rouge1", "rouge2", "bleu", "loss", "perplexity")
 def read_examples(cfg: RunConfig, spec) -> pd.DataFrame:
     """One generation file of ``cfg`` as a DataFrame with ``prompt`` and ``response``."""
     d = cfg.data
+    if d.messages_column:
+        return read_messages(spec, d.messages_column, fmt=d.format, max_rows=d.max_rows)
+    if d.prompt_template:
+        return read_templated(spec, d.prompt_template, d.response_column, fmt=d.format, max_rows=d.max_rows)
     if d.prompt_column is None:
         return read_generation(spec, text_column=d.text_column, fmt=d.format, max_rows=d.max_rows)
     return read_generation(spec, d.prompt_column, d.response_column, fmt=d.format, max_rows=d.max_rows)
@@ -63,6 +68,22 @@ def read_examples(cfg: RunConfig, spec) -> pd.DataFrame:
 def prepare_examples(cfg: RunConfig) -> PairData:
     """The three splits (``prompt``, ``response``); missing ones carved from train by a seeded split."""
     return split_examples(cfg, lambda spec: read_examples(cfg, spec), str, ("prompt", "response"))
+
+
+def chat_settings(cfg: RunConfig, tokenizer) -> dict:
+    """``{"template", "system_prompt"}`` of a run (its ``model.json`` ``chat``): whether prompts go through
+    the tokenizer's chat template (``data.chat_template: auto``, a pretrained model whose tokenizer has one,
+    a run with prompts). Conversations (``data.messages_column``) with ``auto`` and no template are a
+    RagtuneError: the turns would be joined as plain text without saying so."""
+    d, hf = cfg.data, getattr(tokenizer, "hf", None)
+    has_template = hf is not None and bool(getattr(hf, "chat_template", None))
+    if d.messages_column and d.chat_template == "auto" and not has_template:
+        whose = f"the tokenizer of {cfg.model.name_or_path!r} has none" if hf is not None else "ragtune's own models have none"
+        raise RagtuneError(f"data.chat_template: auto needs a chat template for the conversations of data.messages_column "
+                           f"({d.messages_column!r}), and {whose}; set data.chat_template: none to join the turns as "
+                           "`role: content` lines")
+    use = has_template and d.chat_template == "auto" and cfg.generation_prompts
+    return {"template": use, "system_prompt": d.system_prompt}
 
 
 def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, TrainResult]:
@@ -96,7 +117,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         tokenizer, hf_model, _ = runs.load_hf_text_backbone(cfg, "causal")
     else:
         t = cfg.tokenizer
-        given = data.train.prompt.tolist() if prompts else []
+        given = _prompt_texts(cfg, data.train.prompt.tolist()) if prompts else []
         tokenizer = bpe_tokenizer(cfg, tok_path, opts.resume, lambda: train_seq2seq_tokenizer(
             add_passages(given, retriever) + data.train.response.tolist(), vocab_size=t.vocab_size,
             min_frequency=t.min_frequency))
@@ -105,6 +126,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         raise RagtuneError(f"tokenizer.path: {cfg.tokenizer.path} has one vocabulary per side; task generation needs a joint one")
     if hf_model is None:
         tokenizer.save(tok_path)
+    chat = chat_settings(cfg, tokenizer)
 
     # 4. model
     device = training_device(cfg.train)
@@ -116,13 +138,24 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     if not (m.backbone == "hf" and m.lora.load_in_4bit):  # a 4-bit base is placed on its device as it loads
         model = model.to(device)
     meta = runs.text_model_meta(cfg, "generation", model_cfg, tokenizer, "causal" if hf_model is not None else None)
-    meta.update(prompts=prompts, retrieval=retrieval_meta)
+    meta.update(prompts=prompts, retrieval=retrieval_meta, chat=chat)
     predictor = GenerationPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size, retriever=retriever)
     log.info("model: %s, %.2fM parameters", m.name_or_path if hf_model is not None else "TransformerForCausalLM",
              model.num_parameters(non_embedding=False) / 1e6)
 
     # 5. training: teacher forcing, loss on the response tokens
-    examples = predictor.training_examples(data.train.prompt.tolist(), data.train.response.tolist())
+    counts: dict = {}
+    examples = predictor.training_examples(data.train.prompt.tolist(), data.train.response.tolist(), counts)
+    data.info.update(counts, chat_template=chat["template"], max_length=m.max_length)
+    if counts["truncated_prompts"] or counts["truncated_responses"]:
+        log.warning("data: %d of %d training prompts and %d responses cut to model.max_length %d",
+                    counts["truncated_prompts"], len(examples), counts["truncated_responses"], m.max_length)
+    if cfg.data.packing:
+        packed = pack_examples(examples, m.max_length)
+        data.info["packed_rows"] = len(packed)
+        log.info("packing: %d examples in %d rows of up to %d tokens", len(examples), len(packed), m.max_length)
+        examples = packed
+    runs.write_json(run_dir / "data_report.json", data.info)
     stream = BatchStream([ids for ids, _ in examples], torch.zeros(len(examples)), cfg.train.batch_size, cfg.train.seed,
                          pad_id=tokenizer.pad_id, group_by_length=cfg.train.group_by_length)
 
@@ -130,8 +163,8 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         rows, counted = distributed.share(stream.indices(k))  # torchrun: this rank's share of the batch
         batch = [examples[i] for i in rows]
         logits, labels = predictor.batch_logits(batch)  # (B, T-1, V), (B, T-1), on the model's device
-        targets = int((labels != tokenizer.pad_id).sum())
-        loss = distributed.global_mean(seq2seq_loss(logits, labels, tokenizer.pad_id, cfg.train.label_smoothing),
+        targets = int((labels != IGNORE_INDEX).sum())
+        loss = distributed.global_mean(seq2seq_loss(logits, labels, IGNORE_INDEX, cfg.train.label_smoothing),
                                        targets if counted else 0)  # mean over the global batch's response tokens
         return loss, sum(len(ids) for ids, _ in batch)
 
@@ -170,15 +203,34 @@ def _score(cfg: RunConfig, run_dir: Path, df: pd.DataFrame, device=None) -> dict
     return {k: v for k, v in predictor.evaluate(df.prompt.tolist(), df.response.tolist()).items() if k != "examples"}
 
 
+def _prompt_texts(cfg: RunConfig, prompts: list) -> list[str]:
+    """The text of each prompt (a conversation: its contents) and the system prompt, for BPE training."""
+    texts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
+    return texts + ([cfg.data.system_prompt] if cfg.data.system_prompt else [])
+
+
 def train_tokenizer_for(cfg: RunConfig, path: Path, demo_dir=None) -> Path:
     """The byte-fallback BPE a run of ``cfg`` would train, saved to ``path``: without passages, so a tuned
     trial's prompts read with them use the same pieces."""
     train = prepare_examples(cfg).train
     t = cfg.tokenizer
-    given = train.prompt.tolist() if cfg.generation_prompts else []
+    given = _prompt_texts(cfg, train.prompt.tolist()) if cfg.generation_prompts else []
     train_seq2seq_tokenizer(given + train.response.tolist(), vocab_size=t.vocab_size,
                             min_frequency=t.min_frequency).save(path)
     return path
+
+
+def _format_lines(info: dict) -> list[str]:
+    """What the data report says about the model's input: the chat template, truncation, packing."""
+    if "max_length" not in info:
+        return []
+    how = "through the tokenizer's chat template" if info.get("chat_template") else "in the plain format"
+    lines = [f"Prompts {how}; "
+             f"training examples cut to model.max_length {info['max_length']}: {info.get('truncated_prompts', 0)} prompts, "
+             f"{info.get('truncated_responses', 0)} responses."]
+    if "packed_rows" in info:
+        lines.append(f"Packing: {info['splits']['train']['pairs']} training examples in {info['packed_rows']} rows.")
+    return lines
 
 
 def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, shown: dict, result: TrainResult,
@@ -197,7 +249,8 @@ def _report(cfg: RunConfig, run_dir: Path, data: PairData, metrics: dict, shown:
              *runs.metrics_table(metrics, (*METRIC_KEYS, "n")),
              "", "## Data", "", *runs.table(["split", "examples", "source", "mean prompt chars", "mean response chars"], (
                  [name, i["pairs"], i["source"], i["prompt_chars_mean"], i["response_chars_mean"]]
-                 for name, i in data.info["splits"].items())),
+                 for name, i in data.info["splits"].items())), "",
+             *_format_lines(data.info),
              *runs.training_section(metrics, result, run_dir, cfg.selection_metric, wall, ("rougeL", "perplexity")),
              *runs.examples_section("Examples", shown, ("prompt", "reference", "output"))]
     (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")

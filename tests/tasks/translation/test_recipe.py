@@ -166,13 +166,13 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, capsys):
 
 def test_config_errors_are_reported_at_once(tmp_path):
     bad = {"task": "translation", "data": {"train": {"source": "a.en"}},
-           "tokenizer": {"joint": False}, "decode": {"top_p": 0.9, "max_new_tokens": 500}, "model": {"backbone": "hf", "name_or_path": "x", "lora": {"enabled": True}}}
+           "tokenizer": {"joint": False}, "decode": {"top_p": 0.9, "max_new_tokens": 500}, "model": {"backbone": "hf", "name_or_path": "x", "lora": {"enabled": True, "rank": 4}}}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad), encoding="utf-8")
     with pytest.raises(RagtuneError) as exc:
         load_config(path)
     msg = str(exc.value)
-    for key in ("data.train", "decode.top_p", "decode.max_new_tokens", "model.lora: unknown key"):
+    for key in ("data.train", "decode.top_p", "decode.max_new_tokens", "model.lora.rank: unknown key"):
         assert key in msg, key
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({"data": {"train": "x.csv"}, "decode": {"beam_size": 2}, "eval": {"bleu_tokenize": "zh"}}))
