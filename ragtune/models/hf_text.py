@@ -95,7 +95,15 @@ class HFTokenizer:
 
     def decode_batch(self, batch, side: str = "target") -> list[str]:
         return [s.strip() for s in self.hf.batch_decode([list(ids) for ids in batch], skip_special_tokens=True,
-                                                        clean_up_tokenization_spaces=True)]
+                                                        clean_up_tokenization_spaces=self.wordpiece)]
+
+    @property
+    def wordpiece(self) -> bool:
+        """Whether the tokenizer is WordPiece (BERT): its decoded text has spaces before punctuation that
+        transformers' clean-up removes ("hello , world" → "hello, world"); for BPE the clean-up would
+        corrupt text, so it is off there."""
+        backend = getattr(self.hf, "backend_tokenizer", None)
+        return type(getattr(backend, "model", None)).__name__ == "WordPiece"
 
     def save(self, folder: str | Path) -> None:
         self.hf.save_pretrained(str(folder))
@@ -128,7 +136,7 @@ def generation_config(s: dict, eos_ids: list[int], pad_id: int, max_new_tokens: 
         num_beams=int(s["beam_size"]) if strategy == "beam" else 1,
         length_penalty=float(s["length_penalty"]), early_stopping=False,
         temperature=float(s["temperature"]) if strategy == "sample" else 1.0,
-        top_k=int(s["top_k"] or 0) if strategy == "sample" else 0,
+        top_k=int(s["top_k"] or 0) if strategy == "sample" else 50,  # 50: the default, not a "flag set for greedy" warning
         top_p=float(s["top_p"] or 1.0) if strategy == "sample" else 1.0,
         repetition_penalty=float(s.get("repetition_penalty") or 1.0),
         stop_strings=list(s["stop"]) if s.get("stop") else None,

@@ -69,7 +69,7 @@ def test_generation_config_names():
     assert (g.repetition_penalty, g.stop_strings, g.eos_token_id, g.pad_token_id, g.max_new_tokens) == (
         1.3, ["\n\n"], [2, 5], 9, 12)
     g = generation_config({**s, "strategy": "beam", "length_penalty": 0.6}, [2], 9, 5)
-    assert (g.do_sample, g.num_beams, g.length_penalty, g.top_k, g.top_p, g.temperature) == (False, 4, 0.6, 0, 1.0, 1.0)
+    assert (g.do_sample, g.num_beams, g.length_penalty, g.top_p, g.temperature) == (False, 4, 0.6, 1.0, 1.0)
 
 
 def test_repetition_penalty_changes_the_output_and_stop_strings_cut_it(tiny):
