@@ -148,42 +148,41 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class _Choice(BaseModel):
     index: int
-    message: AssistantMessage
-    finish_reason: str
+    finish_reason: str = Field(..., description="stop: the end of the reply or a stop string; length: max_tokens.")
     logprobs: None = None
+
+
+class ChatChoice(_Choice):
+    message: AssistantMessage
+
+
+class CompletionChoice(_Choice):
+    text: str
 
 
 class RagtuneExtra(BaseModel):
     passages: list[Passage] | list[list[Passage]] = Field(..., description="Retrieval runs: the passages read.")
 
 
-class ChatCompletion(BaseModel):
+class _Answer(BaseModel):
     id: str
+    created: int
+    model: str
+    usage: Usage
+    ragtune: RagtuneExtra | None = Field(None, description="Not OpenAI's: the passages of a retrieval run (chat: of "
+                                                           "the last user message; completions: one list per prompt).")
+
+
+class ChatCompletion(_Answer):
     object: str = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
-    usage: Usage
-    ragtune: RagtuneExtra | None = Field(None, description="Not OpenAI's: the passages of a retrieval run.")
 
 
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    finish_reason: str
-    logprobs: None = None
-
-
-class Completion(BaseModel):
-    id: str
+class Completion(_Answer):
     object: str = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage
-    ragtune: RagtuneExtra | None = Field(None, description="Not OpenAI's: the passages of each prompt.")
 
 
 class ModelCard(BaseModel):
@@ -396,22 +395,31 @@ def add_openai_routes(app: FastAPI, service, settings, batcher, metrics, require
         check_model(model)
         return card
 
+    async def answer(body: _Sampling, route: str, items: list, chunks: str, prefix: str):
+        """The rows of ``items`` (``generate(..., details=True)``), or the StreamingResponse of ``stream: true``."""
+        options = overrides(body)
+        metrics.items.labels(route).inc(len(items))
+        if body.stream:
+            return await stream_response(chunks, prefix, items, options, body)
+        return await run(items, options)
+
+    def envelope(kind: str, prefix: str, rows: list[dict], choices: list[dict]) -> dict:
+        return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": model_id,
+                "choices": choices, "usage": usage(rows)}
+
     # -- chat ----------------------------------------------------------------------------------------
     @app.post("/v1/chat/completions", response_model=ChatCompletion, response_model_exclude_none=True,
               dependencies=protected, summary="Chat completion (OpenAI API; stream: true for server-sent events)",
               responses={200: {"content": {"text/event-stream": {}}}})
     async def chat_completions(body: ChatCompletionRequest):
         check_model(body.model)
-        conv = conversation(body.messages)
-        options = overrides(body)
-        metrics.items.labels("/v1/chat/completions").inc(1)
-        if body.stream:
-            return await stream_response("chat.completion.chunk", "chatcmpl", [conv], options, body)
-        row = (await run([conv], options))[0]
-        out = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-               "model": model_id, "usage": usage([row]),
-               "choices": [{"index": 0, "message": {"role": "assistant", "content": row["output"]},
-                            "finish_reason": row["finish_reason"]}]}
+        rows = await answer(body, "/v1/chat/completions", [conversation(body.messages)], "chat.completion.chunk",
+                            "chatcmpl")
+        if isinstance(rows, StreamingResponse):
+            return rows
+        row = rows[0]
+        out = envelope("chat.completion", "chatcmpl", rows, [{"index": 0, "finish_reason": row["finish_reason"],
+                                                              "message": {"role": "assistant", "content": row["output"]}}])
         if row.get("passages") is not None:
             out["ragtune"] = {"passages": row["passages"]}
         return out
@@ -422,16 +430,12 @@ def add_openai_routes(app: FastAPI, service, settings, batcher, metrics, require
               responses={200: {"content": {"text/event-stream": {}}}})
     async def completions(body: CompletionRequest):
         check_model(body.model)
-        prompts = prompts_of(body.prompt)
-        options = overrides(body)
-        metrics.items.labels("/v1/completions").inc(len(prompts))
-        if body.stream:
-            return await stream_response("text_completion", "cmpl", prompts, options, body)
-        rows = await run(prompts, options)
-        out = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-               "model": model_id, "usage": usage(rows),
-               "choices": [{"index": i, "text": r["output"], "finish_reason": r["finish_reason"]}
-                           for i, r in enumerate(rows)]}
+        rows = await answer(body, "/v1/completions", prompts_of(body.prompt), "text_completion", "cmpl")
+        if isinstance(rows, StreamingResponse):
+            return rows
+        out = envelope("text_completion", "cmpl", rows, [{"index": i, "text": r["output"],
+                                                          "finish_reason": r["finish_reason"]}
+                                                         for i, r in enumerate(rows)])
         if predictor.retriever is not None:
             out["ragtune"] = {"passages": [r.get("passages") or [] for r in rows]}
         return out

@@ -7,6 +7,7 @@ the browser sees the reply grow piece by piece and a Stop click lands mid-reply.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -14,12 +15,13 @@ import time
 import pytest
 from serve.generation_runs import train_llama_run
 from serve.live import live_server
-from serve.test_page import CHROMIUM, CHROMIUM_ARGS, _open  # skips this module where the browser is missing
+from serve import test_page as page_tests  # skips this module where the browser is missing
+from serve.test_page import _open
 
 from ragtune.serve.app import create_app
 from ragtune.serve.service import load_service
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 DELAY_S = 0.05  # between streamed pieces
 
@@ -44,20 +46,26 @@ def url(service):
         yield base
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
+browser = page_tests.browser  # one headless Chromium for the module (the fixture of test_page.py)
+
+
+@contextlib.contextmanager
+def opened(browser, base: str, check: bool = True, **context_args):
+    """A page of ``base`` in a new browser context (``_open`` of test_page.py); with ``check``, no script
+    errors or CSP violations may have happened by its end."""
+    context, pg, problems = _open(browser, base, **context_args)
+    try:
+        yield pg
+    finally:
+        context.close()
+    if check:
+        assert not problems, problems
 
 
 @pytest.fixture
 def page(browser, url):
-    context, pg, problems = _open(browser, url)
-    yield pg
-    context.close()
-    assert not problems, problems
+    with opened(browser, url) as pg:
+        yield pg
 
 
 def _reply(service, messages) -> str:
@@ -146,8 +154,7 @@ def test_stop_keeps_the_reply_so_far(page, service):
 
 
 def test_chinese_labels(browser, url):
-    context, page, problems = _open(browser, url, locale="zh-CN")
-    try:
+    with opened(browser, url, locale="zh-CN") as page:
         assert page.input_value("#lang") == "zh"
         assert page.text_content("#send") == "发送"
         assert page.text_content("#clear") == "清空"
@@ -163,29 +170,21 @@ def test_chinese_labels(browser, url):
         assert page.locator("#messages li.user .who").text_content() == "You"  # shown bubbles are translated
         _send(page, "  ", expect_state="error")
         expect(page.locator("#error")).to_have_text("Enter some text first.")
-    finally:
-        context.close()
-    assert not problems, problems
 
 
 def test_narrow_screen_has_no_horizontal_scrolling(browser, url):
-    context, page, problems = _open(browser, url, viewport={"width": 360, "height": 740})
-    try:
+    with opened(browser, url, viewport={"width": 360, "height": 740}) as page:
         _send(page, "alpha beta " + "x" * 150)  # a long unbroken word must wrap
         assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
         if os.environ.get("RAGTUNE_PAGE_SCREENSHOT"):
             page.screenshot(path=os.environ["RAGTUNE_PAGE_SCREENSHOT"][:-4] + "-chat-360.png", full_page=True)
         box = page.locator("#send").bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 360
-    finally:
-        context.close()
-    assert not problems, problems
 
 
 def test_the_api_key_is_sent(browser, service):
     with live_server(create_app(service, api_key="s3cret")) as base:
-        context, page, _ = _open(browser, base)
-        try:
+        with opened(browser, base) as page:
             _send(page, "alpha beta", expect_state="error")
             expect(page.locator("[role=alert]")).to_contain_text("requires an API key")
             assert page.input_value("#chat-input") == "alpha beta"  # given back, nothing in the conversation
@@ -194,5 +193,3 @@ def test_the_api_key_is_sent(browser, service):
             _send(page, "alpha beta")
             expect(page.locator("#messages li.assistant .content")).to_have_text(
                 _reply(service, [{"role": "user", "content": "alpha beta"}]))
-        finally:
-            context.close()
