@@ -44,7 +44,8 @@ missing or wrong API key 401. A text that is not valid Unicode (a lone surrogate
 422 naming its field and index, before it reaches the model; should the model still fail on one request
 of a batch, only that request gets the error (the batch's requests are retried one by one). A body not
 complete ``serve.body_timeout_s`` seconds after its headers (slow, or promised by ``Content-Length`` and
-never sent) gets 408 and the connection is closed. Every error body is ``{"detail": "one clear sentence"}``.
+never sent) gets 408 and the connection is closed. Every error body is ``{"detail": "one clear sentence"}``
+(the OpenAI-compatible routes add OpenAI's ``"error": {"message", "type", "code", "param"}``).
 
 **API key.** With ``api_key`` set (``ragtune serve --api-key KEY`` or ``RAGTUNE_API_KEY``) every
 ``/v1/*`` call must send ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``/``, ``/healthz``,

@@ -458,7 +458,9 @@ def add_openai_routes(app: FastAPI, service, settings, batcher, metrics, require
         def work() -> None:
             try:
                 for index, item in enumerate(items):
-                    if predictor.retriever is not None and not gone.is_set():
+                    if gone.is_set():  # the client hung up: the prompts not begun are not written
+                        break
+                    if predictor.retriever is not None:
                         put(("passages", index, predictor.passages_of([item])[0]))
                     for event in predictor.stream(item, **options):
                         if not gone.is_set():  # a client gone: finish the reply unread (see the module docs)

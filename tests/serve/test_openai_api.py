@@ -309,3 +309,23 @@ def test_a_bad_setting_in_a_stream_is_an_error_status_not_an_event(scratch_servi
         assert r.status_code == 400 and "repetition_penalty" in r.json()["error"]["message"]
         r = http.post("/v1/chat/completions", json={**body, "repetition_penalty": None, "top_k": 0})
         assert r.status_code == 422 and "top_k" in r.json()["error"]["message"]
+
+
+def test_a_failure_mid_stream_is_an_error_event_the_client_raises(runs, monkeypatch):
+    service = load_service(runs["scratch"])
+
+    def stream(prompt, **overrides):
+        yield {"text": "half a reply"}
+        raise RagtuneError("the model gave up")
+
+    monkeypatch.setattr(service.predictor, "stream", stream)
+    with live_server(create_app(service)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=60)
+        got = []
+        with pytest.raises(openai.APIError, match="the model gave up"):
+            for chunk in client.chat.completions.create(model=service.name, messages=user("alpha"), stream=True):
+                got.append(chunk.choices[0].delta.content or "")
+        assert "".join(got) == "half a reply"
+        monkeypatch.undo()  # the next request is served as usual
+        reply = client.chat.completions.create(model=service.name, messages=user("alpha"), stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in reply) == service.predictor.chat([user("alpha")])[0]["output"]
