@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -81,6 +82,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.errors import RagtuneError
 from ragtune.serve.app import Passage
+
+log = logging.getLogger("ragtune.serve")
 
 OPENAI_PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -466,6 +469,8 @@ def add_openai_routes(app: FastAPI, service, settings, batcher, metrics, require
                         if not gone.is_set():  # a client gone: finish the reply unread (see the module docs)
                             put(("event", index, event))
             except Exception as exc:  # handed to the response (the status or an error event)
+                if not isinstance(exc, RagtuneError):
+                    log.error("internal error while streaming", exc_info=exc)
                 put(("error", None, exc))
             finally:
                 put(("end", None, None))
