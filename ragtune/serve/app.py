@@ -22,6 +22,9 @@ Endpoints (those that fit what is served; ``GET /healthz`` lists them):
                        run's ``decode:`` settings)
 ``POST /v1/generate``  ``{"prompts": [...], "strategy": null, ...}`` → ``{"outputs": [{"output": "...",
                        "passages": [...]}, ...]}`` (generation runs; ``passages`` when the run retrieves)
+``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``
+                       the OpenAI API for generation runs (:mod:`ragtune.serve.openai_api`; the ``openai``
+                       client works with ``base_url="http://HOST:PORT/v1"``), streaming included
 ``POST /v1/retrieve``  ``{"queries": [...], "k": 5}`` → ``{"results": [[{"id", "doc_id", "score", "text",
                        "title", "source"}, ...], ...]}`` (index folders, QA and retrieval runs)
 ``GET /healthz``       (and ``HEAD``, as for ``/``) model loaded, ragtune version, task, engine, device, labels, endpoints
@@ -41,7 +44,8 @@ missing or wrong API key 401. A text that is not valid Unicode (a lone surrogate
 422 naming its field and index, before it reaches the model; should the model still fail on one request
 of a batch, only that request gets the error (the batch's requests are retried one by one). A body not
 complete ``serve.body_timeout_s`` seconds after its headers (slow, or promised by ``Content-Length`` and
-never sent) gets 408 and the connection is closed. Every error body is ``{"detail": "one clear sentence"}``.
+never sent) gets 408 and the connection is closed. Every error body is ``{"detail": "one clear sentence"}``
+(the OpenAI-compatible routes add OpenAI's ``"error": {"message", "type", "code", "param"}``).
 
 **API key.** With ``api_key`` set (``ragtune serve --api-key KEY`` or ``RAGTUNE_API_KEY``) every
 ``/v1/*`` call must send ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``/``, ``/healthz``,
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -344,9 +349,12 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         model_fn = service.predictor.predict
     elif "/v1/answer" in endpoints:
         model_fn = service.predictor.answer
-    elif "/v1/translate" in endpoints or "/v1/generate" in endpoints:
+    elif "/v1/translate" in endpoints:
         service.predictor.batch_size = settings.max_batch_size
         model_fn = service.predictor.generate  # the run's own decoding settings; a request with others runs alone
+    elif "/v1/generate" in endpoints:  # details: the finish reasons and token counts of the OpenAI API
+        service.predictor.batch_size = settings.max_batch_size
+        model_fn = functools.partial(service.predictor.generate, details=True)
     batcher = MicroBatcher(model_fn or (lambda items: items), settings.max_batch_size, settings.max_wait_ms / 1000,
                            on_batch=metrics.batch_size.observe)
 
@@ -354,7 +362,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
     async def lifespan(app: FastAPI):
         batcher.start()
         log.info("serving %s (%s, engine %s): %s, a web page at /, docs at /docs", service.name, service.kind,
-                 service.engine, ", ".join(service.endpoints) or "no model endpoint")
+                 service.engine, ", ".join(endpoints) or "no model endpoint")
         yield
         await batcher.stop()
 
@@ -443,7 +451,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
     async def healthz():
         return Health(status="ok", model_loaded=True, version=__version__, task=service.kind,
                       engine=service.engine, device=service.device, name=service.name, labels=service.labels,
-                      endpoints=service.endpoints, max_batch_size=settings.max_batch_size,
+                      endpoints=endpoints, max_batch_size=settings.max_batch_size,
                       max_texts_per_request=settings.max_texts_per_request,
                       max_chars_per_text=settings.max_chars_per_text)
 
@@ -497,6 +505,10 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         async def generate(body: GenerateRequest):
             return {"outputs": await decode("/v1/generate", "prompts", body.prompts, body, service.predictor, 2)}
 
+        from ragtune.serve.openai_api import add_openai_routes  # /v1/models, /v1/chat/completions, /v1/completions
+
+        endpoints.extend(add_openai_routes(app, service, settings, batcher, metrics, require_key))
+
     if service.index is not None:
         @app.post("/v1/retrieve", response_model=RetrieveResponse, response_model_exclude_none=True,
                   dependencies=protected, responses=_ERRORS, summary="Search the index")
@@ -522,6 +534,10 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
     # the plain-ASGI middleware (metrics outside, so a 413 from the body limit is counted too)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout_s)
     app.add_middleware(_Metrics, metrics=metrics)
+    if "/v1/chat/completions" in endpoints:  # outermost: OpenAI's {"error": ...} in every error of those routes
+        from ragtune.serve.openai_api import OpenAIErrorBodies
+
+        app.add_middleware(OpenAIErrorBodies)
     return app
 
 

@@ -123,7 +123,7 @@ def test_generate_endpoint_is_the_predictor(reversal_run):
     predictor = GenerationPredictor.from_run_dir(run_dir)
     with TestClient(create_app(load_service(run_dir))) as c:
         health = c.get("/healthz").json()
-        assert health["task"] == "generation" and health["endpoints"] == ["/v1/generate"]
+        assert health["task"] == "generation" and health["endpoints"] == ["/v1/generate", "/v1/models", "/v1/chat/completions", "/v1/completions"]
         got = c.post("/v1/generate", json={"prompts": prompts})
         assert got.status_code == 200, got.text
         assert got.json()["outputs"] == predictor.generate(prompts)
@@ -165,9 +165,18 @@ def test_retrieved_passages_feed_the_model(tmp_path, capsys):
     assert result["passages"][0]["doc_id"] == "item7" and "item7" in result["passages"][0]["text"]
     assert result["output"] == result["passages"][0]["text"].split()[-2]
     with TestClient(create_app(load_service(tmp_path / "rag"))) as c:
-        assert c.get("/healthz").json()["endpoints"] == ["/v1/generate", "/v1/retrieve"]
+        assert c.get("/healthz").json()["endpoints"] == ["/v1/generate", "/v1/retrieve", "/v1/models", "/v1/chat/completions", "/v1/completions"]
         got = c.post("/v1/generate", json={"prompts": ["what colour is the item12 ?"]}).json()["outputs"][0]
         assert got["passages"][0]["doc_id"] == "item12" and got["output"] in COLOURS
+        chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "what colour is the item12 ?"}]})
+        assert chat.status_code == 200, chat.text  # the OpenAI API: the passages in a field of ragtune's own
+        assert chat.json()["choices"][0]["message"]["content"] == got["output"]
+        assert chat.json()["ragtune"]["passages"][0]["doc_id"] == "item12"
+        stream = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "what colour is the item12 ?"}],
+                                                      "stream": True})
+        first = json.loads(stream.text.split("\n\n")[0].removeprefix("data: "))
+        assert first["ragtune"]["passages"][0]["doc_id"] == "item12"
+        assert got["output"] in stream.text and stream.text.endswith("data: [DONE]\n\n")
 
 
 def test_chinese_texts_to_continue(tmp_path, capsys):
