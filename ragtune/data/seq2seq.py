@@ -339,9 +339,28 @@ def template_fields(template: str) -> list[str]:
 def read_templated(path: str | Path, template: str, response_column: str = "response", fmt: str = "auto",
                    max_rows: int | None = None) -> pd.DataFrame:
     """Read prompt → response examples whose prompt is ``template`` filled with each row's columns
-    (``"Context: {context}\nQuestion: {question}"``); a DataFrame with ``prompt`` and ``response``."""
+    (``"Context: {context}\nQuestion: {question}"``); a DataFrame with ``prompt`` and ``response``.
+    A SQuAD-format ``.json`` file gives the fields ``context``, ``question`` and ``title`` of each
+    answerable question, its first answer the response (``response_column`` is not used)."""
     path = Path(path)
     fields = template_fields(template)
+    if fmt == "auto" and path.suffix.lower() == ".json":
+        rows = []
+        for title, _, context, qas in iter_squad(path):
+            for q in qas:
+                answers = (q.get("answers") or []) if isinstance(q, dict) else []
+                text = _cell(answers[0].get("text")) if answers and isinstance(answers[0], dict) else ""
+                if text and _cell(q.get("question")):
+                    rows.append({"context": context, "question": _cell(q["question"]), "title": title or "", "_": text})
+        unknown = [f for f in fields if f not in ("context", "question", "title")]
+        if unknown:
+            raise RagtuneError(f"data.prompt_template: {unknown} are not fields of a SQuAD file; choose from "
+                               "['context', 'question', 'title']")
+        if not rows:
+            raise RagtuneError(f"{path}: no answerable question in the SQuAD file")
+        rows = rows[:max_rows] if max_rows else rows
+        return pd.DataFrame({"prompt": [template.format_map({f: r[f] for f in fields}) for r in rows],
+                             "response": [r["_"] for r in rows]})
     hint = "data.prompt_template names columns of the file"
     columns = {f: f for f in fields}
     frame = _read_columns(path, {**columns, "__response": response_column}, fmt, max_rows, hint)

@@ -63,7 +63,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import secrets
 import time
 from importlib import resources
@@ -73,12 +72,13 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragtune import __version__
 from ragtune.config import ServeConfig
 from ragtune.errors import RagtuneError
+from ragtune.serve.schemas import Passage
 from ragtune.serve.batcher import MicroBatcher
 from ragtune.serve.metrics import ServerMetrics
 from ragtune.serve.service import Service
@@ -99,24 +99,6 @@ class PredictRequest(_Body):
                              examples=[["Parliament passed the budget bill", "央行宣布下调存款准备金率"]])
     explain: bool = Field(False, description="Add token attributions (integrated gradients) to each prediction; "
                                              "about 32 forward and backward passes per text.")
-
-
-class Passage(BaseModel):
-    id: str
-    doc_id: str
-    score: float = Field(..., description="Retrieval score (BM25, cosine or RRF by index kind; reranker logit "
-                                          "after reranking).")
-    text: str | None = None
-    title: str | None = None
-    source: str | None = Field(None, description="The corpus file the passage came from (file name only).")
-    label: str | None = Field(None, description="Labelled neighbours: the neighbour's label.")
-    influence: float | None = None
-
-    @field_validator("source", mode="before")
-    @classmethod
-    def _file_name_only(cls, source):
-        """Every passage the API returns reports its source file by name only."""
-        return os.path.basename(str(source)) if source else source
 
 
 class Prediction(BaseModel):

@@ -81,7 +81,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.errors import RagtuneError
-from ragtune.serve.app import Passage
+from ragtune.serve.schemas import Passage
 
 log = logging.getLogger("ragtune.serve")
 

@@ -20,7 +20,7 @@ class GenerationData(TableData):
     prompt_column: str | None = Field("prompt", description="Table files: column holding the prompt. Null: no prompts; each text of `text_column` is an example the model learns to write (and `ragtune predict` continues a given beginning). A `.txt` file is always one such text per line; a SQuAD-format `.json` file gives question → first answer.")
     response_column: str = Field("response", description="Table files: column holding the response the model learns to write after the prompt.")
     messages_column: str | None = Field(None, description="Table files: a column holding each example as a conversation, a list of `{role: system|user|assistant, content}` (JSONL and Parquet lists, or their JSON text in a CSV cell). The last message is the assistant's reply the model learns; the messages before it are the prompt (earlier assistant turns are context, not learned). Replaces prompt_column and response_column. Null: off.")
-    prompt_template: str | None = Field(None, description="Table files: the prompt written from each row's columns, e.g. `\"{context}\\n\\nQuestion: {question}\"` (Python `str.format` fields naming columns; `{{` and `}}` for literal braces). Replaces prompt_column; the response is response_column. Null: the prompt is prompt_column as it is.")
+    prompt_template: str | None = Field(None, description="Table files: the prompt written from each row's columns, e.g. `\"{context}\\n\\nQuestion: {question}\"` (Python `str.format` fields naming columns; `{{` and `}}` for literal braces). Replaces prompt_column; the response is response_column. A SQuAD `.json` file has the fields `context`, `question` and `title`, and its first answer is the response. Null: the prompt is prompt_column as it is.")
     chat_template: Literal["auto", "none"] = Field("auto", description="How a prompt becomes the input of a pretrained model (`model.backbone: hf`). `auto`: through the tokenizer's chat template when it has one (SmolLM2-Instruct, Qwen, Llama 3 Instruct, ...): the prompt is a user message (after `system_prompt`), the response the assistant's turn, the loss on that turn only; a tokenizer without a template uses ragtune's plain format (and `messages_column` data then needs `none`). `none`: ragtune's plain format `<s> prompt </s> response </s>` (conversations joined as `role: content` lines). ragtune's own models always use the plain format.")
     system_prompt: str | None = Field(None, description="A system message put before every prompt (a conversation that has its own keeps it): through the chat template, or before the prompt and a blank line in the plain format. Null: none.")
     packing: bool = Field(False, description="Join training examples, in order, into rows of up to `model.max_length` tokens (less padding, fewer and fuller batches; the loss stays on the response tokens of each). Attention is not blocked between the examples of a row, as TRL's `packing=True` without padding-free attention. Validation, test and inference are not packed.")
@@ -75,9 +75,11 @@ class GenerationConfig(TextTaskConfig):
     def problems(self) -> list[str]:
         errors = super().problems()
         d = self.data
-        if (d.messages_column or d.prompt_template) and isinstance(d.train, str) and Path(d.train).suffix.lower() in (".txt", ".text", ".json"):
-            key = "messages_column" if d.messages_column else "prompt_template"
-            errors.append(f"data.{key}: needs a table file (CSV, TSV, JSONL, Parquet); data.train is {d.train}")
+        suffix = Path(d.train).suffix.lower() if isinstance(d.train, str) else ""
+        if d.messages_column and suffix in (".txt", ".text", ".json"):
+            errors.append(f"data.messages_column: needs a table file (CSV, TSV, JSONL, Parquet); data.train is {d.train}")
+        if d.prompt_template and suffix in (".txt", ".text"):
+            errors.append(f"data.prompt_template: needs a table file or a SQuAD .json file; data.train is {d.train}")
         if self.retrieval.top_k and not self.generation_prompts:
             errors.append(f"retrieval.top_k: passages are retrieved for prompts; the generation data has none "
                           f"(data.prompt_column is null or data.train is a .txt file) (got top_k {self.retrieval.top_k})")
