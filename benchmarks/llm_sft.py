@@ -124,6 +124,7 @@ def run_ragtune(out: Path, name: str, train: Path, test: Path, base: str, args, 
     tree["train"].update(lr=lr, epochs=1, batch_size=args.batch, steps_per_epoch=args.steps, schedule="linear",
                          warmup_steps=0, threads=args.threads, group_by_length=False, precision="fp32",
                          log_every_steps=1)
+    tree["eval"]["batch_size"] = args.batch  # the validation loss's batch no larger than training's (peak memory)
     config = out / f"{name}.yaml"
     config.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
     if not (run_dir / "metrics.json").exists():
@@ -133,7 +134,8 @@ def run_ragtune(out: Path, name: str, train: Path, test: Path, base: str, args, 
     steps = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     losses = [s["loss"] for s in steps if "loss" in s]
     t = metrics["training"]
-    return {"seconds": t.get("seconds"), "tokens": t.get("tokens"), "tokens_per_s": t.get("tokens_per_s"),
+    seconds = [s["elapsed_s"] for s in steps if "loss" in s][-1]  # the training steps, without the epoch's validation
+    return {"seconds": seconds, "tokens": t.get("tokens"), "tokens_per_s": round(t["tokens"] / seconds, 1),
             "peak_rss_gib": t.get("peak_memory_gib"), "steps": len(losses),
             "final_loss_last10": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4), "losses": losses,
             "model_dir": str(run_dir / "hf_model")}

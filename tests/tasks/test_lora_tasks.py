@@ -152,3 +152,20 @@ def test_lora_errors(tmp_path, llama, capsys):
     bad["model"]["lora"]["enabled"] = False
     with pytest.raises(Exception, match="load_in_4bit: QLoRA trains LoRA adapters"):
         load_config(write_config(tmp_path, bad, "b.yaml"))
+
+
+def test_tune_a_lora_generation_run(tmp_path, llama):
+    """``ragtune tune`` over LoRA keys of a tiny Llama generation run: every trial trains, best.yaml holds the best."""
+    import csv
+
+    tree = generation_tree(tmp_path, llama)
+    tree["train"]["epochs"] = 1
+    tree["tune"] = {"trials": 2, "sampler": "random", "seed": 0,
+                    "space": {"model.lora.r": {"choice": [2, 8]}, "train.lr": {"choice": [1e-2, 3e-3]}}}
+    out = tmp_path / "study"
+    assert main(["tune", write_config(tmp_path, tree), "--out", str(out), "--quiet"]) == 0
+    with open(out / "trials.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r["state"] == "COMPLETE" for r in rows)
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["model"]["lora"]["r"] in (2, 8) and best["model"]["lora"]["enabled"] is True
