@@ -159,7 +159,7 @@ def main() -> int:
     if not SQUAD.exists():
         print(f"skipped: {SQUAD} is not here (see ../shared/data/README.md)")
         return 0
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the run configs name their data by absolute path
     out.mkdir(parents=True, exist_ok=True)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     results["setup"] = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,

@@ -217,10 +217,26 @@ class HFCausalLM(nn.Module):
         self.hf = model
         self.config = config
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, cache=None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B, T, V); with ``keep`` (a boolean (B, T) mask) only those positions' logits,
+        flattened to (N, V): the output layer (a vocabulary of 49k for SmolLM2) runs on the N positions a
+        loss needs, not on every prompt token (transformers' ``logits_to_keep``)."""
         mask = (ids != self.config.pad_id).long() if mask is None else mask.long()  # (B, T)
         pos = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
-        return self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (B, T, V)
+        if keep is None:
+            return self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (B, T, V)
+        if self._keeps_logits():
+            return self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                           logits_to_keep=keep).logits  # (N, V)
+        return self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[keep]  # (N, V)
+
+    def _keeps_logits(self) -> bool:
+        """Whether the model's forward takes ``logits_to_keep`` (most causal LMs of transformers 5 do)."""
+        import inspect
+
+        base = self.hf.get_base_model() if hasattr(self.hf, "get_base_model") else self.hf
+        return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
     def new_cache(self):
         return None  # ragtune's decoding is not used for these models: generate_ids is

@@ -145,3 +145,20 @@ def test_smollm2_greedy_equals_generate_and_a_lora_chat_run(tmp_path):
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(run), "--quiet"]) == 0
     again = GenerationPredictor.from_run_dir(run)
     assert again.uses_chat_template and again.chat([[{"role": "user", "content": "Repeat: apple"}]])[0]["output"]
+
+
+def test_the_loss_needs_logits_only_where_labels_are_learned(tiny):
+    """A pretrained model's output layer runs on the learned positions alone: the same loss as full logits."""
+    import torch.nn.functional as F
+
+    from ragtune.tasks.generation.predictor import IGNORE_INDEX
+
+    tok, model, predictor = tiny
+    examples = predictor.training_examples(PROMPTS, ["beta alpha", "theta eta zeta", "iota iota", "gamma"])
+    logits, labels = predictor.batch_logits(examples)  # (1, N, V), (1, N)
+    ids, mask, full_labels = predictor.batch_labels(examples)
+    full = model(ids[:, :-1], mask[:, :-1])  # (B, T-1, V)
+    assert labels.shape[1] == int((full_labels != IGNORE_INDEX).sum()) < full_labels.numel()
+    want = F.cross_entropy(full.reshape(-1, full.shape[-1]), full_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    got = F.cross_entropy(logits[0], labels[0])
+    assert torch.allclose(got, want, atol=1e-6)

@@ -407,11 +407,12 @@ class GenerationPredictor:
         return [len(ids) for ids in self.tokenizer.encode_plain_batch([str(t) for t in texts])]
 
     # -- scoring -----------------------------------------------------------------------------------
-    def batch_logits(self, examples: Sequence[tuple[list[int], int | list[bool]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits (B, T-1, V), labels (B, T-1))`` of encoded examples; prompt positions and padding
-        have the label :data:`IGNORE_INDEX` (-100, transformers' convention: left out of the loss). An
-        example is ``(ids, prompt_length)``, or ``(ids, learned)`` with one flag per token (a packed row,
-        :func:`pack_examples`)."""
+    def batch_labels(self, examples: Sequence[tuple[list[int], int | list[bool]]]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ids (B, T), mask (B, T), labels (B, T-1))`` of encoded examples, on the model's device:
+        labels are the next tokens, with :data:`IGNORE_INDEX` (-100, transformers' convention: left out of
+        the loss) on prompt positions and padding. An example is ``(ids, prompt_length)``, or ``(ids,
+        learned)`` with one flag per token (a packed row, :func:`pack_examples`)."""
         pad = self.model.config.pad_id
         ids, mask = pad_batch([ids for ids, _ in examples], pad, device=model_device(self.model))  # (B, T)
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)  # (B, T-1): position t predicts token t+1
@@ -421,8 +422,19 @@ class GenerationPredictor:
             else:
                 learned = torch.tensor(given[1:], dtype=torch.bool, device=labels.device)  # (T_row - 1,)
                 labels[row, :len(learned)][~learned] = IGNORE_INDEX
-        logits = self.model(ids[:, :-1], mask[:, :-1])  # (B, T-1, V)
-        return logits, labels
+        return ids, mask, labels
+
+    def batch_logits(self, examples: Sequence[tuple[list[int], int | list[bool]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (B, T-1, V), labels (B, T-1))`` of encoded examples (:meth:`batch_labels`). For a
+        pretrained model only the learned positions come back, ``(logits (1, N, V), labels (1, N))``: its
+        output layer runs on those alone (the same loss, less work and memory)."""
+        ids, mask, labels = self.batch_labels(examples)
+        if isinstance(self.model, TransformerForCausalLM):
+            return self.model(ids[:, :-1], mask[:, :-1]), labels  # (B, T-1, V), (B, T-1)
+        # a pretrained model: the output layer only where a label is learned (the prompt needs no logits)
+        keep = labels != IGNORE_INDEX  # (B, T-1)
+        logits = self.model(ids[:, :-1], mask[:, :-1], keep=keep)  # (N, V)
+        return logits[None], labels[keep][None]  # (1, N, V), (1, N)
 
     @torch.no_grad()
     def loss(self, prompts: Sequence[str], responses: Sequence[str]) -> float:

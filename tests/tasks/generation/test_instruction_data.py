@@ -43,7 +43,7 @@ def test_chat_template_example_and_labels(chat_predictor):
     assert hf.decode(ids) == full.rstrip()  # the template's own text, no extra <s> or </s>
     opened = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert hf.decode(ids[:prompt_len]) == opened
-    _, labels = p.batch_logits([(ids, prompt_len), (ids[:prompt_len + 2], prompt_len)])
+    _, _, labels = p.batch_labels([(ids, prompt_len), (ids[:prompt_len + 2], prompt_len)])
     assert (labels[0, :prompt_len - 1] == IGNORE_INDEX).all()  # the prompt (system, user, assistant header)
     learned = labels[0][labels[0] != IGNORE_INDEX].tolist()
     assert hf.decode(learned) == "beta alpha<|im_end|>"  # the reply and its end of turn
