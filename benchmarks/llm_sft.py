@@ -102,9 +102,20 @@ def evaluate(model_dir: str, test: Path, threads: int, batch: int = 16) -> dict:
             enc = tok(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
             out = model.generate(**enc, do_sample=False, max_new_tokens=32, pad_token_id=tok.pad_token_id)
             answers += [t.strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+    # the held-out loss: mean cross-entropy per answer token (the answer and its end of turn), teacher forced
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for prompt, r in zip(prompts, rows):
+            p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            a_ids = tok(r["answer"] + tok.eos_token, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([p_ids + a_ids])
+            logits = model(input_ids=ids).logits[0, len(p_ids) - 1:-1]  # (A, V): the positions predicting the answer
+            total += float(torch.nn.functional.cross_entropy(logits.float(), ids[0, len(p_ids):], reduction="sum"))
+            count += len(a_ids)
     em = [answer_exact_match(a, r["answers"]) for a, r in zip(answers, rows)]
     f1 = [answer_f1(a, r["answers"]) for a, r in zip(answers, rows)]
     return {"em": round(100 * sum(em) / len(em), 1), "f1": round(100 * sum(f1) / len(f1), 1), "n": len(rows),
+            "answer_loss": round(total / count, 4),
             "decode_s": round(time.perf_counter() - started, 1),
             "examples": [{"q": r["question"], "gold": r["answer"], "out": a} for r, a in list(zip(rows, answers))[:5]]}
 
@@ -177,7 +188,11 @@ def main() -> int:
     train, test = build_data(out, AutoTokenizer.from_pretrained(base), args.context_tokens, args.steps * args.batch,
                              args.eval_questions)
     for stage in args.stages.split(","):
-        if stage in results and "eval" in results[stage]:
+        if stage in results and "answer_loss" in results[stage].get("eval", {}):
+            continue
+        if stage in results and "eval" in results[stage] and Path(results[stage]["model_dir"]).exists():
+            results[stage]["eval"] = evaluate(results[stage]["model_dir"], test, args.threads)  # older results
+            save(out, results)
             continue
         print(f"== {stage}", flush=True)
         if stage == "zero-shot":
@@ -201,12 +216,13 @@ def main() -> int:
         row["eval"] = evaluate(row["model_dir"], test, args.threads)
         save(out, results)
         print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "examples")}, ensure_ascii=False), flush=True)
-    print("| row | EM | F1 | tokens/s | peak RSS GiB | loss (last 10 steps) | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| row | EM | F1 | held-out answer loss | tokens/s | peak RSS GiB | training loss (last 10 steps) | train s |")
+    print("|---|---|---|---|---|---|---|---|")
     for stage, row in results.items():
         if stage == "setup" or "eval" not in row:
             continue
-        print(f"| {stage} | {row['eval']['em']} | {row['eval']['f1']} | {row.get('tokens_per_s', '–')} | "
+        print(f"| {stage} | {row['eval']['em']} | {row['eval']['f1']} | {row['eval'].get('answer_loss', '–')} | "
+              f"{row.get('tokens_per_s', '–')} | "
               f"{row.get('peak_rss_gib', '–')} | {row.get('final_loss_last10', '–')} | {row.get('seconds', '–')} |")
     results_file = ROOT / "benchmarks" / "results" / "llm_sft.json"
     results_file.write_text(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "losses"} if isinstance(v, dict) else v)
