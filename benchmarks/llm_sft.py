@@ -8,9 +8,10 @@ The instruction set is built from ``../shared/data/squad_v1.1/dev-part1.json``: 
 ``--context-tokens`` (220) SmolLM2 tokens (questions whose answer falls outside the cut are left out), the
 first answer as the response. The model reads, through its chat template, the system prompt "Answer the
 question with a short phrase copied from the passage." and the user turn ``{context}\\n\\nQuestion:
-{question}``. Every row is trained on the same ``--steps x --batch`` training questions, in file order, one
-epoch; the same seeded ``--eval-questions`` test questions score each model, with the same code (greedy
-``generate``, the chat template, at most 32 new tokens, SQuAD EM/F1) whatever trained it.
+{question}``. Every row is trained on the same ``--steps x --batch`` training questions, one epoch (each
+tool shuffles them its own way); the same seeded ``--eval-questions`` test questions score each model, with
+the same code (greedy ``generate``, the chat template, at most 32 new tokens, SQuAD EM/F1, and the held-out
+loss per answer token) whatever trained it.
 
 Stages (each kept in ``OUT/results.json`` as it finishes; a killed run continues):
 
@@ -22,8 +23,8 @@ Stages (each kept in ``OUT/results.json`` as it finishes; a killed run continues
   torch/transformers/peft): the same model folder, rows, order and settings with ``SFTTrainer``.
 * ``ragtune-best``: ragtune with ``--best-lr`` (the settings a user of ragtune would pick; not a peer row).
 
-LLaMA-Factory is the peer the issue names first; ``--stages llamafactory`` is not offered: see BENCHMARKS.md
-for why TRL (the library LLaMA-Factory's SFT stage is built on) stands in for it.
+LLaMA-Factory is the peer the issue names first; its release on PyPI pins older transformers, peft and trl
+than ragtune's, so TRL's ``SFTTrainer`` stands in for it (see BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ peft as ragtune's), never imported by ragtune::
 The data are the same rows ragtune trains on (``context``, ``question``, ``answer``) as a conversational
 prompt-completion dataset (system prompt, user turn with the passage and question; the assistant's answer
 as the completion), so TRL applies the tokenizer's chat template and puts the loss on the completion only,
-as ragtune does. One epoch over ``steps x batch`` rows in file order (no shuffling), fp32, LoRA on
+as ragtune does. One epoch over ``steps x batch`` rows (asked for in file order with a ``SequentialSampler``;
+ragtune shuffles them with its seeded stream, so the batches differ), fp32, LoRA on
 q/k/v/o, AdamW, linear decay without warmup, gradient clipping at 1.0. Writes ``OUT/trl/model`` (the merged
 model, ``save_pretrained``) and ``OUT/trl/stats.json``: training seconds, tokens (every non-padding token of
 the rows trained, as ragtune counts them), tokens/s, peak memory of the process, the loss of each step.
@@ -65,7 +66,7 @@ def main() -> int:
     lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.05, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
-    # the same order as ragtune's file order: no shuffling
+    # file order (ragtune's batches come from its own seeded shuffle, so they differ anyway)
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     started = time.perf_counter()
