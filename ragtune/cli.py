@@ -685,6 +685,9 @@ def _predict_qa(args, predictor) -> int:
     df["answer"] = [r["answer"] for r in results]
     df["answer_score"] = [r["score"] for r in results]
     df["answer_passage_id"] = [(r.get("passage") or {}).get("id") for r in results]
+    if results and "citations" in results[0]:  # a generative reader
+        df["answer_citations"] = [" ".join(r["citations"]) for r in results]
+        df["abstained"] = [r["abstained"] for r in results]
     return _write_predictions(df, args.output, "answers")
 
 

@@ -185,7 +185,7 @@ def test_keys_of_another_task_or_backbone_are_unknown_and_say_where_they_belong(
     assert "model.doc_stride: unknown key (only applies to task: qa)" in msg
     assert "model.lora: unknown key (only applies to model.backbone: hf)" in msg
     assert "model.d_modle: unknown key (did you mean 'model.d_model'?)" in msg
-    assert "decode: unknown key (only applies to task: translation or generation)" in msg
+    assert "decode: unknown key (only applies to task: qa, translation or generation)" in msg
     with pytest.raises(RagtuneError) as info:  # no union tag in an error's key
         config_from_dict({"data": {"demo": True}, "model": {"backbone": "hf", "name_or_path": "m", "lora": {"enabled": "maybe"}}})
     assert "  - model.lora.enabled: Input should be a valid boolean" in str(info.value)
@@ -199,7 +199,7 @@ def test_keys_of_another_task_or_backbone_are_unknown_and_say_where_they_belong(
 def test_to_yaml_writes_the_tasks_keys_and_reads_back(task):
     cfg = config_from_dict(MINIMAL[task])
     tree = yaml.safe_load(to_yaml(cfg))
-    assert set(tree) == set(type(cfg).model_fields) and ("decode" in tree) == (task in ("translation", "generation"))
+    assert set(tree) == set(type(cfg).model_fields) and ("decode" in tree) == (task in ("qa", "translation", "generation"))
     assert config_from_dict(tree) == cfg
 
 

@@ -153,3 +153,95 @@ def save_tiny_chat_llama(folder, seed: int = 0):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# -- a synthetic corpus whose answers exist only in it (generative QA, RAG training) -----------------
+
+ATTRIBUTES = {"code": WORDS, "color": "red blue green white black pink gold grey".split(),
+              "city": "paris rome oslo lima cairo delhi tokyo quito".split()}
+NO_ANSWER = "unanswerable"
+
+
+ATTRIBUTES_ZH = {"颜色": list("红黄蓝绿白黑紫灰"), "城市": list("京沪津渝港澳杭苏"), "代号": list("甲乙丙丁戊己庚辛")}
+_ZH_USED = set("".join(ATTRIBUTES_ZH) + "".join("".join(v) for v in ATTRIBUTES_ZH.values()) + "的是什么。？")
+
+
+def entity_names(n: int, chinese: bool = False) -> list[str]:
+    """``e00``, ``e01``, ...; Chinese: ``n`` single CJK characters that no attribute or value uses."""
+    if not chinese:
+        return [f"e{i:02d}" for i in range(n)]
+    names = [ch for ch in (chr(0x5f00 + i) for i in range(4 * n)) if ch not in _ZH_USED]
+    return names[:n]
+
+
+def codes_squad(path, entities: int = 40, seed: int = 0, chinese: bool = False) -> dict:
+    """A SQuAD-format file at ``path``: one article per entity ``eNN``, one paragraph
+    ``"eNN code is kappa . eNN color is red . eNN city is rome ."`` with random values, and one question
+    per attribute (``"code of eNN ?"`` → ``kappa``); ``chinese``: ``"X的颜色是红。X的城市是京。..."`` and
+    ``"X的颜色是什么？"`` → ``红``. The values are drawn at random, so a model can only know a test entity's
+    answers from its passage. Returns the SQuAD dict."""
+    import json
+
+    rng = random.Random(seed)
+    attributes = ATTRIBUTES_ZH if chinese else ATTRIBUTES
+    data = []
+    for name in entity_names(entities, chinese):
+        values = {a: rng.choice(v) for a, v in attributes.items()}
+        fact = (lambda a, v: f"{name}的{a}是{v}") if chinese else (lambda a, v: f"{name} {a} is {v}")
+        context = ("" if chinese else " ").join(fact(a, v) + ("。" if chinese else " .") for a, v in values.items())
+        qas = []
+        for a, v in values.items():
+            start = context.index(fact(a, v)) + len(fact(a, v)) - len(v)
+            question = f"{name}的{a}是什么？" if chinese else f"{a} of {name} ?"
+            qas.append({"id": f"{name}-{a}", "question": question, "answers": [{"text": v, "answer_start": start}]})
+        data.append({"title": name, "paragraphs": [{"context": context, "qas": qas}]})
+    squad = {"version": "1.1", "data": data}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(squad, f, ensure_ascii=False)
+    return squad
+
+
+def codes_vocabulary(entities: int = 40, chinese: bool = False) -> list[str]:
+    """The words of :func:`codes_squad` prompts and answers (and of ragtune's QA prompt format)."""
+    attributes = ATTRIBUTES_ZH if chinese else ATTRIBUTES
+    words = ["[UNK]", "[PAD]", *entity_names(entities, chinese), "Question", ":", "[", "]",
+             *[str(i) for i in range(1, 10)], NO_ANSWER, "user", "assistant", "system", '"', "Answer", "Evidence"]
+    words += list("".join(attributes)) + list("的是什么。？无法回答") if chinese else [*attributes, "is", "of", ".", "?"]
+    for values in attributes.values():
+        words += [v for v in values if v not in words]
+    return list(dict.fromkeys(words))
+
+
+def save_tiny_word_llama(folder, seed: int = 0, entities: int = 40, hidden: int = 64, layers: int = 2,
+                         chat: bool = True, chinese: bool = False):
+    """A random Llama causal LM (hidden ``hidden``, 256 positions) with a word-level tokenizer over
+    :func:`codes_vocabulary` (whitespace and punctuation split, each CJK character a token; unknown words
+    are ``[UNK]``), a padding token, and (``chat``) the ChatML template of :data:`CHATML`; saved with
+    ``save_pretrained`` into ``folder``, which is returned."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = codes_vocabulary(entities, chinese)
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                                    lowercase=False)
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # words joined by spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+    specials = ["<|im_start|>", "<|im_end|>"] if chat else ["</s>"]
+    tokenizer.add_tokens(specials, special_tokens=True)
+    tokenizer.eos_token = specials[-1]
+    tokenizer.bos_token = specials[-1] if not chat else "<|im_start|>"
+    if chat:
+        tokenizer.chat_template = CHATML
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                         max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False, initializer_range=0.05, rms_norm_eps=1e-5)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -391,6 +391,31 @@ def load_lora_classifier(base_name_or_path: str, adapter_folder: str, num_labels
     return model, tokenizer
 
 
+def is_causal_lm(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names a causal (decoder-only) language model: a GGUF file or alias (every
+    architecture transformers de-quantises is one), or a folder / hub id whose ``config.json`` lists a
+    ``...ForCausalLM`` architecture (without ``architectures``: a model type that transformers has a causal
+    LM for and no question-answering head for). What cannot be read counts as not causal (the extractive
+    reader's loader then says what is wrong)."""
+    from ragtune.models.gguf import GGUF_ALIASES, is_gguf
+
+    if name_or_path in GGUF_ALIASES or is_gguf(name_or_path):
+        return True
+    try:
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                            MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES)
+
+        config = AutoConfig.from_pretrained(resolve_name_or_path(name_or_path))
+    except Exception:  # not readable here: the loader that runs next words the error
+        return False
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return any(a.endswith("ForCausalLM") for a in architectures)
+    return (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and config.model_type not in MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES)
+
+
 def model_type(source: str) -> str:
     """The ``model_type`` in the config of ``source`` (e.g. ``'bert'``), or ``'unknown'`` when it cannot be read."""
     try:

@@ -125,8 +125,10 @@ class Answer(BaseModel):
     answer: str
     score: float | None = Field(None, description="How much the reader prefers this span over 'no answer here' "
                                                   "(RAG runs: log p(passage) + log p(span)).")
-    passage: Passage | None = None
+    passage: Passage | None = Field(None, description="The passage the answer comes from (a generative reader: the first one it cites).")
     passages: list[Passage] | None = None
+    citations: list[str] | None = Field(None, description="Generative readers: the ids of the passages the answer cites (qa.cite).")
+    abstained: bool | None = Field(None, description="Generative readers: whether the answer is the run's qa.no_answer.")
 
 
 class AnswerResponse(BaseModel):
@@ -487,6 +489,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         async def generate(body: GenerateRequest):
             return {"outputs": await decode("/v1/generate", "prompts", body.prompts, body, service.predictor, 2)}
 
+    if "/v1/generate" in endpoints or getattr(service.predictor, "generative", False):  # a generation or generative qa run
         from ragtune.serve.openai_api import add_openai_routes  # /v1/models, /v1/chat/completions, /v1/completions
 
         endpoints.extend(add_openai_routes(app, service, settings, batcher, metrics, require_key))

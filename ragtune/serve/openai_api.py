@@ -1,4 +1,5 @@
-"""An OpenAI-compatible API for ``task: generation`` runs: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``.
+"""An OpenAI-compatible API for ``task: generation`` runs and generative ``task: qa`` runs: ``/v1/models``,
+``/v1/chat/completions``, ``/v1/completions``.
 
 Any client of the OpenAI API (the ``openai`` Python package, LangChain, curl) talks to a served
 generation run as it would to OpenAI; the answers come from the same
@@ -55,6 +56,12 @@ first piece (a bad setting) is an ordinary error response; one after it is a las
 
 **Retrieval runs** add a field OpenAI's clients ignore: ``"ragtune": {"passages": [...]}`` (chat: the
 passages of the last user message; completions: one list per prompt; streaming: in the first chunk).
+
+**QA runs with a generative reader** (``model.reader: generative``) answer the *last user message* as a
+question, from the passages their retriever returns for it (the same retrieval and prompt as
+``/v1/answer``, ``ragtune predict`` and the run's evaluation; earlier turns are not read). The reply
+is what the model wrote (with its ``[n]`` citations when the run was trained with ``qa.cite``, ``[n]``
+being the n-th of ``ragtune.passages``); a streamed reply comes as one piece.
 
 **Protections** are those of every ``/v1`` endpoint (:mod:`ragtune.serve.app`): the API key
 (``Authorization: Bearer KEY``, which the ``openai`` client sends as its ``api_key``), 413 over
@@ -377,7 +384,7 @@ def add_openai_routes(app: FastAPI, service, settings, batcher, metrics, require
 
     async def run(items: list, options: dict) -> list[dict]:
         """``generate(items, details=True)``: alone with its own settings, else in the shared micro-batches."""
-        if options:
+        if options or service.kind != "generation":  # a qa run's micro-batches answer /v1/answer's questions
             return await batcher.call(lambda: predictor.generate(items, details=True, **options))
         return await batcher.submit(items)
 

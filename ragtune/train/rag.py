@@ -142,3 +142,27 @@ def make_rag_batch_loss(reader: ExtractiveReader, tokenizer, encoder, embeddings
                               doc_stride, counted=count > 0)
 
     return batch_loss
+
+
+# -- retriever trained by a generative reader (REPLUG LSR / RA-DIT) --------------------------------
+#
+# With a causal LM reader the answer's likelihood given each retrieved passage is the LM's own, and
+# the retriever learns to agree with it (Shi et al. 2023, REPLUG "LM-supervised retrieval"):
+#
+#     P_R(z | x)  = softmax_z( cos(q(x), d(z)) / temperature )                 over the top-k passages
+#     Q_LM(z | x) = softmax_z( log p_LM(y | x, z) / lm_temperature )           each passage read alone
+#     loss        = KL( Q_LM || P_R )                                          averaged over the batch
+#
+# Q_LM is a target (no gradient reaches the LM through it); the query encoder gets the gradient of the
+# KL. Unlike the extractive marginal loss above, a passage that helps the LM write the answer counts
+# even when it does not hold the answer string, and one that holds it but misleads the LM does not.
+
+
+def lm_supervised_retrieval_loss(similarities: torch.Tensor, lm_log_likelihoods: torch.Tensor, temperature: float,
+                                 lm_temperature: float) -> torch.Tensor:
+    """``KL(Q_LM || P_R)`` averaged over the batch (see above): ``similarities`` ``(B, k)`` the cosine of each
+    question to its top-k passages (with the query encoder's graph), ``lm_log_likelihoods`` ``(B, k)`` the
+    LM's log p(answer | question, passage) of each (a target: detached here)."""
+    log_p_r = torch.log_softmax(similarities.float() / temperature, dim=-1)  # (B, k)
+    log_q = torch.log_softmax(lm_log_likelihoods.detach().float() / lm_temperature, dim=-1)  # (B, k)
+    return F.kl_div(log_p_r, log_q, reduction="batchmean", log_target=True)

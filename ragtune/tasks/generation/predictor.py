@@ -436,6 +436,19 @@ class GenerationPredictor:
         logits = self.model(ids[:, :-1], mask[:, :-1], keep=keep)  # (N, V)
         return logits[None], labels[keep][None]  # (1, N, V), (1, N)
 
+    def example_log_likelihoods(self, examples: Sequence[tuple[list[int], int | list[bool]]]) -> torch.Tensor:
+        """``(B,)`` the summed log-probability of each encoded example's learned tokens (its response),
+        with the graph when gradients are on; the output layer runs only on those positions."""
+        ids, mask, labels = self.batch_labels(examples)
+        keep = labels != IGNORE_INDEX  # (B, T-1)
+        if isinstance(self.model, TransformerForCausalLM):
+            logits = self.model(ids[:, :-1], mask[:, :-1])[keep]  # (N, V)
+        else:
+            logits = self.model(ids[:, :-1], mask[:, :-1], keep=keep)  # (N, V)
+        picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels[keep][:, None]).squeeze(-1)  # (N,)
+        rows = keep.nonzero(as_tuple=True)[0]  # (N,): the example of each kept position, in mask order
+        return torch.zeros(len(examples), device=picked.device).index_add(0, rows, picked)  # (B,)
+
     @torch.no_grad()
     def loss(self, prompts: Sequence[str], responses: Sequence[str]) -> float:
         """Mean negative log-likelihood per response token (``</s>`` included), in nats."""

@@ -1,5 +1,15 @@
 """The one inference path of ``task: qa``: retrieve passages, read them, answer.
 
+Two readers: **extractive** (an encoder with a span head picks the answer out of a passage, below)
+and **generative** (``model.reader: generative``: a causal language model reads the question with
+its numbered passages and writes the answer, :mod:`ragtune.tasks.qa.prompts`)::
+
+    qa = QAPredictor.from_run_dir("runs/squad_rag_llm")
+    qa.answer(["Which team won Super Bowl 50?"])
+    # [{"answer": "Denver Broncos", "score": None, "passage": {...the first cited passage, or None...},
+    #   "passages": [...the top_k passages it read, in prompt order...], "citations": [...their ids...],
+    #   "abstained": False}]
+
 ``ragtune predict`` on a QA run, ``ragtune eval`` and the evaluation inside ``ragtune run`` all go
 through :class:`QAPredictor` (and so will the planned HTTP server)::
 
@@ -40,7 +50,7 @@ from ragtune.data.squad import QARecord, answers_by_id
 from ragtune.errors import RagtuneError, bad_model_meta, read_model_meta
 from ragtune.evaluate.qa_metrics import qa_metrics
 from ragtune.evaluate.retrieval_metrics import retrieval_metrics
-from ragtune.models.reader import ExtractiveReader, answer, load_reader
+from ragtune.models.reader import answer, load_reader
 from ragtune.retrieval.augment import index_folder
 from ragtune.retrieval.corpus import text_sha1
 from ragtune.runs import MODEL_META, inference_device
@@ -61,8 +71,15 @@ class QAPredictor:
         batch_size: reader windows per forward pass.
     """
 
-    def __init__(self, reader: ExtractiveReader, tokenizer, meta: dict, index=None, batch_size: int = 32):
-        self.reader = reader
+    def __init__(self, reader, tokenizer, meta: dict, index=None, batch_size: int = 32):
+        self.reader = reader  # an ExtractiveReader, or a GenerationPredictor (meta reader: generative)
+        self.generative = meta.get("reader") == "generative"
+        self.settings = dict(meta.get("qa") or {})  # generative: ragtune.tasks.qa.prompts settings
+        self.cutter = None
+        if self.generative:
+            from ragtune.tasks.qa.prompts import PassageCutter
+
+            self.cutter = PassageCutter(tokenizer.hf, int(self.settings["passage_tokens"]))
         self.tokenizer = tokenizer
         self.meta = meta
         self.index = index
@@ -91,9 +108,12 @@ class QAPredictor:
         run_dir = Path(run_dir)
         device = inference_device(device)
         meta_path = run_dir / MODEL_META
-        if not meta_path.exists() or not any((run_dir / READER_DIR / f).exists() for f in ("config.json", "adapter_config.json")):
-            raise RagtuneError(f"{run_dir} is not a finished ragtune QA run: missing {MODEL_META} or {READER_DIR}/")
-        meta = read_model_meta(meta_path, ("qa",))
+        folder = READER_DIR
+        if meta_path.exists():
+            meta = read_model_meta(meta_path, ("qa",))
+            folder = str(meta.get("weights") or READER_DIR) if meta.get("reader") == "generative" else READER_DIR
+        if not meta_path.exists() or not any((run_dir / folder / f).exists() for f in ("config.json", "adapter_config.json")):
+            raise RagtuneError(f"{run_dir} is not a finished ragtune QA run: missing {MODEL_META} or {folder}/")
         try:
             return cls._from_meta(run_dir, meta, batch_size, device)
         except RagtuneError:
@@ -105,7 +125,13 @@ class QAPredictor:
     def _from_meta(cls, run_dir: Path, meta: dict, batch_size: int, device: torch.device) -> QAPredictor:
         from ragtune.retrieval.index import load_index
 
-        if (meta.get("lora") or {}).get("save") == "adapter":  # model.lora.save: adapter, onto the pretrained reader
+        if meta.get("reader") == "generative":  # a causal LM in hf_model/, read through the generation predictor
+            from ragtune.runs import load_run_model
+            from ragtune.tasks.generation.predictor import GenerationPredictor
+
+            tokenizer, model = load_run_model(run_dir, meta, None, device)
+            reader = GenerationPredictor(model, tokenizer, meta, batch_size)
+        elif (meta.get("lora") or {}).get("save") == "adapter":  # model.lora.save: adapter, onto the pretrained reader
             from ragtune.models.hf import load_lora_adapter, load_hf_tokenizer
 
             reader = load_reader(meta["name_or_path"])[0]
@@ -113,13 +139,14 @@ class QAPredictor:
             tokenizer = load_hf_tokenizer(str(run_dir / READER_DIR))
         else:
             reader, tokenizer = load_reader(str(run_dir / READER_DIR))
-        reader.eval()
-        reader.to(device)
+        if not meta.get("reader") == "generative":
+            reader.eval()
+            reader.to(device)
         index = None
         if int(meta.get("top_k", 0)):
             index = load_index(index_folder(run_dir, meta["index"]), device=device)
         predictor = cls(reader, tokenizer, meta, index, batch_size)
-        if meta.get("answer_selection") == "rag":
+        if meta.get("answer_selection") == "rag" or meta.get("retriever") == "lm_trained":
             import numpy as np
 
             from ragtune.retrieval.dense import load_encoder
@@ -168,11 +195,20 @@ class QAPredictor:
         if contexts is not None:
             if len(contexts) != len(questions):
                 raise RagtuneError(f"{len(questions)} questions but {len(contexts)} contexts; give one context per question")
+            if self.generative:
+                return [{"answer": w["answer"], "score": None, "abstained": w["abstained"]}
+                        for w in self._write(questions, [[c] for c in self.cutter.cut(contexts)])]
             return [{"answer": r["answer"], "score": r["score"]} for r in self._read(questions, list(contexts))]
+        if self.generative and not self.top_k and self.settings.get("train_passages") == "none":  # closed-book
+            return [{"answer": w["answer"], "score": None, "passage": None, "passages": [], "citations": [],
+                     "abstained": w["abstained"]} for w in self._write(questions, [[] for _ in questions])]
         if not self.top_k:
             raise RagtuneError("this QA run reads no index (retrieval.top_k: 0), so a question alone cannot be answered: "
                                "score a SQuAD-format file with `ragtune eval RUN_DIR --data FILE`, or give each "
                                "question its passage in Python: QAPredictor.from_run_dir(RUN_DIR).answer(questions, contexts)")
+        if self.generative:
+            keys = ("answer", "score", "passage", "passages", "citations", "abstained")
+            return [{k: r[k] for k in keys} for r in self._answer_generative(questions)]
         rag = self.query_encoder is not None
         with torch.no_grad():
             rows = self._retrieve(questions, min(self.top_k, len(self.index)))
@@ -189,6 +225,132 @@ class QAPredictor:
                 results[qi].update(answer=r["answer"], score=score, passage=p)
         return results
 
+    # -- the generative reader ---------------------------------------------------------------------
+    def _write(self, questions: list[str], passages: list[list[str]], **overrides) -> list[dict]:
+        """The generative reader on each question with its passage texts (already cut): ``answer``,
+        ``cited`` (passage numbers, 1-based), ``abstained``, the raw ``output``, and ``finish_reason``,
+        ``prompt_tokens``, ``completion_tokens`` (:meth:`GenerationPredictor.decode`); ``overrides`` are
+        keys of the ``decode:`` section."""
+        from ragtune.tasks.qa.prompts import is_abstention, parse_output, user_message
+
+        outputs = self.reader.decode([user_message(q, ps) for q, ps in zip(questions, passages)], **overrides)
+        written = []
+        for o in outputs:
+            answer, cited = parse_output(o["output"], self.settings)
+            written.append({**o, "answer": answer, "cited": cited, "abstained": is_abstention(answer, self.settings)})
+        return written
+
+    # -- the chat-style interface of a generative run (the OpenAI endpoints, ragtune.serve.openai_api) --
+    @property
+    def model(self):
+        """The language model of a generative reader (None for an extractive one: see ``reader``)."""
+        return self.reader.model if self.generative else None
+
+    @property
+    def max_length(self) -> int:
+        return self.reader.max_length
+
+    @property
+    def retriever(self):
+        """Truthy when answers come with retrieved passages (the OpenAI layer then sends them along)."""
+        return self.index if self.top_k else None
+
+    @staticmethod
+    def _question_of(item) -> str:
+        """The question of a prompt text, or of a conversation: its last user message (earlier turns are
+        not read: each question is answered from its own passages)."""
+        if isinstance(item, (list, tuple)):
+            users = [str(m["content"]) for m in item if m.get("role") == "user"]
+            if not users:
+                raise RagtuneError("messages: a qa run answers the last user message, and there is none")
+            return users[-1]
+        return "" if item is None else str(item)
+
+    def passages_of(self, items) -> list[list[dict]]:
+        """The passages each prompt or conversation is answered from, in prompt order ([1] first)."""
+        return [r["passages"] for r in self._answer_generative([self._question_of(i) for i in items], write=False)]
+
+    def generate(self, items, details: bool = True, progress: bool = False, **overrides) -> list[dict]:
+        """What :meth:`GenerationPredictor.generate` returns, for a generative QA run: each item (a question,
+        or a conversation whose last user message is the question) answered from its retrieved passages.
+        ``output`` is what the model wrote (``[n]`` citations and a quoted evidence included), with
+        ``passages`` (prompt order), ``answer``, ``citations`` (passage ids) and ``abstained``."""
+        if not self.generative:
+            raise RagtuneError("this qa run's reader is extractive: it answers with spans (/v1/answer), not chat")
+        questions = [self._question_of(i) for i in items]
+        rows = self._answer_generative(questions, overrides=overrides) if self.top_k else [
+            {**w, "passages": [], "citations": []} for w in self._write(questions, [[] for _ in questions], **overrides)]
+        keys = ("output", "passages", "answer", "citations", "abstained")
+        keys += ("finish_reason", "prompt_tokens", "completion_tokens") if details else ()
+        return [{k: r[k] for k in keys} for r in rows]
+
+    def stream(self, item, **overrides):
+        """:meth:`GenerationPredictor.stream`'s events for one question: the answer is written whole (it is
+        short) and sent as one piece, then the end event."""
+        row = self.generate([item], details=True, **overrides)[0]
+        if row["output"]:
+            yield {"text": row["output"]}
+        yield {"text": "", **{k: row[k] for k in ("finish_reason", "prompt_tokens", "completion_tokens")}}
+
+    def _answer_generative(self, questions: list[str], drop_docs: list[str] | None = None, write: bool = True,
+                           overrides: dict | None = None) -> list[dict]:
+        """Retrieve, write, and map citations onto the passages: see :meth:`answer`. ``drop_docs`` (one
+        ``doc_sha1`` per question) leaves that paragraph's passages out (the abstention test)."""
+        from ragtune.tasks.qa.prompts import DISTRACTOR_DEPTH
+
+        depth = min(len(self.index), self.top_k + (DISTRACTOR_DEPTH if drop_docs else 0))
+        with torch.no_grad():
+            rows = self._retrieve(questions, depth)
+        passages = []
+        for qi, per_question in enumerate(rows):
+            kept = [self._passage(row, score) for row, score, _ in per_question]
+            if drop_docs is not None:
+                kept = [p for p in kept if p["doc_sha1"] != drop_docs[qi]]
+            passages.append(kept[:self.top_k])
+        if not write:
+            return [{"passages": per_question} for per_question in passages]
+        texts = [self.cutter.cut([p["text"] for p in per_question]) for per_question in passages]
+        results = []
+        for per_question, w in zip(passages, self._write(questions, texts, **(overrides or {}))):
+            cited = [per_question[n - 1] for n in w["cited"] if 1 <= n <= len(per_question)]
+            results.append({**w, "score": None, "passage": cited[0] if cited else None,
+                            "passages": per_question, "citations": [p["id"] for p in cited]})
+        return results
+
+    def _evaluate_generative(self, records: list[QARecord], with_gold: bool, abstention: bool) -> dict:
+        from ragtune.tasks.qa.prompts import gold_passages
+
+        references = answers_by_id(records)
+        questions = [r.question for r in records]
+        gold_docs = [text_sha1(r.context) for r in records]
+        metrics: dict = {}
+        if not self.top_k:  # the gold passage, or none (a closed-book run)
+            closed = self.settings.get("train_passages") == "none"
+            written = self._write(questions, [[] for _ in records] if closed else
+                                  [[g] for g in gold_passages(records, None, self.cutter)])
+            metrics.update(qa_metrics({r.id: w["answer"] for r, w in zip(records, written)}, references))
+            return metrics
+        results = self._answer_generative(questions)
+        metrics.update(qa_metrics({r.id: res["answer"] for r, res in zip(records, results)}, references))
+        metrics["abstained"] = round(100 * sum(res["abstained"] for res in results) / len(results), 2)
+        if self.settings.get("cite"):
+            cites = [(res["citations"], {p["id"]: p["doc_sha1"] for p in res["passages"]}, gold)
+                     for res, gold in zip(results, gold_docs)]
+            total = sum(len(ids) for ids, _, _ in cites)
+            right = sum(docs[i] == gold for ids, docs, gold in cites for i in ids)
+            metrics["citation_precision"] = round(100 * right / total, 2) if total else 0.0
+        ranked = [[p["doc_sha1"] for p in res["passages"]] for res in results]
+        ks = tuple(k for k in RECALL_KS if k <= self.top_k) or (self.top_k,)
+        metrics.update(retrieval_metrics([_unique(r) for r in ranked], [{g} for g in gold_docs], ks=ks, mrr_k=10, ndcg_k=10))
+        if with_gold:
+            written = self._write(questions, [[g] for g in gold_passages(records, self.index, self.cutter)])
+            reader = qa_metrics({r.id: w["answer"] for r, w in zip(records, written)}, references)
+            metrics["reader_exact_match"], metrics["reader_f1"] = reader["exact_match"], reader["f1"]
+        if abstention:
+            dropped = self._answer_generative(questions, drop_docs=gold_docs)
+            metrics["abstention"] = round(100 * sum(res["abstained"] for res in dropped) / len(dropped), 2)
+        return metrics
+
     def _passage(self, row: int, score: float) -> dict:
         """A retrieved passage as a JSON-ready dict (with ``doc_sha1``, which identifies its paragraph)."""
         out = self.index.hit(row, score).to_dict()
@@ -196,17 +358,25 @@ class QAPredictor:
         return out
 
     # -- evaluation --------------------------------------------------------------------------------
-    def evaluate(self, records: Sequence[QARecord], with_gold: bool = True) -> dict:
+    def evaluate(self, records: Sequence[QARecord], with_gold: bool = True, abstention: bool = True) -> dict:
         """SQuAD exact match and F1 (0-100) on ``records``.
 
         With retrieval: end-to-end scores (``exact_match``, ``f1``), the retrieval metrics of the
         gold paragraphs (``recall@k``, ``mrr@10``, ``ndcg@10``; a hit is any passage of the gold
         paragraph), and, when ``with_gold``, the reader's scores given the gold paragraph
         (``reader_exact_match``, ``reader_f1``). Without retrieval the reader reads the gold paragraph.
+
+        A generative reader with retrieval also gives ``abstained`` (the share of answers that are
+        ``qa.no_answer``, 0-100), ``citation_precision`` (``qa.cite``: the share of cited passages from
+        the gold paragraph) and, when ``abstention``, ``abstention``: the share of questions answered
+        ``qa.no_answer`` when their gold paragraph is taken out of the retrieved passages (the next
+        ones move up). Its gold passage is the one of the gold paragraph that holds the answer.
         """
         records = list(records)
         if not records:
             raise RagtuneError("no questions to evaluate")
+        if self.generative:
+            return self._evaluate_generative(records, with_gold, abstention)
         references = answers_by_id(records)
         questions = [r.question for r in records]
         metrics: dict = {}

@@ -51,6 +51,10 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     from ragtune.models.hf import apply_lora, enable_gradient_checkpointing, merge_lora, save_lora_adapter, use_fast_cpu_kernels
     from ragtune.models.reader import load_reader
 
+    if reader_kind(cfg) == "generative":  # a causal LM writes the answer: its own recipe
+        from ragtune.tasks.qa import generative
+
+        return generative.run(cfg, run_dir, opts)
     started = time.perf_counter()
     r = cfg.retrieval
     runs.write_inputs(cfg, run_dir, opts.config_path)
@@ -145,6 +149,27 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     _report(cfg, run_dir, data, metrics, result, time.perf_counter() - started)
     runs.log_done(metrics, ("exact_match", "f1", "recall@5"))
     return metrics, result
+
+
+def reader_kind(cfg: RunConfig) -> str:
+    """``model.reader`` with ``auto`` resolved (:func:`ragtune.models.hf.is_causal_lm`). A generative-only
+    setting (``qa.*``, ``decode.*``, QLoRA) on a model that turns out extractive is a RagtuneError."""
+    from ragtune.models.hf import is_causal_lm
+
+    kind = cfg.model.reader
+    if kind == "auto":
+        kind = "generative" if is_causal_lm(cfg.model.name_or_path) else "extractive"
+        if kind == "extractive":
+            from ragtune.config import DecodeConfig
+
+            wrong = [f"qa.{k}" for k, _ in cfg.qa.non_default(*type(cfg.qa).model_fields)]
+            wrong += [f"decode.{k}" for k, _ in cfg.decode.non_default(*DecodeConfig.model_fields)]
+            wrong += ["model.lora.load_in_4bit"] * cfg.model.lora.load_in_4bit
+            if wrong or cfg.qa.train_passages not in ("auto", "gold"):
+                raise RagtuneError(f"{', '.join(wrong)}: only for a generative reader, and {cfg.model.name_or_path!r} is "
+                                   "not a causal language model (model.reader: auto found no ...ForCausalLM architecture); "
+                                   "remove them, or name a causal LM")
+    return kind
 
 
 def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
