@@ -167,6 +167,8 @@ def main() -> int:
     ap.add_argument("--eval-questions", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer-python", default="/work/venv-peer/bin/python")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "llm_sft.json"),
+                    help="the JSON summary written at the end (default benchmarks/results/llm_sft.json)")
     args = ap.parse_args()
     if not SQUAD.exists():
         print(f"skipped: {SQUAD} is not here (see ../shared/data/README.md)")
@@ -225,7 +227,7 @@ def main() -> int:
         print(f"| {stage} | {row['eval']['em']} | {row['eval']['f1']} | {row['eval'].get('answer_loss', '–')} | "
               f"{row.get('tokens_per_s', '–')} | "
               f"{row.get('peak_rss_gib', '–')} | {row.get('final_loss_last10', '–')} | {row.get('seconds', '–')} |")
-    results_file = ROOT / "benchmarks" / "results" / "llm_sft.json"
+    results_file = Path(args.results)
     results_file.write_text(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "losses"} if isinstance(v, dict) else v)
                                         for k, v in results.items()}, indent=1, ensure_ascii=False))
     return 0
