@@ -67,7 +67,8 @@ class QADecode(DecodeConfig):
 class QAEval(EvalConfig):
     """Evaluation of a QA run."""
 
-    max_decode_rows: int = Field(200, gt=0, description="Generative reader: the validation of each epoch answers a seeded sample of at most this many validation questions (the final metrics answer them all).")
+    max_decode_rows: int = Field(200, gt=0, description="Generative reader: the validation of each epoch answers a seeded sample of at most this many validation questions (the final metrics answer them all, or `max_questions`).")
+    max_questions: int | None = Field(None, gt=0, description="Generative reader: the final metrics of each split score a seeded sample of at most this many questions (writing thousands of answers takes long on a CPU). Null: every question.")
 
 
 class QARetrieval(RetrievalConfig):
@@ -123,6 +124,8 @@ class QAConfig(TaskConfig):
                                                        "passage_tokens", "system_prompt", "chat_template")]
             errors += [f"decode.{key}: only for a generative reader (model.reader: generative); got {value!r}"
                        for key, value in self.decode.non_default(*DecodeConfig.model_fields)]
+            errors += [f"eval.{key}: only for a generative reader (model.reader: generative); got {value!r}"
+                       for key, value in self.eval.non_default("max_decode_rows", "max_questions")]
         if self.decode.max_new_tokens is not None and self.decode.max_new_tokens >= self.model.max_length:
             errors.append(f"decode.max_new_tokens: must be smaller than model.max_length ({self.model.max_length}) "
                           f"(got {self.decode.max_new_tokens})")

@@ -73,3 +73,14 @@ def prepare_qa_data(cfg: RunConfig) -> QAData:
     leaked = {name: sum(r.context in train_contexts for r in getattr(data, name)) for name in ("validation", "test")}
     data.info["paragraphs_shared_with_train"] = leaked  # 0 when carved by article
     return data
+
+
+def sample_questions(records: list[QARecord], most: int | None, seed: int) -> list[QARecord]:
+    """A seeded sample of at most ``most`` questions, in file order (all of them when ``most`` is None):
+    what ``eval.max_questions`` scores."""
+    import random
+
+    if most is None or len(records) <= most:
+        return records
+    keep = sorted(random.Random(seed).sample(range(len(records)), most))
+    return [records[i] for i in keep]

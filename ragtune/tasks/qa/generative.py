@@ -44,7 +44,7 @@ from ragtune.models.seq2seq import seq2seq_loss
 from ragtune.retrieval.augment import INDEX_DIR, open_run_index
 from ragtune.retrieval.corpus import text_sha1
 from ragtune.tasks.generation.predictor import IGNORE_INDEX, GenerationPredictor
-from ragtune.tasks.qa.data import QAData, prepare_qa_data
+from ragtune.tasks.qa.data import QAData, prepare_qa_data, sample_questions
 from ragtune.tasks.qa.predictor import PASSAGE_EMBEDDINGS, QUERY_ENCODER_DIR, QAPredictor
 from ragtune.tasks.qa.prompts import DISTRACTOR_DEPTH
 from ragtune.tasks.qa.prompts import (PassageCutter, default_system_prompt, evidence_sentence, gold_passages,
@@ -73,6 +73,28 @@ def qa_settings(cfg: RunConfig) -> dict:
             "system_prompt": q.system_prompt or default_system_prompt(q.no_answer, abstain, q.cite, q.quote_evidence)}
 
 
+def generative_predictor(cfg: RunConfig, tokenizer, model, index=None, index_ref: str | None = None) -> QAPredictor:
+    """The :class:`QAPredictor` of a generative run of ``cfg`` around ``model`` (a causal LM wrapper from
+    :func:`ragtune.models.hf_text.load_hf_text_model`) and ``tokenizer``, reading ``index``: the ``model.json``
+    entries (prompt settings, chat template, decoding, files) the run saves. Also what scores an untrained
+    model the same way (``benchmarks/squad_rag_llm.py``'s zero-shot row)."""
+    m, r = cfg.model, cfg.retrieval
+    settings = qa_settings(cfg)
+    has_template = bool(getattr(tokenizer.hf, "chat_template", None))
+    meta = {
+        "ragtune_version": ragtune.__version__, "task": "qa", "reader": "generative", "model": {"max_length": m.max_length},
+        "tokenizer": HF_DIR, "weights": HF_DIR, "name_or_path": m.name_or_path,
+        "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
+        "hf": {"dir": HF_DIR, "kind": "causal", "name_or_path": m.name_or_path,
+               "lora": m.lora.model_dump(mode="json") if m.lora.enabled else None},
+        "decode": cfg.decode.model_dump(mode="json"), "prompts": True, "qa": settings,
+        "chat": {"template": has_template and cfg.qa.chat_template == "auto", "system_prompt": settings["system_prompt"]},
+        "top_k": r.top_k if index is not None else 0, "index": index_ref,
+    }
+    lm = GenerationPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
+    return QAPredictor(lm, tokenizer, meta, index, batch_size=cfg.eval.batch_size)
+
+
 def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, TrainResult]:
     """Run the generative QA stages for ``cfg`` into ``run_dir`` (called by :func:`ragtune.tasks.qa.recipe.run`)."""
     started = time.perf_counter()
@@ -89,27 +111,16 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
     index, index_ref = open_run_index(r, run_dir, opts.progress, device=device) if r.top_k else (None, None)
     mode = cfg.train_passages
     if index is not None and r.top_k + (1 if mode == "raft" else 0) > len(index):
-        raise RagtuneError(f"retrieval.top_k: {r.top_k} is larger than the {len(index)} passages of the index {index.path}"
-                           + (" allow (raft reads top_k - 1 distractors from other paragraphs)" if mode == "raft" else ""))
+        raise RagtuneError(f"retrieval.top_k: {r.top_k} is too many for the {len(index)} passages of the index {index.path}"
+                           + (" (raft reads the gold passage and top_k - 1 distractors from other paragraphs)"
+                              if mode == "raft" else ""))
 
     # 3. language model (LoRA, gradient checkpointing, chat template)
     tokenizer, model, _ = runs.load_hf_text_backbone(cfg, "causal")
     if not (m.lora.enabled and m.lora.load_in_4bit):
         model = model.to(device)
-    settings = qa_settings(cfg)
-    has_template = bool(getattr(tokenizer.hf, "chat_template", None))
-    meta = {
-        "ragtune_version": ragtune.__version__, "task": "qa", "reader": "generative", "model": {"max_length": m.max_length},
-        "tokenizer": HF_DIR, "weights": HF_DIR, "name_or_path": m.name_or_path,
-        "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
-        "hf": {"dir": HF_DIR, "kind": "causal", "name_or_path": m.name_or_path,
-               "lora": m.lora.model_dump(mode="json") if m.lora.enabled else None},
-        "decode": cfg.decode.model_dump(mode="json"), "prompts": True, "qa": settings,
-        "chat": {"template": has_template and cfg.qa.chat_template == "auto", "system_prompt": settings["system_prompt"]},
-        "top_k": r.top_k, "index": index_ref,
-    }
-    lm = GenerationPredictor(model, tokenizer, meta, batch_size=cfg.eval.batch_size)
-    predictor = QAPredictor(lm, tokenizer, meta, index, batch_size=cfg.eval.batch_size)
+    predictor = generative_predictor(cfg, tokenizer, model, index, index_ref)
+    lm, meta, settings = predictor.reader, predictor.meta, predictor.settings
     cutter = PassageCutter(tokenizer.hf, settings["passage_tokens"])
     log.info("generative reader %s, %.2fM parameters; prompts %s; training passages: %s", m.name_or_path,
              model.num_parameters(non_embedding=False) / 1e6,
@@ -219,9 +230,9 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         np.save(run_dir / PASSAGE_EMBEDDINGS, predictor.passage_embeddings.cpu().numpy().astype(np.float32))
 
     # 5. evaluation and report
-    metrics = {"validation": predictor.evaluate(val)}
+    metrics = {"validation": predictor.evaluate(sample_questions(val, cfg.eval.max_questions, cfg.train.seed))}
     if opts.evaluate_test:
-        metrics["test"] = predictor.evaluate(data.test)
+        metrics["test"] = predictor.evaluate(sample_questions(data.test, cfg.eval.max_questions, cfg.train.seed))
     metrics["training"] = runs.training_summary(result)
     runs.write_json(run_dir / "metrics.json", metrics)
     _report(cfg, run_dir, data, metrics, result, time.perf_counter() - started, settings)

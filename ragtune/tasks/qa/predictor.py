@@ -340,7 +340,7 @@ class QAPredictor:
             right = sum(docs[i] == gold for ids, docs, gold in cites for i in ids)
             metrics["citation_precision"] = round(100 * right / total, 2) if total else 0.0
         ranked = [[p["doc_sha1"] for p in res["passages"]] for res in results]
-        ks = tuple(k for k in RECALL_KS if k <= self.top_k) or (self.top_k,)
+        ks = tuple(sorted({k for k in RECALL_KS if k <= self.top_k} | {self.top_k}))  # recall@top_k: what the prompt held
         metrics.update(retrieval_metrics([_unique(r) for r in ranked], [{g} for g in gold_docs], ks=ks, mrr_k=10, ndcg_k=10))
         if with_gold:
             written = self._write(questions, [[g] for g in gold_passages(records, self.index, self.cutter)])

@@ -164,8 +164,9 @@ def reader_kind(cfg: RunConfig) -> str:
 
             wrong = [f"qa.{k}" for k, _ in cfg.qa.non_default(*type(cfg.qa).model_fields)]
             wrong += [f"decode.{k}" for k, _ in cfg.decode.non_default(*DecodeConfig.model_fields)]
+            wrong += [f"eval.{k}" for k, _ in cfg.eval.non_default("max_decode_rows", "max_questions")]
             wrong += ["model.lora.load_in_4bit"] * cfg.model.lora.load_in_4bit
-            if wrong or cfg.qa.train_passages not in ("auto", "gold"):
+            if wrong:
                 raise RagtuneError(f"{', '.join(wrong)}: only for a generative reader, and {cfg.model.name_or_path!r} is "
                                    "not a causal language model (model.reader: auto found no ...ForCausalLM architecture); "
                                    "remove them, or name a causal LM")
@@ -174,7 +175,10 @@ def reader_kind(cfg: RunConfig) -> str:
 
 def evaluate_test_split(cfg: RunConfig, run_dir: Path) -> dict:
     """The finished run on the test questions of ``cfg`` (see :func:`ragtune.tasks.evaluate_test_split`)."""
-    return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(prepare_qa_data(cfg).test)
+    from ragtune.tasks.qa.data import sample_questions
+
+    test = sample_questions(prepare_qa_data(cfg).test, cfg.eval.max_questions, cfg.train.seed)
+    return QAPredictor.from_run_dir(run_dir, batch_size=cfg.eval.batch_size).evaluate(test)
 
 
 def evaluate_file(cfg: RunConfig, run_dir: Path, path: str, target: str | None = None, device=None) -> dict:

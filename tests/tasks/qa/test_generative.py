@@ -189,3 +189,17 @@ def test_config_errors_of_a_generative_reader(tmp_path):
                            "qa.cite=true", "decode.strategy=beam"])
     assert "qa.cite: only for a generative reader" in str(err.value)
     assert "decode.strategy: only for a generative reader" in str(err.value)
+
+
+def test_auto_reader_tells_a_causal_lm_from_an_encoder(corpus, tiny_reader_folder):
+    from ragtune.errors import RagtuneError
+    from ragtune.tasks.qa.recipe import reader_kind
+
+    base = ["task=qa", "data.train=x.json"]
+    assert reader_kind(load_config(None, [*base, f"model.name_or_path={corpus / 'llm'}"])) == "generative"
+    assert reader_kind(load_config(None, [*base, "model.name_or_path=tiny.gguf"])) == "generative"
+    assert reader_kind(load_config(None, [*base, f"model.name_or_path={tiny_reader_folder}"])) == "extractive"
+    with pytest.raises(RagtuneError, match=r"qa.cite, eval.max_questions: only for a generative reader, and .* is not a "
+                                           "causal language model"):
+        reader_kind(load_config(None, [*base, f"model.name_or_path={tiny_reader_folder}", "qa.cite=true",
+                                       "eval.max_questions=5"]))
