@@ -21,6 +21,8 @@ Stages (each kept in ``OUT/results.json`` as it finishes; a killed run continues
   clip 1.0, fp32); tokens/s, peak memory (process RSS) and the loss from the run's own logs.
 * ``trl``: ``benchmarks/llm_sft_trl.py`` in ``--peer-python`` (a virtual environment with trl and the same
   torch/transformers/peft): the same model folder, rows, order and settings with ``SFTTrainer``.
+* ``ragtune-gc``: ragtune with ``model.gradient_checkpointing: true``, as TRL runs: its ``SFTConfig`` turns
+  gradient checkpointing on by default (TRL 1.16), so this is the row at TRL's own settings.
 * ``ragtune-best``: ragtune with ``--best-lr`` (the settings a user of ragtune would pick; not a peer row).
 
 LLaMA-Factory is the peer the issue names first; its release on PyPI pins older transformers, peft and trl
@@ -121,7 +123,8 @@ def evaluate(model_dir: str, test: Path, threads: int, batch: int = 16) -> dict:
             "examples": [{"q": r["question"], "gold": r["answer"], "out": a} for r, a in list(zip(rows, answers))[:5]]}
 
 
-def run_ragtune(out: Path, name: str, train: Path, test: Path, base: str, args, lr: float) -> dict:
+def run_ragtune(out: Path, name: str, train: Path, test: Path, base: str, args, lr: float,
+                gradient_checkpointing: bool = False) -> dict:
     """``ragtune run`` of configs/squad_smollm2_sft.yaml on this run's data and settings; its numbers."""
     import yaml
 
@@ -130,7 +133,7 @@ def run_ragtune(out: Path, name: str, train: Path, test: Path, base: str, args, 
     # validation = test = the test rows: ragtune's own ROUGE on them (decoded once); the epoch's check decodes 20
     tree["data"].update(train=str(train), validation=str(test), test=str(test))
     tree["data"].pop("max_rows", None)
-    tree["model"].update(name_or_path=base, max_length=args.max_length)
+    tree["model"].update(name_or_path=base, max_length=args.max_length, gradient_checkpointing=gradient_checkpointing)
     tree["model"]["lora"].update(r=args.rank, alpha=2 * args.rank, dropout=0.05, save="merged",
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     tree["train"].update(lr=lr, epochs=1, batch_size=args.batch, steps_per_epoch=args.steps, schedule="linear",
@@ -202,6 +205,8 @@ def main() -> int:
             row = {"model_dir": str(base)}
         elif stage == "ragtune":
             row = run_ragtune(out, "ragtune", train, test, str(base), args, args.lr)
+        elif stage == "ragtune-gc":  # as TRL's SFTConfig does by default (gradient_checkpointing=True)
+            row = run_ragtune(out, "ragtune_gc", train, test, str(base), args, args.lr, gradient_checkpointing=True)
         elif stage == "ragtune-best":
             row = run_ragtune(out, "ragtune_best", train, test, str(base), args, args.best_lr)
         elif stage == "trl":
@@ -213,7 +218,7 @@ def main() -> int:
                                check=True, env={**os.environ, "PYTHONPATH": ""})
             row = {**json.loads((out / "trl" / "stats.json").read_text()), "model_dir": str(out / "trl" / "model")}
         else:
-            raise SystemExit(f"unknown stage {stage!r}; choose from zero-shot, ragtune, trl, ragtune-best")
+            raise SystemExit(f"unknown stage {stage!r}; choose from zero-shot, ragtune, ragtune-gc, trl, ragtune-best")
         results[stage] = row
         save(out, results)
         row["eval"] = evaluate(row["model_dir"], test, args.threads)
