@@ -176,7 +176,7 @@ def test_config_errors_are_reported_at_once(tmp_path):
         assert key in msg, key
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({"data": {"train": "x.csv"}, "decode": {"beam_size": 2}, "eval": {"bleu_tokenize": "zh"}}))
-    with pytest.raises(RagtuneError, match="decode: unknown key .only applies to task: translation or generation"):
+    with pytest.raises(RagtuneError, match="decode: unknown key .only applies to task: qa, translation or generation"):
         load_config(other)
     # the two-file mapping resolves relative to the config file; overrides relative to the working directory
     ok = tmp_path / "ok.yaml"
