@@ -112,6 +112,8 @@ class QAPredictor:
         if meta_path.exists():
             meta = read_model_meta(meta_path, ("qa",))
             folder = str(meta.get("weights") or READER_DIR) if meta.get("reader") == "generative" else READER_DIR
+            if Path(folder).name != folder:  # a folder of the run, never a path out of it
+                raise RagtuneError(f"{meta_path}: weights must name a folder of the run, got {folder!r}")
         if not meta_path.exists() or not any((run_dir / folder / f).exists() for f in ("config.json", "adapter_config.json")):
             raise RagtuneError(f"{run_dir} is not a finished ragtune QA run: missing {MODEL_META} or {folder}/")
         try:

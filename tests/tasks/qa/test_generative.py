@@ -203,3 +203,12 @@ def test_auto_reader_tells_a_causal_lm_from_an_encoder(corpus, tiny_reader_folde
                                            "causal language model"):
         reader_kind(load_config(None, [*base, f"model.name_or_path={tiny_reader_folder}", "qa.cite=true",
                                        "eval.max_questions=5"]))
+
+
+def test_a_generative_run_reads_its_model_only_from_its_own_folder(tmp_path):
+    from ragtune.errors import RagtuneError
+    from ragtune.tasks.qa.predictor import QAPredictor
+
+    (tmp_path / "model.json").write_text(json.dumps({"task": "qa", "reader": "generative", "weights": "../elsewhere"}))
+    with pytest.raises(RagtuneError, match=r"weights must name a folder of the run, got '../elsewhere'"):
+        QAPredictor.from_run_dir(tmp_path)
