@@ -54,7 +54,7 @@ KEYS = ("exact_match", "f1", "reader_exact_match", "reader_f1", "recall@1", "rec
 
 
 def row_overrides(args, train: Path, test: Path) -> list[str]:
-    return [f"data.train={train}", f"data.test={test}", "data.validation_fraction=0.1", "data.test_fraction=0.1",
+    return [f"data.train={train}", f"data.test={test}", "data.validation_fraction=0.03", "data.test_fraction=0.1",
             f"retrieval.corpus=[{SQUAD}]", f"train.steps_per_epoch={args.steps}", f"train.batch_size={args.batch}",
             f"train.threads={args.threads}", f"eval.max_questions={args.eval_questions}",
             f"eval.max_decode_rows={args.validation_questions}"]
@@ -88,11 +88,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="zero-shot,gold,retrieved,raft,raft-lsr")
     ap.add_argument("--out", default="bench_out/squad_rag_llm")
-    ap.add_argument("--steps", type=int, default=70, help="training steps per row (default 70: about an hour for "
+    ap.add_argument("--steps", type=int, default=36, help="training steps per row (default 36: about 30 minutes for "
                     "raft-lsr on 2 AVX2 cores)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--eval-questions", type=int, default=500, help="test questions scored (a seeded sample)")
-    ap.add_argument("--validation-questions", type=int, default=50, help="validation questions answered each epoch")
+    ap.add_argument("--eval-questions", type=int, default=200, help="test questions scored (a seeded sample)")
+    ap.add_argument("--validation-questions", type=int, default=20, help="validation questions answered each epoch")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if not SQUAD.exists():

@@ -230,7 +230,10 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         np.save(run_dir / PASSAGE_EMBEDDINGS, predictor.passage_embeddings.cpu().numpy().astype(np.float32))
 
     # 5. evaluation and report
-    metrics = {"validation": predictor.evaluate(sample_questions(val, cfg.eval.max_questions, cfg.train.seed))}
+    # validation: end to end only (its answers chose the checkpoint); the test split also gets the gold-passage
+    # and abstention passes, which decode every question twice more
+    metrics = {"validation": predictor.evaluate(sample_questions(val, cfg.eval.max_questions, cfg.train.seed),
+                                                with_gold=False, abstention=False)}
     if opts.evaluate_test:
         metrics["test"] = predictor.evaluate(sample_questions(data.test, cfg.eval.max_questions, cfg.train.seed))
     metrics["training"] = runs.training_summary(result)
