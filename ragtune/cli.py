@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import errno
 import json
 import logging
@@ -40,11 +39,10 @@ import time
 import traceback
 from pathlib import Path
 
-from ragtune import __version__
+from ragtune.version import __version__
 from ragtune.errors import RagtuneError, check_regular_file
 from ragtune.locks import folder_lock
 from ragtune.paths import check_writable_file, check_writable_folder, write_atomically
-from ragtune.staging import staged
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -359,86 +357,21 @@ def _check_ranges(args, flags: dict[str, int]) -> None:
 # -------------------------------------------------------------------------------------------------
 
 
-def _default_run_dir(config_path: str, name: str | None) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{name or Path(config_path).stem}-{stamp}"
-
-
-def _replaces_run_dir(out: Path, overwrite: bool, cfg, config_path: str) -> bool:
-    """Whether a new run into ``out`` replaces an earlier run there (``--overwrite``; then it is
-    written beside ``out`` and swapped in at the end, ragtune/staging.py). Refuses, before anything is
-    written: a file, a non-empty folder without ``--overwrite``, a folder that is not a run directory,
-    the current folder, and a folder that holds an input of the run (the config, a data file)."""
-    from ragtune.config import input_paths
-    from ragtune.staging import inputs_inside
-
-    if out.exists() and not out.is_dir():
-        raise RagtuneError(f"--out {out} is a file, not a folder")
-    if not (out.is_dir() and any(out.iterdir())):
-        return False
-    if not overwrite:
-        raise RagtuneError(f"run directory {out} exists and is not empty; choose another --out, "
-                           "add --overwrite to replace it, or --resume it")
-    if not (out / "config.yaml").is_file():
-        raise RagtuneError(f"--out {out} is not a ragtune run directory (it holds no config.yaml), and --overwrite "
-                           "replaces only run directories; choose another --out, or empty the folder yourself")
-    cwd = Path.cwd().resolve()
-    if out.resolve() == cwd or out.resolve() in cwd.parents:
-        raise RagtuneError(f"--out {out} is the current folder or holds it; --overwrite will not replace it: "
-                           "choose another --out")
-    inside = inputs_inside(out, [("the config file", config_path),
-                                 *((key, value) for key, value in input_paths(cfg) if isinstance(value, str))])
-    if inside:
-        what, path = inside[0]
-        raise RagtuneError(f"--overwrite would delete {what} {path}: it is an input of this run and lies inside "
-                           f"--out {out}; move it out of the run directory or choose another --out")
-    return True
-
-
 def cmd_run(args) -> int:
-    from ragtune.config import check_inputs
-    from ragtune.tasks import load_config, run
+    from ragtune import api
 
-    cfg = load_config(args.config, args.overrides)
-    check_inputs(cfg, args.config)  # before anything is written: a failed start leaves no run directory
-    from ragtune import devices
-
-    devices.check_precision(devices.resolve(cfg.train.device), cfg.train.precision)  # a GPU this machine lacks, too
-    if args.resume:
-        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
-            raise RagtuneError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")
-        run_dir, resume = Path(args.resume), True
-        if not run_dir.is_dir():
-            raise RagtuneError(f"--resume {run_dir}: no such run directory")
-    else:
-        run_dir, resume = Path(args.out) if args.out else _default_run_dir(args.config, cfg.name), False
-    from ragtune.train import distributed
-
-    rank = distributed.init_from_env()  # under torchrun: join the process group (ragtune/train/distributed.py)
-    # One writer per run directory (ragtune/locks.py); under torchrun only rank 0 writes it, so only it locks.
-    with folder_lock(run_dir) if rank.is_main else contextlib.nullcontext():
-        replace = rank.is_main and not resume and _replaces_run_dir(run_dir, args.overwrite, cfg, args.config)
-        if replace:  # the earlier run stays as it is until the new one has finished (ragtune/staging.py)
-            args.resume_hint = (f"the earlier run in {run_dir} is unchanged (--overwrite replaces it only once "
-                                "the new run has finished); the new run's partial results were removed")
-        else:
-            args.resume_hint = f"the run can be resumed with ragtune run {args.config} --resume {run_dir}"
-        try:
-            with staged(run_dir) if replace else contextlib.nullcontext(run_dir) as work:
-                try:
-                    result = run(cfg, work, resume=resume, progress=not args.quiet, config_path=args.config)
-                except RagtuneError as exc:
-                    if replace:
-                        raise RagtuneError(f"{exc}\n(the earlier run in {run_dir} is unchanged)") from None
-                    raise
-        finally:
-            distributed.shutdown()
-    if not rank.is_main:  # the other ranks trained in a scratch folder; rank 0 reports
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise RagtuneError("give either --resume RUN_DIR or --out RUN_DIR, not two different folders")
+    plan = api.plan_run(args.config, args.resume or args.out, args.overrides, resume=bool(args.resume),
+                        overwrite=args.overwrite)
+    args.resume_hint = plan.interrupt_hint
+    result = api.execute(plan, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the other ranks trained in a scratch folder; rank 0 reports
         return 0
     summary = {split: m if split == "retrieval" else {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
                for split, m in result.metrics.items()}  # retrieval: the neighbours' own accuracy per split
     print(json.dumps(summary, indent=2, ensure_ascii=False))
-    print(f"run directory: {run_dir}\nreport: {run_dir / 'report.md'}")
+    print(f"run directory: {plan.run_dir}\nreport: {plan.run_dir / 'report.md'}")
     return 0
 
 
@@ -452,7 +385,7 @@ class _TuneConsole(logging.Filter):
 def cmd_tune(args) -> int:
     from ragtune.config import check_inputs
     from ragtune.tasks import load_config
-    from ragtune.tune.study import check_storage_url
+    from ragtune.tuning.study import check_storage_url
 
     for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
         if value is not None and value < 1:
@@ -471,13 +404,11 @@ def cmd_tune(args) -> int:
 
 
 def _tune(args, cfg, out: Path) -> int:
-    from ragtune.tune import tune
+    from ragtune.tuning import tune
 
-    if out.exists() and not out.is_dir():
-        raise RagtuneError(f"--out {out} is a file, not a folder")
-    if (out.is_dir() and any(out.iterdir()) and not (out / "study.db").exists() and not (out / "trials").exists()
-            and not args.storage):
-        raise RagtuneError(f"--out {out} is a non-empty folder that holds no study; choose a new folder")
+    from ragtune.api import check_study_folder
+
+    check_study_folder(out, args.storage)
     console = [h for h in logging.getLogger("ragtune").handlers if isinstance(h, logging.StreamHandler)
                and getattr(h, "stream", None) is sys.stderr]
     for h in console:
@@ -514,7 +445,7 @@ def cmd_validate(args) -> int:
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg, args.config)
     if cfg.tune.space:  # a tuning config: its space is checked too
-        from ragtune.tune import parse_space
+        from ragtune.tuning import parse_space
 
         parse_space(cfg, cfg.tune.space, cfg.tune.sampler)
     if args.show:
@@ -525,13 +456,9 @@ def cmd_validate(args) -> int:
 
 
 def _run_config(run_dir: Path):
-    from ragtune.config import read_yaml
-    from ragtune.tasks import config_from_dict
+    from ragtune.api import run_config
 
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise RagtuneError(f"{run_dir} is not a ragtune run directory (no config.yaml)")
-    return config_from_dict(read_yaml(path), str(path), saved=True)
+    return run_config(run_dir)
 
 
 def cmd_eval(args) -> int:

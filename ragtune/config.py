@@ -289,7 +289,7 @@ class RetrievalConfig(_Section):
 
 
 class TuneConfig(_Section):
-    """Hyperparameter tuning (`ragtune tune`, `ragtune/tune/`): an Optuna study whose trials are ragtune runs."""
+    """Hyperparameter tuning (`ragtune tune`, `ragtune/tuning/`): an Optuna study whose trials are ragtune runs."""
 
     metric: str | None = Field(None, description="Validation metric the study optimises (reported each epoch for pruning). Null: the run's selection metric (`eval.metric`, or the task's default).")
     direction: Literal["maximize", "minimize"] | None = Field(None, description="Whether a bigger or a smaller `metric` is better. Null: from the metric (accuracy, f1 maximise; loss, mse minimise).")
@@ -906,14 +906,26 @@ def read_yaml(path: str | Path) -> dict:
     return tree
 
 
-def load(schema: Any, path: str | Path | None, overrides: list[str] | None = None, cwd: Path | None = None) -> Any:
-    """Load ``path`` (or start from defaults when None), apply overrides, resolve paths, validate against ``schema``."""
-    tree: dict = {}
+def load(schema: Any, path: str | Path | None, overrides: list[str] | None = None, cwd: Path | None = None,
+         tree: dict | None = None) -> Any:
+    """Load ``path`` (or start from defaults when None), apply overrides, resolve paths, validate against ``schema``.
+
+    ``tree`` instead of ``path``: a config given as a mapping (the Python API); its relative paths
+    resolve against ``cwd`` (default: the current folder), as the overrides' do."""
     source = "<overrides>"
-    if path is not None:
+    if tree is not None:
+        if path is not None:
+            raise ValueError("give a config path or a tree, not both")
+        if not isinstance(tree, dict):
+            raise RagtuneError(f"a config must be a mapping of keys to values, got {type(tree).__name__}")
+        tree, source = copy.deepcopy(tree), "<config dict>"
+        _resolve_paths(tree, (cwd or Path.cwd()).resolve(), schema)
+    elif path is not None:
         tree = read_yaml(path)
         _resolve_paths(tree, Path(path).resolve().parent, schema)
         source = str(path)
+    else:
+        tree = {}
     errors = apply_overrides(tree, list(overrides or []), schema, cwd)
     if errors:
         lines = "\n".join(f"  - {e}" for e in errors)

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-import ragtune
+from ragtune.version import __version__
 from ragtune.config import flatten, path_keys, path_list_keys, to_yaml
 from ragtune.data.seq2seq import PairData
 from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer
@@ -114,7 +114,7 @@ def set_up(cfg, run_dir: Path) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO if distributed.info().is_main else logging.ERROR)  # torchrun: rank 0 speaks
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-    log.info("ragtune %s, torch %s, python %s, %d threads", ragtune.__version__, torch.__version__,
+    log.info("ragtune %s, torch %s, python %s, %d threads", __version__, torch.__version__,
              platform.python_version(), torch.get_num_threads())
 
 
@@ -344,7 +344,7 @@ def text_model_meta(cfg, task: str, model_cfg: dict, tokenizer, hf_kind: str | N
     settings, files, special token ids and decoding defaults; ``hf_kind`` (``"seq2seq"``,
     ``"causal"``, ...) for a pretrained Hugging Face model, whose tokenizer and weights live in ``hf_model/``."""
     meta = {
-        "ragtune_version": ragtune.__version__, "task": task, "model": model_cfg,
+        "ragtune_version": __version__, "task": task, "model": model_cfg,
         "tokenizer": TOKENIZER_FILE, "weights": WEIGHTS_FILE,
         "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
         "decode": cfg.decode.model_dump(mode="json"), "bleu_tokenize": cfg.eval.bleu_tokenize,

@@ -19,7 +19,7 @@ def test_every_example_config_loads(path):
     # round trip: the resolved YAML validates to the same config
     assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
     if cfg.tune.space:  # a tuning config: its search space is valid too
-        from ragtune.tune import parse_space
+        from ragtune.tuning import parse_space
 
         assert parse_space(cfg, cfg.tune.space, cfg.tune.sampler)
 

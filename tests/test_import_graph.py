@@ -6,8 +6,8 @@ or inside a function (lazy imports are imports), relative ones resolved; only th
 ``pkg.name`` when there is one, else to ``pkg``. Importing ``a.b.c`` also runs ``a/__init__.py``; that
 implicit edge is not drawn (every module would import the root package).
 
-Two graphs are checked for cycles: the modules (``ragtune.tune.study -> ragtune.tune.results``) and
-the units of the layer table (``tune/``, ``cli.py``, ...), so that two packages importing each other
+Two graphs are checked for cycles: the modules (``ragtune.tuning.study -> ragtune.tuning.results``) and
+the units of the layer table (``tuning/``, ``cli.py``, ...), so that two packages importing each other
 through different modules are a cycle too. The layer table is read from the ```text block of
 docs/design.md §11 (top layer first; units separated by commas; a remark in parentheses is ignored),
 so the document and this test cannot drift. A module may import its own layer or the ones below it.
@@ -96,7 +96,7 @@ def import_edges(package_dir: Path) -> set[tuple[str, str]]:
 
 
 def unit_of(module: str, package_dir: Path) -> str:
-    """The layer-table unit of a module: ``tune/`` for ``pkg.tune.study``, ``cli.py`` for ``pkg.cli``."""
+    """The layer-table unit of a module: ``tuning/`` for ``pkg.tuning.study``, ``cli.py`` for ``pkg.cli``."""
     parts = module.split(".")[1:]
     if not parts:
         return "__init__.py"

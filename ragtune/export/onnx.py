@@ -130,7 +130,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import ragtune
+from ragtune.version import __version__
 from ragtune.errors import RagtuneError
 from ragtune.paths import os_errors, reason
 from ragtune.staging import inputs_inside, swap_into_place
@@ -221,7 +221,7 @@ def export_onnx(predictor, out_dir: Path, quantize: str | None = None, source: s
         "model_file": model_file,
         "opset": OPSET,
         "source": None if source is None else str(source),
-        "ragtune_version": ragtune.__version__,
+        "ragtune_version": __version__,
         "task": predictor.task,
         "labels": list(predictor.labels),
         "check": {k: float(f"{v:.3g}") for k, v in check.items()},

@@ -71,7 +71,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragtune import __version__
+from ragtune.version import __version__
 from ragtune.errors import RagtuneError, check_regular_file
 from ragtune.retrieval import manifest as mf
 from ragtune.retrieval.corpus import (

@@ -88,7 +88,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ragtune import __version__
+from ragtune.version import __version__
 from ragtune.errors import RagtuneError
 from ragtune.retrieval import manifest as mf
 from ragtune.retrieval.corpus import search_text, text_sha1

@@ -75,7 +75,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ragtune import __version__
+from ragtune.version import __version__
 from ragtune.config import ServeConfig
 from ragtune.errors import RagtuneError
 from ragtune.serve.schemas import Passage

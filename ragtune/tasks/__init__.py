@@ -102,9 +102,10 @@ def config_from_dict(tree: dict, source: str = "<config>", saved: bool = False) 
     return _config.validate(RunConfig, tree, source, saved)
 
 
-def load_config(path, overrides: list[str] | None = None, cwd=None) -> _config.TaskConfig:
-    """Load ``path`` (or start from defaults when None), apply overrides, resolve paths, validate."""
-    return _config.load(RunConfig, path, overrides, cwd)
+def load_config(path, overrides: list[str] | None = None, cwd=None, tree: dict | None = None) -> _config.TaskConfig:
+    """Load ``path`` (or start from defaults when None; or the mapping ``tree``), apply overrides,
+    resolve paths, validate."""
+    return _config.load(RunConfig, path, overrides, cwd, tree)
 
 
 def config_reference() -> str:

@@ -5,7 +5,7 @@ import pytest
 
 from ragtune.tasks import config_from_dict
 from ragtune.errors import RagtuneError
-from ragtune.tune.space import Param, parse_space, suggest, trial_tree
+from ragtune.tuning.space import Param, parse_space, suggest, trial_tree
 
 CFG = config_from_dict({"data": {"demo": True}, "retrieval": {"source": "train"}})
 

@@ -10,7 +10,7 @@ import ragtune.tasks
 from ragtune.cli import main
 from ragtune.tasks import load_config
 from ragtune.errors import RagtuneError
-from ragtune.tune import tune
+from ragtune.tuning import tune
 
 TINY = {
     "task": "classification",
@@ -218,7 +218,7 @@ def test_workers_started_together_on_an_empty_database_all_open_it():
     os.chmod(folder, 0o755)
     url, stop = _start_postgres(Path(folder))
     try:
-        code = f"from ragtune.tune.study import _storage; _storage({url!r})"
+        code = f"from ragtune.tuning.study import _storage; _storage({url!r})"
         procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0, 0], errors

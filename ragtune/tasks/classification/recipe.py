@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-import ragtune
+from ragtune.version import __version__
 from ragtune import runs
 from ragtune.config import TrainConfig
 from ragtune.tasks.classification.data import PreparedData, prepare_data
@@ -292,7 +292,7 @@ def _model_meta(cfg: RunConfig, data: PreparedData, tokenizer, added_tokens: lis
     m = cfg.model
     num_outputs = len(data.labels) if cfg.task == "classification" else 1
     meta = {
-        "ragtune_version": ragtune.__version__,
+        "ragtune_version": __version__,
         "task": cfg.task,
         "labels": data.labels,
         "max_length": m.max_length,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-import ragtune
+from ragtune.version import __version__
 from ragtune import runs
 from ragtune.data.squad import QARecord
 from ragtune.errors import RagtuneError
@@ -82,7 +82,7 @@ def generative_predictor(cfg: RunConfig, tokenizer, model, index=None, index_ref
     settings = qa_settings(cfg)
     has_template = bool(getattr(tokenizer.hf, "chat_template", None))
     meta = {
-        "ragtune_version": ragtune.__version__, "task": "qa", "reader": "generative", "model": {"max_length": m.max_length},
+        "ragtune_version": __version__, "task": "qa", "reader": "generative", "model": {"max_length": m.max_length},
         "tokenizer": HF_DIR, "weights": HF_DIR, "name_or_path": m.name_or_path,
         "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
         "hf": {"dir": HF_DIR, "kind": "causal", "name_or_path": m.name_or_path,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-import ragtune
+from ragtune.version import __version__
 from ragtune import runs
 from ragtune.tasks.qa.data import QAData, prepare_qa_data
 from ragtune.errors import RagtuneError
@@ -88,7 +88,7 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
                  sum(p.numel() for p in reader.parameters() if p.requires_grad), sum(p.numel() for p in reader.parameters()))
     reader.to(device)
     meta = {
-        "ragtune_version": ragtune.__version__, "task": "qa", "name_or_path": cfg.model.name_or_path,
+        "ragtune_version": __version__, "task": "qa", "name_or_path": cfg.model.name_or_path,
         "max_length": cfg.model.max_length, "doc_stride": cfg.model.doc_stride,
         "max_answer_length": cfg.model.max_answer_length, "top_k": r.top_k, "index": index_ref,
         "lora": lora.model_dump(mode="json") if lora.enabled else None,  # save adapter: reader/ holds the adapters

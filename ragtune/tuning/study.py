@@ -7,7 +7,7 @@
     result.best_value, result.best_params, result.test_metrics
 
 Each trial is a ragtune run (``ragtune.tasks.run``) in ``OUT/trials/trial_NNNN`` on the config with the
-trial's values written in (:mod:`ragtune.tune.space`); it trains, reports the validation ``metric``
+trial's values written in (:mod:`ragtune.tuning.space`); it trains, reports the validation ``metric``
 to Optuna after every epoch (the pruner may stop it there) and never sees the test split. The
 study lives in Optuna storage: ``sqlite:///OUT/study.db`` unless ``storage`` names another RDB URL
 (e.g. ``postgresql://user:pw@host/db``), which lets processes on several machines share it. Running
@@ -15,7 +15,7 @@ the same command again resumes: finished trials are kept and the study runs on u
 trials have finished (completed or pruned). A trial left running by a killed process is marked
 failed once its heartbeat is older than :data:`GRACE_PERIOD_S`, and its values are tried again.
 
-After the study, :func:`ragtune.tune.results.write_results` writes ``best.yaml``, ``trials.csv``,
+After the study, :func:`ragtune.tuning.results.write_results` writes ``best.yaml``, ``trials.csv``,
 the pictures and ``report.md``, and evaluates the best trial's model on the test split, once.
 """
 
@@ -33,8 +33,8 @@ from pathlib import Path
 from ragtune.config import flatten
 from ragtune.errors import RagtuneError
 from ragtune.tasks import RunConfig, config_from_dict
-from ragtune.tune.results import TuneResult, counts_of, objective_of, write_results
-from ragtune.tune.space import Param, parse_space, suggest, trial_tree
+from ragtune.tuning.results import TuneResult, counts_of, objective_of, write_results
+from ragtune.tuning.space import Param, parse_space, suggest, trial_tree
 
 log = logging.getLogger("ragtune.tune")
 

@@ -28,7 +28,7 @@ from ragtune.config import to_yaml
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import metric_direction
 from ragtune.tasks import RunConfig, config_from_dict
-from ragtune.tune.space import Param
+from ragtune.tuning.space import Param
 
 log = logging.getLogger("ragtune.tune")
 
