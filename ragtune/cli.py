@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ragtune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.commands = sub.choices  # {name: its parser}, for parse_args
     common = argparse.ArgumentParser(add_help=False)  # --debug may also come after the command
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -803,14 +804,25 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict
             "explain": cmd_explain}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments. Options may stand anywhere among a command's positional
+    arguments (``ragtune predict RUN --strategy greedy "text"``, ``ragtune run cfg --out X
+    train.epochs=3``): when the plain parse leaves something over, the command's own parser reads
+    its arguments again, intermixed (``argparse``'s ``parse_known_intermixed_args``)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
-    # KEY=VALUE overrides may also follow options (`ragtune run cfg --out X train.epochs=3`).
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = list(args.overrides) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        command = parser.commands[args.command]
+        mixed, extra = command.parse_known_intermixed_args(argv[argv.index(args.command) + 1:])
+        vars(args).update(vars(mixed))
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("ragtune").addHandler(console)

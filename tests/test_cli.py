@@ -227,3 +227,24 @@ def test_texts_that_are_not_utf8_are_refused(argv, tmp_path):
     assert "not valid UTF-8" in err and "bad \\xff text" in err, err
     position = "text 2" if argv[0] == "predict" else "QUERY 2" if argv[0] == "retrieve" else "text"
     assert position in err, err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["predict", "RUN", "--strategy", "greedy", "some text", "more"],
+     {"run_dir": "RUN", "texts": ["some text", "more"], "strategy": "greedy"}),
+    (["run", "cfg.yaml", "--out", "X", "train.epochs=3", "--quiet", "model.layers=2"],
+     {"config": "cfg.yaml", "overrides": ["train.epochs=3", "model.layers=2"], "out": "X", "quiet": True}),
+    (["--debug", "retrieve", "IDX", "q1", "-k", "3", "q2"], {"queries": ["q1", "q2"], "k": 3, "debug": True}),
+    (["index", "a.txt", "--out", "I", "b.txt", "--kind", "dense"], {"corpus": ["a.txt", "b.txt"], "kind": "dense"}),
+])
+def test_options_may_stand_among_positional_arguments(argv, expected):
+    from ragtune.cli import parse_args
+
+    args = vars(parse_args(argv))
+    assert {k: args[k] for k in expected} == expected
+
+
+def test_unknown_options_are_still_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "RUN", "--bogus", "text"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
