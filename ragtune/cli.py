@@ -16,6 +16,7 @@
     ragtune serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--workers N] [--engine torch|onnx]
     ragtune export RUN_DIR --format onnx [--quantize int8] --out DIR [--data FILE] [--overwrite]
     ragtune explain RUN_DIR "text" [--target LABEL] [--out explanation.html] [--steps 32]
+    ragtune env [--json]
 
 ``predict``, ``eval``, ``serve``, ``explain``, ``index``, ``retrieve``, ``eval-retrieval`` and ``train-reranker``
 take ``--device`` (default ``auto``: CUDA, else MPS, else the CPU): where the model, the index's encoder
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow --out to be an existing non-empty folder (its contents are replaced)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = command("env", help="print what this machine runs: library versions, git commit, CPU and GPUs",
+                description="The versions of ragtune and the libraries its results depend on, the git commit of "
+                            "the current folder's repository, the CPU (and its vector flags) and the GPUs: what "
+                            "every run records in RUN_DIR/environment.json.")
+    p.add_argument("--json", action="store_true", help="print JSON (as environment.json) instead of a table")
 
     p = command("validate", help="check a config and report every error at once",
                        description="Validate CONFIG with overrides and check every input file it names; --show prints it resolved.")
@@ -431,6 +438,14 @@ def _tune(args, cfg, out: Path) -> int:
                       "trials": result.counts, "study_minutes": round(result.wall_seconds / 60, 1)},
                      indent=2, ensure_ascii=False))
     print(f"best config: {out / 'best.yaml'}\nreport: {out / 'report.md'}")
+    return 0
+
+
+def cmd_env(args) -> int:
+    from ragtune import environment
+
+    info = environment.describe()
+    print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else "\n".join(environment.lines(info)))
     return 0
 
 
@@ -801,7 +816,7 @@ def cmd_explain(args) -> int:
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
             "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval,
             "train-reranker": cmd_train_reranker, "tune": cmd_tune, "serve": cmd_serve, "export": cmd_export,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "env": cmd_env}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

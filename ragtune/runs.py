@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from ragtune.version import __version__
+from ragtune import environment
 from ragtune.config import flatten, path_keys, path_list_keys, to_yaml
 from ragtune.data.seq2seq import PairData
 from ragtune.data.seq2seq_tokenizer import load_seq2seq_tokenizer
@@ -114,6 +115,9 @@ def set_up(cfg, run_dir: Path) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO if distributed.info().is_main else logging.ERROR)  # torchrun: rank 0 speaks
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    # what it runs on (ragtune/environment.py): versions, git commit, CPU/GPU, world size; a resumed run
+    # records the session that finishes it
+    write_json(run_dir / "environment.json", environment.describe(str(resolve(cfg.train.device))))
     log.info("ragtune %s, torch %s, python %s, %d threads", __version__, torch.__version__,
              platform.python_version(), torch.get_num_threads())
 

@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from tiny_hf import make_rows
 
@@ -43,6 +44,10 @@ def test_run_a_mapping_with_a_dataframe_and_a_list_of_dicts_then_load_the_predic
     written = pd.read_json(saved["data"]["train"], lines=True)  # the DataFrame, as the run read it
     assert saved["data"]["train"].startswith(str(tmp_path / "cache" / "data"))
     assert written["text"].tolist() == train["text"].tolist() and written["label"].tolist() == train["label"].tolist()
+
+    environment = json.loads((out / "environment.json").read_text(encoding="utf-8"))
+    assert environment["versions"]["torch"] == torch.__version__ and environment["versions"]["ragtune"] == ragtune.__version__
+    assert environment["device"] == "cpu" and environment["world_size"] == 1 and environment["cpu"]["cores"] >= 1
 
     predictor = ragtune.load(out)
     predictions = predictor.predict([r["text"] for r in test_rows])
@@ -147,3 +152,18 @@ def test_import_ragtune_is_light():
     code = "import sys, ragtune; print(ragtune.__version__, 'torch' in sys.modules, callable(ragtune.run))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [ragtune.__version__, "False", "True"]
+
+
+def test_ragtune_env_prints_the_versions_and_the_git_commit(tmp_path, capsys):
+    from ragtune.cli import main
+
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["versions"]["torch"] == torch.__version__ and info["versions"]["numpy"]
+    assert info["git"] is None or len(info["git"]["commit"]) == 40
+    assert main(["env"]) == 0
+    table = capsys.readouterr().out
+    assert f"ragtune{' ' * 16}{ragtune.__version__}" in table and "world_size" in table
+    from ragtune.environment import git_commit
+
+    assert git_commit(tmp_path) is None  # a folder outside any repository
