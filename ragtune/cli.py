@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
     p.add_argument("--reference", action="store_true", help="print every config key of each task with its type, default and description (Markdown)")
+    p.add_argument("--json-schema", action="store_true",
+                   help="print the config's JSON Schema, for editors (e.g. VS Code's YAML extension: "
+                        "`# yaml-language-server: $schema=ragtune.schema.json` atop a config)")
 
     p = command("tune", help="tune hyperparameters: an Optuna study whose trials are runs (steps 5-6)",
                        description="Search CONFIG's tune.space with Optuna: each trial is a ragtune run in "
@@ -456,8 +459,13 @@ def cmd_validate(args) -> int:
     if args.reference:
         print(config_reference())
         return 0
+    if args.json_schema:
+        from ragtune.tasks import config_json_schema
+
+        print(json.dumps(config_json_schema(), indent=1, ensure_ascii=False))
+        return 0
     if not args.config:
-        raise RagtuneError("validate needs a CONFIG file (or --reference)")
+        raise RagtuneError("validate needs a CONFIG file (or --reference, or --json-schema)")
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg, args.config)
     if cfg.tune.space:  # a tuning config: its space is checked too

@@ -248,3 +248,17 @@ def test_unknown_options_are_still_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["predict", "RUN", "--bogus", "text"])
     assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_the_json_schema_accepts_every_example_config_and_refuses_unknown_keys(capsys):
+    jsonschema = pytest.importorskip("jsonschema")
+    assert main(["validate", "--json-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text(encoding="utf-8"))))
+        assert not errors, f"{path.name}: {errors[0].message}"
+    assert list(validator.iter_errors({"task": "qa", "train": {"epocs": 3}}))  # a misspelt key
+    assert list(validator.iter_errors({"task": "summarise"}))  # no such task

@@ -113,6 +113,17 @@ def config_reference() -> str:
     return _config.reference(RunConfig)
 
 
+def config_json_schema() -> dict:
+    """The JSON Schema of a config of any task (``ragtune validate --json-schema``: editors complete and
+    check keys with it). The cross-field rules (e.g. ``data.train`` required) are the validator's only."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(RunConfig).json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "ragtune config",
+            "description": "A ragtune run or tuning config: `task` picks the keys (ragtune validate --reference).",
+            **schema}
+
+
 def valid_keys() -> list[str]:
     """Every dotted key a config of some task may set."""
     return _config.valid_keys(RunConfig)
