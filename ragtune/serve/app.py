@@ -31,7 +31,7 @@ Endpoints (those that fit what is served; ``GET /healthz`` lists them):
 ``GET /metrics``       Prometheus text format (:mod:`ragtune.serve.metrics`)
 ``GET /``              a web page: paste text, see the label and a bar chart of the class scores, or the
                        answer and its passages (English and Chinese)
-``GET /docs``          Swagger UI; ``GET /openapi.json`` the OpenAPI schema
+``GET /docs``          Swagger UI (offline: its files come from the swagger-ui-bundle package); ``GET /openapi.json`` the OpenAPI schema
 
 **Batching.** Texts of ``/v1/predict`` and questions of ``/v1/answer`` that arrive together run in one
 forward pass (:class:`ragtune.serve.batcher.MicroBatcher`; ``serve.max_batch_size``,
@@ -87,6 +87,20 @@ log = logging.getLogger("ragtune.serve")
 
 
 # -------------------------------------------------------------------------------------------------
+SWAGGER_STATIC = "/static/swagger-ui"
+
+
+def _swagger_ui_folder() -> str | None:
+    """Swagger UI's files from the ``swagger-ui-bundle`` package (``ragtune[serve]``), or None without it
+    (then ``/docs`` is FastAPI's own page, which loads them from a CDN)."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        log.info("swagger-ui-bundle is not installed: /docs loads Swagger UI from a CDN (pip install swagger-ui-bundle)")
+        return None
+    return str(swagger_ui_bundle.swagger_ui_path)
+
+
 # request and response bodies (the OpenAPI schema at /openapi.json)
 # -------------------------------------------------------------------------------------------------
 class _Body(BaseModel):
@@ -350,9 +364,22 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         yield
         await batcher.stop()
 
-    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan,
+    swagger = _swagger_ui_folder()
+    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan, docs_url=None if swagger else "/docs",
                   description=f"ragtune {__version__} serving `{service.name}` ({service.kind}, engine "
                               f"{service.engine}). Errors are `{{\"detail\": message}}`.")
+    if swagger:  # /docs offline: Swagger UI's files from the swagger-ui-bundle package, not a CDN
+        from fastapi.openapi.docs import get_swagger_ui_html
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount(SWAGGER_STATIC, StaticFiles(directory=swagger), name="swagger-ui")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs():
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"ragtune {service.name}: API",
+                                       swagger_js_url=f"{SWAGGER_STATIC}/swagger-ui-bundle.js",
+                                       swagger_css_url=f"{SWAGGER_STATIC}/swagger-ui.css",
+                                       swagger_favicon_url=f"{SWAGGER_STATIC}/favicon-32x32.png")
     app.state.service, app.state.metrics, app.state.batcher = service, metrics, batcher
 
     # -- errors: one clear sentence in "detail" ----------------------------------------------------

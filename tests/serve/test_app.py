@@ -49,7 +49,12 @@ def test_healthz_docs_and_schema(client, service):
     assert health["max_texts_per_request"] == 4  # the run's serve: section
     schema = client.get("/openapi.json").json()
     assert "/v1/predict" in schema["paths"] and "/v1/answer" not in schema["paths"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    if _has("swagger_ui_bundle"):  # offline: Swagger UI's files from the package
+        assert "cdn" not in docs.text and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text
+        js = client.get("/static/swagger-ui/swagger-ui-bundle.js")
+        assert js.status_code == 200 and len(js.content) > 100_000
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -289,3 +294,9 @@ def test_predict_with_explanations(client, service):
         assert too_many.status_code == 413
         assert "explanations are limited to 1 (serve.max_explain_texts)" in too_many.json()["detail"]
         assert c.post("/v1/predict", json={"texts": ["a", "b"]}).status_code == 200
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
