@@ -155,10 +155,12 @@ def plan_run(config: Any, out: str | Path | None = None, overrides: Overrides = 
     the device and precision, and (``resume``) that ``out`` is a run directory."""
     from ragtune import devices
     from ragtune.config import check_inputs
+    from ragtune.train import tracking
 
     config_path = str(config) if isinstance(config, (str, Path)) else None
     cfg = load_config(config, overrides)
     check_inputs(cfg, config_path or "<config>")  # a failed start leaves no run directory
+    tracking.check_available(cfg.train.report_to)  # train.report_to: its packages
     devices.check_precision(devices.resolve(cfg.train.device), cfg.train.precision)  # a GPU this machine lacks
     if resume:
         if out is None:
@@ -286,6 +288,7 @@ def tune(config: Any, out: str | Path, overrides: Overrides = None, *, trials: i
     tune`` does with one worker process. Returns the ``TuneResult`` (``best_trial``, ``best_value``,
     ``best_params``, ``test_metrics``, ``counts``); ``out/best.yaml`` re-runs the best trial."""
     from ragtune.config import check_inputs
+    from ragtune.train import tracking
     from ragtune.tuning import tune as run_study
     from ragtune.tuning.study import check_storage_url
 
@@ -294,6 +297,7 @@ def tune(config: Any, out: str | Path, overrides: Overrides = None, *, trials: i
     config_path = str(config) if isinstance(config, (str, Path)) else None
     cfg = load_config(config, overrides)
     check_inputs(cfg, config_path or "<config>")
+    tracking.check_available(cfg.train.report_to)
     out = Path(out)
     with folder_lock(out):
         check_study_folder(out, storage)

@@ -408,6 +408,9 @@ def cmd_tune(args) -> int:
         check_storage_url(args.storage)
     cfg = load_config(args.config, args.overrides)
     check_inputs(cfg, args.config)
+    from ragtune.train import tracking
+
+    tracking.check_available(cfg.train.report_to)
     out = Path(args.out)
     # The study folder has one parent process; its --worker children share the parent's lock.
     with contextlib.nullcontext() if args.worker else folder_lock(out):

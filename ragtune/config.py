@@ -220,6 +220,13 @@ class TrainConfig(_Section):
     restore_best: bool = Field(True, description="Evaluate the test set with the weights of the best validation epoch (by `eval.metric`).")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N optimizer steps (checkpoints are always written each epoch).")
     log_every_steps: int = Field(10, gt=0, description="Write a line to the step log every N optimizer steps.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers fed live from the step log and each epoch's validation metrics, with the "
+                    "config as parameters and the run's pictures and report as artifacts (transformers' name): "
+                    "`tensorboard` (event files in RUN_DIR/tensorboard/), `mlflow` (MLFLOW_TRACKING_URI, else "
+                    "MLflow's default; experiment: `name`), `wandb` (project: `name`; WANDB_MODE=offline works "
+                    "offline). A tuning study logs each trial as a run of one experiment. Needs `ragtune[tracking]`.")
     layer_lr_decay: float | None = Field(None, gt=0, le=1, description="Classification and regression with `model.backbone: hf` only: layer-wise learning-rate decay. The head and the top encoder layer train with `lr`, each layer below with the one above's rate times this factor, the embeddings lowest (e.g. 0.9); the schedule scales every rate alike. Null: one `lr` for all.")
     group_by_length: bool = Field(False, description="Batch texts of similar token length together (less padding, faster steps): each pass shuffles, sorts windows of 50 batches by length, cuts batches there and shuffles the batch order. Deterministic and resumable like plain batches.")
 

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 # Keys a resumed run may change (everything else must match the run's saved config).
 RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.threads", "train.log_every_steps",
+                     "train.report_to",
                      "train.checkpoint_every_steps", "name",
                      # a run resumes on another device (a GPU run finished on a CPU, or the reverse)
                      "train.device", "train.precision", "train.tf32", "train.compile", "model.gradient_checkpointing"}
@@ -181,7 +182,14 @@ def _run(cfg: RunConfig, run_dir: Path, opts) -> RunResult:
     if opts.resume:
         check_resumable(cfg, run_dir)
     runs.set_up(cfg, run_dir)
-    metrics, train_result = task_of(cfg.task).recipe().run(cfg, run_dir, opts)
+    from ragtune.config import flatten
+    from ragtune.train import distributed, tracking
+
+    report_to = cfg.train.report_to if distributed.info().is_main else []  # torchrun: rank 0 reports
+    params = flatten(cfg.model_dump(mode="json"))
+    with tracking.tracked(report_to, run_dir, params, cfg.name or "ragtune", opts.resume):
+        metrics, train_result = task_of(cfg.task).recipe().run(cfg, run_dir, opts)
+        tracking.log_final(metrics, run_dir, getattr(train_result, "optimizer_steps", 0))
     return RunResult(run_dir=run_dir, metrics=metrics, train=train_result)
 
 

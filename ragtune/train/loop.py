@@ -48,7 +48,7 @@ from ragtune import devices
 from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import metric_direction
-from ragtune.train import distributed
+from ragtune.train import distributed, tracking
 from ragtune.train.batches import BatchStream
 from ragtune.train.checkpoint import (
     checkpoint_exists,
@@ -295,10 +295,12 @@ def train_model(
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 bar.update(1)
                 if step_log is not None and state.optimizer_steps % cfg.log_every_steps == 0:
-                    step_log.write(json.dumps({"step": state.optimizer_steps, "epoch": state.epoch + 1,
-                                               "loss": round(step_loss, 6), "lr": lr, "tokens_per_s": round(tok_s, 1),
-                                               "elapsed_s": round(time.perf_counter() - started, 2)}) + "\n")
+                    record = {"step": state.optimizer_steps, "epoch": state.epoch + 1, "loss": round(step_loss, 6),
+                              "lr": lr, "tokens_per_s": round(tok_s, 1),
+                              "elapsed_s": round(time.perf_counter() - started, 2)}
+                    step_log.write(json.dumps(record) + "\n")
                     step_log.flush()
+                    tracking.log_step(record)  # train.report_to (a no-op without it)
                 if cfg.checkpoint_every_steps and state.optimizer_steps % cfg.checkpoint_every_steps == 0:
                     checkpoint()
             bar.close()
@@ -337,6 +339,7 @@ def train_model(
             checkpoint()
             if writes:
                 (Path(out_dir) / "history.json").write_text(json.dumps(state.history, indent=2))
+                tracking.log_epoch(entry)
             if stop:
                 state.stopped_early = state.epoch < cfg.epochs
                 break
