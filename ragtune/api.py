@@ -72,9 +72,19 @@ def load_config(config: Any = None, overrides: Overrides = None):
                     task or "classification")
         tree = _inline_data_written(tree, task) if tree is not None else None
         items = [f"{i[0]}={json.dumps(_written(i[0], i[1], task))}" if isinstance(i, tuple) else i for i in items]
-    if tree is not None:
-        return load(None, items, tree=tree)
-    return load(str(config) if config is not None else None, items)
+    cfg = load(None, items, tree=tree) if tree is not None else load(str(config) if config is not None else None, items)
+    return _hub_data_read(cfg, lambda more: load(None, [*items, *more], tree=tree) if tree is not None else
+                          load(str(config) if config is not None else None, [*items, *more]))
+
+
+def _hub_data_read(cfg, reload):
+    """``cfg`` with each ``hf://`` dataset of ``data.*`` read into a file (ragtune/data/hub.py) that it names."""
+    from ragtune.data.hub import is_hub, resolve
+    from ragtune.data.inline import INLINE_KEYS
+
+    hub = {key: getattr(cfg.data, key.split(".")[1], None) for key in INLINE_KEYS}
+    more = [f"{key}={json.dumps(resolve(value, key, cfg.task))}" for key, value in hub.items() if is_hub(value)]
+    return reload(more) if more else cfg
 
 
 def _override_items(overrides: Overrides) -> list:

@@ -395,7 +395,6 @@ class _TuneConsole(logging.Filter):
 
 def cmd_tune(args) -> int:
     from ragtune.config import check_inputs
-    from ragtune.tasks import load_config
     from ragtune.tuning.study import check_storage_url
 
     for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
@@ -406,7 +405,9 @@ def cmd_tune(args) -> int:
         raise RagtuneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
     if args.storage is not None:
         check_storage_url(args.storage)
-    cfg = load_config(args.config, args.overrides)
+    from ragtune.api import load_config as load_config_and_data  # hf:// datasets too
+
+    cfg = load_config_and_data(args.config, args.overrides)
     check_inputs(cfg, args.config)
     from ragtune.train import tracking
 

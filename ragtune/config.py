@@ -48,6 +48,10 @@ def section(cls: type[BaseModel], description: str) -> Any:
     return Field(default_factory=cls, description=description)
 
 
+#: ``data.train: hf://owner/name[:config][@split]``: a Hugging Face dataset (ragtune/data/hub.py), not a path
+HUB_PREFIX = "hf://"
+
+
 def tagged_union(key: str, default: str, members: dict[str, type[BaseModel]]) -> Any:
     """The union of ``members`` (tag → section class), picked by the value of ``key`` (``default``
     when absent): pydantic validates the input against that one member only, so a key of another
@@ -601,6 +605,7 @@ def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
     reading anything, so ``ragtune validate`` and ``ragtune run`` (before it creates the run
     directory) name every missing one at once."""
     named = input_paths(cfg)
+    named = [(key, value) for key, value in named if not (isinstance(value, str) and value.startswith(HUB_PREFIX))]
     missing = [f"{key}: {'folder' if key == 'retrieval.index' or (key in MODEL_PATH_KEYS and not value.lower().endswith('.gguf')) else 'file'} not found: {value}"
                for key, value in named if isinstance(value, str) and not os.path.exists(value)]
     # a named pipe would block the run's first open(), a device such as /dev/zero reads without end
@@ -717,8 +722,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def _resolved(schema: Any, key: str, value: Any, base: Path) -> Any:
     """``value`` of ``key`` with its relative paths made absolute against ``base``."""
-    def absolute(v: Any) -> Any:
-        return _absolute(v, base) if isinstance(v, str) else v
+    def absolute(v: Any) -> Any:  # a hub dataset (hf://owner/name) is no path
+        return _absolute(v, base) if isinstance(v, str) and not v.startswith(HUB_PREFIX) else v
 
     if key in path_keys(schema) or key.rpartition(".")[0] in path_keys(schema):  # also {source: a.en, target: a.de}
         return {k: absolute(v) for k, v in value.items()} if isinstance(value, dict) else absolute(value)

@@ -167,3 +167,39 @@ def test_ragtune_env_prints_the_versions_and_the_git_commit(tmp_path, capsys):
     from ragtune.environment import git_commit
 
     assert git_commit(tmp_path) is None  # a folder outside any repository
+
+
+def test_hub_datasets_are_read_through_datasets_into_the_run(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    folder = tmp_path / "news_ds"  # a dataset the test writes: a folder of data files, as on the Hub
+    folder.mkdir()
+    train = make_rows(80, 0, WORDS, FILLER, signal=0.6, length=6)
+    train.to_json(folder / "train.jsonl", orient="records", lines=True, force_ascii=False)
+    train.head(20).to_json(folder / "test.jsonl", orient="records", lines=True, force_ascii=False)
+    cfg = ragtune.load_config({**_config(f"hf://{folder}@train", f"hf://{folder}@test")})
+    assert pd.read_json(cfg.data.train, lines=True)["text"].tolist() == train["text"].tolist()
+    assert len(pd.read_json(cfg.data.test, lines=True)) == 20
+    with pytest.raises(RagtuneError, match=r"data.test: cannot load the dataset hf://.*@nosuchsplit"):
+        ragtune.load_config(_config(f"hf://{folder}@train", f"hf://{folder}@nosuchsplit"))
+    with pytest.raises(RagtuneError, match="names no dataset"):
+        ragtune.load_config(_config("hf://", None))
+    # a question-answering dataset in the Hub's squad layout becomes SQuAD JSON
+    squad = tmp_path / "squad_ds"
+    squad.mkdir()
+    pd.DataFrame([{"id": "1", "title": "t", "context": "Bees make honey.", "question": "What do bees make?",
+                   "answers": {"text": ["honey"], "answer_start": [10]}}]).to_json(squad / "train.jsonl", orient="records", lines=True)
+    from ragtune.data.hub import resolve
+
+    written = resolve(f"hf://{squad}", "data.train", "qa")
+    assert parse_squad(json.loads(open(written, encoding="utf-8").read()))[0].answers == ("honey",)
+
+
+def test_validate_accepts_a_hub_id_without_downloading(tmp_path, capsys):
+    from ragtune.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_config("hf://SetFit/bbc-news@train", None)), encoding="utf-8")
+    assert main(["validate", str(path), "--show"]) == 0
+    assert "train: hf://SetFit/bbc-news@train" in capsys.readouterr().out
