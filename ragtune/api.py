@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,53 @@ Overrides = Sequence[str] | Mapping[str, Any] | None
 
 
 # -- configs ---------------------------------------------------------------------------------------
+def packaged_configs() -> dict[str, Path]:
+    """``{name: path}`` of the example configs that ship in the package (``ragtune configs`` lists them)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("ragtune") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def describe_config(path: Path) -> str:
+    """The first line of a config's header comment (what it does), without the ``#``."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and line.lstrip("# ").strip():
+            return line.lstrip("# ").strip()
+        if line.strip() and not line.startswith("#"):
+            break
+    return ""
+
+
+def config_file(config: str | Path) -> str:
+    """A config path, or the name of a packaged example (``demo`` → its file in the package): a name
+    that is not a file here and has no ``.yaml`` suffix or folder is looked up among the packaged configs."""
+    text = str(config)
+    if Path(text).exists() or text.endswith((".yaml", ".yml")) or "/" in text or os.sep in text:
+        return text
+    packaged = packaged_configs()
+    if text in packaged:
+        return str(packaged[text])
+    from difflib import get_close_matches
+
+    close = get_close_matches(text, list(packaged), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise RagtuneError(f"config {text!r}: no such file, and no packaged config of that name ({hint}the packaged "
+                       f"ones: {', '.join(packaged)}; ragtune configs lists them)")
+
+
+def packaged_data_hint(config_path: str | None) -> str:
+    """For a packaged example whose data files are missing: where its data comes from (its header says)."""
+    if not config_path:
+        return ""
+    path = Path(config_path)
+    if path.parent != next(iter(packaged_configs().values()), path).parent:
+        return ""
+    return (f"\n{path.stem} is an example config that reads its data from ../shared/data of the ragtune repository; "
+            f"its header says where the data comes from (ragtune cp {path.stem} shows it): give the files as "
+            f"overrides, e.g. data.train=PATH")
+
+
 def load_config(config: Any = None, overrides: Overrides = None):
     """The validated config of ``config`` (a path, a mapping, a config object, or None: the defaults)
     with ``overrides`` applied; every problem is reported at once in one :class:`RagtuneError`."""
@@ -64,6 +112,8 @@ def load_config(config: Any = None, overrides: Overrides = None):
         config = config.model_dump(mode="json")
     if config is not None and not isinstance(config, (str, Path, Mapping)):
         raise RagtuneError(f"config: give a YAML path, a mapping or a config object (got {type(config).__name__})")
+    if isinstance(config, (str, Path)):
+        config = config_file(config)
     tree = dict(config) if isinstance(config, Mapping) else None
     items = _override_items(overrides)
     if tree is not None or any(isinstance(i, tuple) for i in items):  # data as Python objects: written to files
@@ -167,9 +217,12 @@ def plan_run(config: Any, out: str | Path | None = None, overrides: Overrides = 
     from ragtune.config import check_inputs
     from ragtune.train import tracking
 
-    config_path = str(config) if isinstance(config, (str, Path)) else None
-    cfg = load_config(config, overrides)
-    check_inputs(cfg, config_path or "<config>")  # a failed start leaves no run directory
+    config_path = config_file(config) if isinstance(config, (str, Path)) else None
+    cfg = load_config(config_path or config, overrides)
+    try:
+        check_inputs(cfg, config_path or "<config>")  # a failed start leaves no run directory
+    except RagtuneError as exc:
+        raise RagtuneError(f"{exc}{packaged_data_hint(config_path)}") from None
     tracking.check_available(cfg.train.report_to)  # train.report_to: its packages
     devices.check_precision(devices.resolve(cfg.train.device), cfg.train.precision)  # a GPU this machine lacks
     if resume:
@@ -304,9 +357,12 @@ def tune(config: Any, out: str | Path, overrides: Overrides = None, *, trials: i
 
     if storage is not None:
         check_storage_url(storage)
-    config_path = str(config) if isinstance(config, (str, Path)) else None
-    cfg = load_config(config, overrides)
-    check_inputs(cfg, config_path or "<config>")
+    config_path = config_file(config) if isinstance(config, (str, Path)) else None
+    cfg = load_config(config_path or config, overrides)
+    try:
+        check_inputs(cfg, config_path or "<config>")
+    except RagtuneError as exc:
+        raise RagtuneError(f"{exc}{packaged_data_hint(config_path)}") from None
     tracking.check_available(cfg.train.report_to)
     out = Path(out)
     with folder_lock(out):

@@ -17,6 +17,8 @@
     ragtune export RUN_DIR --format onnx [--quantize int8] --out DIR [--data FILE] [--overwrite]
     ragtune explain RUN_DIR "text" [--target LABEL] [--out explanation.html] [--steps 32]
     ragtune env [--json]
+    ragtune configs                                   (the packaged example configs; ragtune run NAME runs one)
+    ragtune cp NAME [DEST] [--overwrite]
 
 ``predict``, ``eval``, ``serve``, ``explain``, ``index``, ``retrieve``, ``eval-retrieval`` and ``train-reranker``
 take ``--device`` (default ``auto``: CUDA, else MPS, else the CPU): where the model, the index's encoder
@@ -51,7 +53,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
 
 EPILOG = """examples:
-  ragtune run configs/demo.yaml                       # the built-in demo, a few minutes on 2 cores
+  ragtune run demo                                    # the packaged demo, a few minutes on 2 cores
+  ragtune configs                                     # the packaged example configs; ragtune cp NAME to edit one
   ragtune run configs/seed_news.yaml train.epochs=3 model.layers=4 --out runs/seed
   ragtune run configs/seed_news.yaml --resume runs/seed   # continue a killed run
   ragtune validate configs/seed_news.yaml --show      # check a config, print it resolved
@@ -97,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow --out to be an existing non-empty folder (its contents are replaced)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = command("configs", help="list the example configs that ship with ragtune (run one by its name)",
+                description="The example configs in the package: `ragtune run NAME` runs one, `ragtune cp NAME` "
+                            "copies one to edit.")
+    p = command("cp", help="copy a packaged example config to edit it (torchtune-style)",
+                description="Copy the packaged config NAME to DEST (default ./NAME.yaml; a folder: DEST/NAME.yaml).")
+    p.add_argument("name", help="a name from `ragtune configs`, e.g. demo")
+    p.add_argument("dest", nargs="?", help="file or folder (default: ./NAME.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="replace DEST when it exists")
 
     p = command("env", help="print what this machine runs: library versions, git commit, CPU and GPUs",
                 description="The versions of ragtune and the libraries its results depend on, the git commit of "
@@ -405,10 +417,14 @@ def cmd_tune(args) -> int:
         raise RagtuneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
     if args.storage is not None:
         check_storage_url(args.storage)
-    from ragtune.api import load_config as load_config_and_data  # hf:// datasets too
+    from ragtune.api import config_file, load_config as load_config_and_data, packaged_data_hint  # hf:// data too
 
+    args.config = config_file(args.config)  # or a packaged config's name
     cfg = load_config_and_data(args.config, args.overrides)
-    check_inputs(cfg, args.config)
+    try:
+        check_inputs(cfg, args.config)
+    except RagtuneError as exc:
+        raise RagtuneError(f"{exc}{packaged_data_hint(args.config)}") from None
     from ragtune.train import tracking
 
     tracking.check_available(cfg.train.report_to)
@@ -448,6 +464,44 @@ def _tune(args, cfg, out: Path) -> int:
     return 0
 
 
+def cmd_configs(args) -> int:
+    from ragtune.api import describe_config, packaged_configs
+
+    configs = packaged_configs()
+    width = max(map(len, configs), default=0)
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {describe_config(path)}")
+    print(f"\n{len(configs)} configs in {next(iter(configs.values())).parent if configs else '-'}: "
+          "ragtune run NAME runs one, ragtune cp NAME copies one to edit")
+    return 0
+
+
+def cmd_cp(args) -> int:
+    from ragtune.api import packaged_configs
+
+    configs = packaged_configs()
+    if args.name not in configs:
+        from difflib import get_close_matches
+
+        close = get_close_matches(args.name, list(configs), n=1)
+        raise RagtuneError(f"no packaged config {args.name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                           + f"; choose one of {', '.join(configs)}")
+    source = configs[args.name]
+    dest = Path(args.dest) if args.dest else Path(f"{args.name}.yaml")
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists() and not args.overwrite:
+        raise RagtuneError(f"{dest} exists; choose another DEST or add --overwrite")
+    check_writable_file(dest, "DEST")
+    text = source.read_text(encoding="utf-8")
+    write_atomically(dest, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), "DEST")
+    print(f"copied {args.name} to {dest}")
+    if "../" in text:
+        print("its data paths are relative to the copy's folder now: edit data.* (the header says where the data "
+              "comes from)")
+    return 0
+
+
 def cmd_env(args) -> int:
     from ragtune import environment
 
@@ -470,8 +524,16 @@ def cmd_validate(args) -> int:
         return 0
     if not args.config:
         raise RagtuneError("validate needs a CONFIG file (or --reference, or --json-schema)")
+    from ragtune.api import config_file
+
+    args.config = config_file(args.config)  # or a packaged config's name
     cfg = load_config(args.config, args.overrides)
-    check_inputs(cfg, args.config)
+    try:
+        check_inputs(cfg, args.config)
+    except RagtuneError as exc:
+        from ragtune.api import packaged_data_hint
+
+        raise RagtuneError(f"{exc}{packaged_data_hint(args.config)}") from None
     if cfg.tune.space:  # a tuning config: its space is checked too
         from ragtune.tuning import parse_space
 
@@ -828,7 +890,7 @@ def cmd_explain(args) -> int:
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
             "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval,
             "train-reranker": cmd_train_reranker, "tune": cmd_tune, "serve": cmd_serve, "export": cmd_export,
-            "explain": cmd_explain, "env": cmd_env}
+            "explain": cmd_explain, "env": cmd_env, "configs": cmd_configs, "cp": cmd_cp}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

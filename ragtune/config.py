@@ -934,7 +934,9 @@ def load(schema: Any, path: str | Path | None, overrides: list[str] | None = Non
         _resolve_paths(tree, (cwd or Path.cwd()).resolve(), schema)
     elif path is not None:
         tree = read_yaml(path)
-        _resolve_paths(tree, Path(path).resolve().parent, schema)
+        # the folder the config is named in, symlinks kept: the repository's configs/ links to ragtune/configs/,
+        # and its ../../shared/data paths are relative to configs/
+        _resolve_paths(tree, Path(os.path.abspath(path)).parent, schema)
         source = str(path)
     else:
         tree = {}

@@ -262,3 +262,25 @@ def test_the_json_schema_accepts_every_example_config_and_refuses_unknown_keys(c
         assert not errors, f"{path.name}: {errors[0].message}"
     assert list(validator.iter_errors({"task": "qa", "train": {"epocs": 3}}))  # a misspelt key
     assert list(validator.iter_errors({"task": "summarise"}))  # no such task
+
+
+def test_packaged_configs_are_listed_run_by_name_and_copied(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["configs"]) == 0
+    listing = capsys.readouterr().out
+    assert "demo " in listing and "seed_news" in listing and "ragtune cp NAME" in listing
+    assert main(["validate", "demo"]) == 0 and capsys.readouterr().out.strip().endswith("demo.yaml: OK")
+    assert main(["validate", "dmo"]) == 2 and "did you mean 'demo'?" in capsys.readouterr().err
+    # an example whose data is not here: the message says where it comes from
+    assert main(["validate", "seed_news"]) == 2
+    assert "seed_news is an example config that reads its data from ../shared/data" in capsys.readouterr().err
+    assert main(["cp", "demo"]) == 0 and (tmp_path / "demo.yaml").is_file()
+    assert main(["cp", "demo"]) == 2 and "add --overwrite" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    assert main(["cp", "demo", "mine", "--overwrite"]) == 0
+    copied = (tmp_path / "mine" / "demo.yaml").read_text(encoding="utf-8")
+    from ragtune.api import packaged_configs
+
+    assert copied == packaged_configs()["demo"].read_text(encoding="utf-8")
+    assert main(["run", "demo", "train.epochs=1", "train.steps_per_epoch=2", "model.layers=1", "--out", "r", "--quiet"]) == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["accuracy"] >= 0
