@@ -7,6 +7,7 @@ The Python API (ragtune/api.py; each function does what its command does)::
     result = ragtune.run("configs/demo.yaml", out="runs/demo")   # steps 1-4; result.metrics, result.run_dir
     predictor = ragtune.load("runs/demo")                         # the run's predictor, whatever its task
     predictor.predict(["The chancellor cut interest rates"])
+    ragtune.rerun("runs/demo")                                    # the same run again, exactly
     ragtune.tune("configs/seed_tune.yaml", out="tunes/seed")     # steps 5-6: an Optuna study
     ragtune.index(["docs/"], out="indexes/docs")                 # retrieval
     ragtune.retrieve("indexes/docs", "how do I resume a run?", k=3)
@@ -17,8 +18,8 @@ Importing ``ragtune`` loads none of this (nor torch) until a function is first u
 from ragtune.errors import RagtuneError
 from ragtune.version import __version__
 
-__all__ = ["RagtuneError", "__version__", "index", "load", "load_config", "retrieve", "run", "tune"]
-_API = {"index", "load", "load_config", "retrieve", "run", "tune"}
+__all__ = ["RagtuneError", "__version__", "index", "load", "load_config", "rerun", "retrieve", "run", "tune"]
+_API = {"index", "load", "load_config", "rerun", "retrieve", "run", "tune"}
 
 
 def __getattr__(name: str):

@@ -275,6 +275,31 @@ def run(config: Any, out: str | Path | None = None, overrides: Overrides = None,
     return execute(plan_run(config, out, overrides, resume=resume, overwrite=overwrite), progress)
 
 
+def rerun(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False,
+          progress: bool = True) -> RunResult:
+    """Run the run in ``run_dir`` again, exactly: its saved ``config.yaml`` and, for a model trained from
+    scratch, its own ``tokenizer.json`` (``tokenizer.path``), because training a tokenizer again breaks
+    ties between equally frequent pieces differently in each process. Into ``out`` (default
+    ``RUN_DIR-rerun-<date>-<time>`` beside it); what ``ragtune rerun`` does. The same seed, data and
+    library versions give the same metrics (on the same device: a GPU's kernels differ from a CPU's)."""
+    from ragtune.config import read_yaml
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    cfg = run_config(run_dir)  # checks it is a run directory
+    overrides = []
+    tokenizer = run_dir / "tokenizer.json"
+    if getattr(cfg, "tokenizer", None) is not None and getattr(cfg.model, "backbone", "scratch") == "scratch" \
+            and tokenizer.is_file():
+        overrides.append(f"tokenizer.path={json.dumps(str(tokenizer.resolve()))}")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out is not None else run_dir.parent / f"{run_dir.name}-rerun-{stamp}"
+    if out.resolve() == run_dir.resolve():
+        raise RagtuneError(f"--out {out} is the run being re-run; choose another folder")
+    tree = read_yaml(config_path)
+    return execute(plan_run(tree, out, overrides, overwrite=overwrite), progress)
+
+
 def replaces_run_dir(out: Path, overwrite: bool, cfg, config_path: str | None) -> bool:
     """Whether a new run into ``out`` replaces an earlier run there (``--overwrite``; then it is
     written beside ``out`` and swapped in at the end, ragtune/staging.py). Refuses, before anything is

@@ -19,6 +19,7 @@
     ragtune env [--json]
     ragtune configs                                   (the packaged example configs; ragtune run NAME runs one)
     ragtune cp NAME [DEST] [--overwrite]
+    ragtune rerun RUN_DIR [--out DIR] [--overwrite]
 
 ``predict``, ``eval``, ``serve``, ``explain``, ``index``, ``retrieve``, ``eval-retrieval`` and ``train-reranker``
 take ``--device`` (default ``auto``: CUDA, else MPS, else the CPU): where the model, the index's encoder
@@ -99,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
     p.add_argument("--overwrite", action="store_true", help="allow --out to be an existing non-empty folder (its contents are replaced)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = command("rerun", help="run a finished run again, exactly (its saved config and tokenizer)",
+                description="Re-run RUN_DIR from its config.yaml, with its own tokenizer.json for a model trained "
+                            "from scratch (a tokenizer trained again differs from process to process), into --out "
+                            "(default RUN_DIR-rerun-<date>-<time>). The same seed, data and versions give the same metrics.")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("--out", help="the new run directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it holds an earlier run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = command("configs", help="list the example configs that ship with ragtune (run one by its name)",
@@ -461,6 +471,16 @@ def _tune(args, cfg, out: Path) -> int:
                       "trials": result.counts, "study_minutes": round(result.wall_seconds / 60, 1)},
                      indent=2, ensure_ascii=False))
     print(f"best config: {out / 'best.yaml'}\nreport: {out / 'report.md'}")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from ragtune import api
+
+    result = api.rerun(args.run_dir, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print(json.dumps({split: {k: v for k, v in m.items() if isinstance(v, (int, float))} for split, m in
+                      result.metrics.items() if isinstance(m, dict)}, indent=2, ensure_ascii=False))
+    print(f"run directory: {result.run_dir}")
     return 0
 
 
@@ -890,7 +910,7 @@ def cmd_explain(args) -> int:
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
             "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval,
             "train-reranker": cmd_train_reranker, "tune": cmd_tune, "serve": cmd_serve, "export": cmd_export,
-            "explain": cmd_explain, "env": cmd_env, "configs": cmd_configs, "cp": cmd_cp}
+            "explain": cmd_explain, "env": cmd_env, "configs": cmd_configs, "cp": cmd_cp, "rerun": cmd_rerun}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -284,3 +284,18 @@ def test_packaged_configs_are_listed_run_by_name_and_copied(tmp_path, capsys, mo
     assert copied == packaged_configs()["demo"].read_text(encoding="utf-8")
     assert main(["run", "demo", "train.epochs=1", "train.steps_per_epoch=2", "model.layers=1", "--out", "r", "--quiet"]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["accuracy"] >= 0
+
+
+def test_rerun_gives_the_same_metrics_with_the_runs_own_tokenizer(tiny_config, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["run", str(tiny_config), "--out", str(first), "--quiet"]) == 0
+    assert main(["rerun", str(first), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    capsys.readouterr()
+    again = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    assert again["tokenizer"]["path"] == str((first / "tokenizer.json").resolve())
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, tmp_path / "again"))
+    assert a["test"] == b["test"] and a["validation"] == b["validation"]
+    assert (first / "tokenizer.json").read_text() == (tmp_path / "again" / "tokenizer.json").read_text()
+    assert main(["rerun", str(first), "--out", str(first)]) == 2
+    assert "is the run being re-run" in capsys.readouterr().err
+    assert main(["rerun", str(tmp_path)]) == 2 and "not a ragtune run directory" in capsys.readouterr().err

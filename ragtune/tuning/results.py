@@ -156,6 +156,12 @@ def write_results(study, cfg: RunConfig, params: list[Param], out_dir: Path, wal
               f"{best.value:.4f}.\n# Retrain it with: ragtune run best.yaml (the same seed gives the same validation result)\n")
     tree = best_cfg.model_dump(mode="json")
     tree.pop("tune", None)
+    # a study whose space changes the tokenized texts shares no tokenizer: best.yaml then points at the best
+    # trial's own, so that it reproduces the trial (a tokenizer trained again breaks ties differently)
+    own = Path(best.user_attrs["run_dir"]) / "tokenizer.json"
+    if tree.get("model", {}).get("backbone", "scratch") == "scratch" and isinstance(tree.get("tokenizer"), dict) \
+            and not tree["tokenizer"].get("path") and own.is_file():
+        tree["tokenizer"]["path"] = str(own.resolve())
     (out_dir / "best.yaml").write_text(header + to_yaml(config_from_dict(tree, "best.yaml")), encoding="utf-8")
     test = _test_metrics(best, out_dir)
     pictures = _pictures(study, out_dir)

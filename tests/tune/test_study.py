@@ -225,3 +225,20 @@ def test_workers_started_together_on_an_empty_database_all_open_it():
     finally:
         stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_best_yaml_reproduces_its_trial_when_the_space_changes_the_tokenizer(tmp_path):
+    """Such a study shares no tokenizer; best.yaml names the best trial's own, so its re-run is exact."""
+    cfg = {**TINY, "train": {**TINY["train"], "epochs": 1},
+           "tune": {"trials": 2, "sampler": "random", "seed": 1, "space": {"tokenizer.vocab_size": {"choice": [200, 300]}}}}
+    path = tmp_path / "tok_tune.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = tmp_path / "study"
+    result = tune(load_config(path), out, config_path=path, progress=False)
+    assert not (out / "tokenizer.json").exists()  # no shared tokenizer for this space
+    best = yaml.safe_load((out / "best.yaml").read_text(encoding="utf-8"))
+    trial_dir = json.loads((out / "summary.json").read_text())["best"]["run_dir"]
+    assert best["tokenizer"]["path"] == str((tmp_path / "study" / "trials" / trial_dir.split("/")[-1] / "tokenizer.json").resolve())
+    assert main(["run", str(out / "best.yaml"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["validation"]["accuracy"] == pytest.approx(result.best_value)
