@@ -52,6 +52,25 @@ if TYPE_CHECKING:
 Overrides = Sequence[str] | Mapping[str, Any] | None
 
 
+def _extras_named(function):
+    """``function`` with an ImportError of an optional package turned into the RagtuneError naming its extra."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ImportError as exc:
+            from ragtune.extras import missing_extra
+
+            error = missing_extra(exc)
+            if error is None:
+                raise
+            raise error from None
+
+    return wrapper
+
+
 # -- configs ---------------------------------------------------------------------------------------
 def packaged_configs() -> dict[str, Path]:
     """``{name: path}`` of the example configs that ship in the package (``ragtune configs`` lists them)."""
@@ -262,6 +281,7 @@ def execute(plan: RunPlan, progress: bool = True) -> RunResult:
             distributed.shutdown()
 
 
+@_extras_named
 def run(config: Any, out: str | Path | None = None, overrides: Overrides = None, *, resume: bool = False,
         overwrite: bool = False, progress: bool = True) -> RunResult:
     """Steps 1-4 for ``config``: prepare the data, build, train, evaluate and report into ``out``
@@ -275,6 +295,7 @@ def run(config: Any, out: str | Path | None = None, overrides: Overrides = None,
     return execute(plan_run(config, out, overrides, resume=resume, overwrite=overwrite), progress)
 
 
+@_extras_named
 def rerun(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False,
           progress: bool = True) -> RunResult:
     """Run the run in ``run_dir`` again, exactly: its saved ``config.yaml`` and, for a model trained from
@@ -343,6 +364,7 @@ def run_config(run_dir: str | Path):
     return config_from_dict(read_yaml(path), str(path), saved=True)
 
 
+@_extras_named
 def load(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None, engine: str = "torch"):
     """The predictor of the finished run in ``run_dir``, whatever its task: the one ``ragtune predict``,
     ``eval`` and ``serve`` use.
@@ -369,6 +391,7 @@ def load(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = 
 
 
 # -- step 5-6: tuning ------------------------------------------------------------------------------
+@_extras_named
 def tune(config: Any, out: str | Path, overrides: Overrides = None, *, trials: int | None = None,
          timeout_s: float | None = None, storage: str | None = None, study_name: str | None = None,
          progress: bool = True) -> TuneResult:
@@ -406,6 +429,7 @@ def check_study_folder(out: Path, storage: str | None) -> None:
 
 
 # -- retrieval -------------------------------------------------------------------------------------
+@_extras_named
 def index(corpus: str | Path | Iterable[str | Path], out: str | Path, *, kind: str = "bm25", encoder: str = "minilm",
           faiss: str = "flat", chunk_tokens: int | None = None, chunk_overlap: int | None = None,
           add: bool = False, overwrite: bool = False, progress: bool = True, device: str = "auto") -> Index:
@@ -432,6 +456,7 @@ def index(corpus: str | Path | Iterable[str | Path], out: str | Path, *, kind: s
     return load_index(out, device=device)
 
 
+@_extras_named
 def retrieve(index_or_dir: Any, queries: str | Sequence[str], k: int = 5, *, device: str = "auto") -> list[list[dict]]:
     """The ``k`` best passages for each query (one string: one query), best first, as dicts (``id``,
     ``text``, ``score``, ``source``, ...: what ``ragtune retrieve`` prints), from an index folder or a

@@ -952,6 +952,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except ImportError as exc:  # an optional package that is not installed: name its extra (ragtune/extras.py)
+        from ragtune.extras import missing_extra
+
+        error = missing_extra(exc)
+        if error is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except OSError as exc:
         # The machine's, not ragtune's: a full disk, a read-only file system, no permission, a name too
         # long. The commands check their output paths up front (ragtune/paths.py); this is the net.

@@ -31,10 +31,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     torch_index=()
     echo "[install] no NVIDIA GPU, download.pytorch.org unreachable: torch from pip's configured indexes"
   fi
-  echo "[install] installing torch and ragtune[test,minilm]"
+  echo "[install] installing torch and ragtune[all,test,minilm]"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -c constraints.txt "${torch_index[@]}" "torch==2.13.0"
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,minilm]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[all,test,minilm]"
   echo "$want" > "$stamp"
 fi
 # apt_install PACKAGE WHAT: install a Debian package as root where apt-get exists, else say what is missing.
