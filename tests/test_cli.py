@@ -185,9 +185,12 @@ def test_ctrl_c_during_run_prints_one_line_and_exits_130(tiny_config, tmp_path):
 
     out = tmp_path / "run"
     exe = Path(sys.executable).with_name("ragtune")
+    # SIGINT as a terminal gives it: a job started with `&` by a shell without job control inherits SIGINT
+    # ignored (POSIX), and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([str(exe), "run", str(tiny_config), "train.epochs=200", "--out", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "checkpoints").exists() and proc.poll() is None:
         time.sleep(0.2)
