@@ -124,12 +124,17 @@ def steps_per_epoch(cfg: TrainConfig, batches_per_pass: int) -> int:
 
 
 def optimizer_and_scheduler(model: nn.Module, cfg: TrainConfig, batches_per_pass: int,
-                            layer_groups: list[list[nn.Parameter]] | None = None):
+                            layer_groups: list[list[nn.Parameter]] | None = None,
+                            param_scales: list[tuple[list[nn.Parameter], float]] | None = None):
     """``(optimizer, scheduler)`` of ``cfg`` for ``model`` over ``epochs ×`` :func:`steps_per_epoch` steps.
     ``layer_groups`` are the model's parameters from the bottom up (embeddings, layers, head; see
-    ``ragtune.models.hf.layer_ordered_parameters``); ``cfg.layer_lr_decay`` needs them."""
-    param_scales = None
+    ``ragtune.models.hf.layer_ordered_parameters``); ``cfg.layer_lr_decay`` needs them. ``param_scales``
+    (see :func:`build_optimizer`) gives parts of the model their own factor of ``cfg.lr`` instead (e.g. a
+    query encoder trained beside a LoRA reader); the two cannot be combined."""
     if cfg.layer_lr_decay is not None:
+        if param_scales is not None:
+            raise RagtuneError(f"train.layer_lr_decay: {cfg.layer_lr_decay} cannot be combined with a second learning "
+                               "rate for part of the model (retrieval.query_encoder_lr)")
         if layer_groups is None:
             raise RagtuneError(f"train.layer_lr_decay: {cfg.layer_lr_decay} needs a model with encoder layers "
                                "(model.backbone: hf)")

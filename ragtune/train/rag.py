@@ -34,6 +34,16 @@ from ragtune.models.reader import ExtractiveReader, feature_batch, prepare_featu
 from ragtune.train import distributed
 
 
+def reader_and_encoder_scales(model: torch.nn.Module, lr: float, encoder_lr: float | None):
+    """Learning-rate factors for a module with ``.reader`` and ``.query_encoder`` (RAG training): the reader
+    at ``lr``, the query encoder at ``encoder_lr`` (``retrieval.query_encoder_lr``), as
+    ``optimizer_and_scheduler``'s ``param_scales``. ``None`` when ``encoder_lr`` is ``None`` (one rate for
+    both)."""
+    if encoder_lr is None:
+        return None
+    return [(list(model.reader.parameters()), 1.0), (list(model.query_encoder.parameters()), encoder_lr / lr)]
+
+
 def encode_queries_with_grad(encoder, texts: Sequence[str]) -> torch.Tensor:
     """L2-normalised query embeddings ``(B, d)`` through a ``SentenceTransformer``, keeping the graph."""
     # sentence-transformers >= 6: preprocess (tokenize is its deprecated alias)

@@ -36,3 +36,40 @@ def test_example_log_likelihoods_sum_the_response_tokens(tmp_path):
             logits = model.hf(input_ids=x).logits[0, :-1]  # (T-1, V)
             logp = torch.log_softmax(logits.float(), -1)[torch.arange(len(ids) - 1), x[0, 1:]]
             assert torch.allclose(scores[row], logp[prompt_length - 1:].sum(), atol=1e-4)
+
+
+def test_the_query_encoder_trains_at_its_own_learning_rate():
+    """retrieval.query_encoder_lr: one AdamW step moves each weight by about its group's rate (Adam's first
+    step is lr × sign(grad)), the schedule scales both rates alike."""
+    from ragtune.config import TrainConfig
+    from ragtune.train.optim import optimizer_and_scheduler
+    from ragtune.train.rag import reader_and_encoder_scales
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.reader, model.query_encoder = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    cfg = TrainConfig(optimizer="adamw", lr=3e-4, weight_decay=0.0, warmup_steps=0, schedule="linear", epochs=1,
+                      steps_per_epoch=10)
+    scales = reader_and_encoder_scales(model, cfg.lr, 1e-5)
+    optimizer, scheduler = optimizer_and_scheduler(model, cfg, 10, param_scales=scales)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    (model.reader(torch.randn(8, 4)).sum() + model.query_encoder(torch.randn(8, 4)).pow(2).sum()).backward()
+    optimizer.step()
+    scheduler.step()
+    moved = {k: (v - before[k]).abs().max().item() for k, v in model.state_dict().items()}
+    assert abs(moved["reader.weight"] - 3e-4) < 3e-5 and abs(moved["query_encoder.weight"] - 1e-5) < 1e-6
+    rates = sorted({round(g["lr"], 12) for g in optimizer.param_groups})
+    assert rates == [round(1e-5 * 0.9, 12), round(3e-4 * 0.9, 12)]  # linear decay: 9 of 10 steps left
+    assert reader_and_encoder_scales(model, cfg.lr, None) is None  # one rate for both
+
+
+def test_query_encoder_lr_needs_the_lm_trained_retriever():
+    import pytest
+
+    from ragtune.errors import RagtuneError
+    from ragtune.tasks import load_config
+
+    with pytest.raises(RagtuneError) as err:
+        load_config(None, ["task=qa", "data.train=x.json", "model.name_or_path=m", "retrieval.top_k=2",
+                           "retrieval.query_encoder_lr=1e-5"])
+    assert "retrieval.query_encoder_lr: only applies with retrieval.train_query_encoder: true" in str(err.value)

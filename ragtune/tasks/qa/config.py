@@ -78,6 +78,7 @@ class QARetrieval(RetrievalConfig):
     train_query_encoder: bool = Field(False, description="Dense index: RAG training. The loss is -log sum_z p(z|x) p(y|x,z) over the top_k passages, with p(z|x) the softmax of query-passage similarities, so the task loss trains the query encoder as well as the reader.")
     temperature: float = Field(0.05, gt=0, description="RAG training: p(z|x) = softmax(cosine(q, z) / temperature).")
     refresh_every_epochs: int | None = Field(None, gt=0, description="RAG training: re-encode every passage with the trained encoder every N epochs (the index follows the encoder). Null: the passage side stays frozen (only queries move).")
+    query_encoder_lr: float | None = Field(None, gt=0, description="RAG training (`train_query_encoder`): the peak learning rate of the query encoder, which follows the same schedule as the reader's `train.lr`. A fully trained sentence encoder usually wants ~1e-5, far below a LoRA reader's ~3e-4. Null: `train.lr`.")
     lm_temperature: float = Field(0.1, gt=0, description="Generative reader with `train_query_encoder`: the LM's distribution over the top_k passages is softmax(log p_LM(answer | question, passage) / lm_temperature), the target the retriever's distribution learns (REPLUG's LM-supervised retrieval). Smaller: the retriever is pushed harder toward the one passage the LM likes best.")
     gold_passage: bool = Field(True, description="RAG training (`train_query_encoder`): when none of the top_k passages holds the answer, the best passage of the gold paragraph that does replaces the last one, so the question still trains (RAFT-style). False: such a question is skipped for that step.")
     distractors: int = Field(2, ge=0, description="Reader training without train_query_encoder: retrieved passages without the answer added to each question as negatives (the reader learns to score them low).")
@@ -89,6 +90,8 @@ class QARetrieval(RetrievalConfig):
                 errors.append("retrieval.train_query_encoder: needs retrieval.top_k > 0")
             if not self.index and self.kind != "dense":
                 errors.append(f"retrieval.train_query_encoder: needs a dense index (retrieval.kind: dense; got {self.kind!r})")
+        if self.query_encoder_lr is not None and not self.train_query_encoder:
+            errors.append("retrieval.query_encoder_lr: only applies with retrieval.train_query_encoder: true")
         if self.refresh_every_epochs and not self.train_query_encoder:
             errors.append("retrieval.refresh_every_epochs: only applies with retrieval.train_query_encoder: true")
         return errors

@@ -141,13 +141,14 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
                                                     index.search_rows([rec.question for rec in train], k=depth)])
     gold_rows: list[list[int]] = [[] for _ in train]
     if lsr:
-        from ragtune.train.rag import answer_rows
+        from ragtune.train.rag import answer_rows, reader_and_encoder_scales
 
         encoder, before_epoch = _use_lm_trained_retriever(cfg, index, predictor, device, meta, opts.resume)
         gold_rows = answer_rows(train, index.passages, text_sha1)
         model_to_train = _RetrieverAndReader(model, encoder)
+        scales = reader_and_encoder_scales(model_to_train, cfg.train.lr, r.query_encoder_lr)
     else:
-        before_epoch, model_to_train = None, model
+        before_epoch, model_to_train, scales = None, model, None
     passage_texts = [p["text"] for p in index.passages] if index is not None else []
     cut_cache: dict[int, str] = {}
 
@@ -212,7 +213,8 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         return predictor.evaluate(sample, with_gold=False, abstention=False)
 
     result = train_model(
-        model_to_train, stream, batch_loss, *optimizer_and_scheduler(model_to_train, cfg.train, stream.batches_per_pass),
+        model_to_train, stream, batch_loss, *optimizer_and_scheduler(model_to_train, cfg.train, stream.batches_per_pass,
+                                                                     param_scales=scales),
         cfg=cfg.train, selection_metric=cfg.selection_metric, out_dir=run_dir, resume=opts.resume, evaluate=evaluate,
         on_epoch_end=opts.on_epoch_end, before_epoch=before_epoch, progress=opts.progress, max_length=m.max_length,
     )

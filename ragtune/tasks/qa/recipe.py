@@ -97,10 +97,13 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
 
     # 4. training: the reader on gold paragraphs + retrieved distractors, or RAG (reader and query encoder)
     if r.train_query_encoder:
+        from ragtune.train.rag import reader_and_encoder_scales
+
         model, batch_loss, before_epoch, stream = _rag_training(cfg, data, index, reader, tokenizer, predictor,
                                                                 device, meta, opts.resume)
+        scales = reader_and_encoder_scales(model, cfg.train.lr, r.query_encoder_lr)
     else:
-        model, before_epoch = reader, None
+        model, before_epoch, scales = reader, None, None
         distractor_passages = None
         if index is not None and r.distractors:
             depth = min(len(index), r.distractors + 5)
@@ -114,7 +117,8 @@ def run(cfg: RunConfig, run_dir: Path, opts: runs.RunOptions) -> tuple[dict, Tra
         batch_loss = make_reader_batch_loss(reader, tokenizer, inputs, stream.indices, cfg.model.max_length,
                                             cfg.model.doc_stride)
     result = train_model(
-        model, stream, batch_loss, *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass),
+        model, stream, batch_loss, *optimizer_and_scheduler(model, cfg.train, stream.batches_per_pass,
+                                                            param_scales=scales),
         cfg=cfg.train, selection_metric=cfg.selection_metric, out_dir=run_dir, resume=opts.resume,
         evaluate=lambda: predictor.evaluate(data.validation, with_gold=False),
         on_epoch_end=opts.on_epoch_end, before_epoch=before_epoch, progress=opts.progress,
