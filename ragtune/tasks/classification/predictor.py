@@ -124,13 +124,15 @@ class Predictor:
             (how long texts are cut, as in training; ``head`` when absent), ``target_mean``/``target_std``
             (regression: the model predicts standardised targets).
         batch_size: texts per forward pass.
+        retriever: the ContextRetriever of a retrieval-augmented run, else None.
+        engine: what runs the forward pass: ``torch`` (``model`` is a torch module) or ``onnx``
+            (``model`` is a :class:`ragtune.tasks.classification.onnx_engine.OnnxSequenceModel`).
+
+    Attributes:
         max_batch_tokens: if set, a forward pass also holds at most this many token slots (texts ×
             the longest one's length, padding included; a longer text still runs, alone). On a CPU,
             long texts run faster in small batches that stay in cache (the server sets it from
             ``serve.max_batch_tokens``); short texts still fill ``batch_size``.
-        retriever: the ContextRetriever of a retrieval-augmented run, else None.
-        engine: what runs the forward pass: ``torch`` (``model`` is a torch module) or ``onnx``
-            (``model`` is a :class:`ragtune.tasks.classification.onnx_engine.OnnxSequenceModel`).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, meta: dict, batch_size: int = 64, retriever=None,

@@ -65,7 +65,8 @@ class QAPredictor:
     """A fine-tuned reader, its tokenizer, and (optionally) the index it reads from.
 
     Args:
-        reader, tokenizer: from :func:`ragtune.models.reader.load_reader`.
+        reader: the reader model, from :func:`ragtune.models.reader.load_reader`.
+        tokenizer: its tokenizer, from the same function.
         meta: ``max_length``, ``doc_stride``, ``max_answer_length``, ``top_k`` (0: no retrieval).
         index: a :class:`ragtune.retrieval.index.Index` (required when ``top_k`` > 0).
         batch_size: reader windows per forward pass.
