@@ -77,6 +77,11 @@ def packaged_configs() -> dict[str, Path]:
     from importlib import resources
 
     folder = Path(str(resources.files("ragtune") / "configs"))
+    # in a source checkout, through its configs/ link: the examples' relative data paths (../../shared/data)
+    # are written from there
+    link = folder.parent.parent / "configs"
+    if link.is_symlink() and link.resolve() == folder.resolve():
+        folder = link
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
@@ -107,9 +112,10 @@ def config_file(config: str | Path) -> str:
                        f"ones: {', '.join(packaged)}; ragtune configs lists them)")
 
 
-def packaged_data_hint(config_path: str | None) -> str:
-    """For a packaged example whose data files are missing: where its data comes from (its header says)."""
-    if not config_path:
+def packaged_data_hint(config_path: str | None, error: str = "") -> str:
+    """For a packaged example whose data files are missing (``error``, the missing-inputs message, names
+    ``shared/data``): where its data comes from (its header says)."""
+    if not config_path or "shared/data" not in error.replace("\\", "/"):
         return ""
     path = Path(config_path)
     if path.parent != next(iter(packaged_configs().values()), path).parent:
@@ -241,7 +247,7 @@ def plan_run(config: Any, out: str | Path | None = None, overrides: Overrides = 
     try:
         check_inputs(cfg, config_path or "<config>")  # a failed start leaves no run directory
     except RagtuneError as exc:
-        raise RagtuneError(f"{exc}{packaged_data_hint(config_path)}") from None
+        raise RagtuneError(f"{exc}{packaged_data_hint(config_path, str(exc))}") from None
     tracking.check_available(cfg.train.report_to)  # train.report_to: its packages
     devices.check_precision(devices.resolve(cfg.train.device), cfg.train.precision)  # a GPU this machine lacks
     if resume:
@@ -410,7 +416,7 @@ def tune(config: Any, out: str | Path, overrides: Overrides = None, *, trials: i
     try:
         check_inputs(cfg, config_path or "<config>")
     except RagtuneError as exc:
-        raise RagtuneError(f"{exc}{packaged_data_hint(config_path)}") from None
+        raise RagtuneError(f"{exc}{packaged_data_hint(config_path, str(exc))}") from None
     tracking.check_available(cfg.train.report_to)
     out = Path(out)
     with folder_lock(out):

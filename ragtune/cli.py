@@ -434,7 +434,7 @@ def cmd_tune(args) -> int:
     try:
         check_inputs(cfg, args.config)
     except RagtuneError as exc:
-        raise RagtuneError(f"{exc}{packaged_data_hint(args.config)}") from None
+        raise RagtuneError(f"{exc}{packaged_data_hint(args.config, str(exc))}") from None
     from ragtune.train import tracking
 
     tracking.check_available(cfg.train.report_to)
@@ -553,7 +553,7 @@ def cmd_validate(args) -> int:
     except RagtuneError as exc:
         from ragtune.api import packaged_data_hint
 
-        raise RagtuneError(f"{exc}{packaged_data_hint(args.config)}") from None
+        raise RagtuneError(f"{exc}{packaged_data_hint(args.config, str(exc))}") from None
     if cfg.tune.space:  # a tuning config: its space is checked too
         from ragtune.tuning import parse_space
 

@@ -29,6 +29,7 @@ import copy
 import difflib
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
@@ -50,6 +51,11 @@ def section(cls: type[BaseModel], description: str) -> Any:
 
 #: ``data.train: hf://owner/name[:config][@split]``: a Hugging Face dataset (ragtune/data/hub.py), not a path
 HUB_PREFIX = "hf://"
+# hf://NAME[:CONFIG][@SPLIT]: a Hub id (owner/name, or a canonical name), a config name, a split with an optional
+# slice (`train[:10%]`)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+HUB_CONFIG = re.compile(r"[\w.-]+")
+HUB_SPLIT = re.compile(r"[\w.+-]+(\[[^\]]*\])?")
 
 
 def tagged_union(key: str, default: str, members: dict[str, type[BaseModel]]) -> Any:
@@ -598,6 +604,27 @@ def input_paths(cfg: BaseModel) -> list[tuple[str, Any]]:
     return named
 
 
+def parse_hub_spec(value: str, key: str) -> tuple[str, str | None, str]:
+    """``hf://owner/name[:config][@split]`` → ``(name, config or None, split)``; split defaults to ``train``.
+    ``name`` may also be a local folder of data files (as for ``datasets.load_dataset``)."""
+    rest = value[len(HUB_PREFIX):]
+    rest, _, split = rest.rpartition("@") if "@" in rest else (rest, "", "train")
+    name, _, config = rest.partition(":") if ":" in rest.split("/")[-1] else (rest, "", "")
+    usage = "write hf://owner/name[:config][@split], e.g. hf://rajpurkar/squad@validation"
+    if not name.strip("/"):
+        raise RagtuneError(f"{key}: {value!r} names no dataset; {usage}")
+    if not os.path.isdir(name) and not HUB_ID.fullmatch(name):
+        raise RagtuneError(f"{key}: {value!r}: {name!r} is neither a Hub id (owner/name: letters, digits, "
+                           f"'-', '_', '.') nor a local folder; {usage}")
+    if config and not HUB_CONFIG.fullmatch(config):
+        raise RagtuneError(f"{key}: {value!r}: the config {config!r} after ':' may hold letters, digits, '-', '_' "
+                           f"and '.' only; {usage}")
+    if split and not HUB_SPLIT.fullmatch(split):
+        raise RagtuneError(f"{key}: {value!r}: {split!r} is not a split (train, validation, test, "
+                           f"or a slice such as train[:10%]); {usage}")
+    return name, config or None, split or "train"
+
+
 def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
     """Every input file and folder ``cfg`` names must exist: the path keys (``data.*`` with their
     ``{source, target}`` mappings, ``tokenizer.path``, ``retrieval.index``), each ``retrieval.corpus``
@@ -605,8 +632,15 @@ def check_inputs(cfg: BaseModel, source: str = "<config>") -> None:
     reading anything, so ``ragtune validate`` and ``ragtune run`` (before it creates the run
     directory) name every missing one at once."""
     named = input_paths(cfg)
-    named = [(key, value) for key, value in named if not (isinstance(value, str) and value.startswith(HUB_PREFIX))]
-    missing = [f"{key}: {'folder' if key == 'retrieval.index' or (key in MODEL_PATH_KEYS and not value.lower().endswith('.gguf')) else 'file'} not found: {value}"
+    hub = [(key, value) for key, value in named if isinstance(value, str) and value.startswith(HUB_PREFIX)]
+    named = [item for item in named if item not in hub]
+    bad_hub = []
+    for key, value in hub:
+        try:
+            parse_hub_spec(value, key)
+        except RagtuneError as exc:
+            bad_hub.append(str(exc))
+    missing = bad_hub + [f"{key}: {'folder' if key == 'retrieval.index' or (key in MODEL_PATH_KEYS and not value.lower().endswith('.gguf')) else 'file'} not found: {value}"
                for key, value in named if isinstance(value, str) and not os.path.exists(value)]
     # a named pipe would block the run's first open(), a device such as /dev/zero reads without end
     missing += [f"{key}: {value} is a {kind}, not a regular file" for key, value in named

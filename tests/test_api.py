@@ -203,3 +203,32 @@ def test_validate_accepts_a_hub_id_without_downloading(tmp_path, capsys):
     path.write_text(yaml.safe_dump(_config("hf://SetFit/bbc-news@train", None)), encoding="utf-8")
     assert main(["validate", str(path), "--show"]) == 0
     assert "train: hf://SetFit/bbc-news@train" in capsys.readouterr().out
+
+
+def test_validate_refuses_a_malformed_hub_id_naming_the_key_and_the_syntax(tmp_path, capsys):
+    from ragtune.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_config("hf://a b/c", "hf://x/y@tr ain")), encoding="utf-8")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "2 missing inputs" in err
+    assert "data.train: 'hf://a b/c': 'a b/c' is neither a Hub id" in err
+    assert "data.test: 'hf://x/y@tr ain': 'tr ain' is not a split" in err and "hf://owner/name[:config][@split]" in err
+    assert "example config" not in err  # the packaged-data hint is for missing ../shared/data files only
+    path.write_text(yaml.safe_dump(_config("hf://rajpurkar/squad:plain_text@train[:10%]", None)), encoding="utf-8")
+    assert main(["validate", str(path)]) == 0  # a config and a sliced split
+
+
+def test_a_packaged_example_without_its_data_says_where_the_data_comes_from(tmp_path, capsys, monkeypatch):
+    from ragtune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "seed_news", f"data.train={tmp_path / 'absent.csv'}"]) == 2
+    assert "seed_news is an example config" not in capsys.readouterr().err  # the missing file is the user's
+    from ragtune.api import packaged_configs
+
+    if (packaged_configs()["seed_news"].parent.parent.parent / "shared" / "data").exists():
+        pytest.skip("../shared/data is here: seed_news finds its data")
+    assert main(["validate", "seed_news"]) == 2
+    assert "seed_news is an example config that reads its data from ../shared/data" in capsys.readouterr().err

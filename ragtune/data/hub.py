@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ragtune.config import HUB_PREFIX
+from ragtune.config import HUB_PREFIX, parse_hub_spec
 from ragtune.data.inline import materialise
 from ragtune.errors import RagtuneError
 
@@ -35,14 +35,9 @@ def is_hub(value: Any) -> bool:
 
 
 def parse(value: str, key: str) -> tuple[str, str | None, str]:
-    """``hf://owner/name[:config][@split]`` → ``(name, config or None, split)``; split defaults to ``train``."""
-    rest = value[len(HUB_PREFIX):]
-    rest, _, split = rest.rpartition("@") if "@" in rest else (rest, "", "train")
-    name, _, config = rest.partition(":") if ":" in rest.split("/")[-1] else (rest, "", "")
-    if not name.strip("/"):
-        raise RagtuneError(f"{key}: {value!r} names no dataset; write hf://owner/name[:config][@split], "
-                           "e.g. hf://rajpurkar/squad@validation")
-    return name, config or None, split or "train"
+    """``hf://owner/name[:config][@split]`` → ``(name, config or None, split)`` (``ragtune.config.parse_hub_spec``:
+    ``ragtune validate`` checks the same syntax)."""
+    return parse_hub_spec(value, key)
 
 
 def load_rows(value: str, key: str):

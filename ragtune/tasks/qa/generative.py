@@ -278,8 +278,8 @@ def _use_lm_trained_retriever(cfg: RunConfig, index, predictor: QAPredictor, dev
                       r.temperature)
     meta.update(retriever="lm_trained", temperature=r.temperature, query_encoder=QUERY_ENCODER_DIR,
                 passage_embeddings=PASSAGE_EMBEDDINGS)
-    log.info("retriever trained by the LM: top %d, temperature %g, LM temperature %g, passage side %s", r.top_k,
-             r.temperature, r.lm_temperature,
+    log.info("retriever trained by the LM: top %d, temperature %g, LM temperature %g, learning rate %g, passage side %s",
+             r.top_k, r.temperature, r.lm_temperature, r.query_encoder_lr or cfg.train.lr,
              f"refreshed every {r.refresh_every_epochs} epochs" if r.refresh_every_epochs else "frozen")
     texts = [p["text"] for p in index.passages]
     resumed = {"pending": resume}
