@@ -1,5 +1,5 @@
-"""train.report_to: TensorBoard and MLflow read back with their own readers; a missing package and a failing
-tracker. (W&B runs offline where it is installed.)"""
+"""train.report_to: TensorBoard and MLflow read back with their own readers, W&B's offline run through its
+record format (wandb's protobuf records); a missing package and a failing tracker."""
 
 import json
 
@@ -116,3 +116,55 @@ def test_a_run_logs_its_config_metrics_and_pictures_to_mlflow(tmp_path, monkeypa
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"curves.png", "report.md"} <= artifacts
     assert json.loads((out / "tracking.json").read_text()) == {"mlflow": run.info.run_id}  # what --resume continues
+
+
+def _wandb_records(path):
+    """The records of a W&B transaction log (``run-<id>.wandb``), read as wandb's own datastore did before its
+    reader moved into the Go core: a 7-byte file header, then LevelDB-style 32 KiB blocks of records (4-byte
+    checksum, 2-byte length, 1-byte type: full, first, middle, last), each a ``wandb_internal_pb2.Record``."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, pending, records = path.read_bytes(), 7, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if left < 7 or (length == 0 and kind == 0):  # the zero padding at the end of a block
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def test_wandb_offline_holds_the_step_log_the_config_the_test_metrics_and_the_pictures(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    assert main(["run", str(_config(tmp_path, report_to=["wandb"])), "--out", str(out), "--quiet"]) == 0
+    (folder,) = (out / "wandb").glob("offline-run-*")
+    run_id = json.loads((out / "tracking.json").read_text())["wandb"]
+    records = _wandb_records(folder / f"run-{run_id}.wandb")
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    steps = _lines(out / "train_log.jsonl")
+    losses = [h["train/loss"] for h in history if "train/loss" in h]
+    assert losses == pytest.approx([s["loss"] for s in steps], rel=1e-6) and len(losses) == 8
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    config = {i.key: json.loads(i.value_json) for i in run.config.update}
+    assert config["model.d_model"] == 32 and run.project == "tracked"
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert summary["test/accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    pictures = {p.name.split("_8_")[0] for p in (folder / "files" / "media" / "images" / "pictures").glob("*.png")}
+    assert {"curves", "confusion_matrix_test"} <= pictures
