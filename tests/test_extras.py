@@ -44,6 +44,23 @@ def test_a_missing_optional_package_is_one_message_with_its_extra(tmp_path, monk
         ragtune.index(tmp_path / "doc.txt", out=tmp_path / "idx2", progress=False)
 
 
+def test_an_english_bm25_index_needs_no_jieba(tmp_path, monkeypatch, capsys):
+    """jieba (`ragtune[zh]`) is loaded at the first Chinese text only: `ragtune[retrieval]` indexes English."""
+    from ragtune.retrieval import bm25
+
+    bm25._jieba.cache_clear()
+    monkeypatch.setitem(sys.modules, "jieba", None)
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "doc.txt").write_text("a passage about bees and honey", encoding="utf-8")
+    assert main(["index", str(tmp_path / "en"), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    (tmp_path / "zh").mkdir()
+    (tmp_path / "zh" / "doc.txt").write_text("北京是中国的首都", encoding="utf-8")
+    assert main(["index", str(tmp_path / "zh"), "--out", str(tmp_path / "idz"), "--quiet"]) == 2
+    assert "this needs the package jieba, which is not installed: pip install 'ragtune[zh]'" in capsys.readouterr().err
+    assert not (tmp_path / "idz").exists()
+    bm25._jieba.cache_clear()
+
+
 CORE_ONLY = """
 import sys
 for name in {optional!r}:

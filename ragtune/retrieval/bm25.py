@@ -61,13 +61,20 @@ _WORD = re.compile(r"(?u)\b\w\w+\b")
 
 @lru_cache(maxsize=1)
 def _resources():
-    """``(jieba, stemmer, english stopwords, chinese stopwords)``, loaded once (jieba's log quietened)."""
-    import jieba
+    """``(stemmer, english stopwords, chinese stopwords)``, loaded once (``ragtune[retrieval]``)."""
     import Stemmer
     from bm25s.stopwords import STOPWORDS_CHINESE, STOPWORDS_EN
 
+    return Stemmer.Stemmer("english"), frozenset(STOPWORDS_EN), frozenset(STOPWORDS_CHINESE)
+
+
+@lru_cache(maxsize=1)
+def _jieba():
+    """jieba, loaded at the first Chinese text (``ragtune[zh]``; an English corpus does not need it)."""
+    import jieba
+
     jieba.setLogLevel(logging.WARNING)
-    return jieba, Stemmer.Stemmer("english"), frozenset(STOPWORDS_EN), frozenset(STOPWORDS_CHINESE)
+    return jieba
 
 
 def tokenize(text: str) -> list[str]:
@@ -78,12 +85,12 @@ def tokenize(text: str) -> list[str]:
     >>> tokenize("北京大学的学生")
     ['北京', '大学', '北京大学', '学生']
     """
-    jieba, stemmer, stop_en, stop_zh = _resources()
+    stemmer, stop_en, stop_zh = _resources()
     text = text.lower()
     words: list[str] = []
     tokens: list[str] = []
     if _HAN.search(text):
-        for piece in jieba.lcut_for_search(text):
+        for piece in _jieba().lcut_for_search(text):
             if _HAN.search(piece):
                 if piece not in stop_zh:
                     tokens.append(piece)
