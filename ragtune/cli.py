@@ -295,6 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds SIGTERM / Ctrl-C waits for requests in flight before cancelling them (default: serve.shutdown_timeout_s, 5)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
 
+    p = command("board", help="a web page to launch, watch and compare runs and studies",
+                description="Start ragtune board: every run and study under --runs with its status and curves "
+                            "(live while it trains), compare runs, launch `ragtune run` / `tune` from a form or "
+                            "pasted YAML, stop and resume them. Binds to 127.0.0.1 unless --host says otherwise "
+                            "(another address needs --api-key).")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="the folder of runs and studies (default: runs)")
+    p.add_argument("--configs", default="configs", metavar="DIR",
+                   help="the folder of configs to launch and where pasted configs are saved (default: configs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--api-key", metavar="KEY", help="require this key to launch, stop and resume (default: the "
+                                                     "RAGTUNE_API_KEY environment variable, else none)")
+    p.add_argument("--max-parallel", type=int, default=1, metavar="N", help="jobs running at once; more are queued (default: 1)")
+
     p = command("export", help="export a run to ONNX (optionally int8-quantised) and check it against PyTorch",
                        description="Export a classification or regression run to ONNX with dynamic batch and "
                                    "sequence axes, optionally quantise it to int8 (ONNX Runtime dynamic "
@@ -855,6 +869,20 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_board(args) -> int:
+    import uvicorn
+
+    from ragtune.board.app import create_board
+
+    _check_range("--port", args.port, 1, 65535)
+    _check_range("--max-parallel", args.max_parallel, 1, 64)
+    key = args.api_key or os.environ.get("RAGTUNE_API_KEY") or None
+    app = create_board(Path(args.runs), Path(args.configs), api_key=key, host=args.host, max_parallel=args.max_parallel)
+    print(f"ragtune board: http://{args.host}:{args.port}/ (runs {Path(args.runs).resolve()})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_export(args) -> int:
     from ragtune.export.onnx import export_run
 
@@ -910,7 +938,8 @@ def cmd_explain(args) -> int:
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
             "index": cmd_index, "retrieve": cmd_retrieve, "eval-retrieval": cmd_eval_retrieval,
             "train-reranker": cmd_train_reranker, "tune": cmd_tune, "serve": cmd_serve, "export": cmd_export,
-            "explain": cmd_explain, "env": cmd_env, "configs": cmd_configs, "cp": cmd_cp, "rerun": cmd_rerun}
+            "explain": cmd_explain, "env": cmd_env, "configs": cmd_configs, "cp": cmd_cp, "rerun": cmd_rerun,
+            "board": cmd_board}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

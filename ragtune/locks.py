@@ -58,6 +58,15 @@ def _read(path: Path) -> dict | None:
     return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
 
 
+def holder(folder: Path) -> dict | None:
+    """The lock's JSON (PID, host, command, started) while a live process of this host holds ``folder``'s
+    lock; None when nobody does (no lock, or a stale one a killed process left)."""
+    info = _read(lock_path(folder))
+    if info is None or info.get("host") != socket.gethostname() or not _pid_alive(info["pid"]):
+        return None
+    return info
+
+
 def _stale(path: Path, info: dict | None) -> bool:
     if info is None:  # being written right now, or left half-written by a crash
         try:

@@ -333,6 +333,24 @@ def _page() -> str:
     return resources.files("ragtune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+def key_dependency(api_key: str | None):
+    """A FastAPI dependency that accepts a request only with ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``
+    (compared in constant time), else 401; every request when ``api_key`` is None (``ragtune board`` uses it too)."""
+    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
+    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
+
+    async def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                          x_api_key: str | None = Depends(header_key)) -> None:
+        if not api_key:
+            return
+        given = [c for c in (credentials.credentials if credentials else None, x_api_key) if c]
+        if not any(secrets.compare_digest(g.encode(), api_key.encode()) for g in given):
+            raise HTTPException(401, "missing or wrong API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return require_key
+
+
 def create_app(service: Service, api_key: str | None = None, settings: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``service`` (see the module docs). ``settings`` default to ``service.settings``."""
     if api_key is not None and not api_key.strip():  # "" would otherwise turn authentication off
@@ -408,17 +426,7 @@ def create_app(service: Service, api_key: str | None = None, settings: ServeConf
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
     # -- authentication ----------------------------------------------------------------------------
-    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
-    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
-
-    async def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-                          x_api_key: str | None = Depends(header_key)) -> None:
-        if not api_key:
-            return
-        given = [c for c in (credentials.credentials if credentials else None, x_api_key) if c]
-        if not any(secrets.compare_digest(g.encode(), api_key.encode()) for g in given):
-            raise HTTPException(401, "missing or wrong API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
-                                headers={"WWW-Authenticate": "Bearer"})
+    require_key = key_dependency(api_key)
 
     # -- limits --------------------------------------------------------------------------------------
     def check_texts(texts: list[str], field: str) -> None:

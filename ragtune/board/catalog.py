@@ -1,0 +1,213 @@
+"""What the board shows of a folder of runs: which run directories and tuning studies it holds, the state of
+each, and the files of one — read from what the runs write, so a run started from a terminal shows too.
+
+A **run** is a folder with ``config.yaml`` (and ``inputs.json``), a **study** a folder with ``study.db`` or
+``trials.csv``; the scan goes down at most :data:`MAX_DEPTH` folders and does not enter a run (a study's trials
+are listed on the study's page). The status of a run:
+
+==========  ==============================================================================================
+running     ``RUN.lock`` (ragtune/locks.py) names a live process of this host
+finished    ``metrics.json`` is there
+killed      neither, and ``checkpoints/last`` is: ``ragtune run CONFIG --resume RUN`` continues it
+failed      neither: it stopped before its first checkpoint (``run.log`` holds why)
+==========  ==============================================================================================
+
+Every path a request names goes through :func:`inside`: it must stay under the board's folder (no ``..``, no
+absolute path, no symbolic link out of it), else :class:`OutsideError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ragtune.locks import holder
+
+MAX_DEPTH = 4
+SKIP = {"checkpoints", "hf_model", "index", "query_encoder", "tensorboard", "wandb", "mlruns", "trials", "reader"}
+# the metric a task's list shows (metrics.json's test split, else validation)
+MAIN_METRIC = {"classification": "accuracy", "regression": "rmse", "qa": "exact_match", "translation": "bleu",
+               "generation": "rougeL"}
+PICTURES = (".png", ".svg", ".jpg")
+
+
+class OutsideError(ValueError):
+    """A request named a path outside the board's folder (answered 404, never read)."""
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, resolved, when it stays inside ``root`` (symbolic links followed); else
+    :class:`OutsideError`."""
+    if not relative or "\x00" in relative or relative.startswith(("/", "\\")) or ":" in relative.split("/")[0]:
+        raise OutsideError(relative)
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if path != base and base not in path.parents:
+        raise OutsideError(relative)
+    return path
+
+
+def _json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and ((folder / "inputs.json").is_file() or (folder / "run.log").is_file())
+
+
+def is_study(folder: Path) -> bool:
+    return (folder / "study.db").is_file() or (folder / "trials.csv").is_file()
+
+
+def run_status(folder: Path) -> str:
+    if holder(folder) is not None:
+        return "running"
+    if (folder / "metrics.json").is_file() or (folder / "summary.json").is_file():
+        return "finished"
+    if (folder / "checkpoints" / "last").is_dir():
+        return "killed"
+    return "failed"
+
+
+def _finite(value):
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def summary(root: Path, folder: Path) -> dict:
+    """One line of the list: ``id`` (the folder relative to the board's), kind, task, name, status, the main
+    metric, when it started and last changed, the device."""
+    kind = "study" if is_study(folder) and not is_run(folder) else "run"
+    config = _yaml(folder / "config.yaml") if kind == "run" else {}
+    task = config.get("task") or (_json(folder / "summary.json", {}) or {}).get("task")
+    metrics = _json(folder / "metrics.json", {}) or {}
+    split = "test" if isinstance(metrics.get("test"), dict) else "validation"
+    metric = MAIN_METRIC.get(task or "", "")
+    value = _finite((metrics.get(split) or {}).get(metric)) if metric else None
+    if kind == "study":
+        study = _json(folder / "summary.json", {}) or {}
+        metric, value, split = study.get("metric", "best"), _finite(study.get("best_value")), "validation"
+    environment = _json(folder / "environment.json", {}) or {}
+    times = [p.stat().st_mtime for p in (folder / name for name in ("config.yaml", "train_log.jsonl", "metrics.json",
+                                                                      "history.json", "trials.csv")) if p.exists()]
+    return {
+        "id": folder.resolve().relative_to(root.resolve()).as_posix(), "kind": kind, "task": task,
+        "name": config.get("name") or folder.name, "status": run_status(folder) if kind == "run" else _study_status(folder),
+        "metric": metric or None, "split": split if value is not None else None, "value": value,
+        "started": min(times) if times else None, "updated": max(times) if times else None,
+        "device": environment.get("device"),
+    }
+
+
+def _study_status(folder: Path) -> str:
+    if holder(folder) is not None:
+        return "running"
+    return "finished" if (folder / "best.yaml").is_file() else "killed"
+
+
+def scan(root: Path) -> list[dict]:
+    """Every run and study under ``root``, newest change first."""
+    found: list[dict] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        if is_run(folder) or is_study(folder):
+            found.append(summary(root, folder))
+            return
+        if depth >= MAX_DEPTH:
+            return
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                              and p.name not in SKIP)
+        except OSError:
+            return
+        for child in children:
+            walk(child, depth + 1)
+
+    if root.is_dir():
+        walk(root, 0)
+    return sorted(found, key=lambda r: -(r["updated"] or 0))
+
+
+def read_lines(path: Path, start: int = 0) -> tuple[list[dict], int]:
+    """The JSON lines of ``path`` from byte ``start`` (whole lines only) and the offset after them: what a
+    live view reads again and again as a run appends to ``train_log.jsonl``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read()
+    except OSError:
+        return [], start
+    end = data.rfind(b"\n") + 1
+    rows = []
+    for line in data[:end].splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows, start + end
+
+
+def detail(root: Path, folder: Path) -> dict:
+    """A run's page: its summary, config, metrics, history, step log, report, data report and pictures; a
+    study's: its summary, trials and best config."""
+    out = summary(root, folder)
+    pictures = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICTURES)
+    out["pictures"] = pictures
+    if out["kind"] == "study":
+        import csv
+
+        try:
+            with (folder / "trials.csv").open(encoding="utf-8") as f:
+                out["trials"] = list(csv.DictReader(f))
+        except OSError:
+            out["trials"] = []
+        out["best"] = (folder / "best.yaml").read_text(encoding="utf-8") if (folder / "best.yaml").is_file() else None
+        out["report"] = _text(folder / "report.md")
+        return out
+    out.update(config=_text(folder / "config.yaml"), metrics=_json(folder / "metrics.json"),
+               history=_json(folder / "history.json", []) or [], steps=read_lines(folder / "train_log.jsonl")[0],
+               report=_text(folder / "report.md"), data_report=_text(folder / "data_report.md"),
+               log=_tail(folder / "run.log"))
+    return out
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _tail(path: Path, lines: int = 200) -> str | None:
+    text = _text(path)
+    return None if text is None else "\n".join(text.splitlines()[-lines:])
+
+
+def config_differences(configs: list[dict]) -> dict[str, list]:
+    """``{dotted key: [value in run 1, value in run 2, ...]}`` for the keys where the configs differ."""
+    flat = [_flatten(c) for c in configs]
+    keys = sorted(set().union(*flat)) if flat else []
+    return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,154 @@
+"""ragtune board through its HTTP API (FastAPI's TestClient): the list of runs and their states, a run's page and
+its live events, compare, launching the demo from pasted YAML, stopping it (resumable) and resuming it to the
+end, a config error answered inline with nothing launched, and the safety rules (API key, paths that leave the
+folders)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from ragtune.board.app import create_board
+from ragtune.board import catalog
+from ragtune.cli import main
+from ragtune.errors import RagtuneError
+
+TINY = {
+    "task": "classification", "name": "tiny", "data": {"demo": True},
+    "tokenizer": {"vocab_size": 300, "min_frequency": 1},
+    "model": {"heads": 2, "head_dim": 16, "layers": 1, "d_model": 32, "ffn_dim": 64, "max_length": 32},
+    "train": {"optimizer": "adamw", "lr": 0.003, "epochs": 2, "batch_size": 32, "steps_per_epoch": 4, "seed": 0,
+              "log_every_steps": 1, "threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("board")
+    runs, configs = root / "runs", root / "configs"
+    configs.mkdir()
+    (configs / "tiny.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    for name, seed in (("a", 0), ("b", 1)):
+        assert main(["run", str(configs / "tiny.yaml"), f"train.seed={seed}", "--out", str(runs / name), "--quiet"]) == 0
+    killed = runs / "killed"  # what a killed run leaves: its config, its step log and a checkpoint
+    (killed / "checkpoints" / "last").mkdir(parents=True)
+    (killed / "config.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    (killed / "inputs.json").write_text("{}", encoding="utf-8")
+    failed = runs / "nested" / "failed"
+    failed.mkdir(parents=True)
+    (failed / "config.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    (failed / "run.log").write_text("error: something\n", encoding="utf-8")
+    return runs, configs
+
+
+@pytest.fixture()
+def client(folders):
+    runs, configs = folders
+    with TestClient(create_board(runs, configs)) as c:
+        yield c
+
+
+def test_the_list_shows_every_run_with_its_status_and_main_metric(client, folders):
+    listed = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert {"a", "b", "killed", "nested/failed"} <= set(listed)
+    assert listed["a"]["status"] == "finished" and listed["a"]["task"] == "classification"
+    metrics = json.loads((folders[0] / "a" / "metrics.json").read_text())
+    assert listed["a"]["metric"] == "accuracy" and listed["a"]["value"] == metrics["test"]["accuracy"]
+    assert listed["killed"]["status"] == "killed" and listed["nested/failed"]["status"] == "failed"
+    assert listed["a"]["device"] == "cpu"
+
+
+def test_a_run_page_holds_its_curves_report_pictures_and_config(client):
+    d = client.get("/api/runs/a").json()
+    assert len(d["steps"]) == 8 and [h["epoch"] for h in d["history"]] == [1, 2]
+    assert "## " in d["report"] and "curves.png" in d["pictures"] and "task: classification" in d["config"]
+    picture = client.get("/api/runs/a/files/curves.png")
+    assert picture.status_code == 200 and picture.content[:4] == b"\x89PNG"
+    with client.stream("GET", "/api/runs/a/events") as events:  # a finished run: one update, then the end
+        text = "".join(events.iter_text())
+    first = json.loads(text.split("data: ", 1)[1].split("\n", 1)[0])
+    assert len(first["steps"]) == 8 and first["status"] == "finished" and "event: end" in text
+
+
+def test_compare_highlights_the_config_differences(client):
+    d = client.get("/api/compare", params=[("ids", "a"), ("ids", "b")]).json()
+    assert d["differences"]["train.seed"] == [0, 1] and "model.d_model" not in d["differences"]
+    assert len(d["history"]) == 2 and all("test" in m for m in d["metrics"])
+    assert client.get("/api/compare", params=[("ids", "a")]).status_code == 422  # two or more
+
+
+def test_paths_that_leave_the_folders_are_404(client):
+    for path in ("/api/runs/..%2F..%2Fetc", "/api/runs/%2Fetc", "/api/runs/a/files/..%2Fconfig.yaml",
+                 "/api/runs/a/files/config.yaml", "/api/configs/..%2F..%2Fetc%2Fpasswd", "/api/runs/nowhere"):
+        assert client.get(path).status_code == 404, path
+    assert catalog.inside(catalog.Path("/tmp"), "x") == catalog.Path("/tmp/x").resolve()
+    for bad in ("../x", "/etc", "a/../../x", ""):
+        with pytest.raises(catalog.OutsideError):
+            catalog.inside(catalog.Path("/tmp/board-root"), bad)
+
+
+def test_a_config_error_is_answered_inline_and_nothing_launches(client, folders):
+    bad = yaml.safe_dump({**TINY, "train": {**TINY["train"], "lr": -1, "optimizr": "sgd"}})
+    checked = client.post("/api/validate", json={"yaml": bad}).json()
+    assert not checked["ok"] and any("train.lr" in e for e in checked["errors"])
+    assert any("optimizr" in e for e in checked["errors"])  # every error at once
+    launched = client.post("/api/jobs", json={"yaml": bad, "out": "never"})
+    assert launched.status_code == 422 and launched.json()["detail"]["errors"]
+    assert not (folders[0] / "never").exists() and client.get("/api/jobs").json()["jobs"] == []
+    assert client.post("/api/validate", json={"yaml": "a: [unclosed"}).json()["errors"][0].startswith("YAML:")
+    assert client.post("/api/jobs", json={"config": "tiny.yaml", "out": "../escape"}).status_code == 422
+    assert client.post("/api/jobs", json={"config": "tiny.yaml", "out": "a"}).status_code == 409  # exists
+
+
+def _wait(client, job_id, states, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = next(j for j in client.get("/api/jobs").json()["jobs"] if j["id"] == job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job['state']}")
+
+
+def test_launch_stop_resume_and_finish(folders):
+    runs, configs = folders
+    slow = {**TINY, "name": "slow", "train": {**TINY["train"], "epochs": 40, "steps_per_epoch": 20}}
+    with TestClient(create_board(runs, configs)) as client:
+        job = client.post("/api/jobs", json={"yaml": yaml.safe_dump(slow), "out": "launched", "save_as": "slow.yaml"}).json()
+        assert job["state"] == "running" and (configs / "slow.yaml").is_file()
+        deadline = time.time() + 300
+        while not (runs / "launched" / "history.json").exists() and time.time() < deadline:
+            time.sleep(0.5)  # the first epoch's checkpoint is written
+        assert client.get("/api/runs/launched").json()["status"] == "running"
+        stopped = client.post(f"/api/jobs/{job['id']}/stop").json()
+        assert stopped["id"] == job["id"]
+        assert _wait(client, job["id"], ("stopped", "failed", "finished"))["state"] == "stopped"
+        assert client.get("/api/runs/launched").json()["status"] == "killed"
+        resumed = client.post("/api/runs/launched/resume")
+        assert resumed.status_code == 200, resumed.text
+        assert _wait(client, resumed.json()["id"], ("finished", "failed"), timeout=600)["state"] == "finished"
+        d = client.get("/api/runs/launched").json()
+        assert d["status"] == "finished" and len(d["history"]) == 40
+        assert client.post("/api/runs/launched/resume").status_code == 409  # finished: nothing to resume
+        log = client.get(f"/api/jobs/{resumed.json()['id']}/log").text
+        assert "resum" in log.lower()
+
+
+def test_keys_and_addresses(folders):
+    runs, configs = folders
+    with pytest.raises(RagtuneError, match="--api-key"):
+        create_board(runs, configs, host="0.0.0.0")
+    with TestClient(create_board(runs, configs, api_key="s3cret", host="0.0.0.0")) as client:
+        assert client.get("/api/runs").status_code == 200  # reading needs no key
+        assert client.post("/api/jobs", json={"config": "tiny.yaml", "out": "k"}).status_code == 401
+        assert client.post("/api/runs/killed/resume", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/api/jobs/nope/stop", headers={"Authorization": "Bearer s3cret"}).status_code == 404
+
+
+def test_the_page_has_english_and_chinese_labels(client):
+    page = client.get("/").text
+    assert "ragtune board" in page and "运行" in page and "继续训练" in page and 'data-i18n="runs"' in page
