@@ -68,6 +68,7 @@ class Jobs:
     def submit(self, command: str, config: Path, out: Path, resume: bool = False) -> Job:
         if command not in COMMANDS:
             raise RagtuneError(f"board: unknown command {command!r}; choose one of {list(COMMANDS)}")
+        self._reap()  # a child that has just exited no longer holds its folder
         with self.lock:
             busy = [j for j in self.jobs.values() if j.state in ("queued", "running") and j.out == str(out)]
             if busy:
