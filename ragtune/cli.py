@@ -877,9 +877,13 @@ def cmd_board(args) -> int:
     _check_range("--port", args.port, 1, 65535)
     _check_range("--max-parallel", args.max_parallel, 1, 64)
     key = args.api_key or os.environ.get("RAGTUNE_API_KEY") or None
+    from ragtune.serve.server import bind_socket
+
     app = create_board(Path(args.runs), Path(args.configs), api_key=key, host=args.host, max_parallel=args.max_parallel)
-    print(f"ragtune board: http://{args.host}:{args.port}/ (runs {Path(args.runs).resolve()})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    sock = bind_socket(args.host, args.port)  # a port in use is one message, before anything starts
+    print(f"ragtune board: http://{args.host}:{args.port}/ (runs {Path(args.runs).resolve()}); Ctrl-C stops it",
+          file=sys.stderr)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
 
 

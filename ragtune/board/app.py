@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 from ragtune.board import catalog
 from ragtune.board.jobs import COMMANDS, Jobs
 from ragtune.errors import RagtuneError
+from ragtune.paths import check_writable_folder, os_errors
 from ragtune.serve.app import key_dependency
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -71,9 +72,10 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
     if host not in LOOPBACK and not api_key:
         raise RagtuneError(f"board: bound to {host}, the board launches processes for whoever reaches it: give "
                            "--api-key KEY (or RAGTUNE_API_KEY), or bind to 127.0.0.1")
-    runs = Path(runs).resolve()
-    runs.mkdir(parents=True, exist_ok=True)
-    configs = Path(configs).resolve() if configs else None
+    runs = check_writable_folder(Path(runs), "--runs").resolve()
+    with os_errors(runs, "--runs"):
+        runs.mkdir(parents=True, exist_ok=True)
+    configs = check_writable_folder(Path(configs), "--configs").resolve() if configs else None
     jobs = Jobs(runs, max_parallel)
     app = FastAPI(title="ragtune board", docs_url=None, redoc_url=None)
     app.state.jobs = jobs
@@ -122,7 +124,7 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
             offset, epochs, status = max(0, start), -1, None
             while not await request.is_disconnected():
                 rows, offset = catalog.read_lines(folder / "train_log.jsonl", offset)
-                history = catalog._json(folder / "history.json", []) or []
+                history = catalog.read_json(folder / "history.json", []) or []
                 now = catalog.run_status(folder)
                 if rows or len(history) != epochs or now != status:
                     epochs, status = len(history), now
@@ -163,10 +165,10 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
         folders = [folder_of(i) for i in ids]
         import yaml
 
-        config_trees = [catalog._yaml(f / "config.yaml") for f in folders]
+        config_trees = [catalog.read_yaml(f / "config.yaml") for f in folders]
         return {"ids": ids, "differences": catalog.config_differences(config_trees),
-                "metrics": [catalog._json(f / "metrics.json") for f in folders],
-                "history": [catalog._json(f / "history.json", []) or [] for f in folders],
+                "metrics": [catalog.read_json(f / "metrics.json") for f in folders],
+                "history": [catalog.read_json(f / "history.json", []) or [] for f in folders],
                 "steps": [catalog.read_lines(f / "train_log.jsonl")[0] for f in folders],
                 "configs": [yaml.safe_dump(t, allow_unicode=True, sort_keys=False) for t in config_trees]}
 

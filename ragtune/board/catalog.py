@@ -48,14 +48,14 @@ def inside(root: Path, relative: str) -> Path:
     return path
 
 
-def _json(path: Path, default=None):
+def read_json(path: Path, default=None):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return default
 
 
-def _yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     import yaml
 
     try:
@@ -91,16 +91,16 @@ def summary(root: Path, folder: Path) -> dict:
     """One line of the list: ``id`` (the folder relative to the board's), kind, task, name, status, the main
     metric, when it started and last changed, the device."""
     kind = "study" if is_study(folder) and not is_run(folder) else "run"
-    config = _yaml(folder / "config.yaml") if kind == "run" else {}
-    task = config.get("task") or (_json(folder / "summary.json", {}) or {}).get("task")
-    metrics = _json(folder / "metrics.json", {}) or {}
+    config = read_yaml(folder / "config.yaml") if kind == "run" else {}
+    task = config.get("task") or (read_json(folder / "summary.json", {}) or {}).get("task")
+    metrics = read_json(folder / "metrics.json", {}) or {}
     split = "test" if isinstance(metrics.get("test"), dict) else "validation"
     metric = MAIN_METRIC.get(task or "", "")
     value = _finite((metrics.get(split) or {}).get(metric)) if metric else None
     if kind == "study":
-        study = _json(folder / "summary.json", {}) or {}
+        study = read_json(folder / "summary.json", {}) or {}
         metric, value, split = study.get("metric", "best"), _finite(study.get("best_value")), "validation"
-    environment = _json(folder / "environment.json", {}) or {}
+    environment = read_json(folder / "environment.json", {}) or {}
     times = [p.stat().st_mtime for p in (folder / name for name in ("config.yaml", "train_log.jsonl", "metrics.json",
                                                                       "history.json", "trials.csv")) if p.exists()]
     return {
@@ -177,8 +177,8 @@ def detail(root: Path, folder: Path) -> dict:
         out["best"] = (folder / "best.yaml").read_text(encoding="utf-8") if (folder / "best.yaml").is_file() else None
         out["report"] = _text(folder / "report.md")
         return out
-    out.update(config=_text(folder / "config.yaml"), metrics=_json(folder / "metrics.json"),
-               history=_json(folder / "history.json", []) or [], steps=read_lines(folder / "train_log.jsonl")[0],
+    out.update(config=_text(folder / "config.yaml"), metrics=read_json(folder / "metrics.json"),
+               history=read_json(folder / "history.json", []) or [], steps=read_lines(folder / "train_log.jsonl")[0],
                report=_text(folder / "report.md"), data_report=_text(folder / "data_report.md"),
                log=_tail(folder / "run.log"))
     return out

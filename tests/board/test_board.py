@@ -6,6 +6,7 @@ folders)."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -115,8 +116,17 @@ def _wait(client, job_id, states, timeout=300):
 
 
 def test_launch_stop_resume_and_finish(folders):
+    """Also with SIGINT ignored in the board's process (a board started in the background): Stop still stops."""
     runs, configs = folders
     slow = {**TINY, "name": "slow", "train": {**TINY["train"], "epochs": 40, "steps_per_epoch": 20}}
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _launch_stop_resume(runs, configs, slow)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+
+
+def _launch_stop_resume(runs, configs, slow):
     with TestClient(create_board(runs, configs)) as client:
         job = client.post("/api/jobs", json={"yaml": yaml.safe_dump(slow), "out": "launched", "save_as": "slow.yaml"}).json()
         assert job["state"] == "running" and (configs / "slow.yaml").is_file()
@@ -147,6 +157,14 @@ def test_keys_and_addresses(folders):
         assert client.post("/api/jobs", json={"config": "tiny.yaml", "out": "k"}).status_code == 401
         assert client.post("/api/runs/killed/resume", headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.post("/api/jobs/nope/stop", headers={"Authorization": "Bearer s3cret"}).status_code == 404
+
+
+def test_folders_that_cannot_be_used_are_one_error(tmp_path):
+    (tmp_path / "a_file").write_text("x", encoding="utf-8")
+    with pytest.raises(RagtuneError, match="--runs .*a_file is a file, not a folder"):
+        create_board(tmp_path / "a_file")
+    with pytest.raises(RagtuneError, match="--configs .*a_file is a file, not a folder"):
+        create_board(tmp_path / "runs", tmp_path / "a_file")
 
 
 def test_the_page_has_english_and_chinese_labels(client):
