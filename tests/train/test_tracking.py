@@ -53,6 +53,7 @@ def test_a_study_logs_each_trial_as_an_mlflow_run_of_one_experiment(tmp_path, mo
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: keep it out of the checkout
     cfg = {**TINY, "train": {**TINY["train"], "epochs": 1, "report_to": ["mlflow"]},
            "tune": {"trials": 2, "sampler": "random", "seed": 1, "space": {"train.lr": {"choice": [0.003, 0.001]}}}}
     path = tmp_path / "tune.yaml"
@@ -106,6 +107,7 @@ def test_a_run_logs_its_config_metrics_and_pictures_to_mlflow(tmp_path, monkeypa
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: keep it out of the checkout
     out = tmp_path / "run"
     assert main(["run", str(_config(tmp_path, report_to=["mlflow"])), "--out", str(out), "--quiet"]) == 0
     client = MlflowClient(uri)
