@@ -18,7 +18,11 @@ The page (``static/board.html``, English and Chinese) reads this JSON API:
 ``POST /api/jobs``                     launch ``run`` / ``tune``: ``{"command", "config" or "yaml", "out", "overrides"}``
 ``POST /api/jobs/{id}/stop``           Ctrl-C the job: the run keeps its last checkpoint
 ``POST /api/runs/{id}/resume``         continue a killed run from its last checkpoint
-``GET /api/jobs``, ``/api/jobs/{id}/log``  the launched jobs and their logs
+``POST /api/runs/{id}/serve``          ``ragtune serve`` a finished run on a free port (its page: ``port``)
+``POST /api/runs/{id}/export``         ``{"quantize": "int8" | null}``: ``ragtune export`` to ``RUNS/exports/RUN[-int8]``
+``POST /api/runs/{id}/explain``        ``{"text", "target"}``: ``ragtune explain``; the HTML at ``/api/jobs/{id}/result``
+``GET /api/jobs``, ``/api/jobs/{id}``  the launched jobs (``ready``: a server answers on its port)
+``GET /api/jobs/{id}/log``             a job's log
 =====================================  ===========================================================================
 
 **Safety.** The board binds to 127.0.0.1 unless told otherwise. With ``api_key`` set, every ``POST`` must send
@@ -33,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import uuid
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -54,14 +60,28 @@ class JobRequest(BaseModel):
     command: str = Field("run", description="`run` or `tune`")
     config: str | None = Field(None, description="a packaged config's name or a YAML file under --configs")
     yaml: str | None = Field(None, description="a config's text (saved under --configs as `save_as`)")
+    tree: dict | None = Field(None, description="a config as a mapping, what the page's form edits (saved as YAML)")
     save_as: str | None = Field(None, description="file name for `yaml` under --configs (default board-<out>.yaml)")
     out: str = Field(..., description="the run folder, a name under --runs")
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE overrides")
 
 
 class ValidateRequest(BaseModel):
-    yaml: str
+    yaml: str | None = Field(None, description="a config's text")
+    tree: dict | None = Field(None, description="or a config as a mapping (the form's)")
     overrides: list[str] = Field(default_factory=list)
+
+
+class ExportRequest(BaseModel):
+    quantize: str | None = Field(None, description="`int8`: also write and check an int8 model")
+
+
+class ExplainRequest(BaseModel):
+    text: str = Field(..., description="the text to explain", max_length=20_000)
+    target: str | None = Field(None, description="the class to explain (default: the predicted one)")
+
+
+EXPLAINABLE = ("classification", "regression")  # the tasks `ragtune export` and `ragtune explain` take
 
 
 def create_board(runs: Path, configs: Path | None = None, api_key: str | None = None, host: str = "127.0.0.1",
@@ -156,6 +176,49 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
             raise HTTPException(409, str(exc)) from None
         return job.public()
 
+    def finished_run(run_id: str, tasks: tuple[str, ...] | None = None) -> tuple[Path, dict]:
+        folder = folder_of(run_id)
+        line = catalog.summary(runs, folder)
+        if line["kind"] != "run" or line["status"] != "finished":
+            raise HTTPException(409, f"{run_id} is a {line['status']} {line['kind']}: only a finished run can be used")
+        if tasks and line["task"] not in tasks:
+            raise HTTPException(409, f"{run_id} is a {line['task']} run: this takes a run of {' or '.join(tasks)}")
+        return folder, line
+
+    @app.post("/api/runs/{run_id:path}/serve", dependencies=[Depends(require_key)])
+    def serve(run_id: str) -> dict:
+        folder, _ = finished_run(run_id)
+        job = jobs.running("serve", folder)  # one server a run: a second click opens the same page
+        if job is None:
+            port = _free_port(host)
+            job = jobs.start_tool("serve", [folder, "--host", host, "--port", port], folder, port=port,
+                                  env={"RAGTUNE_API_KEY": api_key} if api_key else {})
+        return job.public()
+
+    @app.post("/api/runs/{run_id:path}/export", dependencies=[Depends(require_key)])
+    def export(run_id: str, body: ExportRequest) -> dict:
+        folder, _ = finished_run(run_id, EXPLAINABLE)
+        if body.quantize not in (None, "int8"):
+            raise HTTPException(422, f"quantize: {body.quantize!r}; choose int8 or null")
+        # a folder of its own (export refuses one inside the run): RUNS/exports/<run>[-int8]
+        out = runs / "exports" / (folder.relative_to(runs).as_posix().replace("/", "--") + ("-int8" if body.quantize else ""))
+        if out.exists():
+            raise HTTPException(409, f"{out.relative_to(runs)} exists: the run is exported there already")
+        if jobs.running("export", out):
+            raise HTTPException(409, f"{out.relative_to(runs)}: an export into it is running")
+        args = [folder, "--format", "onnx", "--out", out] + (["--quantize", "int8"] if body.quantize else [])
+        return jobs.start_tool("export", args, out).public()
+
+    @app.post("/api/runs/{run_id:path}/explain", dependencies=[Depends(require_key)])
+    def explain(run_id: str, body: ExplainRequest) -> dict:
+        folder, _ = finished_run(run_id, EXPLAINABLE)
+        if not body.text.strip():
+            raise HTTPException(422, "text: empty; give the text whose prediction to explain")
+        result = runs / ".board" / "explain" / f"{uuid.uuid4().hex[:12]}.html"
+        result.parent.mkdir(parents=True, exist_ok=True)
+        args = [folder, "--out", result] + (["--target", body.target] if body.target else []) + ["--", body.text]
+        return jobs.start_tool("explain", args, folder, result=result).public()
+
     @app.get("/api/runs/{run_id:path}")
     def run_detail(run_id: str) -> dict:
         return catalog.detail(runs, folder_of(run_id))
@@ -195,8 +258,12 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
 
     @app.post("/api/validate")
     def validate(body: ValidateRequest) -> dict:
-        _, errors = _check(body.yaml, body.overrides, configs or runs)
-        return {"ok": not errors, "errors": errors}
+        """Every error of the config, its mapping (what the form shows) and its YAML (what the editor shows)."""
+        if (body.yaml is None) == (body.tree is None):
+            raise HTTPException(422, "give `yaml` (a config's text) or `tree` (a mapping), one of the two")
+        text = body.yaml if body.yaml is not None else _yaml_of(body.tree)
+        tree, errors = _check(text, body.overrides, configs or runs)
+        return {"ok": not errors, "errors": errors, "tree": tree, "yaml": text}
 
     @app.post("/api/jobs", dependencies=[Depends(require_key)])
     def launch(body: JobRequest) -> dict:
@@ -208,8 +275,10 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
         out = runs / body.out
         if out.exists():
             raise HTTPException(409, f"out: {body.out} exists under {runs}; choose another name")
-        if (body.config is None) == (body.yaml is None):
-            raise HTTPException(422, "give `config` (a name) or `yaml` (a config's text), one of the two")
+        if sum(x is not None for x in (body.config, body.yaml, body.tree)) != 1:
+            raise HTTPException(422, "give `config` (a name), `yaml` (a config's text) or `tree` (a mapping), one of them")
+        if body.tree is not None:
+            body.yaml = _yaml_of(body.tree)
         if body.yaml is not None:
             if configs is None:
                 raise HTTPException(422, "yaml: the board has no --configs folder to save a pasted config in")
@@ -247,6 +316,27 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
     def list_jobs() -> dict:
         return {"jobs": jobs.listing()}
 
+    def job_of(job_id: str):
+        try:
+            return jobs.get(job_id)
+        except KeyError:
+            raise HTTPException(404, f"no job {job_id!r}") from None
+
+    @app.get("/api/jobs/{job_id}")
+    def job_detail(job_id: str) -> dict:
+        job = job_of(job_id)
+        ready = job.state == "running" and job.port is not None and _answers(host, job.port)
+        return {**job.public(), "ready": ready}
+
+    @app.get("/api/jobs/{job_id}/result")
+    def job_result(job_id: str, picture: bool = False) -> FileResponse:
+        """An explain job's highlighted HTML (``picture=true``: its PNG chart), sandboxed: it runs no script."""
+        job = job_of(job_id)
+        path = Path(job.result).with_suffix(".png") if job.result and picture else Path(job.result or "")
+        if job.state != "finished" or not job.result or not path.is_file():
+            raise HTTPException(404, f"job {job_id} has no result ({job.state})")
+        return FileResponse(path, headers={"Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"})
+
     @app.post("/api/jobs/{job_id}/stop", dependencies=[Depends(require_key)])
     def stop(job_id: str) -> dict:
         try:
@@ -256,16 +346,37 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
 
     @app.get("/api/jobs/{job_id}/log", response_class=PlainTextResponse)
     def job_log(job_id: str) -> str:
-        try:
-            job = jobs.get(job_id)
-        except KeyError:
-            raise HTTPException(404, f"no job {job_id!r}") from None
+        job = job_of(job_id)
         try:
             return Path(job.log).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
 
     return app
+
+
+def _yaml_of(tree: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(tree, allow_unicode=True, sort_keys=False)
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now (the server binds it a moment later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether something accepts connections on ``host:port`` (a server that has started)."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _check(text: str, overrides: list[str], base: Path, path: Path | None = None) -> tuple[dict | None, list[str]]:

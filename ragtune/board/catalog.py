@@ -167,14 +167,12 @@ def detail(root: Path, folder: Path) -> dict:
     pictures = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICTURES)
     out["pictures"] = pictures
     if out["kind"] == "study":
-        import csv
-
-        try:
-            with (folder / "trials.csv").open(encoding="utf-8") as f:
-                out["trials"] = list(csv.DictReader(f))
-        except OSError:
-            out["trials"] = []
-        out["best"] = (folder / "best.yaml").read_text(encoding="utf-8") if (folder / "best.yaml").is_file() else None
+        study = read_json(folder / "summary.json", {}) or {}
+        rows, direction = trials(folder, out["status"])
+        out["trials"] = [{**row, "run_id": _inside_id(root, row.get("user_attrs_run_dir"))} for row in rows]
+        out["direction"] = study.get("direction") or direction
+        out["best_trial"] = (study.get("best") or {}).get("trial", _best_of(out["trials"], out["direction"]))
+        out["best"] = _text(folder / "best.yaml")
         out["report"] = _text(folder / "report.md")
         return out
     out.update(config=_text(folder / "config.yaml"), metrics=read_json(folder / "metrics.json"),
@@ -182,6 +180,66 @@ def detail(root: Path, folder: Path) -> dict:
                report=_text(folder / "report.md"), data_report=_text(folder / "data_report.md"),
                log=_tail(folder / "run.log"))
     return out
+
+
+def trials(folder: Path, status: str = "finished") -> tuple[list[dict], str | None]:
+    """A study's trials, one mapping each (number, state, value, seconds, params_*, user_attrs_*), and its
+    direction when known: from Optuna's storage while the study runs (or before it wrote ``trials.csv``), else
+    from ``trials.csv``."""
+    csv_path = folder / "trials.csv"
+    if (status == "running" or not csv_path.is_file()) and (folder / "study.db").is_file():
+        live = _trials_from_storage(folder / "study.db")
+        if live is not None:
+            return live
+    import csv
+
+    try:
+        with csv_path.open(encoding="utf-8") as f:
+            return list(csv.DictReader(f)), None
+    except OSError:
+        return [], None
+
+
+def _trials_from_storage(db: Path) -> tuple[list[dict], str | None] | None:
+    """The trials in ``study.db`` as ``trials.csv`` lists them (None without Optuna or a readable study)."""
+    try:
+        import optuna
+    except ImportError:
+        return None
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        url = f"sqlite:///{db.resolve()}"
+        names = optuna.get_all_study_names(storage=url)
+        if not names:
+            return [], None
+        study = optuna.load_study(study_name=names[0], storage=url)
+        direction = study.direction.name.lower()
+        df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
+    except Exception:  # a database another process is writing: the next poll reads it again
+        return None
+    df = df.drop(columns=["user_attrs_config"], errors="ignore")
+    if "duration" in df:
+        df["seconds"] = df.pop("duration").dt.total_seconds().round(1)
+    return json.loads(df.to_json(orient="records", date_format="iso")), direction
+
+
+def _inside_id(root: Path, path) -> str | None:
+    """``path`` as a board id when it is a run under ``root``, else None."""
+    if not path or not isinstance(path, str):
+        return None
+    try:
+        folder = Path(path).resolve()
+        return folder.relative_to(root.resolve()).as_posix() if is_run(folder) else None
+    except (ValueError, OSError):
+        return None
+
+
+def _best_of(rows: list[dict], direction: str | None):
+    done = [r for r in rows if r.get("state") == "COMPLETE" and r.get("value") not in (None, "")]
+    if not done:
+        return None
+    pick = max if direction == "maximize" else min
+    return pick(done, key=lambda r: float(r["value"]))["number"]
 
 
 def _text(path: Path) -> str | None:

@@ -1,5 +1,6 @@
 """The board's launches: ``ragtune run`` / ``ragtune tune`` as child processes, one at a time by default and
-queued beyond that, each with its log in ``RUNS/.board/<job>.log``.
+queued beyond that, and the tools on a finished run (``serve``, ``export``, ``explain``), started at once; each
+with its log in ``RUNS/.board/<job>.log``.
 
 A job is started as ``python -m ragtune run CONFIG --out OUT --quiet`` (``tune`` alike; ``--resume OUT`` to
 continue a killed run): the same command a terminal runs, so the run directory, its lock and its checkpoints
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from ragtune.errors import RagtuneError
 
-COMMANDS = ("run", "tune")
+COMMANDS = ("run", "tune")  # from a config; queued behind max_parallel
+TOOLS = ("serve", "export", "explain")  # on a finished run; started at once (a server would hold a slot forever)
 
 
 @dataclass
@@ -38,11 +40,15 @@ class Job:
     created: float = field(default_factory=time.time)
     started: float | None = None
     ended: float | None = None
+    args: list[str] = field(default_factory=list)  # a tool's arguments after ``ragtune COMMAND``
+    port: int | None = None  # serve: where it listens
+    result: str | None = None  # explain: the HTML file it writes
+    env: dict = field(default_factory=dict, repr=False)  # added to the child's environment (serve's API key)
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def public(self) -> dict:
         return {k: getattr(self, k) for k in ("id", "command", "config", "out", "resume", "state", "returncode",
-                                              "created", "started", "ended")}
+                                              "created", "started", "ended", "port")}
 
 
 def _default_sigint() -> None:
@@ -79,6 +85,27 @@ class Jobs:
             self.jobs[job_id] = job
         self._tick()
         return job
+
+    def start_tool(self, command: str, args: list[str], out: Path, port: int | None = None,
+                   result: Path | None = None, env: dict | None = None) -> Job:
+        """Start ``ragtune COMMAND ARGS...`` now, outside the queue (``out``: the folder it works on)."""
+        if command not in TOOLS:
+            raise RagtuneError(f"board: unknown tool {command!r}; choose one of {list(TOOLS)}")
+        with self.lock:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            job_id = uuid.uuid4().hex[:10]
+            job = Job(job_id, command, "", str(out), False, str(self.logs / f"{job_id}.log"), args=[str(a) for a in args],
+                      port=port, result=str(result) if result else None, env=dict(env or {}))
+            self.jobs[job_id] = job
+            self._start(job)
+        return job
+
+    def running(self, command: str, out: Path) -> Job | None:
+        """A queued or running ``command`` job on ``out``, if there is one."""
+        self._reap()
+        with self.lock:
+            return next((j for j in self.jobs.values() if j.command == command and j.out == str(out)
+                         and j.state in ("queued", "running")), None)
 
     def stop(self, job_id: str) -> Job:
         with self.lock:
@@ -125,15 +152,18 @@ class Jobs:
     def _tick(self) -> None:
         self._reap()
         with self.lock:
-            running = sum(j.state == "running" for j in self.jobs.values())
+            running = sum(j.state == "running" and j.command in COMMANDS for j in self.jobs.values())
             waiting = sorted((j for j in self.jobs.values() if j.state == "queued"), key=lambda j: j.created)
             for job in waiting[:max(0, self.max_parallel - running)]:
                 self._start(job)
 
     def _start(self, job: Job) -> None:
-        cmd = [self.python, "-m", "ragtune", job.command, job.config, "--quiet"]
-        cmd += ["--resume", job.out] if job.resume else ["--out", job.out]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if job.command in COMMANDS:
+            cmd = [self.python, "-m", "ragtune", job.command, job.config, "--quiet"]
+            cmd += ["--resume", job.out] if job.resume else ["--out", job.out]
+        else:
+            cmd = [self.python, "-m", "ragtune", job.command, *job.args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **job.env}
         with open(job.log, "ab") as log:  # the child keeps its own descriptor
             job.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            env=env, cwd=str(self.root),

@@ -39,6 +39,12 @@ def folders(tmp_path_factory):
     (killed / "checkpoints" / "last").mkdir(parents=True)
     (killed / "config.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
     (killed / "inputs.json").write_text("{}", encoding="utf-8")
+    study = {**TINY, "name": "study", "train": {**TINY["train"], "epochs": 2, "steps_per_epoch": 3},
+             # a good and a hopeless rate: the hopeless one is pruned after its first epoch
+             "tune": {"trials": 4, "sampler": "random", "seed": 1, "pruner_startup_trials": 1,
+                      "pruner_warmup_epochs": 0, "space": {"train.lr": {"choice": [0.003, 1.0e-9]}}}}
+    (configs / "study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
+    assert main(["tune", str(configs / "study.yaml"), "--out", str(runs / "study"), "--quiet"]) == 0
     failed = runs / "nested" / "failed"
     failed.mkdir(parents=True)
     (failed / "config.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
@@ -55,7 +61,9 @@ def client(folders):
 
 def test_the_list_shows_every_run_with_its_status_and_main_metric(client, folders):
     listed = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
-    assert {"a", "b", "killed", "nested/failed"} <= set(listed)
+    assert {"a", "b", "killed", "nested/failed", "study"} <= set(listed)
+    assert listed["study"]["kind"] == "study" and listed["study"]["status"] == "finished"
+    assert not any(i.startswith("study/") for i in listed)  # a study's trials are on its own page
     assert listed["a"]["status"] == "finished" and listed["a"]["task"] == "classification"
     metrics = json.loads((folders[0] / "a" / "metrics.json").read_text())
     assert listed["a"]["metric"] == "accuracy" and listed["a"]["value"] == metrics["test"]["accuracy"]
@@ -170,3 +178,75 @@ def test_folders_that_cannot_be_used_are_one_error(tmp_path):
 def test_the_page_has_english_and_chinese_labels(client):
     page = client.get("/").text
     assert "ragtune board" in page and "运行" in page and "继续训练" in page and 'data-i18n="runs"' in page
+
+
+def test_a_study_page_lists_every_trial_with_the_best_and_the_pictures(client, folders):
+    d = client.get("/api/runs/study").json()
+    states = [t["state"] for t in d["trials"]]
+    assert len(states) == 4 and "PRUNED" in states and "COMPLETE" in states  # pruned trials are listed too
+    summary = json.loads((folders[0] / "study" / "summary.json").read_text())
+    assert d["best_trial"] == summary["best"]["trial"] and d["direction"] == "maximize"
+    best = next(t for t in d["trials"] if int(t["number"]) == d["best_trial"])
+    assert best["state"] == "COMPLETE" and "params_train.lr" in best
+    assert client.get(f"/api/runs/{best['run_id']}").json()["kind"] == "run"  # a trial opens as a run
+    assert "history.png" in d["pictures"] and "lr: 0.003" in d["best"]
+    live, direction = catalog.trials(folders[0] / "study", "running")  # while it runs: read from study.db
+    assert [int(t["number"]) for t in live] == [int(t["number"]) for t in d["trials"]] and direction == "maximize"
+    assert [t["state"] for t in live] == states
+
+
+def test_the_form_edits_a_mapping_that_validates_and_launches(client, folders):
+    schema = client.get("/api/schema").json()
+    assert {"ClassificationConfig", "TrainConfig"} <= set(schema["$defs"])  # what the page builds the form from
+    tree = {**TINY, "train": {**TINY["train"], "lr": -1}}
+    checked = client.post("/api/validate", json={"tree": tree}).json()
+    assert checked["tree"] == tree and "lr: -1" in checked["yaml"]
+    assert [e for e in checked["errors"] if e.startswith("train.lr:")]  # the form puts it under the field
+    assert client.post("/api/validate", json={}).status_code == 422
+    assert client.post("/api/jobs", json={"tree": tree, "out": "from-form"}).status_code == 422
+    assert not (folders[0] / "from-form").exists()
+
+
+def _job(client, job_id, done=lambda j: j["state"] not in ("queued", "running"), timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if done(job) or job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job['state']}")
+
+
+def test_serve_a_finished_run_and_open_its_page(client):
+    import urllib.request
+
+    job = client.post("/api/runs/a/serve").json()
+    assert client.post("/api/runs/a/serve").json()["id"] == job["id"]  # one server a run
+    ready = _job(client, job["id"], lambda j: j["ready"], timeout=180)
+    assert ready["ready"], client.get(f"/api/jobs/{job['id']}/log").text
+    with urllib.request.urlopen(f"http://127.0.0.1:{job['port']}/healthz", timeout=10) as r:
+        assert json.loads(r.read())["status"] == "ok"
+    client.post(f"/api/jobs/{job['id']}/stop")
+    assert _job(client, job["id"])["state"] in ("finished", "stopped")
+    assert client.post("/api/runs/killed/serve").status_code == 409  # only a finished run
+
+
+def test_export_and_explain_a_finished_run(client, folders):
+    job = client.post("/api/runs/a/export", json={"quantize": None}).json()
+    assert _job(client, job["id"])["state"] == "finished", client.get(f"/api/jobs/{job['id']}/log").text
+    assert (folders[0] / "exports" / "a" / "model.onnx").is_file()
+    again = client.post("/api/runs/a/export", json={"quantize": None})
+    assert again.status_code == 409 and "exported there already" in again.json()["detail"]
+    assert client.post("/api/runs/a/export", json={"quantize": "int4"}).status_code == 422
+    assert not [r for r in client.get("/api/runs").json()["runs"] if r["id"].startswith("exports")]  # not a run
+
+    text = "-the minister <b>raised</b> taxes"  # a leading dash is the text, not an option; markup stays text
+    job = client.post("/api/runs/a/explain", json={"text": text}).json()
+    assert _job(client, job["id"])["state"] == "finished", client.get(f"/api/jobs/{job['id']}/log").text
+    page = client.get(f"/api/jobs/{job['id']}/result")
+    assert page.status_code == 200 and "sandbox" in page.headers["content-security-policy"]
+    assert "Prediction:" in page.text and "&lt;" in page.text and "<b>" not in page.text  # tokens, escaped
+    assert json.dumps(text) in client.get(f"/api/jobs/{job['id']}/log").text  # the whole text was explained
+    assert client.get(f"/api/jobs/{job['id']}/result", params={"picture": True}).content[:4] == b"\x89PNG"
+    assert client.post("/api/runs/a/explain", json={"text": "  "}).status_code == 422
+    assert client.get("/api/jobs/nope/result").status_code == 404
