@@ -26,6 +26,10 @@ TINY = {
               "log_every_steps": 1, "threads": 1},
 }
 
+# a good and a hopeless rate: the hopeless one is pruned after its first epoch
+STUDY_TUNE = {"trials": 4, "sampler": "random", "seed": 1, "pruner_startup_trials": 1, "pruner_warmup_epochs": 0,
+              "space": {"train.lr": {"choice": [0.003, 1.0e-9]}}}
+
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
@@ -39,10 +43,7 @@ def folders(tmp_path_factory):
     (killed / "checkpoints" / "last").mkdir(parents=True)
     (killed / "config.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
     (killed / "inputs.json").write_text("{}", encoding="utf-8")
-    study = {**TINY, "name": "study", "train": {**TINY["train"], "epochs": 2, "steps_per_epoch": 3},
-             # a good and a hopeless rate: the hopeless one is pruned after its first epoch
-             "tune": {"trials": 4, "sampler": "random", "seed": 1, "pruner_startup_trials": 1,
-                      "pruner_warmup_epochs": 0, "space": {"train.lr": {"choice": [0.003, 1.0e-9]}}}}
+    study = {**TINY, "name": "study", "train": {**TINY["train"], "epochs": 2, "steps_per_epoch": 3}, "tune": STUDY_TUNE}
     (configs / "study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
     assert main(["tune", str(configs / "study.yaml"), "--out", str(runs / "study"), "--quiet"]) == 0
     failed = runs / "nested" / "failed"
@@ -165,6 +166,26 @@ def test_keys_and_addresses(folders):
         assert client.post("/api/jobs", json={"config": "tiny.yaml", "out": "k"}).status_code == 401
         assert client.post("/api/runs/killed/resume", headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.post("/api/jobs/nope/stop", headers={"Authorization": "Bearer s3cret"}).status_code == 404
+        for tool in ("serve", "export", "explain"):  # each starts a process: the key too
+            assert client.post(f"/api/runs/a/{tool}", json={"text": "x"}).status_code == 401, tool
+
+
+def test_a_crashed_child_is_reported_and_the_board_goes_on(folders):
+    runs, configs = folders
+    slow = {**TINY, "name": "crash", "train": {**TINY["train"], "epochs": 40, "steps_per_epoch": 20}}
+    with TestClient(create_board(runs, configs)) as client:
+        job = client.post("/api/jobs", json={"yaml": yaml.safe_dump(slow), "out": "crashed", "save_as": "crash.yaml"}).json()
+        process = client.app.state.jobs.get(job["id"]).process
+        deadline = time.time() + 300
+        while not (runs / "crashed" / "train_log.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        process.kill()  # what the out-of-memory killer does: no Ctrl-C, no clean exit
+        ended = _job(client, job["id"])
+        assert ended["state"] == "failed" and ended["returncode"] == -signal.SIGKILL
+        listed = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+        assert listed["crashed"]["status"] in ("killed", "failed")  # its lock's process is gone
+        again = client.post("/api/jobs", json={"config": "tiny.yaml", "out": "after-crash"}).json()
+        assert _job(client, again["id"])["state"] == "finished"  # the board still launches
 
 
 def test_folders_that_cannot_be_used_are_one_error(tmp_path):

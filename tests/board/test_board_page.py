@@ -1,7 +1,7 @@
 """ragtune board's page in a real browser (Debian's Chromium driven by Playwright, the helpers of
-tests/serve/test_page.py): launch a run from the page, watch its progress grow while it trains, stop it, resume
-it, see it finish, open its report, compare it with another run; a config error shows inline and launches
-nothing; the Chinese labels; a 360 px screen."""
+tests/serve/test_page.py): launch a run from the form, watch its progress grow while it trains, stop it, resume
+it, see it finish, open its report, compare it with another run; a config error shows at its field and launches
+nothing; a study's trials; serve and explain a finished run; the Chinese labels; a 360 px screen."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import pytest
 import yaml
 from board.test_board import TINY
+from board import test_board
 from serve import test_page as page_tests  # skips this module where the browser is missing
 from serve.live import live_server
 from serve.test_page import _open
@@ -32,6 +33,10 @@ def board(tmp_path_factory):
     (configs / "slow.yaml").write_text(yaml.safe_dump(SLOW), encoding="utf-8")
     (configs / "tiny.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
     assert main(["run", str(configs / "tiny.yaml"), "--out", str(runs / "other"), "--quiet"]) == 0
+    study = {**TINY, "name": "study", "train": {**TINY["train"], "epochs": 2, "steps_per_epoch": 3},
+             "tune": test_board.STUDY_TUNE}
+    (configs / "study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
+    assert main(["tune", str(configs / "study.yaml"), "--out", str(runs / "study"), "--quiet"]) == 0
     with live_server(create_board(runs, configs)) as base:
         yield base, runs
 
@@ -42,12 +47,17 @@ def test_launch_watch_stop_resume_finish_report_and_compare(browser, board):
     page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
     page.goto(base + "/#launch")
     page.select_option("#config-pick", "slow.yaml")
-    page.click("#load")
-    expect(page.locator("#yaml")).to_have_value(re.compile("name: slow"))
+    page.click("#load")  # the config into the form: each key in its section, with its description and default
+    expect(page.locator('#form [data-path="train.epochs"] input')).to_have_value("150")
+    expect(page.locator('#form [data-path="train.momentum"] input')).to_have_attribute("placeholder", "0.9")
+    expect(page.locator('#form [data-path="train.schedule"]')).to_contain_text("Learning-rate schedule")
+    page.fill('#form [data-path="name"] input', "slow-from-form")
     page.fill("#out", "from-page")
     page.click("#go")
     expect(page.locator("#launched")).to_contain_text("from-page")
+    assert "name: slow-from-form" in (runs.parent / "configs" / "board-from-page.yaml").read_text(encoding="utf-8")
     page.goto(base + "/#run/from-page")
+    expect(page.locator("#run-title")).to_have_text("slow-from-form", timeout=60_000)
     progress = page.locator("#progress")
     expect(progress).to_contain_text("epochs done", timeout=120_000)  # the curve has grown past an epoch
     first = progress.inner_text()
@@ -72,19 +82,59 @@ def test_launch_watch_stop_resume_finish_report_and_compare(browser, board):
     assert not problems, problems
 
 
-def test_a_config_error_shows_inline_and_launches_nothing(browser, board):
+def test_a_config_error_shows_at_its_field_and_launches_nothing(browser, board):
     base, runs = board
     context, page, problems = _open(browser, base)
     page.goto(base + "/#launch")
-    page.fill("#yaml", yaml.safe_dump({**TINY, "train": {**TINY["train"], "lr": -1}}))
-    page.click("#check")
-    expect(page.locator("#errors li").first).to_contain_text("train.lr")
+    page.select_option("#config-pick", "tiny.yaml")
+    page.click("#load")
+    page.fill('#form [data-path="train.lr"] input', "-1")  # checked as it is typed
+    expect(page.locator('#form [data-path="train.lr"] .ferr')).to_contain_text("greater than 0")
+    expect(page.locator('#form details[data-section="train"]')).to_have_attribute("open", "")
     page.fill("#out", "bad-one")
     page.click("#go")
     expect(page.locator("#errors li").first).to_contain_text("train.lr")
+    for task in ("qa", "translation", "generation", "classification"):  # each task's own sections
+        page.select_option('#form [data-path="task"] select', task)
+        expect(page.locator('#form details[data-section="train"]')).to_have_count(1)
+        expect(page.locator('#form details[data-section="qa"]')).to_have_count(1 if task == "qa" else 0)
+        expect(page.locator('#form details[data-section="decode"]')).to_have_count(0 if task == "classification" else 1)
+    expect(page.locator('#form [data-path="train.lr"] .ferr')).to_contain_text("greater than 0")
+    page.click("#tab-yaml")  # the same tree as YAML; an error there shows in the list
+    expect(page.locator("#yaml")).to_have_value(re.compile("lr: -1"))
+    page.fill("#yaml", yaml.safe_dump({**TINY, "train": {**TINY["train"], "optimizr": "sgd"}}))
+    page.click("#check")
+    expect(page.locator("#errors li").first).to_contain_text("optimizr")
+    page.click("#go")
+    expect(page.locator("#errors li").first).to_contain_text("optimizr")
     assert not (runs / "bad-one").exists()
     context.close()
     assert not [p for p in problems if "422" not in p], problems
+
+
+def test_a_study_page_and_using_a_finished_run(browser, board):
+    base, runs = board
+    context, page, problems = _open(browser, base)
+    page.goto(base + "/#run/study")
+    expect(page.locator("#trials tr.best")).to_have_count(1)
+    expect(page.locator("#trials .state-PRUNED").first).to_be_visible()  # pruned trials are listed
+    expect(page.locator("#study-pictures img").first).to_be_visible()  # Optuna's pictures
+    page.locator("#trials tr.best a").click()  # the best trial opens as a run
+    expect(page.locator("#run-line")).to_contain_text("finished")
+    page.goto(base + "/#run/other")
+    page.fill("#explain-text", "the minister raised taxes")
+    page.click("#explain")
+    expect(page.locator("iframe.explained")).to_be_visible(timeout=120_000)
+    expect(page.frame_locator("iframe.explained").locator("h1")).to_contain_text("Prediction")
+    with context.expect_page(timeout=180_000) as popup:
+        page.click("#serve")  # starts `ragtune serve` on a free port and opens its page
+    expect(page.locator("#served-link")).to_be_visible()
+    served = popup.value
+    served.wait_for_load_state()
+    assert served.url == page.locator("#served-link").get_attribute("href")
+    assert page.request.get(served.url + "healthz").json()["status"] == "ok"
+    context.close()
+    assert not problems, problems
 
 
 def test_chinese_labels_and_a_narrow_screen(browser, board):
