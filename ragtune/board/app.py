@@ -134,7 +134,7 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
 
     @app.get("/api/runs")
     def list_runs() -> dict:
-        return {"runs": catalog.scan(runs), "jobs": jobs.listing()}
+        return {"root": str(runs), "runs": catalog.scan(runs), "jobs": jobs.listing()}
 
     @app.get("/api/runs/{run_id:path}/events")
     async def events(run_id: str, request: Request, start: int = 0) -> StreamingResponse:
@@ -239,12 +239,12 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
     def list_configs() -> dict:
         from ragtune.api import describe_config, packaged_configs
 
-        local = []
+        packaged, local = packaged_configs(), []
+        shipped = {p.resolve() for p in packaged.values()}  # a checkout's configs/ are the packaged ones
         if configs is not None and configs.is_dir():
             local = [{"name": p.relative_to(configs).as_posix(), "about": describe_config(p)}
-                     for p in sorted(configs.rglob("*.y*ml")) if p.suffix in (".yaml", ".yml")]
-        return {"packaged": [{"name": n, "about": describe_config(p)} for n, p in packaged_configs().items()],
-                "local": local}
+                     for p in sorted(configs.rglob("*.y*ml")) if p.suffix in (".yaml", ".yml") and p.resolve() not in shipped]
+        return {"packaged": [{"name": n, "about": describe_config(p)} for n, p in packaged.items()], "local": local}
 
     @app.get("/api/configs/{name:path}", response_class=PlainTextResponse)
     def config_text(name: str) -> str:

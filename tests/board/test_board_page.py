@@ -72,6 +72,8 @@ def test_launch_watch_stop_resume_finish_report_and_compare(browser, board):
     expect(page.locator("#run-line")).to_contain_text("finished", timeout=300_000)
     expect(page.locator("#report h3").first).to_be_visible()  # report.md rendered
     expect(page.locator("#pictures img").first).to_be_visible()
+    page.locator("#data-box summary").click()  # the data report, folded under the report
+    expect(page.locator("#data-report table").first).to_be_visible()
     page.goto(base + "/#runs")
     for run_id in ("from-page", "other"):
         page.locator(f'#runs input[data-id="{run_id}"]').check()
@@ -143,5 +145,28 @@ def test_chinese_labels_and_a_narrow_screen(browser, board):
     expect(page.locator('nav button[data-view="runs"]')).to_have_text("运行")
     expect(page.locator("#runs tbody")).to_contain_text("已完成")
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 360
+    page.goto(base + "/#launch")  # the form, in Chinese, on a phone
+    expect(page.locator("#tab-form")).to_have_text("表单")
+    page.select_option("#config-pick", "tiny.yaml")
+    page.click("#load")
+    expect(page.locator('#form [data-path="train.lr"] input')).to_have_value("0.003")
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 360
     context.close()
     assert not problems, problems
+
+
+def test_a_new_user_launches_the_demo_from_the_page_and_watches_it_train(browser, tmp_path):
+    """The issue's "done when": an empty folder, `ragtune board`, and nothing but clicks."""
+    with live_server(create_board(tmp_path / "runs", tmp_path / "configs")) as base:
+        context, page, problems = _open(browser, base)
+        expect(page.locator("#no-runs")).to_contain_text("No runs or studies yet")
+        page.click("#no-runs a")
+        expect(page.locator('#form [data-path="data.demo"] select')).to_have_value("true")  # the demo, loaded
+        expect(page.locator("#out")).to_have_value("demo")
+        page.click("#go")
+        page.click("#launched a")
+        expect(page.locator("#progress")).to_contain_text("step", timeout=180_000)  # its curves, as it trains
+        expect(page.locator("#run-line")).to_contain_text("finished", timeout=300_000)  # the demo takes seconds
+        expect(page.locator("#report h3").first).to_be_visible()
+        context.close()
+        assert not problems, problems
