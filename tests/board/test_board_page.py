@@ -121,6 +121,11 @@ def test_a_study_page_and_using_a_finished_run(browser, board):
     expect(page.locator("#trials tr.best")).to_have_count(1)
     expect(page.locator("#trials .state-PRUNED").first).to_be_visible()  # pruned trials are listed
     expect(page.locator("#study-pictures img").first).to_be_visible()  # Optuna's pictures
+    page.click("#launch-best")  # best.yaml in the form, ready to retrain
+    expect(page.locator('#form [data-path="train.lr"] input')).to_have_value("0.003")
+    expect(page.locator("#out")).to_have_value("study-best")
+    expect(page.locator("#errors li")).to_have_count(0)  # best.yaml validates as it is
+    page.goto(base + "/#run/study")
     page.locator("#trials tr.best a").click()  # the best trial opens as a run
     expect(page.locator("#run-line")).to_contain_text("finished")
     page.goto(base + "/#run/other")
