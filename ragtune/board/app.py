@@ -176,6 +176,12 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
             raise HTTPException(409, str(exc)) from None
         return job.public()
 
+    def tool(command: str, args: list, out: Path, **extra):
+        try:
+            return jobs.start_tool(command, args, out, **extra)
+        except RagtuneError as exc:
+            raise HTTPException(409, str(exc)) from None
+
     def finished_run(run_id: str, tasks: tuple[str, ...] | None = None) -> tuple[Path, dict]:
         folder = folder_of(run_id)
         line = catalog.summary(runs, folder)
@@ -191,8 +197,8 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
         job = jobs.running("serve", folder)  # one server a run: a second click opens the same page
         if job is None:
             port = _free_port(host)
-            job = jobs.start_tool("serve", [folder, "--host", host, "--port", port], folder, port=port,
-                                  env={"RAGTUNE_API_KEY": api_key} if api_key else {})
+            job = tool("serve", [folder, "--host", host, "--port", port], folder, port=port,
+                       env={"RAGTUNE_API_KEY": api_key} if api_key else {})
         return job.public()
 
     @app.post("/api/runs/{run_id:path}/export", dependencies=[Depends(require_key)])
@@ -207,17 +213,20 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
         if jobs.running("export", out):
             raise HTTPException(409, f"{out.relative_to(runs)}: an export into it is running")
         args = [folder, "--format", "onnx", "--out", out] + (["--quantize", "int8"] if body.quantize else [])
-        return jobs.start_tool("export", args, out).public()
+        return tool("export", args, out).public()
 
     @app.post("/api/runs/{run_id:path}/explain", dependencies=[Depends(require_key)])
     def explain(run_id: str, body: ExplainRequest) -> dict:
         folder, _ = finished_run(run_id, EXPLAINABLE)
         if not body.text.strip():
             raise HTTPException(422, "text: empty; give the text whose prediction to explain")
+        if "\x00" in body.text or "\x00" in (body.target or ""):
+            raise HTTPException(422, "text, target: a NUL character cannot be passed on; remove it")
         result = runs / ".board" / "explain" / f"{uuid.uuid4().hex[:12]}.html"
         result.parent.mkdir(parents=True, exist_ok=True)
-        args = [folder, "--out", result] + (["--target", body.target] if body.target else []) + ["--", body.text]
-        return jobs.start_tool("explain", args, folder, result=result).public()
+        # --target=X and "--" before the text: a target or text starting with "-" is not read as an option
+        args = [folder, "--out", result] + ([f"--target={body.target}"] if body.target else []) + ["--", body.text]
+        return tool("explain", args, folder, result=result).public()
 
     @app.get("/api/runs/{run_id:path}")
     def run_detail(run_id: str) -> dict:

@@ -25,6 +25,7 @@ from ragtune.errors import RagtuneError
 
 COMMANDS = ("run", "tune")  # from a config; queued behind max_parallel
 TOOLS = ("serve", "export", "explain")  # on a finished run; started at once (a server would hold a slot forever)
+MAX_TOOLS = 4  # tool processes running at once (each loads a model): a fifth waits for one to end
 
 
 @dataclass
@@ -91,7 +92,12 @@ class Jobs:
         """Start ``ragtune COMMAND ARGS...`` now, outside the queue (``out``: the folder it works on)."""
         if command not in TOOLS:
             raise RagtuneError(f"board: unknown tool {command!r}; choose one of {list(TOOLS)}")
+        self._reap()
         with self.lock:
+            busy = [j for j in self.jobs.values() if j.command in TOOLS and j.state == "running"]
+            if len(busy) >= MAX_TOOLS:
+                raise RagtuneError(f"board: {len(busy)} tools are running ({', '.join(j.command for j in busy)}); "
+                                   "stop one (a server in the jobs list) or wait for one to end")
             self.logs.mkdir(parents=True, exist_ok=True)
             job_id = uuid.uuid4().hex[:10]
             job = Job(job_id, command, "", str(out), False, str(self.logs / f"{job_id}.log"), args=[str(a) for a in args],

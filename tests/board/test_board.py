@@ -270,4 +270,33 @@ def test_export_and_explain_a_finished_run(client, folders):
     assert json.dumps(text) in client.get(f"/api/jobs/{job['id']}/log").text  # the whole text was explained
     assert client.get(f"/api/jobs/{job['id']}/result", params={"picture": True}).content[:4] == b"\x89PNG"
     assert client.post("/api/runs/a/explain", json={"text": "  "}).status_code == 422
+    assert client.post("/api/runs/a/explain", json={"text": "a\x00b"}).status_code == 422
+    wrong = client.post("/api/runs/a/explain", json={"text": "taxes", "target": "-weather"}).json()
+    assert _job(client, wrong["id"])["state"] == "failed"  # a label that is no class: the job says which are
+    assert "politics" in client.get(f"/api/jobs/{wrong['id']}/log").text
     assert client.get("/api/jobs/nope/result").status_code == 404
+
+
+def test_tools_start_at_once_beside_the_queue_up_to_a_cap(tmp_path):
+    from ragtune.board.jobs import MAX_TOOLS, Jobs
+
+    sleeper = tmp_path / "sleeper"  # stands in for python: a process that runs until stopped
+    sleeper.write_text("#!/bin/sh\nexec sleep 60\n", encoding="utf-8")
+    sleeper.chmod(0o755)
+    jobs = Jobs(tmp_path / "runs", max_parallel=1, python=str(sleeper))
+    try:
+        tools = [jobs.start_tool("serve", ["x"], tmp_path / f"r{i}") for i in range(MAX_TOOLS)]
+        assert all(j.state == "running" for j in tools)
+        with pytest.raises(RagtuneError, match="stop one"):
+            jobs.start_tool("explain", ["x"], tmp_path / "r")
+        run = jobs.submit("run", tmp_path / "c.yaml", tmp_path / "runs" / "r")
+        assert run.state == "running"  # servers do not hold the one training slot
+        assert jobs.submit("run", tmp_path / "c.yaml", tmp_path / "runs" / "s").state == "queued"
+        jobs.stop(tools[0].id)
+        deadline = time.time() + 10
+        while jobs.get(tools[0].id).state == "running" and time.time() < deadline:
+            time.sleep(0.1)
+            jobs._reap()
+        assert jobs.start_tool("explain", ["x"], tmp_path / "r").state == "running"
+    finally:
+        jobs.close(timeout=5)
