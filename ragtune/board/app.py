@@ -17,7 +17,7 @@ The page (``static/board.html``, English and Chinese) reads this JSON API:
 ``POST /api/validate``                 ``{"yaml": ...}``: every error of a config, as ``ragtune validate`` finds them
 ``POST /api/jobs``                     launch ``run`` / ``tune``: ``{"command", "config" or "yaml", "out", "overrides"}``
 ``POST /api/jobs/{id}/stop``           Ctrl-C the job: the run keeps its last checkpoint
-``POST /api/runs/{id}/resume``         continue a killed run from its last checkpoint
+``POST /api/runs/{id}/resume``         continue a killed run from its last checkpoint, a killed study from its trials
 ``POST /api/runs/{id}/serve``          ``ragtune serve`` a finished run on a free port (its page: ``port``)
 ``POST /api/runs/{id}/export``         ``{"quantize": "int8" | null}``: ``ragtune export`` to ``RUNS/exports/RUN[-int8]``
 ``POST /api/runs/{id}/explain``        ``{"text", "target"}``: ``ragtune explain``; the HTML at ``/api/jobs/{id}/result``
@@ -167,11 +167,15 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
     @app.post("/api/runs/{run_id:path}/resume", dependencies=[Depends(require_key)])
     def resume(run_id: str) -> dict:
         folder = folder_of(run_id)
-        status = catalog.run_status(folder)
-        if status != "killed":
-            raise HTTPException(409, f"{run_id} is {status}: only a killed run with a checkpoint resumes")
+        line = catalog.summary(runs, folder)
+        if line["status"] != "killed":
+            raise HTTPException(409, f"{run_id} is {line['status']}: only a killed run with a checkpoint, or a "
+                                     "killed study, resumes")
         try:
-            job = jobs.submit("run", folder / "config.yaml", folder, resume=True)
+            if line["kind"] == "study":  # an existing study under --out goes on from its finished trials
+                job = jobs.submit("tune", folder / "config.yaml", folder)
+            else:
+                job = jobs.submit("run", folder / "config.yaml", folder, resume=True)
         except RagtuneError as exc:
             raise HTTPException(409, str(exc)) from None
         return job.public()

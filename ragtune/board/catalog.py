@@ -90,8 +90,8 @@ def _finite(value):
 def summary(root: Path, folder: Path) -> dict:
     """One line of the list: ``id`` (the folder relative to the board's), kind, task, name, status, the main
     metric, when it started and last changed, the device."""
-    kind = "study" if is_study(folder) and not is_run(folder) else "run"
-    config = read_yaml(folder / "config.yaml") if kind == "run" else {}
+    kind = "study" if is_study(folder) else "run"  # a study keeps its base config.yaml too
+    config = read_yaml(folder / "config.yaml")
     task = config.get("task") or (read_json(folder / "summary.json", {}) or {}).get("task")
     metrics = read_json(folder / "metrics.json", {}) or {}
     split = "test" if isinstance(metrics.get("test"), dict) else "validation"
@@ -105,7 +105,7 @@ def summary(root: Path, folder: Path) -> dict:
                                                                       "history.json", "trials.csv")) if p.exists()]
     return {
         "id": folder.resolve().relative_to(root.resolve()).as_posix(), "kind": kind, "task": task,
-        "name": config.get("name") or folder.name, "status": run_status(folder) if kind == "run" else _study_status(folder),
+        "name": (config.get("name") if kind == "run" else None) or folder.name, "status": run_status(folder) if kind == "run" else _study_status(folder),
         "metric": metric or None, "split": split if value is not None else None, "value": value,
         "started": min(times) if times else None, "updated": max(times) if times else None,
         "device": environment.get("device"),
@@ -113,9 +113,13 @@ def summary(root: Path, folder: Path) -> dict:
 
 
 def _study_status(folder: Path) -> str:
+    """running (its lock is held), finished (``best.yaml``), killed (stopped between trials: ``ragtune tune
+    OUT/config.yaml --out OUT`` goes on), failed (stopped before it wrote its base config)."""
     if holder(folder) is not None:
         return "running"
-    return "finished" if (folder / "best.yaml").is_file() else "killed"
+    if (folder / "best.yaml").is_file():
+        return "finished"
+    return "killed" if (folder / "config.yaml").is_file() else "failed"
 
 
 def scan(root: Path) -> list[dict]:
@@ -195,9 +199,16 @@ def trials(folder: Path, status: str = "finished") -> tuple[list[dict], str | No
 
     try:
         with csv_path.open(encoding="utf-8") as f:
-            return list(csv.DictReader(f)), None
+            rows = list(csv.DictReader(f))
     except OSError:
         return [], None
+    for row in rows:  # the same types as the storage's rows
+        for key in ("number", "value", "seconds"):
+            try:
+                row[key] = (int if key == "number" else float)(row[key]) if row.get(key) not in (None, "") else None
+            except ValueError:
+                pass
+    return rows, None
 
 
 def _trials_from_storage(db: Path) -> tuple[list[dict], str | None] | None:
@@ -218,8 +229,10 @@ def _trials_from_storage(db: Path) -> tuple[list[dict], str | None] | None:
     except Exception:  # a database another process is writing: the next poll reads it again
         return None
     df = df.drop(columns=["user_attrs_config"], errors="ignore")
-    if "duration" in df:
-        df["seconds"] = df.pop("duration").dt.total_seconds().round(1)
+    if "duration" in df:  # NaT while a trial runs: a column of no times at all is not a timedelta one
+        import pandas as pd
+
+        df["seconds"] = pd.to_timedelta(df.pop("duration")).dt.total_seconds().round(1)
     return json.loads(df.to_json(orient="records", date_format="iso")), direction
 
 

@@ -12,7 +12,8 @@ to Optuna after every epoch (the pruner may stop it there) and never sees the te
 study lives in Optuna storage: ``sqlite:///OUT/study.db`` unless ``storage`` names another RDB URL
 (e.g. ``postgresql://user:pw@host/db``), which lets processes on several machines share it. Running
 the same command again resumes: finished trials are kept and the study runs on until ``tune.trials``
-trials have finished (completed or pruned). A trial left running by a killed process is marked
+trials have finished (completed or pruned); ``OUT/config.yaml``, the base config as the study read it, is
+what ``ragtune tune OUT/config.yaml --out OUT`` resumes with when the first config is gone. A trial left running by a killed process is marked
 failed once its heartbeat is older than :data:`GRACE_PERIOD_S`, and its values are tried again.
 
 After the study, :func:`ragtune.tuning.results.write_results` writes ``best.yaml``, ``trials.csv``,
@@ -30,7 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ragtune.config import flatten
+from ragtune.config import flatten, to_yaml
 from ragtune.errors import RagtuneError
 from ragtune.tasks import RunConfig, config_from_dict
 from ragtune.tuning.results import TuneResult, counts_of, objective_of, write_results
@@ -351,6 +352,7 @@ def tune(cfg: RunConfig, out_dir: str | Path, *, config_path: str | Path | None 
         optimize(study, cfg, params, out_dir, config_path, trials, timeout_s, progress=False)
         return None
     shared_tokenizer(cfg, params, out_dir)
+    (out_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")  # the base config: what resumes it
     if workers > 1:
         threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)
         args = [*(worker_args or []), "--storage", storage_url(out_dir, storage), "--trials", str(trials)]

@@ -207,12 +207,12 @@ def test_a_study_page_lists_every_trial_with_the_best_and_the_pictures(client, f
     assert len(states) == 4 and "PRUNED" in states and "COMPLETE" in states  # pruned trials are listed too
     summary = json.loads((folders[0] / "study" / "summary.json").read_text())
     assert d["best_trial"] == summary["best"]["trial"] and d["direction"] == "maximize"
-    best = next(t for t in d["trials"] if int(t["number"]) == d["best_trial"])
+    best = next(t for t in d["trials"] if t["number"] == d["best_trial"])
     assert best["state"] == "COMPLETE" and "params_train.lr" in best
     assert client.get(f"/api/runs/{best['run_id']}").json()["kind"] == "run"  # a trial opens as a run
     assert "history.png" in d["pictures"] and "lr: 0.003" in d["best"]
     live, direction = catalog.trials(folders[0] / "study", "running")  # while it runs: read from study.db
-    assert [int(t["number"]) for t in live] == [int(t["number"]) for t in d["trials"]] and direction == "maximize"
+    assert [t["number"] for t in live] == [t["number"] for t in d["trials"]] and direction == "maximize"
     assert [t["state"] for t in live] == states
 
 
@@ -300,3 +300,28 @@ def test_tools_start_at_once_beside_the_queue_up_to_a_cap(tmp_path):
         assert jobs.start_tool("explain", ["x"], tmp_path / "r").state == "running"
     finally:
         jobs.close(timeout=5)
+
+
+def test_stop_and_resume_a_study(folders):
+    runs, configs = folders
+    study = {**TINY, "name": "long-study", "train": {**TINY["train"], "epochs": 2, "steps_per_epoch": 10},
+             "tune": {**STUDY_TUNE, "trials": 6, "pruner_startup_trials": 6}}  # nothing pruned: six whole trials
+    with TestClient(create_board(runs, configs)) as client:
+        job = client.post("/api/jobs", json={"command": "tune", "yaml": yaml.safe_dump(study), "out": "long-study",
+                                             "save_as": "long-study.yaml"}).json()
+        folder, deadline = runs / "long-study", time.time() + 300
+        while time.time() < deadline and not [t for t in catalog.trials(folder, "running")[0] if t["state"] == "COMPLETE"]:
+            time.sleep(0.5)
+        assert client.get("/api/runs/long-study").json()["status"] == "running"
+        client.post(f"/api/jobs/{job['id']}/stop")
+        assert _wait(client, job["id"], ("stopped", "failed", "finished"))["state"] == "stopped"
+        d = client.get("/api/runs/long-study").json()
+        assert d["kind"] == "study" and d["status"] == "killed"
+        done = [t for t in d["trials"] if t["state"] == "COMPLETE"]
+        assert 1 <= len(done) < 6
+        resumed = client.post("/api/runs/long-study/resume")
+        assert resumed.status_code == 200, resumed.text
+        assert _wait(client, resumed.json()["id"], ("finished", "failed"), timeout=600)["state"] == "finished"
+        d = client.get("/api/runs/long-study").json()
+        assert d["status"] == "finished" and sum(t["state"] == "COMPLETE" for t in d["trials"]) == 6
+        assert {t["number"] for t in done} <= {t["number"] for t in d["trials"] if t["state"] == "COMPLETE"}  # kept
