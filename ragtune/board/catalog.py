@@ -99,7 +99,7 @@ def summary(root: Path, folder: Path) -> dict:
     value = _finite((metrics.get(split) or {}).get(metric)) if metric else None
     if kind == "study":
         study = read_json(folder / "summary.json", {}) or {}
-        metric, value, split = study.get("metric", "best"), _finite(study.get("best_value")), "validation"
+        metric, value, split = study.get("metric"), _finite((study.get("best") or {}).get("validation")), "validation"
     environment = read_json(folder / "environment.json", {}) or {}
     times = [p.stat().st_mtime for p in (folder / name for name in ("config.yaml", "train_log.jsonl", "metrics.json",
                                                                       "history.json", "trials.csv")) if p.exists()]

@@ -64,6 +64,9 @@ def test_the_list_shows_every_run_with_its_status_and_main_metric(client, folder
     listed = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
     assert {"a", "b", "killed", "nested/failed", "study"} <= set(listed)
     assert listed["study"]["kind"] == "study" and listed["study"]["status"] == "finished"
+    best = json.loads((folders[0] / "study" / "summary.json").read_text())["best"]["validation"]
+    assert listed["study"]["task"] == "classification" and listed["study"]["metric"] == "accuracy"
+    assert listed["study"]["value"] == best and listed["study"]["split"] == "validation"
     assert not any(i.startswith("study/") for i in listed)  # a study's trials are on its own page
     assert listed["a"]["status"] == "finished" and listed["a"]["task"] == "classification"
     metrics = json.loads((folders[0] / "a" / "metrics.json").read_text())
