@@ -26,7 +26,7 @@ from ragtune.locks import holder
 
 MAX_DEPTH = 4
 SKIP = {"checkpoints", "hf_model", "index", "query_encoder", "tensorboard", "wandb", "mlruns", "trials", "reader"}
-# the metric a task's list shows (metrics.json's test split, else validation)
+# the metric a task's list shows when the run's eval.metric is not set (metrics.json's test split, else validation)
 MAIN_METRIC = {"classification": "accuracy", "regression": "rmse", "qa": "exact_match", "translation": "bleu",
                "generation": "rougeL"}
 PICTURES = (".png", ".svg", ".jpg")
@@ -95,7 +95,8 @@ def summary(root: Path, folder: Path) -> dict:
     task = config.get("task") or (read_json(folder / "summary.json", {}) or {}).get("task")
     metrics = read_json(folder / "metrics.json", {}) or {}
     split = "test" if isinstance(metrics.get("test"), dict) else "validation"
-    metric = MAIN_METRIC.get(task or "", "")
+    chosen = (config.get("eval") or {}).get("metric") if isinstance(config.get("eval"), dict) else None
+    metric = chosen if chosen in (metrics.get(split) or {}) else MAIN_METRIC.get(task or "", "")  # eval.metric first
     value = _finite((metrics.get(split) or {}).get(metric)) if metric else None
     if kind == "study":
         study = read_json(folder / "summary.json", {}) or {}

@@ -73,6 +73,14 @@ def test_the_list_shows_every_run_with_its_status_and_main_metric(client, folder
     assert listed["a"]["metric"] == "accuracy" and listed["a"]["value"] == metrics["test"]["accuracy"]
     assert listed["killed"]["status"] == "killed" and listed["nested/failed"]["status"] == "failed"
     assert listed["a"]["device"] == "cpu"
+    saved = folders[0] / "a" / "config.yaml"
+    original = saved.read_text(encoding="utf-8")
+    saved.write_text(yaml.safe_dump({**TINY, "eval": {"metric": "macro_f1"}}), encoding="utf-8")
+    try:  # the list shows the metric the run selects by
+        line = next(r for r in client.get("/api/runs").json()["runs"] if r["id"] == "a")
+        assert line["metric"] == "macro_f1" and line["value"] == metrics["test"]["macro_f1"]
+    finally:
+        saved.write_text(original, encoding="utf-8")
 
 
 def test_a_run_page_holds_its_curves_report_pictures_and_config(client):
