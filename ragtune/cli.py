@@ -296,16 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
 
     p = command("board", help="a web page to launch, watch and compare runs and studies",
-                description="Start ragtune board: every run and study under --runs with its status and curves "
-                            "(live while it trains), compare runs, launch `ragtune run` / `tune` from a form or "
-                            "pasted YAML, stop and resume them. Binds to 127.0.0.1 unless --host says otherwise "
-                            "(another address needs --api-key).")
+                description="Start ragtune board: every run and study under --runs with its status and curves\n"
+                            "(live while it trains), a study's trials, compare runs, launch `ragtune run` / `tune`\n"
+                            "from a form generated from the config schema or pasted YAML, stop and resume them,\n"
+                            "serve, export or explain a finished run. Binds to 127.0.0.1 unless --host says\n"
+                            "otherwise (another address needs --api-key).",
+                epilog="examples:\n"
+                       "  ragtune board                                   # ./runs and ./configs, http://127.0.0.1:7860/\n"
+                       "  ragtune board --runs tunes --max-parallel 2     # two jobs at once, the rest queued\n"
+                       "  RAGTUNE_API_KEY=s3cret ragtune board --host 0.0.0.0",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs", metavar="DIR", help="the folder of runs and studies (default: runs)")
     p.add_argument("--configs", default="configs", metavar="DIR",
                    help="the folder of configs to launch and where pasted configs are saved (default: configs)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    p.add_argument("--api-key", metavar="KEY", help="require this key to launch, stop and resume (default: the "
+    p.add_argument("--api-key", metavar="KEY", help="require this key to launch, stop, resume, serve, export and explain (default: the "
                                                      "RAGTUNE_API_KEY environment variable, else none)")
     p.add_argument("--max-parallel", type=int, default=1, metavar="N", help="jobs running at once; more are queued (default: 1)")
 
