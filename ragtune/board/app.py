@@ -303,7 +303,10 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
                 raise HTTPException(422, {"errors": errors})
             path = configs / name
             if path.exists() and path.read_text(encoding="utf-8") != body.yaml:
-                raise HTTPException(409, f"save_as: {name} exists under {configs} with other content; choose another name")
+                if body.save_as:
+                    raise HTTPException(409, f"save_as: {name} exists under {configs} with other content; choose another name")
+                path = next(p for p in (configs / f"board-{body.out}-{i}.yaml" for i in range(2, 10_000))
+                            if not p.exists() or p.read_text(encoding="utf-8") == body.yaml)  # never overwritten
             configs.mkdir(parents=True, exist_ok=True)
             path.write_text(body.yaml, encoding="utf-8")
         else:

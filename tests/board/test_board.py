@@ -123,6 +123,10 @@ def test_a_config_error_is_answered_inline_and_nothing_launches(client, folders)
     assert client.post("/api/validate", json={"yaml": "a: [unclosed"}).json()["errors"][0].startswith("YAML:")
     assert client.post("/api/jobs", json={"config": "tiny.yaml", "out": "../escape"}).status_code == 422
     assert client.post("/api/jobs", json={"config": "tiny.yaml", "out": "a"}).status_code == 409  # exists
+    (folders[1] / "board-again.yaml").write_text("# an earlier launch's config\n", encoding="utf-8")
+    bad_again = client.post("/api/jobs", json={"yaml": bad, "out": "again", "save_as": "board-again.yaml"})
+    assert bad_again.status_code == 422  # errors first: nothing saved
+    assert (folders[1] / "board-again.yaml").read_text(encoding="utf-8") == "# an earlier launch's config\n"
 
 
 def _wait(client, job_id, states, timeout=300):
@@ -336,3 +340,14 @@ def test_stop_and_resume_a_study(folders):
         d = client.get("/api/runs/long-study").json()
         assert d["status"] == "finished" and sum(t["state"] == "COMPLETE" for t in d["trials"]) == 6
         assert {t["number"] for t in done} <= {t["number"] for t in d["trials"] if t["state"] == "COMPLETE"}  # kept
+
+
+def test_a_launch_never_overwrites_a_saved_config(client, folders):
+    runs, configs = folders
+    (configs / "board-again.yaml").write_text("# an earlier launch's config\n", encoding="utf-8")
+    job = client.post("/api/jobs", json={"tree": TINY, "out": "again"}).json()
+    assert _job(client, job["id"])["state"] == "finished"
+    assert (configs / "board-again.yaml").read_text(encoding="utf-8") == "# an earlier launch's config\n"
+    assert yaml.safe_load((configs / "board-again-2.yaml").read_text(encoding="utf-8")) == TINY
+    taken = client.post("/api/jobs", json={"tree": TINY, "out": "again2", "save_as": "board-again.yaml"})
+    assert taken.status_code == 409 and "choose another name" in taken.json()["detail"]
