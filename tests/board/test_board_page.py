@@ -93,6 +93,10 @@ def test_a_config_error_shows_at_its_field_and_launches_nothing(browser, board):
     page.fill('#form [data-path="train.lr"] input', "-1")  # checked as it is typed
     expect(page.locator('#form [data-path="train.lr"] .ferr')).to_contain_text("greater than 0")
     expect(page.locator('#form details[data-section="train"]')).to_have_attribute("open", "")
+    page.fill('#form [data-path="train.report_to"] input', "tensorboard, mlfloww")  # a list, typed with commas
+    expect(page.locator('#form [data-path="train.report_to"] .ferr')).to_contain_text("mlfloww")
+    page.fill('#form [data-path="train.report_to"] input', "")
+    expect(page.locator('#form [data-path="train.report_to"] .ferr')).to_have_text("")
     page.fill("#out", "bad-one")
     page.click("#go")
     expect(page.locator("#errors li").first).to_contain_text("train.lr")
