@@ -106,8 +106,10 @@ def test_a_config_error_shows_at_its_field_and_launches_nothing(browser, board):
         expect(page.locator('#form details[data-section="qa"]')).to_have_count(1 if task == "qa" else 0)
         expect(page.locator('#form details[data-section="decode"]')).to_have_count(0 if task == "classification" else 1)
     expect(page.locator('#form [data-path="train.lr"] .ferr')).to_contain_text("greater than 0")
+    page.fill('#form [data-path="train.clip_grad_norm"] input', "null")  # a nullable key set to null
     page.click("#tab-yaml")  # the same tree as YAML; an error there shows in the list
     expect(page.locator("#yaml")).to_have_value(re.compile("lr: -1"))
+    expect(page.locator("#yaml")).to_have_value(re.compile("clip_grad_norm: null"))
     page.fill("#yaml", yaml.safe_dump({**TINY, "train": {**TINY["train"], "optimizr": "sgd"}}))
     page.click("#check")
     expect(page.locator("#errors li").first).to_contain_text("optimizr")
