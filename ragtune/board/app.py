@@ -186,18 +186,20 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
         except RagtuneError as exc:
             raise HTTPException(409, str(exc)) from None
 
-    def finished_run(run_id: str, tasks: tuple[str, ...] | None = None) -> tuple[Path, dict]:
+    def finished_run(run_id: str, tasks: tuple[str, ...] | None = None) -> Path:
         folder = folder_of(run_id)
         line = catalog.summary(runs, folder)
-        if line["kind"] != "run" or line["status"] != "finished":
-            raise HTTPException(409, f"{run_id} is a {line['status']} {line['kind']}: only a finished run can be used")
+        if line["kind"] != "run":
+            raise HTTPException(409, f"{run_id} is a study: serve, export and explain take a finished run (open a trial)")
+        if line["status"] != "finished":
+            raise HTTPException(409, f"{run_id} is {line['status']}: serve, export and explain take a finished run")
         if tasks and line["task"] not in tasks:
             raise HTTPException(409, f"{run_id} is a {line['task']} run: this takes a run of {' or '.join(tasks)}")
-        return folder, line
+        return folder
 
     @app.post("/api/runs/{run_id:path}/serve", dependencies=[Depends(require_key)])
     def serve(run_id: str) -> dict:
-        folder, _ = finished_run(run_id)
+        folder = finished_run(run_id)
         job = jobs.running("serve", folder)  # one server a run: a second click opens the same page
         if job is None:
             port = _free_port(host)
@@ -206,8 +208,9 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
         return job.public()
 
     @app.post("/api/runs/{run_id:path}/export", dependencies=[Depends(require_key)])
-    def export(run_id: str, body: ExportRequest) -> dict:
-        folder, _ = finished_run(run_id, EXPLAINABLE)
+    def export(run_id: str, body: ExportRequest | None = None) -> dict:
+        folder = finished_run(run_id, EXPLAINABLE)
+        body = body or ExportRequest()
         if body.quantize not in (None, "int8"):
             raise HTTPException(422, f"quantize: {body.quantize!r}; choose int8 or null")
         # a folder of its own (export refuses one inside the run): RUNS/exports/<run>[-int8]
@@ -221,7 +224,7 @@ def create_board(runs: Path, configs: Path | None = None, api_key: str | None = 
 
     @app.post("/api/runs/{run_id:path}/explain", dependencies=[Depends(require_key)])
     def explain(run_id: str, body: ExplainRequest) -> dict:
-        folder, _ = finished_run(run_id, EXPLAINABLE)
+        folder = finished_run(run_id, EXPLAINABLE)
         if not body.text.strip():
             raise HTTPException(422, "text: empty; give the text whose prediction to explain")
         if "\x00" in body.text or "\x00" in (body.target or ""):

@@ -29,6 +29,13 @@ TINY = {
 # a good and a hopeless rate: the hopeless one is pruned after its first epoch
 STUDY_TUNE = {"trials": 4, "sampler": "random", "seed": 1, "pruner_startup_trials": 1, "pruner_warmup_epochs": 0,
               "space": {"train.lr": {"choice": [0.003, 1.0e-9]}}}
+STUDY = {**TINY, "name": "study", "train": {**TINY["train"], "epochs": 2, "steps_per_epoch": 3}, "tune": STUDY_TUNE}
+
+
+def make_study(configs, out):
+    """A finished four-trial study (one pruned at least) of the tiny demo in ``out``."""
+    (configs / "study.yaml").write_text(yaml.safe_dump(STUDY), encoding="utf-8")
+    assert main(["tune", str(configs / "study.yaml"), "--out", str(out), "--quiet"]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +50,7 @@ def folders(tmp_path_factory):
     (killed / "checkpoints" / "last").mkdir(parents=True)
     (killed / "config.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
     (killed / "inputs.json").write_text("{}", encoding="utf-8")
-    study = {**TINY, "name": "study", "train": {**TINY["train"], "epochs": 2, "steps_per_epoch": 3}, "tune": STUDY_TUNE}
-    (configs / "study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
-    assert main(["tune", str(configs / "study.yaml"), "--out", str(runs / "study"), "--quiet"]) == 0
+    make_study(configs, runs / "study")
     failed = runs / "nested" / "failed"
     failed.mkdir(parents=True)
     (failed / "config.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
@@ -265,10 +270,11 @@ def test_serve_a_finished_run_and_open_its_page(client):
     client.post(f"/api/jobs/{job['id']}/stop")
     assert _job(client, job["id"])["state"] in ("finished", "stopped")
     assert client.post("/api/runs/killed/serve").status_code == 409  # only a finished run
+    assert "open a trial" in client.post("/api/runs/study/serve").json()["detail"]  # a study is not a run
 
 
 def test_export_and_explain_a_finished_run(client, folders):
-    job = client.post("/api/runs/a/export", json={"quantize": None}).json()
+    job = client.post("/api/runs/a/export").json()  # no body: fp32
     assert _job(client, job["id"])["state"] == "finished", client.get(f"/api/jobs/{job['id']}/log").text
     assert (folders[0] / "exports" / "a" / "model.onnx").is_file()
     again = client.post("/api/runs/a/export", json={"quantize": None})
@@ -351,3 +357,12 @@ def test_a_launch_never_overwrites_a_saved_config(client, folders):
     assert yaml.safe_load((configs / "board-again-2.yaml").read_text(encoding="utf-8")) == TINY
     taken = client.post("/api/jobs", json={"tree": TINY, "out": "again2", "save_as": "board-again.yaml"})
     assert taken.status_code == 409 and "choose another name" in taken.json()["detail"]
+
+
+def test_a_checkouts_configs_folder_lists_each_packaged_config_once(tmp_path):
+    from ragtune.api import packaged_configs
+
+    shipped = next(iter(packaged_configs().values())).parent  # in a checkout, configs/ itself
+    with TestClient(create_board(tmp_path / "runs", shipped)) as client:
+        listed = client.get("/api/configs").json()
+    assert listed["local"] == [] and len(listed["packaged"]) == len(packaged_configs())

@@ -33,10 +33,7 @@ def board(tmp_path_factory):
     (configs / "slow.yaml").write_text(yaml.safe_dump(SLOW), encoding="utf-8")
     (configs / "tiny.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
     assert main(["run", str(configs / "tiny.yaml"), "--out", str(runs / "other"), "--quiet"]) == 0
-    study = {**TINY, "name": "study", "train": {**TINY["train"], "epochs": 2, "steps_per_epoch": 3},
-             "tune": test_board.STUDY_TUNE}
-    (configs / "study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
-    assert main(["tune", str(configs / "study.yaml"), "--out", str(runs / "study"), "--quiet"]) == 0
+    test_board.make_study(configs, runs / "study")
     with live_server(create_board(runs, configs)) as base:
         yield base, runs
 

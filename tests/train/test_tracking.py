@@ -117,6 +117,7 @@ def test_a_run_logs_its_config_metrics_and_pictures_to_mlflow(tmp_path, monkeypa
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"curves.png", "report.md"} <= artifacts
+    assert (tmp_path / "mlruns").is_dir()  # the artifacts in the test's folder, not the checkout's
     assert json.loads((out / "tracking.json").read_text()) == {"mlflow": run.info.run_id}  # what --resume continues
 
 
